@@ -1,0 +1,49 @@
+"""The unit of work is one plan's evaluation, described by plain data, so any executor can run it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol
+
+from quantsense.config import Plan
+from quantsense.engine.evaluator import Evaluator
+from quantsense.evaluation.metrics import METRIC_VERSION, EvalResult
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """Everything needed to run and identify one evaluation, as plain strings."""
+
+    label: str
+    plan_json: str  # Plan.canonical_json()
+    model_fp: str
+    data_fp: str
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(
+            {"model": self.model_fp, "data": self.data_fp, "plan": self.plan_json, "metric_version": METRIC_VERSION},
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def plan(self) -> Plan:
+        return Plan.from_json_dict(json.loads(self.plan_json))
+
+
+class Executor(Protocol):
+    def map(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, EvalResult]]:
+        """Run items, yielding each as it finishes (in any order)."""
+
+
+class LocalExecutor:
+    """Runs work items one after another in this process on an in-memory evaluator."""
+
+    def __init__(self, evaluator: Evaluator):
+        self.evaluator = evaluator
+
+    def map(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, EvalResult]]:
+        for item in items:
+            yield item, self.evaluator.evaluate(item.plan())

@@ -1,0 +1,94 @@
+"""Engine: turn (label, plan) pairs into results, from the store when finished before, else computed.
+
+Each finished evaluation is committed to the store at once, so an interrupted sweep loses at most
+the evaluation in flight and the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from quantsense.config import Plan
+from quantsense.engine.executor import LocalExecutor, WorkItem
+from quantsense.evaluation.metrics import EvalResult
+from quantsense.store import ResultStore
+
+
+@dataclass
+class RunStats:
+    from_store: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    labels_computed: list[str] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, evaluator, model_fp: str, data_fp: str, store: ResultStore | None = None,
+                 executor=None, fresh: bool = False, quiet: bool = False):
+        self.evaluator = evaluator
+        self.model_fp = model_fp
+        self.data_fp = data_fp
+        self.store = store
+        self.executor = executor or LocalExecutor(evaluator)
+        self.fresh = fresh
+        self.quiet = quiet
+        self.stats = RunStats()
+        self._memo: dict[str, EvalResult] = {}
+
+    def item(self, label: str, plan: Plan) -> WorkItem:
+        return WorkItem(label=label, plan_json=plan.canonical_json(), model_fp=self.model_fp, data_fp=self.data_fp)
+
+    def _lookup(self, item: WorkItem) -> EvalResult | None:
+        if item.key in self._memo:
+            return self._memo[item.key]
+        if self.store is None or self.fresh:
+            return None
+        arrays = self.store.get(item.key)
+        return EvalResult(logits=arrays["logits"]) if arrays is not None else None
+
+    def _save(self, item: WorkItem, result: EvalResult, seconds: float) -> None:
+        self._memo[item.key] = result
+        if self.store is not None:
+            meta = {"model_fp": item.model_fp, "data_fp": item.data_fp, "plan": item.plan_json}
+            self.store.put(item.key, item.label, meta, {"logits": result.logits}, seconds)
+
+    def reference(self) -> EvalResult:
+        return self.evaluate_many([("fp32", Plan())], desc="fp32 reference")["fp32"]
+
+    def evaluate_many(self, labeled_plans: list[tuple[str, Plan]], desc: str = "evaluations") -> dict[str, EvalResult]:
+        results: dict[str, EvalResult] = {}
+        todo: list[WorkItem] = []
+        for label, plan in labeled_plans:
+            item = self.item(label, plan)
+            in_memory = item.key in self._memo
+            found = self._lookup(item)
+            if found is not None:
+                results[label] = found
+                self.stats.from_store += not in_memory
+                self._memo[item.key] = found
+            else:
+                todo.append(item)
+        if not todo:
+            return results
+        started = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=desc, unit="eval", disable=self.quiet, leave=False, dynamic_ncols=True)
+        bar.set_postfix_str(todo[0].label, refresh=False)
+        try:
+            t0 = time.perf_counter()
+            for done, (item, result) in enumerate(self.executor.map(todo), start=1):
+                now = time.perf_counter()
+                self._save(item, result, now - t0)
+                t0 = now
+                results[item.label] = result
+                self.stats.computed += 1
+                self.stats.labels_computed.append(item.label)
+                if done < len(todo):
+                    bar.set_postfix_str(todo[done].label, refresh=False)  # in-process executors run in order
+                bar.update(1)
+        finally:
+            bar.close()
+            self.stats.seconds += time.perf_counter() - started
+        return results

@@ -1,0 +1,1 @@
+"""Mixed-precision plans: the reference's named strategies, sizes, budgeted allocation, frontier."""

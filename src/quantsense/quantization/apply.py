@@ -1,0 +1,91 @@
+"""Apply a plan to a model in place, reversibly, by overwriting weights with fake-quantized copies.
+
+Module names, classes and ``state_dict`` keys never change, a forward pass costs nothing extra, and
+leaving the context restores every weight bit-exactly from a saved clone.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import torch
+
+from quantsense.config import Plan, QuantConfig
+from quantsense.models.units import UnitMap
+from quantsense.quantization.fake_quant import fake_quantize
+
+
+class PlanApplier:
+    """Applies plans to one model, quantizing each (unit, config) weight at most once.
+
+    Quantized weights are kept in an LRU cache bounded by ``cache_bytes`` so that a sweep that
+    visits the same (unit, config) again (e.g. in the "all but one" view) pays for it once.
+    """
+
+    def __init__(self, unit_map: UnitMap, cache_bytes: int = 1 << 30):
+        self.unit_map = unit_map
+        self.cache_bytes = cache_bytes
+        self._originals: dict[str, torch.Tensor] = {}
+        self._cache: OrderedDict[tuple[str, QuantConfig], torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
+        self._active: list[str] = []
+
+    def original(self, name: str) -> torch.Tensor:
+        if name not in self._originals:
+            self._originals[name] = self.unit_map.get(name).weight.detach().clone()
+        return self._originals[name]
+
+    def quantized(self, name: str, config: QuantConfig) -> torch.Tensor:
+        key = (name, config)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        unit = self.unit_map.get(name)
+        tensor = fake_quantize(self.original(name), config, transposed=unit.transposed)
+        size = tensor.numel() * tensor.element_size()
+        if size <= self.cache_bytes:
+            self._cache[key] = tensor
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.numel() * old.element_size()
+        return tensor
+
+    @torch.no_grad()
+    def apply(self, plan: Plan) -> None:
+        if self._active:
+            raise RuntimeError("a plan is already applied; restore() it first")
+        for name, config in plan.assignments:
+            self.unit_map.get(name)  # validate every name before touching weights
+        try:
+            for name, config in plan.assignments:
+                q = self.quantized(name, config)
+                self._active.append(name)
+                self.unit_map.get(name).weight.copy_(q)
+        except BaseException:
+            self.restore()
+            raise
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for name in self._active:
+            self.unit_map.get(name).weight.copy_(self._originals[name])
+        self._active = []
+
+    @contextmanager
+    def applied(self, plan: Plan):
+        self.apply(plan)
+        try:
+            yield
+        finally:
+            self.restore()
+
+
+@contextmanager
+def apply_plan(unit_map: UnitMap, plan: Plan):
+    """``with apply_plan(units, plan): ...`` runs the body on the fake-quantized model."""
+    applier = PlanApplier(unit_map, cache_bytes=0)
+    with applier.applied(plan):
+        yield

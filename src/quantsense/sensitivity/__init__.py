@@ -1,0 +1,1 @@
+"""Sensitivity sweeps, paired statistics, rankings with ties, and proxy metrics."""

@@ -1,0 +1,90 @@
+"""Sensitivity sweeps: one plan per (unit, bit-width, view), evaluated by the engine, turned into rows.
+
+Views:
+- ``only``: only this unit quantized, everything else FP32 (the reference study's phase 2).
+- ``all_but``: every other unit of the same granularity quantized, this one FP32. Its drop
+  *relative to all quantized* shows how much protecting the unit buys back (compounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantsense.config import Plan, QuantConfig
+from quantsense.evaluation.metrics import compare_classification
+from quantsense.models.units import UnitMap
+from quantsense.quantization.fake_quant import fake_quantize
+
+VIEWS = ("only", "all_but")
+UNIT_GRANULARITIES = ("block", "linear")
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    label: str  # unique, used as the result key, e.g. "block3@int4" or "all_but:...@int4"
+    unit: str  # display name: "block 3" or a module path
+    unit_names: tuple[str, ...]  # the module paths this unit covers
+    bits: int
+    view: str
+    plan: Plan
+
+
+def sweep_units(unit_map: UnitMap, granularity: str, include_extra: bool = False) -> list[tuple[str, tuple[str, ...]]]:
+    """(display name, module paths) per unit at this granularity."""
+    if granularity == "block":
+        return [(f"block {i}", tuple(unit_map.block_units(i))) for i in range(unit_map.num_blocks)]
+    if granularity == "linear":
+        units = [(name, (name,)) for name in unit_map.linear_units()]
+        if include_extra:
+            units += [(name, (name,)) for name in unit_map.extra_units()]
+        return units
+    raise ValueError(f"unknown unit granularity {granularity!r}")
+
+
+def build_entries(unit_map: UnitMap, bits_list: list[int], scheme: QuantConfig, granularity: str = "block",
+                  views: tuple[str, ...] = ("only",), include_extra: bool = False) -> list[SweepEntry]:
+    units = sweep_units(unit_map, granularity, include_extra)
+    every = tuple(n for _, names in units for n in names)
+    entries = []
+    for bits in bits_list:
+        config = scheme.replace(bits=bits)
+        for view in views:
+            for display, names in units:
+                chosen = names if view == "only" else tuple(n for n in every if n not in names)
+                plan = Plan.of({n: config for n in chosen})
+                key = display.replace(" ", "") if granularity == "block" else display
+                entries.append(SweepEntry(f"{view}:{key}@{config.label()}", display, names, bits, view, plan))
+    return entries
+
+
+def weight_sqnr_db(applier, names: tuple[str, ...], config: QuantConfig) -> float:
+    """SQNR of the unit's weights together (signal and noise summed over its tensors)."""
+    signal = noise = 0.0
+    for name in names:
+        original = applier.original(name).double()
+        quantized = applier.quantized(name, config).double()
+        signal += float(original.pow(2).sum())
+        noise += float((original - quantized).pow(2).sum())
+    return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+
+
+def run_sweep(engine, entries: list[SweepEntry], labels: np.ndarray, seed: int = 0, desc: str = "sensitivity") -> list[dict]:
+    """Evaluate every entry (store first) and return one row of metrics per entry."""
+    reference = engine.reference()
+    results = engine.evaluate_many([(e.label, e.plan) for e in entries], desc=desc)
+    applier = engine.evaluator.applier
+    rows = []
+    for entry in entries:
+        metrics = compare_classification(reference, results[entry.label], labels, seed=seed)
+        config = entry.plan.assignments[0][1] if entry.plan else None
+        rows.append({
+            "unit": entry.unit,
+            "bits": entry.bits,
+            "view": entry.view,
+            "label": entry.label,
+            **metrics,
+            "weight_sqnr_db": weight_sqnr_db(applier, entry.unit_names, config) if config else float("inf"),
+        })
+    return rows

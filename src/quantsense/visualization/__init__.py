@@ -1,0 +1,1 @@
+"""Plots (matplotlib, PNG) and the results folder: results.json, CSV tables, Markdown summary."""

@@ -1,0 +1,85 @@
+"""Turn a study's results dict into printed tables, CSV files, plots and a Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantsense.visualization.plots import sensitivity_bars, sensitivity_heatmap
+from quantsense.visualization.report import markdown_table, write_atomic, write_csv, write_json
+
+SENS_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("view", "view"), ("accuracy", "acc %"), ("drop", "drop pts"),
+                ("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p"),
+                ("fixed", "fixed"), ("broken", "broken"), ("flip_rate", "flip %"), ("kl_mean", "KL mean"),
+                ("kl_p95", "KL p95"), ("logit_sqnr_db", "logit SQNR dB"), ("weight_sqnr_db", "weight SQNR dB")]
+RANK_COLUMNS = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
+                ("kl_ci_high", "KL CI high"), ("drop", "drop pts"), ("mcnemar_p", "McNemar p"),
+                ("tie_group", "tie group"), ("distinguishable_from_fp32", "differs from FP32")]
+PLAN_COLUMNS = [("plan", "plan"), ("accuracy", "acc %"), ("drop", "drop pts"), ("drop_ci_low", "CI low"),
+                ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p"), ("flip_rate", "flip %"),
+                ("kl_mean", "KL mean"), ("avg_bits", "avg bits/weight"), ("model_mb", "model MB"),
+                ("compression", "x smaller")]
+
+
+def baseline_text(base: dict) -> str:
+    return f"FP32 accuracy: {base['accuracy']:.2f} % ({base['correct']}/{base['n']})"
+
+
+def sensitivity_text(sens: dict) -> str:
+    parts = [markdown_table(sens["rows"], SENS_COLUMNS, digits=3)]
+    for key, ranked in sens["rankings"].items():
+        parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tie group = not distinguishable):")
+        parts.append(markdown_table(ranked, RANK_COLUMNS, digits=4))
+    return "\n".join(parts)
+
+
+def plans_text(rows: list[dict]) -> str:
+    return markdown_table(rows, PLAN_COLUMNS, digits=3)
+
+
+def ablation_text(abl: dict) -> str:
+    return (f"Ablation: only block {abl['block']} (least sensitive) at INT{abl['bits']}, all others FP32: "
+            f"{abl['accuracy']:.2f} % ({abl['correct']}/{abl['n']}), drop {abl['drop']:.2f} points "
+            f"[95% CI {abl['drop_ci_low']:.2f}, {abl['drop_ci_high']:.2f}], McNemar p = {abl['mcnemar_p']:.3g}")
+
+
+def summary_markdown(results: dict) -> str:
+    ws = results["workspace"]
+    lines = [
+        "# quantsense results",
+        "",
+        f"Model `{ws['model']['source']}` ({ws['model']['blocks']} blocks, weights {ws['model']['fingerprint']}), "
+        f"data `{ws['data']['source']}` ({ws['data']['examples']} examples), scheme `{ws['scheme']}`.",
+        f"Command: `{results['provenance']['command']}`",
+        "",
+        "## Phase 1: FP32 baseline",
+        "",
+        baseline_text(results["baseline"]),
+    ]
+    if "sensitivity" in results:
+        lines += ["", "## Phase 2: per-block sensitivity", "", "![sensitivity](sensitivity.png)", "",
+                  sensitivity_text(results["sensitivity"])]
+    if "mixed" in results:
+        lines += ["", "## Phase 3: mixed precision", "", plans_text(results["mixed"]["rows"])]
+    if "ablation" in results:
+        lines += ["", "## Ablation", "", ablation_text(results["ablation"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_results_folder(out: Path, results: dict) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_json(out / "results.json", results)]
+    if "sensitivity" in results:
+        sens = results["sensitivity"]
+        written.append(write_csv(out / "sensitivity.csv", sens["rows"]))
+        ranked = [{"ranking": key, **r} for key, rows in sens["rankings"].items() for r in rows]
+        written.append(write_csv(out / "rankings.csv", ranked))
+        written.append(sensitivity_bars(sens["rows"], out / "sensitivity.png"))
+        written.append(sensitivity_heatmap(sens["rows"], out / "heatmap.png"))
+    if "mixed" in results:
+        written.append(write_csv(out / "mixed.csv", results["mixed"]["rows"]))
+    if "ablation" in results:
+        written.append(write_csv(out / "ablation.csv", [results["ablation"]]))
+    summary = out / "summary.md"
+    write_atomic(summary, summary_markdown(results))
+    written.append(summary)
+    return written
