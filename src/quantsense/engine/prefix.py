@@ -36,9 +36,9 @@ class PrefixCache:
 
     @contextmanager
     def capturing(self):
-        """Record every block's output (all but the last block's: nothing reads it) per batch."""
+        """Record every block's output per batch (the last one's serves plans that touch only the head)."""
         handles = []
-        for j, block in enumerate(self.blocks[:-1]):
+        for j, block in enumerate(self.blocks):
             def hook(module, args, output, j=j):
                 self.outputs[j][self.current_batch] = output
             handles.append(block.register_forward_hook(hook))

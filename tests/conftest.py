@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny models built from configs (no download) and the real stand-in assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("QUANTSENSE_ASSETS", REPO.parent / "shared" / "assets"))
+STANDIN_MODEL = ASSETS / "models" / "minilm-l6-sst2"
+SST2_VALIDATION = ASSETS / "sst2" / "validation.tsv"
+SST2_TRAIN = ASSETS / "sst2" / "train.tsv"
+
+
+def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128, num_labels: int = 2) -> torch.nn.Module:
+    """A 3-block model of ``arch`` with random weights, in eval mode."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=0)
+    if arch == "bert":
+        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **common)
+        cls = transformers.BertForSequenceClassification
+    elif arch == "distilbert":
+        cfg = transformers.DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, **common)
+        cls = transformers.DistilBertForSequenceClassification
+    elif arch == "roberta":
+        cfg = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **common)
+        cfg.pad_token_id = 1
+        cls = transformers.RobertaForSequenceClassification
+    elif arch == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, **common)
+        cls = transformers.GPT2ForSequenceClassification
+    elif arch == "llama":
+        cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                       intermediate_size=64, max_position_embeddings=64, **common)
+        cls = transformers.LlamaForSequenceClassification
+    elif arch == "opt":
+        cfg = transformers.OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=64,
+                                     max_position_embeddings=64, word_embed_proj_dim=32, **common)
+        cls = transformers.OPTForSequenceClassification
+    else:
+        raise ValueError(arch)
+    model = cls(cfg)
+    # Random init leaves many weights tiny; spread them so quantization actually changes outputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+ARCHS = ("bert", "distilbert", "roberta", "gpt2", "llama", "opt")
+# linear units per block and their short names
+EXPECTED_BLOCK_UNITS = {
+    "bert": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense"],
+    "roberta": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense"],
+    "distilbert": ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"],
+    "gpt2": ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
+    "llama": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+              "mlp.up_proj", "mlp.down_proj"],
+    "opt": ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "fc1", "fc2"],
+}
+
+
+def random_inputs(batch: int = 4, length: int = 12, vocab: int = 128, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for i in range(batch):  # ragged lengths, right padding
+        cut = length - 2 * i
+        ids[i, cut:] = 0
+        mask[i, cut:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="session")
+def standin_dir() -> Path:
+    if not (STANDIN_MODEL / "config.json").is_file():
+        pytest.skip(f"stand-in model not found at {STANDIN_MODEL}; set QUANTSENSE_ASSETS")
+    return STANDIN_MODEL
+
+
+@pytest.fixture(scope="session")
+def sst2_validation() -> Path:
+    if not SST2_VALIDATION.is_file():
+        pytest.skip(f"SST-2 validation not found at {SST2_VALIDATION}; set QUANTSENSE_ASSETS")
+    return SST2_VALIDATION
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, standin_dir) -> Path:
+    """A saved tiny BERT classifier with the stand-in's tokenizer: a fast model directory for CLI tests."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(standin_dir)
+    model = tiny_model("bert", vocab_size=tokenizer.vocab_size)
+    model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
+    model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
+    path = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
