@@ -124,8 +124,9 @@ def _store_note(ws) -> None:
     stats = ws.engine.stats
     if stats.from_store and not stats.computed:
         _say(f"All {stats.from_store} evaluations came from the results store {ws.options.store} (nothing recomputed).")
-    elif stats.from_store:
-        _say(f"{stats.from_store} evaluations came from the store, {stats.computed} were computed ({stats.seconds:.1f} s).")
+    elif stats.computed:
+        where = f"; all saved in {ws.options.store}" if ws.options.store else ""
+        _say(f"{stats.computed} evaluations computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}.")
 
 
 def _run_study(args, ws) -> dict:
