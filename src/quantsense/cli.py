@@ -116,6 +116,21 @@ def _options(args):
                         store=store, fresh=args.fresh, quiet=args.quiet, seed=args.seed, scheme=scheme)
 
 
+def _quiet_third_party(quiet: bool) -> None:
+    """Keep the terminal for quantsense's own output: other libraries' warnings go to ERROR level."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree", "huggingface_hub", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import huggingface_hub.utils
+    import transformers
+
+    huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    if quiet:
+        transformers.utils.logging.disable_progress_bar()
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -123,10 +138,10 @@ def _say(text: str = "") -> None:
 def _store_note(ws) -> None:
     stats = ws.engine.stats
     if stats.from_store and not stats.computed:
-        _say(f"All {stats.from_store} evaluations came from the results store {ws.options.store} (nothing recomputed).")
+        _say(f"All {stats.from_store} evaluation(s) came from the results store {ws.options.store} (nothing recomputed).")
     elif stats.computed:
         where = f"; all saved in {ws.options.store}" if ws.options.store else ""
-        _say(f"{stats.computed} evaluations computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}.")
+        _say(f"{stats.computed} evaluation(s) computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}.")
 
 
 def _run_study(args, ws) -> dict:
@@ -182,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         from quantsense.visualization.summary import write_results_folder
 
         options = _options(args)
+        _quiet_third_party(args.quiet)
         ws = open_workspace(options)
         if args.command == "units":
             _list_units(ws)

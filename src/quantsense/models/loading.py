@@ -53,15 +53,35 @@ def _auto_class(kind: str):
     return transformers.AutoModelForCausalLM
 
 
-def _load_pretrained(source: str, kind: str, gguf_file: str | None):
+def _load_pretrained(source: str, kind: str, gguf_file: str | None, local_only: bool):
     import transformers
 
-    kwargs = {"dtype": torch.float32}
+    kwargs = {"local_files_only": True} if local_only else {}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    model = _auto_class(kind).from_pretrained(source, **kwargs)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    model = _auto_class(kind).from_pretrained(source, dtype=torch.float32, **kwargs)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
     return model, tokenizer
+
+
+def _hub_reachable() -> bool:
+    """A fast DNS check of the hub's host, so an offline machine fails at once rather than after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _hub_error(source: str) -> QuantsenseError:
+    return QuantsenseError(
+        f"could not load {source!r} from the Hugging Face hub (offline or unknown id); "
+        "download it and pass the local directory with --model PATH"
+    )
 
 
 def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto") -> LoadedModel:
@@ -71,6 +91,7 @@ def load_model(source: str, kind: str = "classification", device: str | torch.de
     device = device if isinstance(device, torch.device) else resolve_device(device)
     path = Path(os.path.expanduser(source))
     gguf_file = None
+    local_only = True
     if path.is_file() and path.suffix == ".gguf":
         load_from, gguf_file = str(path.parent), path.name
     elif path.is_dir():
@@ -82,15 +103,13 @@ def load_model(source: str, kind: str = "classification", device: str | torch.de
         raise QuantsenseError(f"model path {source} does not exist; pass a local model directory or a hub id with --model")
     else:
         load_from = source
+        local_only = not _hub_reachable()  # offline: a cached copy still loads, and nothing retries
     try:
-        model, tokenizer = _load_pretrained(load_from, kind, gguf_file)
+        model, tokenizer = _load_pretrained(load_from, kind, gguf_file, local_only)
     except (OSError, ValueError) as exc:
         if path.exists():
             raise QuantsenseError(f"could not load model from {source}: {str(exc).splitlines()[0]}") from None
-        raise QuantsenseError(
-            f"could not load {source!r} from the Hugging Face hub (offline or unknown id); "
-            "download it and pass the local directory with --model PATH"
-        ) from None
+        raise _hub_error(source) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
