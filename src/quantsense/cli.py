@@ -76,6 +76,13 @@ def _sensitivity_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank-by", choices=("kl_mean", "drop", "flip_rate"), default="kl_mean")
 
 
+def _calibration_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--calibration-data", required=required,
+                   help="file to draw calibration examples from (e.g. SST-2 train.tsv); evaluation sentences are excluded"
+                   + ("" if required else "; with it, 'run' adds the proxy report"))
+    p.add_argument("--calibration-size", type=_positive, default=128, help="calibration examples (default 128)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="quantsense", description="Layer-wise quantization sensitivity analysis for transformers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -91,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--bits", type=_bits, default=4, dest="ablation_bits")
     plot = sub.add_parser("plot", parents=[common], help="per-block sensitivity bar chart (PNG)")
     plot.add_argument("--bits", type=_bits, nargs="+", default=[8, 4])
+    prox = sub.add_parser("proxies", parents=[common], help="cheap proxies and their rank correlation with the sweep")
+    _sensitivity_flags(prox)
+    _calibration_flags(prox, required=True)
     run = sub.add_parser("run", parents=[common], help="the whole study into one results folder")
     _sensitivity_flags(run)
+    _calibration_flags(run, required=False)
     run.add_argument("--plan", action="append", default=[])
     sub.add_parser("units", parents=[common], help="list the blocks and units that quantsense found")
     return parser
@@ -155,7 +166,7 @@ def _run_study(args, ws) -> dict:
     _say(text.baseline_text(results["baseline"]))
     if cmd == "baseline":
         return results
-    if cmd in ("sensitivity", "run"):
+    if cmd in ("sensitivity", "run", "proxies"):
         views = tuple(args.views or (("only", "all_but") if args.granularity == "linear" else ("only",)))
         sens = study.sensitivity(ws, args.bits, args.granularity, views, args.include_extra, args.rank_by)
     else:
@@ -164,7 +175,10 @@ def _run_study(args, ws) -> dict:
     results["sensitivity"] = sens
     if cmd in ("sensitivity", "run", "plot"):
         _say(text.sensitivity_text(sens))
-    if cmd in ("sensitivity", "plot"):
+    if cmd in ("proxies", "run") and args.calibration_data:
+        results["proxies"] = study.proxies(ws, args.calibration_data, args.calibration_size, args.bits, args.granularity)
+        _say(text.proxies_text(results["proxies"]))
+    if cmd in ("sensitivity", "plot", "proxies"):
         return results
     block_sens = sens if sens["granularity"] == "block" else study.sensitivity(ws, [min(args.bits)])
     ranking = study.block_ranking(block_sens)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.config import BlockPlan, Plan, QuantConfig
+from quantsense.errors import QuantsenseError
 from quantsense.data.classification import ClassificationData, load_classification_data
 from quantsense.engine import Engine, Evaluator
 from quantsense.evaluation.batching import make_batches, tokenize_texts
@@ -21,6 +22,7 @@ from quantsense.mixed_precision.size import average_bits, model_bytes
 from quantsense.mixed_precision.strategies import single_block_plan, strategy_plans
 from quantsense.models.loading import LoadedModel, load_model, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
+from quantsense.sensitivity.proxies import fisher_diagonal, proxy_correlations, proxy_rows
 from quantsense.sensitivity.ranking import least_sensitive_blocks, rank_rows
 from quantsense.sensitivity.sweep import build_entries, run_sweep
 from quantsense.store import ResultStore
@@ -84,6 +86,32 @@ def open_workspace(options: StudyOptions) -> Workspace:
     return Workspace(options, loaded, units, data, engine, model_fp, data_fp)
 
 
+def calibration_data(ws: Workspace, path: str, size: int) -> ClassificationData:
+    """A seeded sample of ``size`` examples from ``path`` with every evaluation sentence excluded."""
+    pool = load_classification_data(path, ws.loaded.id2label)
+    held_out = set(ws.data.texts)
+    order = np.random.default_rng(ws.options.seed).permutation(len(pool))
+    chosen = [i for i in order.tolist() if pool.texts[i] not in held_out][:size]
+    if len(chosen) < size:
+        raise QuantsenseError(f"calibration file {path} has only {len(chosen)} examples not in the evaluation set; need {size}")
+    return ClassificationData([pool.texts[i] for i in chosen], pool.labels[chosen], f"{path} (sample of {size})")
+
+
+def proxies(ws: Workspace, calibration_path: str, size: int, bits: list[int], granularity: str = "block") -> dict:
+    """Proxy scores per unit and their Spearman correlation with the measured sweep."""
+    calib = calibration_data(ws, calibration_path, size)
+    encoded = tokenize_texts(ws.loaded.tokenizer, calib.texts, ws.options.max_length)
+    batches = make_batches(encoded, ws.loaded.tokenizer.pad_token_id, max_batch_tokens=ws.options.batch_tokens)
+    applier = ws.engine.evaluator.applier
+    calib_eval = Evaluator(ws.loaded.model, ws.units, batches, ws.loaded.device, applier=applier)
+    measured = sensitivity(ws, bits, granularity)
+    fisher = fisher_diagonal(ws.loaded.model, ws.units, calib_eval.device_batches(), calib.labels)
+    entries = build_entries(ws.units, bits, ws.options.scheme, granularity, ("only",))
+    rows = proxy_rows(entries, applier, calib_eval, calib_eval.reference(), fisher)
+    return {"calibration": {"source": calib.source, "examples": len(calib), "disjoint_from_evaluation": True},
+            "granularity": granularity, "rows": rows, "correlations": proxy_correlations(rows, measured["rows"])}
+
+
 def baseline(ws: Workspace) -> dict:
     ref = ws.engine.reference()
     correct = int((ref.predictions == ws.labels).sum())
@@ -99,7 +127,7 @@ def sensitivity(ws: Workspace, bits: list[int], granularity: str = "block", view
     for b in bits:
         for view in views:
             subset = [r for r in rows if r["bits"] == b and r["view"] == view]
-            rankings[f"{view}@int{b}"] = rank_rows(subset, rank_by)
+            rankings[f"{view}@int{b}"] = rank_rows(subset, rank_by, view=view)
     return {"granularity": granularity, "bits": bits, "views": list(views), "rank_by": rank_by, "rows": rows,
             "rankings": rankings}
 

@@ -21,15 +21,19 @@ class Evaluator:
     """
 
     def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
-                 prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30):
+                 prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30, applier: PlanApplier | None = None):
         self.model = model
         self.unit_map = unit_map
         self.batches = batches
         self.device = device
-        self.applier = PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
+        self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
         self.prefix = PrefixCache(unit_map.blocks) if prefix_reuse else None
         self._inputs = [{k: v.to(device) for k, v in b.inputs.items()} for b in batches]
         self._reference: EvalResult | None = None
+
+    def device_batches(self):
+        """(example positions, model inputs already on the device) per batch."""
+        return [(batch.index, inputs) for batch, inputs in zip(self.batches, self._inputs)]
 
     def reference(self) -> EvalResult:
         if self._reference is None:

@@ -19,21 +19,28 @@ RANK_METRICS = {
 }
 
 
-def rank_rows(rows: list[dict], metric: str = "kl_mean", alpha: float = 0.05) -> list[dict]:
-    """Sorted copies of ``rows`` (one bit-width and view) with rank, tie group and significance."""
+def rank_rows(rows: list[dict], metric: str = "kl_mean", alpha: float = 0.05, view: str = "only") -> list[dict]:
+    """Sorted copies of ``rows`` (one bit-width and view) with rank, tie group and significance.
+
+    In the ``only`` view a larger metric means a more sensitive unit. In the ``all_but`` view the
+    unit is the one kept FP32 while all others are quantized, so a *smaller* metric means that
+    protecting it recovers more: the most sensitive unit is the one with the lowest value.
+    """
     if metric not in RANK_METRICS:
         raise ValueError(f"unknown ranking metric {metric!r}; use one of {', '.join(RANK_METRICS)}")
     low_key, high_key = RANK_METRICS[metric]
-    ordered = sorted(rows, key=lambda r: (-r[metric], r["unit"]))
+    sign = 1 if view == "all_but" else -1
+    ordered = sorted(rows, key=lambda r: (sign * r[metric], r["unit"]))
     ranked = []
     group = 0
-    leader_low = None
+    leader = None
     for position, row in enumerate(ordered, start=1):
         low = row[low_key] if low_key else row[metric]
         high = row[high_key] if high_key else row[metric]
-        if leader_low is None or high < leader_low:
+        separate = leader is None or (high < leader[0] if sign < 0 else low > leader[1])
+        if separate:
             group += 1
-            leader_low = low
+            leader = (low, high)
         ranked.append({**row, "rank": position, "tie_group": group,
                        "distinguishable_from_fp32": bool(row["mcnemar_p"] < alpha)})
     return ranked

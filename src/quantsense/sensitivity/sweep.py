@@ -56,7 +56,20 @@ def build_entries(unit_map: UnitMap, bits_list: list[int], scheme: QuantConfig, 
                 plan = Plan.of({n: config for n in chosen})
                 key = display.replace(" ", "") if granularity == "block" else display
                 entries.append(SweepEntry(f"{view}:{key}@{config.label()}", display, names, bits, view, plan))
+        if "all_but" in views:  # the "everything quantized" point the all_but view is read against
+            entries.append(SweepEntry(f"all:{granularity}@{config.label()}", "all", every, bits, "all",
+                                      Plan.of({n: config for n in every})))
     return entries
+
+
+def add_recovery(rows: list[dict]) -> None:
+    """For ``all_but`` rows: how much KL and accuracy keeping this unit FP32 buys back from all-quantized."""
+    everything = {r["bits"]: r for r in rows if r["view"] == "all"}
+    for row in rows:
+        base = everything.get(row["bits"])
+        if row["view"] == "all_but" and base is not None:
+            row["kl_recovered"] = base["kl_mean"] - row["kl_mean"]
+            row["drop_recovered"] = base["drop"] - row["drop"]
 
 
 def weight_sqnr_db(applier, names: tuple[str, ...], config: QuantConfig) -> float:
@@ -87,4 +100,5 @@ def run_sweep(engine, entries: list[SweepEntry], labels: np.ndarray, seed: int =
             **metrics,
             "weight_sqnr_db": weight_sqnr_db(applier, entry.unit_names, config) if config else float("inf"),
         })
+    add_recovery(rows)
     return rows

@@ -95,11 +95,13 @@ def _fmt_csv(value):
 
 
 def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        if math.isinf(value):
-            return "inf"
+        if math.isinf(value) or math.isnan(value):
+            return str(value)
         if abs(value) < 10 ** (-digits) and value != 0:
             return f"{value:.1e}"
         return f"{value:.{digits}f}"

@@ -11,6 +11,11 @@ SENS_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("view", "view"), ("accuracy
                 ("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p"),
                 ("fixed", "fixed"), ("broken", "broken"), ("flip_rate", "flip %"), ("kl_mean", "KL mean"),
                 ("kl_p95", "KL p95"), ("logit_sqnr_db", "logit SQNR dB"), ("weight_sqnr_db", "weight SQNR dB")]
+RECOVERY_COLUMNS = [("kl_recovered", "KL recovered"), ("drop_recovered", "drop recovered")]
+PROXY_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("weight_error", "weight error"), ("calib_kl", "calib KL"),
+                 ("fisher", "Fisher")]
+CORR_COLUMNS = [("bits", "bits"), ("proxy", "proxy"), ("units", "units"), ("spearman_vs_kl", "Spearman vs KL"),
+                ("spearman_vs_drop", "Spearman vs drop")]
 RANK_COLUMNS = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
                 ("kl_ci_high", "KL CI high"), ("drop", "drop pts"), ("mcnemar_p", "McNemar p"),
                 ("tie_group", "tie group"), ("distinguishable_from_fp32", "differs from FP32")]
@@ -25,11 +30,23 @@ def baseline_text(base: dict) -> str:
 
 
 def sensitivity_text(sens: dict) -> str:
-    parts = [markdown_table(sens["rows"], SENS_COLUMNS, digits=3)]
+    columns = SENS_COLUMNS + (RECOVERY_COLUMNS if "all_but" in sens["views"] else [])
+    parts = [markdown_table(sens["rows"], columns, digits=3)]
     for key, ranked in sens["rankings"].items():
         parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tie group = not distinguishable):")
         parts.append(markdown_table(ranked, RANK_COLUMNS, digits=4))
     return "\n".join(parts)
+
+
+def proxies_text(prox: dict) -> str:
+    cal = prox["calibration"]
+    return "\n".join([
+        f"Proxies on {cal['examples']} calibration examples from {cal['source']} (disjoint from the evaluation set):",
+        markdown_table(prox["rows"], PROXY_COLUMNS, digits=4),
+        "",
+        "Spearman rank correlation of each proxy with the measured full-set sweep:",
+        markdown_table(prox["correlations"], CORR_COLUMNS, digits=3),
+    ])
 
 
 def plans_text(rows: list[dict]) -> str:
@@ -58,6 +75,8 @@ def summary_markdown(results: dict) -> str:
     if "sensitivity" in results:
         lines += ["", "## Phase 2: per-block sensitivity", "", "![sensitivity](sensitivity.png)", "",
                   sensitivity_text(results["sensitivity"])]
+    if "proxies" in results:
+        lines += ["", "## Cheap proxies, validated", "", proxies_text(results["proxies"])]
     if "mixed" in results:
         lines += ["", "## Phase 3: mixed precision", "", plans_text(results["mixed"]["rows"])]
     if "ablation" in results:
@@ -75,6 +94,9 @@ def write_results_folder(out: Path, results: dict) -> list[Path]:
         written.append(write_csv(out / "rankings.csv", ranked))
         written.append(sensitivity_bars(sens["rows"], out / "sensitivity.png"))
         written.append(sensitivity_heatmap(sens["rows"], out / "heatmap.png"))
+    if "proxies" in results:
+        written.append(write_csv(out / "proxies.csv", results["proxies"]["rows"]))
+        written.append(write_csv(out / "proxy_correlations.csv", results["proxies"]["correlations"]))
     if "mixed" in results:
         written.append(write_csv(out / "mixed.csv", results["mixed"]["rows"]))
     if "ablation" in results:
