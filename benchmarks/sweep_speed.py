@@ -1,0 +1,141 @@
+"""Benchmark: a per-block sweep run by a plain implementation and by the quantsense engine.
+
+Both run in this one process, on the same model and data, one after the other:
+
+(a) plain, written here for comparison: for each (block, bits) deep-copy the model, quantize the
+    block's linear weights, evaluate every sentence in file order, tokenizing and padding each
+    batch of 32;
+(b) the engine: tokenize once, length-sorted batches under a token budget, FP32 reference once,
+    prefix reuse, each (unit, config) quantized once, no results store (pure compute).
+
+It prints both wall times, the ratio, evaluations per minute, and the engine's share of the
+FLOP-bound limit: the matmul FLOPs the sweep cannot avoid (reference pass plus, for each
+configuration, blocks from the quantized one on, counted on unpadded tokens) divided by this
+machine's fp32 matmul rate measured on the model's own linear shapes. It checks that (a) and (b)
+give the same accuracies.
+
+    python benchmarks/sweep_speed.py --model ../shared/assets/models/minilm-l6-sst2 \
+        --data ../shared/assets/sst2/validation.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+
+from quantsense.config import Plan, QuantConfig
+from quantsense.study import StudyOptions, open_workspace
+
+
+def plain_quantize_(weight: torch.Tensor, bits: int) -> None:
+    """Symmetric per-output-channel round-to-nearest on torchao's grid, written out independently."""
+    qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+    scale = (weight.abs().amax(dim=1, keepdim=True) / ((qmax - qmin) / 2)).clamp(min=torch.finfo(torch.float32).smallest_normal)
+    weight.copy_(torch.clamp(torch.round(weight * (1.0 / scale)), qmin, qmax) * scale)
+
+
+@torch.inference_mode()
+def plain_correct(model, tokenizer, texts, labels, block_units, block, bits, batch_size=32) -> int:
+    model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    for name in block_units[block]:
+        plain_quantize_(modules[name].weight, bits)
+    correct = 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        preds = model(**enc).logits.argmax(dim=1).numpy()
+        correct += int((preds == labels[start : start + batch_size]).sum())
+    return correct
+
+
+def matmul_rate(shapes: list[tuple[int, int]], tokens: int = 4096, repeats: int = 10) -> float:
+    """fp32 GFLOP/s of x[tokens, k] @ w[k, n] over the model's linear shapes, FLOP-weighted."""
+    flops = seconds = 0.0
+    g = torch.Generator().manual_seed(0)
+    for k, n in shapes:
+        x, w = torch.randn(tokens, k, generator=g), torch.randn(k, n, generator=g)
+        for _ in range(3):
+            x @ w
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ w
+        seconds += time.perf_counter() - start
+        flops += 2.0 * tokens * k * n * repeats
+    return flops / seconds / 1e9
+
+
+def unavoidable_gflop(ws, starts: list[int]) -> float:
+    """Matmul GFLOP of the reference pass plus each configuration from its first quantized block, unpadded."""
+    lengths = np.array([int(b.inputs["attention_mask"][i].sum()) for b in ws.engine.evaluator.batches
+                        for i in range(len(b.index))])
+    tokens, attn_pairs = lengths.sum(), (lengths.astype(np.float64) ** 2).sum()
+    hidden = ws.loaded.model.config.hidden_size
+    per_block = []
+    for i in range(ws.units.num_blocks):
+        params = sum(ws.units.get(n).numel for n in ws.units.block_units(i))
+        per_block.append(2.0 * params * tokens + 2 * 2.0 * attn_pairs * hidden)  # linears + QK^T and AV
+    head = sum(2.0 * ws.units.get(n).numel * len(lengths) for n in ws.units.extra_units() if ws.units.get(n).kind == "head")
+    total = sum(per_block) + head  # the reference pass
+    total += sum(sum(per_block[s:]) + head for s in starts)
+    return total / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4, 3, 2])
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args()
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+    ws = open_workspace(StudyOptions(model=args.model, data=args.data, limit=args.limit, device="cpu", quiet=True))
+    model, tokenizer = ws.loaded.model, ws.loaded.tokenizer
+    texts, labels = ws.data.texts, ws.data.labels
+    blocks = ws.units.all_block_units()
+    configs = [(block, bits) for bits in args.bits for block in range(len(blocks))]
+    print(f"model {args.model}: {len(blocks)} blocks; {len(texts)} sentences; {len(configs)} configurations; "
+          f"torch threads {torch.get_num_threads()}")
+
+    start = time.perf_counter()
+    plain = {cfg: plain_correct(model, tokenizer, texts, labels, blocks, *cfg) for cfg in configs}
+    plain_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ws = open_workspace(StudyOptions(model=args.model, data=args.data, limit=args.limit, device="cpu", quiet=True))
+    setup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = ws.engine.reference()
+    results = ws.engine.evaluate_many(
+        [(f"{block}@{bits}", Plan.of({n: QuantConfig(bits) for n in ws.units.block_units(block)})) for block, bits in configs])
+    engine_s = time.perf_counter() - start
+    engine = {cfg: int((results[f"{cfg[0]}@{cfg[1]}"].predictions == ws.labels).sum()) for cfg in configs}
+    assert reference is not None
+
+    rate = matmul_rate(sorted({tuple(ws.units.get(n).shape[::-1]) for names in blocks for n in names}))
+    gflop = unavoidable_gflop(ws, [block for block, _ in configs])
+    mismatches = [cfg for cfg in configs if plain[cfg] != engine[cfg]]
+    print(f"{'block':>5} {'bits':>4} {'plain acc %':>11} {'engine acc %':>12}")
+    for cfg in configs:
+        n = len(texts)
+        print(f"{cfg[0]:>5} {cfg[1]:>4} {100 * plain[cfg] / n:>11.2f} {100 * engine[cfg] / n:>12.2f}")
+    print(f"plain:  {plain_s:7.1f} s  ({len(configs) / plain_s * 60:.1f} evaluations/min)")
+    print(f"engine: {engine_s:7.1f} s  ({len(configs) / engine_s * 60:.1f} evaluations/min; "
+          f"+{setup_s:.1f} s to load and tokenize, done once)")
+    print(f"ratio plain/engine: {plain_s / engine_s:.2f}x")
+    print(f"fp32 matmul rate on the model's linear shapes: {rate:.1f} GFLOP/s")
+    print(f"unavoidable matmul work: {gflop:.0f} GFLOP -> FLOP-bound limit {gflop / rate:.1f} s; "
+          f"engine reaches {100 * gflop / rate / engine_s:.0f} % of it ({gflop / engine_s:.1f} GFLOP/s)")
+    print("accuracies identical: " + ("yes" if not mismatches else f"NO, differ at {mismatches}"))
+    if mismatches:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
