@@ -1,0 +1,74 @@
+"""Killing a sweep and re-running the same command gives exactly the uninterrupted results."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _args(model, data, store, out):
+    return ["sensitivity", "--model", str(model), "--data", str(data), "--limit", "160", "--bits", "8", "6", "4", "3", "2",
+            "--store", str(store), "--out", str(out), "--quiet"]
+
+
+def _cli(args, **kwargs):
+    return [sys.executable, "-m", "quantsense.cli", *args]
+
+
+def _rows(store) -> int:
+    if not store.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _start_and_stop_after(args, store, rows, sig):
+    proc = subprocess.Popen(_cli(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while _rows(store) < rows:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def _sensitivity_rows(out):
+    return json.loads((out / "results.json").read_text())["sensitivity"]["rows"]
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_and_recomputes_only_the_rest(standin_dir, sst2_validation, tmp_path):
+    total = 1 + 6 * 5  # fp32 reference + 6 blocks x 5 bit-widths
+    store = tmp_path / "killed.sqlite"
+    code, _, _ = _start_and_stop_after(_args(standin_dir, sst2_validation, store, tmp_path / "a"), store, 9, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    saved = _rows(store)
+    assert 9 <= saved < total
+    resumed = subprocess.run(_cli(_args(standin_dir, sst2_validation, store, tmp_path / "a")), cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{total - saved} evaluation(s) computed" in resumed.stdout
+    assert f"{saved} came from the store" in resumed.stdout
+    fresh = subprocess.run(_cli(_args(standin_dir, sst2_validation, tmp_path / "clean.sqlite", tmp_path / "b")), cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    assert _sensitivity_rows(tmp_path / "a") == _sensitivity_rows(tmp_path / "b")
+
+
+def test_ctrl_c_says_where_results_are_and_how_to_resume(standin_dir, sst2_validation, tmp_path):
+    store = tmp_path / "int.sqlite"
+    code, _, err = _start_and_stop_after(_args(standin_dir, sst2_validation, store, tmp_path / "c"), store, 4, signal.SIGINT)
+    assert code == 130
+    assert str(store) in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert _rows(store) >= 4
