@@ -105,8 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     _sensitivity_flags(run)
     _calibration_flags(run, required=False)
     run.add_argument("--plan", action="append", default=[])
+    alloc = sub.add_parser("allocate", parents=[common], help="best bit-width per unit under a size budget (exact MILP)")
+    budget = alloc.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--avg-bits", type=float, help="average stored bits per block linear weight, scales included")
+    budget.add_argument("--max-size", help="whole-model size, e.g. 20MB or 18MiB")
+    _allocation_flags(alloc)
+    front = sub.add_parser("frontier", parents=[common], help="allocate over many budgets and measure every plan")
+    front.add_argument("--budgets", type=float, nargs="+", default=[3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0],
+                       help="average bits per weight to solve for")
+    _allocation_flags(front)
+    exp = sub.add_parser("export", parents=[common], help="write a plan as a torchao-quantized checkpoint and verify it")
+    exp.add_argument("plan_file", metavar="PLAN", help="plan JSON (from 'quantsense allocate' or by hand)")
+    exp.add_argument("--no-verify", action="store_true", help="skip reloading, accuracy and latency checks")
     sub.add_parser("units", parents=[common], help="list the blocks and units that quantsense found")
     return parser
+
+
+def _allocation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--candidates", type=_bits, nargs="+", default=[2, 3, 4, 5, 6, 8],
+                   help="bit-widths to choose from (FP32 is always an option)")
+    p.add_argument("--granularity", choices=("block", "linear"), default="linear", help="allocate per block or per linear unit")
+    p.add_argument("--tie", help="regex over unit names inside a block; matching units share one bit-width (e.g. 'query|key|value')")
+    p.add_argument("--objective", choices=("kl", "drop"), default="kl", help="sum of single-unit mean KL (default) or accuracy drop")
 
 
 def _options(args):
@@ -196,6 +216,44 @@ def _run_study(args, ws) -> dict:
     return results
 
 
+def _budgets(args):
+    from quantsense.mixed_precision.allocation import Budget, parse_size
+
+    if args.command == "frontier":
+        return [Budget(avg_bits=b) for b in args.budgets]
+    if args.max_size is not None:
+        return [Budget(max_bytes=parse_size(args.max_size))]
+    return [Budget(avg_bits=args.avg_bits)]
+
+
+def _run_allocation(args, ws) -> dict:
+    from quantsense import study
+    from quantsense.visualization import summary as text
+    from quantsense.visualization.report import provenance
+
+    results = {"provenance": provenance(), "workspace": ws.describe(), "baseline": study.baseline(ws)}
+    _say(text.baseline_text(results["baseline"]))
+    fr = study.frontier(ws, _budgets(args), args.candidates, args.granularity, args.tie, args.objective)
+    results["frontier"] = fr
+    _say(text.frontier_text(fr))
+    return results
+
+
+def _run_export(args, ws) -> dict:
+    from quantsense import study
+    from quantsense.config import BlockPlan, Plan
+    from quantsense.visualization import summary as text
+
+    plan = Plan.load(args.plan_file)
+    if isinstance(plan, BlockPlan):
+        plan = plan.resolve(ws.units.all_block_units())
+    if not args.out:
+        raise QuantsenseError("export needs --out DIR for the quantized checkpoint")
+    report = study.export(ws, plan, args.out, verify=not args.no_verify)
+    _say(text.export_text(report))
+    return {"export": report}
+
+
 def _list_units(ws) -> None:
     for name, unit in ws.units.units.items():
         block = "-" if unit.block is None else unit.block
@@ -216,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "units":
             _list_units(ws)
             return 0
-        results = _run_study(args, ws)
+        if args.command == "export":
+            results = _run_export(args, ws)
+            _store_note(ws)
+            return 0
+        if args.command in ("allocate", "frontier"):
+            results = _run_allocation(args, ws)
+        else:
+            results = _run_study(args, ws)
         _store_note(ws)
         if args.command == "plot" and not args.out:
             args.out = "."

@@ -19,7 +19,9 @@ from quantsense.engine import Engine, Evaluator
 from quantsense.evaluation.batching import make_batches, tokenize_texts
 from quantsense.evaluation.metrics import compare_classification
 from quantsense.mixed_precision.size import average_bits, model_bytes
-from quantsense.mixed_precision.strategies import single_block_plan, strategy_plans
+from quantsense.quantization.export import export_bytes, export_plan, weights_file_bytes
+from quantsense.mixed_precision.allocation import Allocation, allocate, make_groups
+from quantsense.mixed_precision.strategies import single_block_plan, strategy_plans, uniform_plan
 from quantsense.models.loading import LoadedModel, load_model, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
 from quantsense.sensitivity.proxies import fisher_diagonal, proxy_correlations, proxy_rows
@@ -180,3 +182,108 @@ def ablation(ws: Workspace, ranking: list[int], bits: int = 4) -> dict:
 
 __all__ = ["StudyOptions", "Workspace", "ablation", "baseline", "block_ranking", "least_sensitive_blocks",
            "mixed", "open_workspace", "sensitivity"]
+
+
+def unit_losses(ws: Workspace, candidates: list[int], granularity: str, objective: str) -> tuple[dict, dict]:
+    """Measured loss of every unit alone at every candidate bit-width (from the store when finished)."""
+    sweep_granularity = "block" if granularity == "block" else "linear"
+    sens = sensitivity(ws, sorted(candidates, reverse=True), sweep_granularity)
+    key = {"kl": "kl_mean", "drop": "drop"}[objective]
+    losses = {}
+    for row in sens["rows"]:
+        names = ws.units.block_units(int(row["unit"].split()[-1])) if sweep_granularity == "block" else [row["unit"]]
+        value = max(row[key], 0.0) if objective == "drop" else row[key]
+        for name in names:  # a block's loss is carried by its units so groups can sum them
+            losses[(name, row["bits"])] = value / len(names)
+    return losses, sens
+
+
+def allocate_plans(ws: Workspace, budgets: list, candidates: list[int], granularity: str = "block",
+                   tie: str | None = None, objective: str = "kl") -> list[tuple[str, Allocation]]:
+    losses, _ = unit_losses(ws, candidates, granularity, objective)
+    groups = make_groups(ws.units, granularity, tie)
+    out = []
+    for budget in budgets:
+        allocation = allocate(ws.units, ws.loaded.model, groups, losses, candidates, budget, ws.options.scheme)
+        out.append((f"allocated@{budget.label()}", allocation))
+    return out
+
+
+def frontier(ws: Workspace, budgets: list, candidates: list[int], granularity: str = "block", tie: str | None = None,
+             objective: str = "kl") -> dict:
+    """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured."""
+    allocations = allocate_plans(ws, budgets, candidates, granularity, tie, objective)
+    named: dict[str, Plan] = {name: a.plan for name, a in allocations}
+    kinds = {name: "allocated" for name in named}
+    for bits in sorted(candidates, reverse=True):
+        named[f"uniform int{bits}"] = uniform_plan(ws.units, bits, ws.options.scheme)
+        kinds[f"uniform int{bits}"] = "uniform"
+    ranking = block_ranking(sensitivity(ws, [min(b for b in candidates if b >= 4) if any(b >= 4 for b in candidates) else min(candidates)]))
+    for name, (plan, _) in strategy_plans(ws.units, ranking, ws.options.scheme).items():
+        named[name] = plan
+        kinds[name] = "hand"
+    rows = evaluate_plans(ws, named, desc="frontier")
+    predicted = {name: a.predicted_loss for name, a in allocations}
+    for row in rows:
+        row["kind"] = kinds[row["plan"]]
+        row["predicted_loss"] = predicted.get(row["plan"])
+        measured = row["kl_mean"] if objective == "kl" else row["drop"]
+        if row["predicted_loss"]:
+            row["measured_over_predicted"] = measured / row["predicted_loss"]
+    plans = {name: a.plan.to_json_dict() for name, a in allocations}
+    choices = {name: {g: b for g, b in a.choices.items()} for name, a in allocations}
+    return {"objective": objective, "granularity": granularity, "candidates": candidates, "rows": rows,
+            "plans": plans, "choices": choices}
+
+
+def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> dict:
+    """Export ``plan`` with torchao, reload it in a fresh process without quantsense, and measure it."""
+    path = export_plan(ws.loaded.source, "classification", ws.units, plan, out)
+    fp32_bytes = model_bytes(ws.loaded.model, ws.units, Plan())
+    report = {
+        "out": str(path),
+        "plan_avg_bits": average_bits(ws.units, plan),
+        "disk_bytes": weights_file_bytes(path),
+        "predicted_export_bytes": export_bytes(ws.loaded.model, ws.units, plan),
+        "predicted_packed_bytes": model_bytes(ws.loaded.model, ws.units, plan),
+        "fp32_param_bytes": fp32_bytes,
+    }
+    source = Path(ws.loaded.source)
+    report["fp32_disk_bytes"] = weights_file_bytes(source) if source.is_dir() else fp32_bytes
+    report["disk_factor"] = report["fp32_disk_bytes"] / report["disk_bytes"]
+    report["predicted_factor"] = fp32_bytes / report["predicted_export_bytes"]
+    report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
+    if not verify:
+        return report
+    simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"].predictions
+    check = _verify_in_fresh_process(path, ws)
+    exported = np.asarray(check["predictions"])
+    report.update({
+        "exported_accuracy": 100 * float((exported == ws.labels).mean()),
+        "simulated_accuracy": 100 * float((simulated == ws.labels).mean()),
+        "predictions_differing": int((exported != simulated).sum()),
+        "latency_exported_ms": 1000 * check["latency_exported_s"],
+        "latency_fp32_ms": 1000 * check["latency_fp32_s"],
+        "latency_batch_shape": check["batch_shape"],
+        "reloaded_weight_class": check["weight_class"],
+        "quantsense_imported_by_reload": check["quantsense_imported"],
+    })
+    return report
+
+
+def _verify_in_fresh_process(path: Path, ws: Workspace) -> dict:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from quantsense.quantization import verify_export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.tsv"
+        data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(ws.data.texts, ws.labels.tolist())))
+        proc = subprocess.run([sys.executable, verify_export.__file__, str(path), ws.loaded.source, str(data)],
+                              capture_output=True, text=True, cwd=tmp)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -68,3 +68,38 @@ def sensitivity_heatmap(rows: list[dict], path: str | Path, metric: str = "kl_me
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def frontier_plot(rows: list[dict], path: str | Path, fp32_accuracy: float | None = None) -> Path:
+    """Measured accuracy and KL against average bits per weight: allocated, uniform and hand plans."""
+    styles = {"allocated": ("o-", "allocated (MILP)"), "uniform": ("s--", "uniform"), "hand": ("^", "hand strategies")}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for kind, (style, label) in styles.items():
+        chosen = sorted((r for r in rows if r.get("kind") == kind), key=lambda r: r["avg_bits"])
+        if not chosen:
+            continue
+        x = [r["avg_bits"] for r in chosen]
+        acc = np.array([r["accuracy"] for r in chosen])
+        err = np.vstack([np.array([r["drop_ci_high"] for r in chosen]) - np.array([r["drop"] for r in chosen]),
+                         np.array([r["drop"] for r in chosen]) - np.array([r["drop_ci_low"] for r in chosen])])
+        axes[0].errorbar(x, acc, yerr=err, fmt=style, capsize=3, label=label)
+        axes[1].plot(x, [max(r["kl_mean"], 1e-8) for r in chosen], style, label=label)
+        if kind == "hand":
+            for r in chosen:
+                axes[0].annotate(r["plan"], (r["avg_bits"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if fp32_accuracy is None and rows:
+        fp32_accuracy = rows[0]["accuracy"] + rows[0]["drop"]
+    axes[0].axhline(fp32_accuracy, color="gray", linestyle=":", label="FP32")
+    axes[0].set_ylabel("measured accuracy % (95% CI of the drop)")
+    axes[1].set_ylabel("measured mean KL(FP32 || plan), log")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("average stored bits per weight (block linear weights, scales included)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy / size frontier")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantsense.visualization.plots import sensitivity_bars, sensitivity_heatmap
+from quantsense.visualization.plots import frontier_plot, sensitivity_bars, sensitivity_heatmap
 from quantsense.visualization.report import markdown_table, write_atomic, write_csv, write_json
 
 SENS_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("view", "view"), ("accuracy", "acc %"), ("drop", "drop pts"),
@@ -49,6 +49,47 @@ def proxies_text(prox: dict) -> str:
     ])
 
 
+FRONTIER_COLUMNS = [("plan", "plan"), ("kind", "kind"), ("avg_bits", "avg bits/weight"), ("model_mb", "model MB"),
+                    ("accuracy", "acc %"), ("drop", "drop pts"), ("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"),
+                    ("mcnemar_p", "McNemar p"), ("kl_mean", "KL mean"), ("predicted_loss", "predicted loss"),
+                    ("measured_over_predicted", "measured/predicted")]
+
+
+def frontier_text(fr: dict) -> str:
+    lines = [f"Allocation ({fr['granularity']} units, candidates {fr['candidates']} + FP32, objective: sum of "
+             f"single-unit {'mean KL' if fr['objective'] == 'kl' else 'accuracy drop'}); every plan measured:",
+             markdown_table(fr["rows"], FRONTIER_COLUMNS, digits=4)]
+    for name, choice in fr["choices"].items():
+        counts: dict = {}
+        for bits in choice.values():
+            key = "fp32" if bits is None else f"int{bits}"
+            counts[key] = counts.get(key, 0) + 1
+        detail = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+        if len(choice) <= 12:
+            detail = ", ".join(f"{g}: {'fp32' if b is None else f'int{b}'}" for g, b in choice.items())
+        lines.append(f"{name}: {detail}")
+    return "\n".join(lines)
+
+
+def export_text(rep: dict) -> str:
+    lines = [
+        f"Exported to {rep['out']} (plan: {rep['plan_avg_bits']:.3f} bits per block linear weight)",
+        f"weights on disk: {rep['disk_bytes'] / 1e6:.2f} MB vs FP32 {rep['fp32_disk_bytes'] / 1e6:.2f} MB: "
+        f"{rep['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout {rep['predicted_factor']:.3f}x "
+        f"(packed sub-byte storage would give {rep['packed_factor']:.3f}x)",
+    ]
+    if "exported_accuracy" in rep:
+        lines += [
+            f"reloaded in a fresh process with transformers + torchao only (weights: {rep['reloaded_weight_class']}, "
+            f"quantsense imported: {rep['quantsense_imported_by_reload']})",
+            f"accuracy: exported {rep['exported_accuracy']:.2f} %, simulated {rep['simulated_accuracy']:.2f} %, "
+            f"{rep['predictions_differing']} predictions differ",
+            f"CPU latency per batch {tuple(rep['latency_batch_shape'])}: exported {rep['latency_exported_ms']:.1f} ms, "
+            f"FP32 {rep['latency_fp32_ms']:.1f} ms ({rep['latency_exported_ms'] / rep['latency_fp32_ms']:.2f}x)",
+        ]
+    return "\n".join(lines)
+
+
 def plans_text(rows: list[dict]) -> str:
     return markdown_table(rows, PLAN_COLUMNS, digits=3)
 
@@ -77,11 +118,18 @@ def summary_markdown(results: dict) -> str:
                   sensitivity_text(results["sensitivity"])]
     if "proxies" in results:
         lines += ["", "## Cheap proxies, validated", "", proxies_text(results["proxies"])]
+    if "frontier" in results:
+        lines += ["", "## Budgeted allocation and frontier", "", "![frontier](frontier.png)", "",
+                  frontier_text(results["frontier"])]
     if "mixed" in results:
         lines += ["", "## Phase 3: mixed precision", "", plans_text(results["mixed"]["rows"])]
     if "ablation" in results:
         lines += ["", "## Ablation", "", ablation_text(results["ablation"])]
     return "\n".join(lines) + "\n"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name.replace(" bits/weight", "bits"))
 
 
 def write_results_folder(out: Path, results: dict) -> list[Path]:
@@ -97,6 +145,14 @@ def write_results_folder(out: Path, results: dict) -> list[Path]:
     if "proxies" in results:
         written.append(write_csv(out / "proxies.csv", results["proxies"]["rows"]))
         written.append(write_csv(out / "proxy_correlations.csv", results["proxies"]["correlations"]))
+    if "frontier" in results:
+        fr = results["frontier"]
+        written.append(write_csv(out / "frontier.csv", fr["rows"]))
+        written.append(frontier_plot(fr["rows"], out / "frontier.png"))
+        for name, plan in fr["plans"].items():
+            written.append(write_json(out / "plans" / f"{_slug(name)}.json", plan))
+        if len(fr["plans"]) == 1:
+            written.append(write_json(out / "plan.json", next(iter(fr["plans"].values()))))
     if "mixed" in results:
         written.append(write_csv(out / "mixed.csv", results["mixed"]["rows"]))
     if "ablation" in results:

@@ -1,0 +1,110 @@
+"""Export a plan as a real quantized Hugging Face checkpoint with torchao, and predict its size.
+
+Each planned linear unit gets a torchao ``IntxWeightOnlyConfig`` with the plan's bit-width,
+symmetry and granularity (``PerAxis(0)`` for per-channel, ``PerGroup(g)``), keyed by the weight's
+fully qualified name in an ``FqnToConfig``; transformers applies it while loading
+(``TorchAoConfig``) and ``save_pretrained`` writes safetensors that reload with transformers and
+torchao alone. torchao and the fake quantizer use the same grid, so the exported model computes
+the weights the simulation measured.
+
+torchao 0.18's portable layout (``IntxPackingFormat.UNPACKED_TO_INT8``) stores every code in an
+int8, one fp32 scale and one int8 zero point per scale group, whatever the bit-width: INT4 weights
+take as much disk as INT8 ones. :func:`export_bytes` predicts that layout; the plan's own
+``storage_bits`` is the packed size a sub-byte kernel format would reach.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from quantsense.config import Plan, QuantConfig
+from quantsense.errors import QuantsenseError
+from quantsense.models.units import UnitMap
+
+PLAN_FILE = "quantsense_plan.json"
+
+
+def torchao_config(config: QuantConfig):
+    try:
+        from torchao.quantization import IntxWeightOnlyConfig, MappingType
+        from torchao.quantization.granularity import PerAxis, PerGroup
+    except ImportError:
+        raise QuantsenseError("export needs torchao: pip install -c constraints.txt -e '.[export]'") from None
+    if config.granularity == "per_tensor":
+        raise QuantsenseError("torchao's IntxWeightOnlyConfig has no per-tensor granularity; plan with per_channel or per_group")
+    granularity = PerAxis(0) if config.granularity == "per_channel" else PerGroup(config.group_size)
+    mapping = MappingType.SYMMETRIC if config.symmetric else MappingType.ASYMMETRIC
+    return IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{config.bits}"), granularity=granularity, mapping_type=mapping)
+
+
+def check_exportable(unit_map: UnitMap, plan: Plan) -> None:
+    for name in plan.units():
+        unit = unit_map.get(name)
+        if unit.kind == "embedding":
+            raise QuantsenseError(f"unit {name} is an embedding; export quantizes linear weights only, remove it from the plan")
+        if unit.transposed:
+            raise QuantsenseError(f"unit {name} is a GPT-2 Conv1D ([in, out] weight); torchao's IntxWeightOnlyConfig "
+                                  "quantizes nn.Linear only, so it cannot be exported")
+
+
+def export_bytes(model: torch.nn.Module, unit_map: UnitMap, plan: Plan) -> int:
+    """Bytes of every parameter in torchao's unpacked layout: int8 codes, fp32 scale + int8 zero point per group."""
+    configs = plan.as_dict()
+    quantized = {id(unit_map.get(n).weight): n for n in configs}
+    total, seen = 0, set()
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        name = quantized.get(id(param))
+        if name is None:
+            total += param.numel() * param.element_size()
+            continue
+        config, rows = configs[name], param.shape[0]
+        groups = rows if config.granularity == "per_channel" else math.prod(param.shape) // config.group_size
+        total += param.numel() + groups * (4 + 1)
+    return total
+
+
+def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str | Path) -> Path:
+    """Write the quantized checkpoint, tokenizer and plan to ``out`` (which must not exist or be empty)."""
+    import transformers
+
+    check_exportable(unit_map, plan)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
+    fqn_configs = {f"{name}.weight": torchao_config(config) for name, config in plan.assignments}
+    from torchao.quantization import FqnToConfig
+
+    auto = transformers.AutoModelForSequenceClassification if kind == "classification" else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(source, dtype=torch.float32,
+                                 quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        plan.save(staging / PLAN_FILE)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def weights_file_bytes(directory: str | Path) -> int:
+    """Bytes of the safetensors weight files in a saved model directory."""
+    files = list(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise QuantsenseError(f"{directory} holds no .safetensors weights")
+    return sum(f.stat().st_size for f in files)

@@ -1,0 +1,73 @@
+"""Reload an exported checkpoint in a fresh process with transformers + torchao only, no quantsense.
+
+    python verify_export.py EXPORT_DIR FP32_DIR DATA.tsv [LIMIT]
+
+Prints one JSON object: per-example predictions of the exported model (data file order),
+and CPU latency per batch of 32 for the exported and the FP32 model, measured side by side.
+"""
+
+import csv
+import json
+import statistics
+import sys
+import time
+
+import torch
+import transformers
+
+
+def read_texts(path, limit):
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.endswith(".tsv") else ",", quoting=csv.QUOTE_NONE if path.endswith(".tsv") else csv.QUOTE_MINIMAL)
+        rows = [row.get("sentence") or row.get("text") for row in reader]
+    return [r.strip() for r in rows[:limit]]
+
+
+@torch.inference_mode()
+def predictions(model, tokenizer, texts, batch_size=64):
+    order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i])["input_ids"]))
+    preds = [0] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], padding=True, return_tensors="pt")
+        for i, p in zip(idx, model(**enc).logits.argmax(dim=1).tolist()):
+            preds[i] = p
+    return preds
+
+
+@torch.inference_mode()
+def latency(model, enc, repeats=15):
+    for _ in range(3):
+        model(**enc)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**enc)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    export_dir, fp32_dir, data = sys.argv[1:4]
+    limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir).eval()
+    fp32 = transformers.AutoModelForSequenceClassification.from_pretrained(fp32_dir, dtype=torch.float32).eval()
+    texts = read_texts(data, limit)
+    enc = tokenizer(texts[:32], padding=True, return_tensors="pt")
+    exported_s, fp32_s = [], []
+    for _ in range(3):  # interleaved, so both see the same machine load
+        exported_s.append(latency(model, enc))
+        fp32_s.append(latency(fp32, enc))
+    print(json.dumps({
+        "predictions": predictions(model, tokenizer, texts),
+        "latency_exported_s": min(exported_s),
+        "latency_fp32_s": min(fp32_s),
+        "weight_class": ", ".join(sorted({type(p).__name__ for p in model.parameters()} - {"Parameter"})) or "Parameter",
+        "quantsense_imported": "quantsense" in sys.modules,
+        "batch_shape": list(enc["input_ids"].shape),
+    }))
+
+
+if __name__ == "__main__":
+    main()
