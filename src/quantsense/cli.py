@@ -243,6 +243,7 @@ def _run_export(args, ws) -> dict:
     from quantsense import study
     from quantsense.config import BlockPlan, Plan
     from quantsense.visualization import summary as text
+    from quantsense.visualization.report import provenance, write_json
 
     plan = Plan.load(args.plan_file)
     if isinstance(plan, BlockPlan):
@@ -250,6 +251,7 @@ def _run_export(args, ws) -> dict:
     if not args.out:
         raise QuantsenseError("export needs --out DIR for the quantized checkpoint")
     report = study.export(ws, plan, args.out, verify=not args.no_verify)
+    write_json(Path(args.out) / "quantsense_export.json", {"provenance": provenance(), **report})
     _say(text.export_text(report))
     return {"export": report}
 
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             _list_units(ws)
             return 0
         if args.command == "export":
-            results = _run_export(args, ws)
+            _run_export(args, ws)
             _store_note(ws)
             return 0
         if args.command in ("allocate", "frontier"):

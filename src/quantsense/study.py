@@ -282,7 +282,9 @@ def _verify_in_fresh_process(path: Path, ws: Workspace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.tsv"
         data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(ws.data.texts, ws.labels.tolist())))
-        proc = subprocess.run([sys.executable, verify_export.__file__, str(path), ws.loaded.source, str(data)],
+        source = Path(ws.loaded.source)
+        fp32 = str(source.resolve()) if source.exists() else ws.loaded.source
+        proc = subprocess.run([sys.executable, verify_export.__file__, str(path.resolve()), fp32, str(data)],
                               capture_output=True, text=True, cwd=tmp)
     if proc.returncode != 0:
         raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")

@@ -93,6 +93,9 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
+        staging.chmod(0o755)  # mkdtemp made it private; an export is meant to be shared
+        for item in staging.iterdir():
+            item.chmod(0o644)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
