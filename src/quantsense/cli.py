@@ -52,6 +52,11 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=_positive, default=512, help="truncate inputs to this many tokens")
     g.add_argument("--batch-tokens", type=_positive, default=4096, help="padded tokens per batch (length-sorted batches)")
     g.add_argument("--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures")
+    g.add_argument("--task", choices=("sst2", "wikitext"), default="sst2",
+                   help="sst2: sentence classification accuracy; wikitext: causal-LM perplexity and per-token KL on a text file")
+    g.add_argument("--max-tokens", type=_positive, default=4096, help="wikitext: first N tokens of the text")
+    g.add_argument("--context", type=_positive, default=1024, help="wikitext: window length in tokens")
+    g.add_argument("--stride", type=_positive, default=512, help="wikitext: tokens between window starts")
     q = p.add_argument_group("quantization scheme")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric (zero point) instead of symmetric")
     q.add_argument("--weight-granularity", choices=GRANULARITIES, default="per_channel")
@@ -73,6 +78,7 @@ def _sensitivity_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", nargs="+", choices=("only", "all_but"), default=None,
                    help="only: this unit quantized; all_but: all others quantized (default: only; both for linear)")
     p.add_argument("--include-extra", action="store_true", help="also embeddings and the classifier head (linear granularity)")
+    p.add_argument("--blocks", type=int, nargs="+", help="sweep only the units inside these block indices")
     p.add_argument("--rank-by", choices=("kl_mean", "drop", "flip_rate"), default="kl_mean")
 
 
@@ -144,7 +150,8 @@ def _options(args):
         store = DEFAULT_STORE
     return StudyOptions(model=args.model, data=args.data, limit=args.limit, device=args.device,
                         max_length=args.max_length, batch_tokens=args.batch_tokens, blocks_regex=args.blocks_regex,
-                        store=store, fresh=args.fresh, quiet=args.quiet, seed=args.seed, scheme=scheme)
+                        store=store, fresh=args.fresh, quiet=args.quiet, seed=args.seed, scheme=scheme, task=args.task,
+                        max_tokens=args.max_tokens, context=args.context, stride=args.stride)
 
 
 def _quiet_third_party(quiet: bool) -> None:
@@ -188,7 +195,7 @@ def _run_study(args, ws) -> dict:
         return results
     if cmd in ("sensitivity", "run", "proxies"):
         views = tuple(args.views or (("only", "all_but") if args.granularity == "linear" else ("only",)))
-        sens = study.sensitivity(ws, args.bits, args.granularity, views, args.include_extra, args.rank_by)
+        sens = study.sensitivity(ws, args.bits, args.granularity, views, args.include_extra, args.rank_by, args.blocks)
     else:
         bits = sorted({*getattr(args, "bits", []), getattr(args, "rank_bits", 4)}, reverse=True) if cmd == "plot" else [args.rank_bits]
         sens = study.sensitivity(ws, bits)

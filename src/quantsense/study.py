@@ -17,7 +17,10 @@ from quantsense.errors import QuantsenseError
 from quantsense.data.classification import ClassificationData, load_classification_data
 from quantsense.engine import Engine, Evaluator
 from quantsense.evaluation.batching import make_batches, tokenize_texts
-from quantsense.evaluation.metrics import compare_classification
+from quantsense.data.text import TextData, load_text
+from quantsense.evaluation.heads import CausalLMHead, ClassificationHead
+from quantsense.evaluation.language_model import compare_causal, make_windows, perplexity
+from quantsense.evaluation.metrics import EvalResult, compare_classification
 from quantsense.mixed_precision.size import average_bits, model_bytes
 from quantsense.quantization.export import export_bytes, export_plan, weights_file_bytes
 from quantsense.mixed_precision.allocation import Allocation, allocate, make_groups
@@ -47,6 +50,13 @@ class StudyOptions:
     seed: int = 0
     scheme: QuantConfig = field(default_factory=lambda: QuantConfig(bits=8))
     prefix_reuse: bool = True
+    task: str = "sst2"  # "sst2" (sentence classification) or "wikitext" (causal LM perplexity)
+    max_tokens: int = 4096
+    context: int = 1024
+    stride: int = 512
+
+
+TASKS = {"sst2": "classification", "wikitext": "causal"}
 
 
 @dataclass
@@ -54,33 +64,69 @@ class Workspace:
     options: StudyOptions
     loaded: LoadedModel
     units: UnitMap
-    data: ClassificationData
+    data: ClassificationData | TextData
     engine: Engine
     model_fp: str
     data_fp: str
 
     @property
-    def labels(self) -> np.ndarray:
-        return self.data.labels
+    def causal(self) -> bool:
+        return self.loaded.kind == "causal"
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.causal else self.data.labels
+
+    def compare(self, reference: EvalResult, quantized: EvalResult) -> dict:
+        """Every paired metric of a quantized run against FP32, for this task."""
+        if self.causal:
+            return compare_causal(reference, quantized, seed=self.options.seed)
+        return compare_classification(reference, quantized, self.labels, seed=self.options.seed)
 
     def describe(self) -> dict:
+        batches = self.engine.evaluator.batches
+        data = {"source": self.data.source, "fingerprint": self.data_fp, "task": self.options.task}
+        if self.causal:
+            data.update(batches.settings)
+        else:
+            data.update({"examples": len(self.data), "limit": self.options.limit})
         return {
             "model": {"source": self.loaded.source, "fingerprint": self.model_fp, "blocks": self.units.num_blocks,
-                      "block_path": self.units.block_prefix, "device": str(self.loaded.device)},
-            "data": {"source": self.data.source, "examples": len(self.data), "fingerprint": self.data_fp,
-                     "limit": self.options.limit},
+                      "block_path": self.units.block_prefix, "device": str(self.loaded.device), "kind": self.loaded.kind},
+            "data": data,
             "scheme": self.options.scheme.to_dict(),
             "seed": self.options.seed,
         }
 
 
-def open_workspace(options: StudyOptions) -> Workspace:
-    loaded = load_model(options.model, "classification", options.device)
-    units = discover_units(loaded.model, options.blocks_regex)
+def _classification_batches(options: StudyOptions, loaded: LoadedModel):
     data = load_classification_data(options.data, loaded.id2label, options.limit)
     encoded = tokenize_texts(loaded.tokenizer, data.texts, options.max_length)
-    batches = make_batches(encoded, loaded.tokenizer.pad_token_id, max_batch_tokens=options.batch_tokens)
-    evaluator = Evaluator(loaded.model, units, batches, loaded.device, prefix_reuse=options.prefix_reuse)
+    return data, make_batches(encoded, loaded.tokenizer.pad_token_id, max_batch_tokens=options.batch_tokens)
+
+
+def _text_batches(options: StudyOptions, loaded: LoadedModel):
+    data = load_text(options.data)
+    if options.stride > options.context:
+        raise QuantsenseError(f"--stride {options.stride} must not exceed --context {options.context}")
+    ids = loaded.tokenizer(data.text, add_special_tokens=False)["input_ids"]
+    if len(ids) < 2:
+        raise QuantsenseError(f"text file {data.source} has fewer than 2 tokens")
+    return data, make_windows(ids, options.max_tokens, options.context, options.stride)
+
+
+def open_workspace(options: StudyOptions) -> Workspace:
+    if options.task not in TASKS:
+        raise QuantsenseError(f"unknown task {options.task!r}; use one of {', '.join(TASKS)}")
+    loaded = load_model(options.model, TASKS[options.task], options.device)
+    units = discover_units(loaded.model, options.blocks_regex)
+    if loaded.kind == "causal":
+        data, batches = _text_batches(options, loaded)
+        head = CausalLMHead()
+    else:
+        data, batches = _classification_batches(options, loaded)
+        head = ClassificationHead()
+    evaluator = Evaluator(loaded.model, units, batches, loaded.device, prefix_reuse=options.prefix_reuse, head=head)
     model_fp = weights_fingerprint(loaded.model)
     data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"
     store = ResultStore(options.store) if options.store else None
@@ -101,6 +147,8 @@ def calibration_data(ws: Workspace, path: str, size: int) -> ClassificationData:
 
 def proxies(ws: Workspace, calibration_path: str, size: int, bits: list[int], granularity: str = "block") -> dict:
     """Proxy scores per unit and their Spearman correlation with the measured sweep."""
+    if ws.causal:
+        raise QuantsenseError("proxies are implemented for classification tasks (sst2) only")
     calib = calibration_data(ws, calibration_path, size)
     encoded = tokenize_texts(ws.loaded.tokenizer, calib.texts, ws.options.max_length)
     batches = make_batches(encoded, ws.loaded.tokenizer.pad_token_id, max_batch_tokens=ws.options.batch_tokens)
@@ -116,15 +164,20 @@ def proxies(ws: Workspace, calibration_path: str, size: int, bits: list[int], gr
 
 def baseline(ws: Workspace) -> dict:
     ref = ws.engine.reference()
+    if ws.causal:
+        settings = ws.engine.evaluator.batches.settings
+        return {**settings, "perplexity": perplexity(ref), "scored_tokens": int(len(ref.arrays["token_logprob"]))}
     correct = int((ref.predictions == ws.labels).sum())
     return {"accuracy": 100 * correct / len(ws.labels), "correct": correct, "n": len(ws.labels)}
 
 
 def sensitivity(ws: Workspace, bits: list[int], granularity: str = "block", views: tuple[str, ...] = ("only",),
-                include_extra: bool = False, rank_by: str = "kl_mean") -> dict:
-    """Rows for every unit x bit-width x view, and a ranking per (bits, view)."""
-    entries = build_entries(ws.units, bits, ws.options.scheme, granularity, views, include_extra)
-    rows = run_sweep(ws.engine, entries, ws.labels, seed=ws.options.seed, desc=f"{granularity} sweep")
+                include_extra: bool = False, rank_by: str = "kl_mean", blocks: list[int] | None = None) -> dict:
+    """Rows for every unit x bit-width x view (optionally only inside ``blocks``), and a ranking per (bits, view)."""
+    if rank_by == "drop" and ws.causal:
+        rank_by = "delta_nll"
+    entries = build_entries(ws.units, bits, ws.options.scheme, granularity, views, include_extra, blocks)
+    rows = run_sweep(ws.engine, entries, ws.compare, desc=f"{granularity} sweep")
     rankings = {}
     for b in bits:
         for view in views:
@@ -147,7 +200,7 @@ def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str) -> list[dic
     fp32_bytes = model_bytes(ws.loaded.model, ws.units, Plan())
     rows = []
     for name, plan in named.items():
-        metrics = compare_classification(reference, results[name], ws.labels, seed=ws.options.seed)
+        metrics = ws.compare(reference, results[name])
         size = model_bytes(ws.loaded.model, ws.units, plan)
         rows.append({"plan": name, **metrics, "avg_bits": average_bits(ws.units, plan),
                      "model_mb": size / 1e6, "compression": fp32_bytes / size})
@@ -188,7 +241,7 @@ def unit_losses(ws: Workspace, candidates: list[int], granularity: str, objectiv
     """Measured loss of every unit alone at every candidate bit-width (from the store when finished)."""
     sweep_granularity = "block" if granularity == "block" else "linear"
     sens = sensitivity(ws, sorted(candidates, reverse=True), sweep_granularity)
-    key = {"kl": "kl_mean", "drop": "drop"}[objective]
+    key = {"kl": "kl_mean", "drop": "delta_nll" if ws.causal else "drop"}[objective]
     losses = {}
     for row in sens["rows"]:
         names = ws.units.block_units(int(row["unit"].split()[-1])) if sweep_granularity == "block" else [row["unit"]]
@@ -238,7 +291,7 @@ def frontier(ws: Workspace, budgets: list, candidates: list[int], granularity: s
 
 def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> dict:
     """Export ``plan`` with torchao, reload it in a fresh process without quantsense, and measure it."""
-    path = export_plan(ws.loaded.source, "classification", ws.units, plan, out)
+    path = export_plan(ws.loaded.source, ws.loaded.kind, ws.units, plan, out)
     fp32_bytes = model_bytes(ws.loaded.model, ws.units, Plan())
     report = {
         "out": str(path),
@@ -253,7 +306,7 @@ def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> d
     report["disk_factor"] = report["fp32_disk_bytes"] / report["disk_bytes"]
     report["predicted_factor"] = fp32_bytes / report["predicted_export_bytes"]
     report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
-    if not verify:
+    if not verify or ws.causal:
         return report
     simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"].predictions
     check = _verify_in_fresh_process(path, ws)

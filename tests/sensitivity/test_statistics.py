@@ -10,7 +10,7 @@ from quantsense.sensitivity.statistics import bootstrap_mean_ci, mcnemar_exact, 
 def test_identical_predictions_give_zero_width_interval_and_p_one():
     logits = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
     labels = np.random.default_rng(1).integers(0, 2, 100)
-    m = compare_classification(EvalResult(logits), EvalResult(logits.copy()), labels)
+    m = compare_classification(EvalResult.of_logits(logits), EvalResult.of_logits(logits.copy()), labels)
     assert m["drop"] == m["drop_ci_low"] == m["drop_ci_high"] == 0.0
     assert m["mcnemar_p"] == 1.0
     assert m["fixed"] == m["broken"] == 0
@@ -35,7 +35,7 @@ def test_small_discordant_table_through_compare():
     q = ref.copy()
     q[:6] = [0.0, 1.0]  # 6 broken
     labels_q = labels.copy()
-    m = compare_classification(EvalResult(ref), EvalResult(q), labels_q)
+    m = compare_classification(EvalResult.of_logits(ref), EvalResult.of_logits(q), labels_q)
     assert (m["broken"], m["fixed"]) == (6, 0)
     assert m["drop"] == pytest.approx(30.0)
     assert m["mcnemar_p"] == pytest.approx(2 / 64)

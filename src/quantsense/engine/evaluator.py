@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from quantsense.config import Plan
 from quantsense.engine.prefix import PrefixCache
 from quantsense.evaluation.batching import TokenBatches
+from quantsense.evaluation.heads import ClassificationHead
 from quantsense.evaluation.metrics import EvalResult
 from quantsense.models.units import UnitMap
 from quantsense.quantization.apply import PlanApplier
 
 
 class Evaluator:
-    """Runs a classification model over fixed token batches under any plan.
+    """Runs a model over fixed batches under any plan; a head turns logits into kept outputs.
 
-    ``prefix_reuse`` (default on) caches the FP32 block outputs during the reference pass and starts
-    each plan at its first quantized block. Results are identical to a full forward pass.
+    ``prefix_reuse`` (default on) caches FP32 block outputs during the reference pass and starts
+    each plan at its first quantized block; results are identical to a full forward pass. The
+    cache holds at most ``prefix_cache_bytes``: beyond that only every k-th block boundary is
+    kept and a plan starts at the nearest kept boundary before its first quantized block.
     """
 
     def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
-                 prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30, applier: PlanApplier | None = None):
+                 prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30, applier: PlanApplier | None = None,
+                 head=None, prefix_cache_bytes: int = 2 << 30):
         self.model = model
         self.unit_map = unit_map
         self.batches = batches
         self.device = device
+        self.head = head or ClassificationHead()
         self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
-        self.prefix = PrefixCache(unit_map.blocks) if prefix_reuse else None
+        self.prefix = None
+        if prefix_reuse:
+            hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None) or getattr(model.config, "dim", 1)
+            per_boundary = 4 * hidden * sum(b.inputs["input_ids"].numel() for b in batches)
+            every = max(1, -(-per_boundary * unit_map.num_blocks // prefix_cache_bytes))
+            self.prefix = PrefixCache(unit_map.blocks, every=every)
         self._inputs = [{k: v.to(device) for k, v in b.inputs.items()} for b in batches]
         self._reference: EvalResult | None = None
 
@@ -37,40 +46,35 @@ class Evaluator:
 
     def reference(self) -> EvalResult:
         if self._reference is None:
-            if self.prefix is not None:
-                with self.prefix.capturing():
-                    self._reference = self._run(start=0)
-            else:
-                self._reference = self._run(start=0)
+            capture = self.prefix.capturing() if self.prefix is not None else _null()
+            with capture:
+                self._reference = self._run(start=0, reference=True)
         return self._reference
 
     def start_block(self, plan: Plan) -> int:
         if self.prefix is None or not plan:
             return 0
-        return self.unit_map.first_block_of(plan.units())
+        return self.prefix.resume_point(self.unit_map.first_block_of(plan.units()))
 
     def evaluate(self, plan: Plan) -> EvalResult:
         if not plan:
             return self.reference()
         start = self.start_block(plan)
-        if start > 0:
-            self.reference()  # fills the prefix cache
+        if start > 0 or self.head.needs_reference:
+            self.reference()  # fills the prefix cache and whatever the head compares against
         with self.applier.applied(plan):
-            return self._run(start)
+            return self._run(start, reference=False)
 
     @torch.inference_mode()
-    def _run(self, start: int) -> EvalResult:
-        logits = None
+    def _run(self, start: int, reference: bool) -> EvalResult:
+        self.head.start(self.batches, reference)
         replay = self.prefix.replaying(start) if self.prefix is not None else _null()
         with replay:
             for b, (batch, inputs) in enumerate(zip(self.batches, self._inputs)):
                 if self.prefix is not None:
                     self.prefix.current_batch = b
-                out = self.model(**inputs).logits.float().cpu().numpy()
-                if logits is None:
-                    logits = np.empty((self.batches.num_examples, out.shape[1]), dtype=np.float32)
-                logits[batch.index] = out
-        return EvalResult(logits=logits)
+                self.head.step(b, batch, self.model(**inputs, **self.head.kwargs_for(self.model, batch)).logits)
+        return EvalResult(self.head.finish())
 
 
 class _null:

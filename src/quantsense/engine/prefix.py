@@ -17,14 +17,24 @@ from torch import nn
 
 
 class PrefixCache:
-    def __init__(self, blocks: list[nn.Module]):
+    """Stores the outputs of blocks ``every-1, 2*every-1, ...`` and of the last block, per batch."""
+
+    def __init__(self, blocks: list[nn.Module], every: int = 1):
         self.blocks = blocks
+        self.every = every
+        self.kept = {j for j in range(len(blocks)) if (j + 1) % every == 0} | {len(blocks) - 1}
         self.outputs: list[dict[int, object]] = [dict() for _ in blocks]
         self.current_batch = 0
 
     @property
     def ready(self) -> bool:
-        return bool(self.outputs and self.outputs[0])
+        return bool(self.outputs and self.outputs[len(self.blocks) - 1])
+
+    def resume_point(self, first_quantized: int) -> int:
+        """The latest block <= ``first_quantized`` whose input is stored (0 = run everything)."""
+        if first_quantized >= len(self.blocks):
+            return len(self.blocks)
+        return (first_quantized // self.every) * self.every
 
     def nbytes(self) -> int:
         total = 0
@@ -39,6 +49,9 @@ class PrefixCache:
         """Record every block's output per batch (the last one's serves plans that touch only the head)."""
         handles = []
         for j, block in enumerate(self.blocks):
+            if j not in self.kept:
+                continue
+
             def hook(module, args, output, j=j):
                 self.outputs[j][self.current_batch] = output
             handles.append(block.register_forward_hook(hook))
@@ -56,6 +69,8 @@ class PrefixCache:
             return
         if not self.ready:
             raise RuntimeError("prefix cache is empty: run the reference pass first")
+        if start - 1 not in self.kept:
+            raise RuntimeError(f"block {start - 1}'s output is not stored; use resume_point()")
         stored = self.outputs[start - 1]
 
         def replay(*args, **kwargs):

@@ -47,13 +47,13 @@ class Engine:
         if self.store is None or self.fresh:
             return None
         arrays = self.store.get(item.key)
-        return EvalResult(logits=arrays["logits"]) if arrays is not None else None
+        return EvalResult(arrays) if arrays is not None else None
 
     def _save(self, item: WorkItem, result: EvalResult, seconds: float) -> None:
         self._memo[item.key] = result
         if self.store is not None:
             meta = {"model_fp": item.model_fp, "data_fp": item.data_fp, "plan": item.plan_json}
-            self.store.put(item.key, item.label, meta, {"logits": result.logits}, seconds)
+            self.store.put(item.key, item.label, meta, result.arrays, seconds)
 
     def reference(self) -> EvalResult:
         return self.evaluate_many([("fp32", Plan())], desc="fp32 reference")["fp32"]

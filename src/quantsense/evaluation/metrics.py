@@ -18,9 +18,18 @@ METRIC_VERSION = 1
 
 @dataclass
 class EvalResult:
-    """What one evaluation keeps: per-example logits in the original data order."""
+    """What one evaluation keeps, as named arrays (``logits`` [N, C] for classification;
+    ``token_logprob``, ``kl``, ``top1`` per scored token for language models)."""
 
-    logits: np.ndarray  # [N, C] float32
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def of_logits(cls, logits: np.ndarray) -> "EvalResult":
+        return cls({"logits": logits})
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.arrays["logits"]
 
     @property
     def predictions(self) -> np.ndarray:

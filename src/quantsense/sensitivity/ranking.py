@@ -5,7 +5,8 @@ of the output distribution: it moves continuously with the logits, so it separat
 before the accuracy drop does (on 872 sentences one sentence is 0.11 points and most single-block
 INT8 drops are zero or one sentence). Each unit carries:
 
-- ``distinguishable_from_fp32``: exact McNemar p < alpha on its fixed/broken sentences;
+- ``distinguishable_from_fp32``: exact McNemar p < alpha on its fixed/broken sentences
+  (classification), or a per-token NLL-increase interval that excludes zero (language models);
 - ``tie_group``: units whose 95 % bootstrap intervals of the metric overlap the group's first
   member's interval are in the same group (1 = most sensitive) and are not ranked apart.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 RANK_METRICS = {
     "kl_mean": ("kl_ci_low", "kl_ci_high"),
     "drop": ("drop_ci_low", "drop_ci_high"),
+    "delta_nll": ("delta_nll_ci_low", "delta_nll_ci_high"),
     "flip_rate": (None, None),
 }
 
@@ -41,8 +43,8 @@ def rank_rows(rows: list[dict], metric: str = "kl_mean", alpha: float = 0.05, vi
         if separate:
             group += 1
             leader = (low, high)
-        ranked.append({**row, "rank": position, "tie_group": group,
-                       "distinguishable_from_fp32": bool(row["mcnemar_p"] < alpha)})
+        differs = row["mcnemar_p"] < alpha if "mcnemar_p" in row else row["distinguishable_from_fp32"]
+        ranked.append({**row, "rank": position, "tie_group": group, "distinguishable_from_fp32": bool(differs)})
     return ranked
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantsense.config import Plan, QuantConfig
-from quantsense.evaluation.metrics import compare_classification
 from quantsense.models.units import UnitMap
 from quantsense.quantization.fake_quant import fake_quantize
 
@@ -31,12 +30,16 @@ class SweepEntry:
     plan: Plan
 
 
-def sweep_units(unit_map: UnitMap, granularity: str, include_extra: bool = False) -> list[tuple[str, tuple[str, ...]]]:
-    """(display name, module paths) per unit at this granularity."""
+def sweep_units(unit_map: UnitMap, granularity: str, include_extra: bool = False,
+                blocks: list[int] | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """(display name, module paths) per unit at this granularity, optionally only inside ``blocks``."""
+    chosen = list(range(unit_map.num_blocks)) if blocks is None else blocks
+    for index in chosen:
+        unit_map.block_units(index)  # range check with a clear message
     if granularity == "block":
-        return [(f"block {i}", tuple(unit_map.block_units(i))) for i in range(unit_map.num_blocks)]
+        return [(f"block {i}", tuple(unit_map.block_units(i))) for i in chosen]
     if granularity == "linear":
-        units = [(name, (name,)) for name in unit_map.linear_units()]
+        units = [(name, (name,)) for i in chosen for name in unit_map.block_units(i)]
         if include_extra:
             units += [(name, (name,)) for name in unit_map.extra_units()]
         return units
@@ -44,8 +47,9 @@ def sweep_units(unit_map: UnitMap, granularity: str, include_extra: bool = False
 
 
 def build_entries(unit_map: UnitMap, bits_list: list[int], scheme: QuantConfig, granularity: str = "block",
-                  views: tuple[str, ...] = ("only",), include_extra: bool = False) -> list[SweepEntry]:
-    units = sweep_units(unit_map, granularity, include_extra)
+                  views: tuple[str, ...] = ("only",), include_extra: bool = False,
+                  blocks: list[int] | None = None) -> list[SweepEntry]:
+    units = sweep_units(unit_map, granularity, include_extra, blocks)
     every = tuple(n for _, names in units for n in names)
     entries = []
     for bits in bits_list:
@@ -69,7 +73,8 @@ def add_recovery(rows: list[dict]) -> None:
         base = everything.get(row["bits"])
         if row["view"] == "all_but" and base is not None:
             row["kl_recovered"] = base["kl_mean"] - row["kl_mean"]
-            row["drop_recovered"] = base["drop"] - row["drop"]
+            loss = "drop" if "drop" in row else "delta_nll"
+            row[f"{loss}_recovered"] = base[loss] - row[loss]
 
 
 def weight_sqnr_db(applier, names: tuple[str, ...], config: QuantConfig) -> float:
@@ -83,14 +88,17 @@ def weight_sqnr_db(applier, names: tuple[str, ...], config: QuantConfig) -> floa
     return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
 
 
-def run_sweep(engine, entries: list[SweepEntry], labels: np.ndarray, seed: int = 0, desc: str = "sensitivity") -> list[dict]:
-    """Evaluate every entry (store first) and return one row of metrics per entry."""
+def run_sweep(engine, entries: list[SweepEntry], compare, desc: str = "sensitivity") -> list[dict]:
+    """Evaluate every entry (store first) and return one row of metrics per entry.
+
+    ``compare(reference, quantized)`` gives the paired metrics of the task.
+    """
     reference = engine.reference()
     results = engine.evaluate_many([(e.label, e.plan) for e in entries], desc=desc)
     applier = engine.evaluator.applier
     rows = []
     for entry in entries:
-        metrics = compare_classification(reference, results[entry.label], labels, seed=seed)
+        metrics = compare(reference, results[entry.label])
         config = entry.plan.assignments[0][1] if entry.plan else None
         rows.append({
             "unit": entry.unit,

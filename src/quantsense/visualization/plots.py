@@ -21,18 +21,20 @@ def sensitivity_bars(rows: list[dict], path: str | Path, title: str = "Per-block
     rows = [r for r in rows if r["view"] == "only"]
     units = list(dict.fromkeys(r["unit"] for r in rows))
     bits = sorted({r["bits"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(units) * 2), 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(min(24, max(8, 1.3 * len(units) * 2)), 4.2))
     width = 0.8 / len(bits)
     x = np.arange(len(units))
+    loss = "delta_nll" if "delta_nll" in rows[0] else "drop"
     for k, b in enumerate(bits):
         chosen = [next(r for r in rows if r["unit"] == u and r["bits"] == b) for u in units]
-        drop, drop_err = _yerr(chosen, "drop", "drop_ci_low", "drop_ci_high")
+        drop, drop_err = _yerr(chosen, loss, f"{loss}_ci_low", f"{loss}_ci_high")
         kl, kl_err = _yerr(chosen, "kl_mean", "kl_ci_low", "kl_ci_high")
         offset = (k - (len(bits) - 1) / 2) * width
         axes[0].bar(x + offset, drop, width, yerr=drop_err, capsize=3, label=f"INT{b}")
         axes[1].bar(x + offset, kl, width, yerr=kl_err, capsize=3, label=f"INT{b}")
     axes[0].axhline(0, color="black", linewidth=0.8)
-    axes[0].set_ylabel("accuracy drop vs FP32 (points, 95% CI)")
+    axes[0].set_ylabel("accuracy drop vs FP32 (points, 95% CI)" if loss == "drop"
+                       else "NLL increase per token vs FP32 (nats, 95% CI)")
     axes[1].set_ylabel("mean KL(FP32 || quantized) (nats, 95% CI, log)")
     axes[1].set_yscale("log")
     for ax in axes:
@@ -74,23 +76,30 @@ def frontier_plot(rows: list[dict], path: str | Path, fp32_accuracy: float | Non
     """Measured accuracy and KL against average bits per weight: allocated, uniform and hand plans."""
     styles = {"allocated": ("o-", "allocated (MILP)"), "uniform": ("s--", "uniform"), "hand": ("^", "hand strategies")}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    lm = bool(rows) and "perplexity" in rows[0]
     for kind, (style, label) in styles.items():
         chosen = sorted((r for r in rows if r.get("kind") == kind), key=lambda r: r["avg_bits"])
         if not chosen:
             continue
         x = [r["avg_bits"] for r in chosen]
-        acc = np.array([r["accuracy"] for r in chosen])
-        err = np.vstack([np.array([r["drop_ci_high"] for r in chosen]) - np.array([r["drop"] for r in chosen]),
-                         np.array([r["drop"] for r in chosen]) - np.array([r["drop_ci_low"] for r in chosen])])
-        axes[0].errorbar(x, acc, yerr=err, fmt=style, capsize=3, label=label)
+        if lm:
+            axes[0].plot(x, [r["perplexity"] for r in chosen], style, label=label)
+        else:
+            acc = np.array([r["accuracy"] for r in chosen])
+            err = np.vstack([np.array([r["drop_ci_high"] for r in chosen]) - np.array([r["drop"] for r in chosen]),
+                             np.array([r["drop"] for r in chosen]) - np.array([r["drop_ci_low"] for r in chosen])])
+            axes[0].errorbar(x, acc, yerr=err, fmt=style, capsize=3, label=label)
         axes[1].plot(x, [max(r["kl_mean"], 1e-8) for r in chosen], style, label=label)
         if kind == "hand":
             for r in chosen:
-                axes[0].annotate(r["plan"], (r["avg_bits"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                y = r["perplexity"] if lm else r["accuracy"]
+                axes[0].annotate(r["plan"], (r["avg_bits"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if fp32_accuracy is None and rows:
-        fp32_accuracy = rows[0]["accuracy"] + rows[0]["drop"]
+        fp32_accuracy = rows[0]["perplexity"] / rows[0]["ppl_ratio"] if lm else rows[0]["accuracy"] + rows[0]["drop"]
     axes[0].axhline(fp32_accuracy, color="gray", linestyle=":", label="FP32")
-    axes[0].set_ylabel("measured accuracy % (95% CI of the drop)")
+    if lm:
+        axes[0].set_yscale("log")
+    axes[0].set_ylabel("measured perplexity (log)" if lm else "measured accuracy % (95% CI of the drop)")
     axes[1].set_ylabel("measured mean KL(FP32 || plan), log")
     axes[1].set_yscale("log")
     for ax in axes:

@@ -11,6 +11,16 @@ SENS_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("view", "view"), ("accuracy
                 ("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p"),
                 ("fixed", "fixed"), ("broken", "broken"), ("flip_rate", "flip %"), ("kl_mean", "KL mean"),
                 ("kl_p95", "KL p95"), ("logit_sqnr_db", "logit SQNR dB"), ("weight_sqnr_db", "weight SQNR dB")]
+LM_SENS_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("view", "view"), ("perplexity", "ppl"), ("ppl_ratio", "ppl ratio"),
+                   ("delta_nll", "dNLL/token"), ("delta_nll_ci_low", "CI low"), ("delta_nll_ci_high", "CI high"),
+                   ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"), ("kl_ci_high", "KL CI high"), ("kl_p95", "KL p95"),
+                   ("top1_agreement", "top-1 agree %"), ("weight_sqnr_db", "weight SQNR dB")]
+LM_RANK_COLUMNS = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
+                   ("kl_ci_high", "KL CI high"), ("ppl_ratio", "ppl ratio"), ("tie_group", "tie group"),
+                   ("distinguishable_from_fp32", "differs from FP32")]
+LM_PLAN_COLUMNS = [("plan", "plan"), ("perplexity", "ppl"), ("ppl_ratio", "ppl ratio"), ("delta_nll", "dNLL/token"),
+                   ("kl_mean", "KL mean"), ("kl_p95", "KL p95"), ("top1_agreement", "top-1 agree %"),
+                   ("avg_bits", "avg bits/weight"), ("model_mb", "model MB")]
 RECOVERY_COLUMNS = [("kl_recovered", "KL recovered"), ("drop_recovered", "drop recovered")]
 PROXY_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("weight_error", "weight error"), ("calib_kl", "calib KL"),
                  ("fisher", "Fisher")]
@@ -25,16 +35,25 @@ PLAN_COLUMNS = [("plan", "plan"), ("accuracy", "acc %"), ("drop", "drop pts"), (
                 ("compression", "x smaller")]
 
 
+def _is_lm(rows: list[dict]) -> bool:
+    return bool(rows) and "perplexity" in rows[0]
+
+
 def baseline_text(base: dict) -> str:
+    if "perplexity" in base:
+        return (f"FP32 perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
+                f"(first {base['max_tokens']} tokens, context {base['context']}, stride {base['stride']})")
     return f"FP32 accuracy: {base['accuracy']:.2f} % ({base['correct']}/{base['n']})"
 
 
 def sensitivity_text(sens: dict) -> str:
-    columns = SENS_COLUMNS + (RECOVERY_COLUMNS if "all_but" in sens["views"] else [])
+    lm = _is_lm(sens["rows"])
+    recovery = [("kl_recovered", "KL recovered"), ("delta_nll_recovered" if lm else "drop_recovered", "loss recovered")]
+    columns = (LM_SENS_COLUMNS if lm else SENS_COLUMNS) + (recovery if "all_but" in sens["views"] else [])
     parts = [markdown_table(sens["rows"], columns, digits=3)]
     for key, ranked in sens["rankings"].items():
         parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tie group = not distinguishable):")
-        parts.append(markdown_table(ranked, RANK_COLUMNS, digits=4))
+        parts.append(markdown_table(ranked, LM_RANK_COLUMNS if lm else RANK_COLUMNS, digits=4))
     return "\n".join(parts)
 
 
@@ -55,10 +74,16 @@ FRONTIER_COLUMNS = [("plan", "plan"), ("kind", "kind"), ("avg_bits", "avg bits/w
                     ("measured_over_predicted", "measured/predicted")]
 
 
+LM_FRONTIER_COLUMNS = [("plan", "plan"), ("kind", "kind"), ("avg_bits", "avg bits/weight"), ("model_mb", "model MB"),
+                       ("perplexity", "ppl"), ("ppl_ratio", "ppl ratio"), ("kl_mean", "KL mean"),
+                       ("top1_agreement", "top-1 agree %"), ("predicted_loss", "predicted loss"),
+                       ("measured_over_predicted", "measured/predicted")]
+
+
 def frontier_text(fr: dict) -> str:
     lines = [f"Allocation ({fr['granularity']} units, candidates {fr['candidates']} + FP32, objective: sum of "
              f"single-unit {'mean KL' if fr['objective'] == 'kl' else 'accuracy drop'}); every plan measured:",
-             markdown_table(fr["rows"], FRONTIER_COLUMNS, digits=4)]
+             markdown_table(fr["rows"], LM_FRONTIER_COLUMNS if _is_lm(fr["rows"]) else FRONTIER_COLUMNS, digits=4)]
     for name, choice in fr["choices"].items():
         counts: dict = {}
         for bits in choice.values():
@@ -91,10 +116,13 @@ def export_text(rep: dict) -> str:
 
 
 def plans_text(rows: list[dict]) -> str:
-    return markdown_table(rows, PLAN_COLUMNS, digits=3)
+    return markdown_table(rows, LM_PLAN_COLUMNS if _is_lm(rows) else PLAN_COLUMNS, digits=3)
 
 
 def ablation_text(abl: dict) -> str:
+    if "perplexity" in abl:
+        return (f"Ablation: only block {abl['block']} (least sensitive) at INT{abl['bits']}, all others FP32: "
+                f"perplexity {abl['perplexity']:.3f} (x{abl['ppl_ratio']:.4f}), KL {abl['kl_mean']:.2e}")
     return (f"Ablation: only block {abl['block']} (least sensitive) at INT{abl['bits']}, all others FP32: "
             f"{abl['accuracy']:.2f} % ({abl['correct']}/{abl['n']}), drop {abl['drop']:.2f} points "
             f"[95% CI {abl['drop_ci_low']:.2f}, {abl['drop_ci_high']:.2f}], McNemar p = {abl['mcnemar_p']:.3g}")

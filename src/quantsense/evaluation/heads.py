@@ -1,0 +1,108 @@
+"""Heads turn a batch's model logits into the per-example (or per-token) outputs an evaluation keeps.
+
+- :class:`ClassificationHead`: each example's logits, in the original data order.
+- :class:`CausalLMHead`: per scored token, the log-probability of the true next token; for a
+  quantized run also KL(FP32 || quantized) of the next-token distribution and top-1 agreement.
+  The FP32 log-probabilities of every scored position are written once, during the reference
+  pass, to a float32 memory-mapped temporary file, so memory stays bounded for long token budgets.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from quantsense.evaluation.batching import Batch, TokenBatches
+
+
+class ClassificationHead:
+    """Keeps each example's logits in the original data order."""
+
+    needs_reference = False
+
+    def kwargs_for(self, model, batch: Batch) -> dict:
+        return {}
+
+    def start(self, batches: TokenBatches, reference: bool) -> None:
+        self.batches = batches
+        self.logits = None
+
+    def step(self, b: int, batch: Batch, logits: torch.Tensor) -> None:
+        out = logits.float().cpu().numpy()
+        if self.logits is None:
+            self.logits = np.empty((self.batches.num_examples, out.shape[1]), dtype=np.float32)
+        self.logits[batch.index] = out
+
+    def finish(self) -> dict[str, np.ndarray]:
+        return {"logits": self.logits}
+
+
+class CausalLMHead:
+    """Turns each window's logits into per-token outputs; keeps FP32 log-probs for KL."""
+
+    needs_reference = True
+
+    def kwargs_for(self, model, batch: Batch) -> dict:
+        """No KV cache; and where the model supports it, logits only for the rows that predict scored tokens."""
+        kwargs = {"use_cache": False}
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            kwargs["logits_to_keep"] = len(batch.index) + 1
+        return kwargs
+
+    def __init__(self):
+        self._ref_file = None
+        self._ref: np.memmap | None = None
+        self._row_of: dict[int, int] = {}
+
+    def _open_reference(self, batches: TokenBatches, vocab: int) -> None:
+        rows = sum(len(b.index) for b in batches)
+        handle, path = tempfile.mkstemp(prefix="quantsense-ref-", suffix=".f32")
+        os.close(handle)
+        self._ref = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, vocab))
+        os.unlink(path)  # the mapping stays valid; the file vanishes with the process
+        offset = 0
+        for b, batch in enumerate(batches):
+            self._row_of[b] = offset
+            offset += len(batch.index)
+
+    def start(self, batches: TokenBatches, reference: bool) -> None:
+        self.reference = reference
+        self.batches = batches
+        n = batches.num_examples
+        self.token_logprob = np.full(n, np.nan, dtype=np.float32)
+        if not reference:
+            self.kl = np.full(n, np.nan, dtype=np.float32)
+            self.top1 = np.zeros(n, dtype=bool)
+
+    def step(self, b: int, batch: Batch, logits: torch.Tensor) -> None:
+        positions = batch.index
+        length = batch.inputs["input_ids"].shape[1]
+        window_start = positions[-1] + 1 - length  # stream position of the window's token 0
+        first_row = length - logits.shape[1]  # logits may cover only the window's last rows
+        rows = torch.as_tensor(positions - window_start - 1 - first_row)  # window row r predicts token r + 1
+        logp = torch.log_softmax(logits[0].float()[rows], dim=-1)
+        targets = batch.inputs["input_ids"][0, torch.as_tensor(positions - window_start)].to(logp.device)
+        self.token_logprob[positions] = logp.gather(1, targets[:, None])[:, 0].cpu().numpy()
+        if self.reference:
+            if self._ref is None:
+                self._open_reference(self.batches, logp.shape[1])
+            start = self._row_of[b]
+            self._ref[start : start + len(positions)] = logp.cpu().numpy()
+            return
+        start = self._row_of[b]
+        ref = torch.from_numpy(np.asarray(self._ref[start : start + len(positions)])).to(logp.device)
+        kl = (ref.exp() * (ref - logp)).sum(dim=1).clamp_min(0)
+        self.kl[positions] = kl.cpu().numpy()
+        self.top1[positions] = (ref.argmax(dim=1) == logp.argmax(dim=1)).cpu().numpy()
+
+    def finish(self) -> dict[str, np.ndarray]:
+        scored = ~np.isnan(self.token_logprob)
+        out = {"token_logprob": self.token_logprob[scored]}
+        if not self.reference:
+            out["kl"] = self.kl[scored]
+            out["top1"] = self.top1[scored]
+        return out

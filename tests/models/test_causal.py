@@ -1,0 +1,121 @@
+"""Decoder LMs built from configs: units (Conv1D, tied heads), prefix reuse on windows, sweeps, metrics."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from quantsense.config import Plan, QuantConfig
+from quantsense.engine import Evaluator
+from quantsense.evaluation.heads import CausalLMHead
+from quantsense.evaluation.language_model import compare_causal, make_windows, perplexity
+from quantsense.models.units import discover_units
+from quantsense.quantization.apply import apply_plan
+from quantsense.sensitivity.sweep import build_entries, run_sweep
+from tests.conftest import EXPECTED_BLOCK_UNITS
+
+
+def causal_model(arch: str, tie: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=3, n_head=4, n_positions=64))
+    elif arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=tie))
+    else:
+        model = transformers.OPTForCausalLM(transformers.OPTConfig(
+            vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=64,
+            max_position_embeddings=64, word_embed_proj_dim=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def _windows(n=150, context=40, stride=16):
+    ids = torch.randint(0, 96, (n,), generator=torch.Generator().manual_seed(1)).tolist()
+    return make_windows(ids, n, context, stride)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
+def test_units_and_tied_head(arch):
+    units = discover_units(causal_model(arch))
+    assert units.num_blocks == 3
+    short = [units.get(n).short_name(units.block_prefix) for n in units.block_units(0)]
+    assert short == EXPECTED_BLOCK_UNITS[arch]
+    embeddings = [units.get(n) for n in units.extra_units() if units.get(n).kind == "embedding"]
+    tied = [u for u in embeddings if u.tied_to]
+    assert len(tied) == 1 and tied[0].tied_to[0].endswith("lm_head")  # one unit for the shared weight
+    assert all(units.get(n).transposed for n in units.block_units(0)) == (arch == "gpt2")
+
+
+def test_untied_lm_head_is_its_own_unit():
+    units = discover_units(causal_model("llama", tie=False))
+    assert units.get("lm_head").kind == "head"
+
+
+def test_windows_score_every_token_after_the_first_once():
+    w = _windows(150, 40, 16)
+    positions = np.concatenate([b.index for b in w.batches])
+    assert positions.tolist() == list(range(1, 150))
+    assert all(b.inputs["input_ids"].shape[1] <= 40 for b in w.batches)
+    with pytest.raises(ValueError, match="stride"):
+        make_windows(list(range(10)), 10, 4, 8)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
+def test_prefix_reuse_identical_on_causal_windows(arch):
+    model = causal_model(arch)
+    units = discover_units(model)
+    fast = Evaluator(model, units, _windows(), torch.device("cpu"), head=CausalLMHead())
+    plain = Evaluator(model, units, _windows(), torch.device("cpu"), head=CausalLMHead(), prefix_reuse=False)
+    bounded = Evaluator(model, units, _windows(), torch.device("cpu"), head=CausalLMHead(), prefix_cache_bytes=1)
+    assert bounded.prefix.every > 1
+    for block in range(units.num_blocks):
+        plan = Plan.of({n: QuantConfig(3) for n in units.block_units(block)})
+        a, b, c = fast.evaluate(plan).arrays, plain.evaluate(plan).arrays, bounded.evaluate(plan).arrays
+        for key in ("token_logprob", "kl", "top1"):
+            assert np.array_equal(a[key], b[key]) and np.array_equal(a[key], c[key]), (arch, block, key)
+
+
+def test_causal_sweep_and_metrics():
+    model = causal_model("llama")
+    units = discover_units(model)
+    ev = Evaluator(model, units, _windows(), torch.device("cpu"), head=CausalLMHead())
+
+    class _Engine:  # the sweep only needs reference/evaluate_many/evaluator
+        evaluator = ev
+
+        def reference(self):
+            return ev.reference()
+
+        def evaluate_many(self, pairs, desc=""):
+            return {label: ev.evaluate(plan) for label, plan in pairs}
+
+    rows = run_sweep(_Engine(), build_entries(units, [8, 2], QuantConfig(8)), compare_causal)
+    assert len(rows) == 6
+    for row in rows:
+        assert row["kl_ci_low"] <= row["kl_mean"] <= row["kl_ci_high"] and row["kl_mean"] >= 0
+        assert 0 <= row["top1_agreement"] <= 100
+    by_bits = {b: np.mean([r["kl_mean"] for r in rows if r["bits"] == b]) for b in (8, 2)}
+    assert by_bits[2] > 100 * by_bits[8]
+    same = compare_causal(ev.reference(), ev.evaluate(Plan.of({units.block_units(0)[0]: QuantConfig(8)})))
+    assert same["top1_agreement"] > 90
+    ident = ev.reference()
+    ident_q = type(ident)({**ident.arrays, "kl": np.zeros_like(ident.arrays["token_logprob"]),
+                            "top1": np.ones_like(ident.arrays["token_logprob"], dtype=bool)})
+    m = compare_causal(ident, ident_q)
+    assert m["ppl_ratio"] == 1.0 and m["delta_nll"] == 0.0 and not m["distinguishable_from_fp32"]
+    assert perplexity(ident) == pytest.approx(np.exp(-ident.arrays["token_logprob"].mean()), rel=1e-6)
+
+
+def test_restore_is_bit_exact_for_causal_models():
+    for arch in ("gpt2", "llama", "opt"):
+        model = causal_model(arch)
+        units = discover_units(model)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with apply_plan(units, Plan.of({n: QuantConfig(2) for n in units.linear_units()})):
+            pass
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
