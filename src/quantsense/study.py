@@ -13,21 +13,33 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.config import BlockPlan, Plan, QuantConfig
-from quantsense.errors import QuantsenseError
 from quantsense.data.classification import ClassificationData, load_classification_data
-from quantsense.engine import Engine, Evaluator
-from quantsense.evaluation.batching import make_batches, tokenize_texts
 from quantsense.data.text import TextData, load_text
+from quantsense.engine import Engine, Evaluator
+from quantsense.errors import QuantsenseError
+from quantsense.evaluation.batching import make_batches, tokenize_texts
 from quantsense.evaluation.heads import CausalLMHead, ClassificationHead
-from quantsense.evaluation.language_model import compare_causal, make_windows, perplexity
+from quantsense.evaluation.language_model import (
+    compare_causal,
+    make_windows,
+    perplexity,
+)
 from quantsense.evaluation.metrics import EvalResult, compare_classification
-from quantsense.mixed_precision.size import average_bits, model_bytes
-from quantsense.quantization.export import export_bytes, export_plan, weights_file_bytes
 from quantsense.mixed_precision.allocation import Allocation, allocate, make_groups
-from quantsense.mixed_precision.strategies import single_block_plan, strategy_plans, uniform_plan
+from quantsense.mixed_precision.size import average_bits, model_bytes
+from quantsense.mixed_precision.strategies import (
+    single_block_plan,
+    strategy_plans,
+    uniform_plan,
+)
 from quantsense.models.loading import LoadedModel, load_model, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
-from quantsense.sensitivity.proxies import fisher_diagonal, proxy_correlations, proxy_rows
+from quantsense.quantization.export import export_bytes, export_plan, weights_file_bytes
+from quantsense.sensitivity.proxies import (
+    fisher_diagonal,
+    proxy_correlations,
+    proxy_rows,
+)
 from quantsense.sensitivity.ranking import least_sensitive_blocks, rank_rows
 from quantsense.sensitivity.sweep import build_entries, run_sweep
 from quantsense.store import ResultStore
@@ -291,7 +303,7 @@ def frontier(ws: Workspace, budgets: list, candidates: list[int], granularity: s
 
 def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> dict:
     """Export ``plan`` with torchao, reload it in a fresh process without quantsense, and measure it."""
-    path = export_plan(ws.loaded.source, ws.loaded.kind, ws.units, plan, out)
+    path = export_plan(ws.loaded.source, ws.loaded.kind, ws.units, plan, out, ws.loaded.model, ws.loaded.tokenizer)
     fp32_bytes = model_bytes(ws.loaded.model, ws.units, Plan())
     report = {
         "out": str(path),
@@ -303,10 +315,15 @@ def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> d
     }
     source = Path(ws.loaded.source)
     report["fp32_disk_bytes"] = weights_file_bytes(source) if source.is_dir() else fp32_bytes
+    if source.suffix == ".gguf":
+        report["note"] = "GGUF source: FP32 size is the de-quantized fp32 parameters, not the GGUF file"
     report["disk_factor"] = report["fp32_disk_bytes"] / report["disk_bytes"]
     report["predicted_factor"] = fp32_bytes / report["predicted_export_bytes"]
     report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
-    if not verify or ws.causal:
+    if not verify:
+        return report
+    if ws.causal:
+        report.update(_verify_causal_export(path, ws))
         return report
     simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"].predictions
     check = _verify_in_fresh_process(path, ws)
@@ -322,6 +339,37 @@ def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> d
         "quantsense_imported_by_reload": check["quantsense_imported"],
     })
     return report
+
+
+def _verify_causal_export(path: Path, ws: Workspace) -> dict:
+    """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
+    import json
+    import subprocess
+    import sys
+
+    from quantsense.config import Plan as _Plan
+    from quantsense.quantization import verify_export
+
+    plan = _Plan.load(path / "quantsense_plan.json")
+    simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
+    o = ws.options
+    if not o.data:
+        raise QuantsenseError("verifying a causal export needs a local --data text file")
+    proc = subprocess.run([sys.executable, verify_export.__file__, "--causal", str(path.resolve()),
+                           str(Path(o.data).resolve()), str(o.max_tokens), str(o.context), str(o.stride)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
+    check = json.loads(proc.stdout.strip().splitlines()[-1])
+    exported = np.asarray(check["token_logprob"], dtype=np.float64)
+    sim = simulated.arrays["token_logprob"].astype(np.float64)
+    return {
+        "exported_perplexity": float(np.exp(-exported.mean())),
+        "simulated_perplexity": float(np.exp(-sim.mean())),
+        "max_token_logprob_difference": float(np.abs(exported - sim).max()),
+        "reloaded_weight_class": check["weight_class"],
+        "quantsense_imported_by_reload": check["quantsense_imported"],
+    }
 
 
 def _verify_in_fresh_process(path: Path, ws: Workspace) -> dict:

@@ -64,7 +64,6 @@ def test_fake_quant_block_matches_torchao_real_quantization(standin_dir, sst2_va
     from torchao.quantization.granularity import PerAxis
 
     from quantsense.config import Plan, QuantConfig
-    from quantsense.quantization.apply import apply_plan
     from quantsense.study import StudyOptions, open_workspace
 
     ws = open_workspace(StudyOptions(model=str(standin_dir), data=str(sst2_validation), limit=300, device="cpu", quiet=True))

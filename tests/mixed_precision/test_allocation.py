@@ -4,7 +4,12 @@ import pytest
 
 from quantsense.config import QuantConfig
 from quantsense.errors import QuantsenseError
-from quantsense.mixed_precision.allocation import Budget, allocate, make_groups, parse_size
+from quantsense.mixed_precision.allocation import (
+    Budget,
+    allocate,
+    make_groups,
+    parse_size,
+)
 from quantsense.mixed_precision.size import average_bits, model_bytes
 from quantsense.models.units import discover_units
 from quantsense.quantization.fake_quant import storage_bits

@@ -8,7 +8,11 @@ import transformers
 from quantsense.config import Plan, QuantConfig
 from quantsense.engine import Evaluator
 from quantsense.evaluation.heads import CausalLMHead
-from quantsense.evaluation.language_model import compare_causal, make_windows, perplexity
+from quantsense.evaluation.language_model import (
+    compare_causal,
+    make_windows,
+    perplexity,
+)
 from quantsense.models.units import discover_units
 from quantsense.quantization.apply import apply_plan
 from quantsense.sensitivity.sweep import build_entries, run_sweep

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from quantsense.config import QuantConfig
-from quantsense.quantization.fake_quant import fake_quantize, quantize_qparams, sqnr_db, storage_bits
+from quantsense.quantization.fake_quant import (
+    fake_quantize,
+    quantize_qparams,
+    sqnr_db,
+    storage_bits,
+)
 
 
 def _weight(rows=64, cols=256, seed=0):
@@ -78,7 +83,9 @@ def test_bad_group_size_is_an_error():
 def test_matches_torchao_exactly(bits, symmetric, group):
     torchao = pytest.importorskip("torchao")
     from torchao.quantization import MappingType
-    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import IntxUnpackedToInt8Tensor
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor,
+    )
 
     w = _weight(rows=32, cols=128, seed=bits)
     block = (1, group or w.shape[1])

@@ -2,9 +2,17 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from quantsense.evaluation.metrics import EvalResult, compare_classification, kl_per_example
+from quantsense.evaluation.metrics import (
+    EvalResult,
+    compare_classification,
+    kl_per_example,
+)
 from quantsense.sensitivity.ranking import rank_rows
-from quantsense.sensitivity.statistics import bootstrap_mean_ci, mcnemar_exact, paired_bootstrap_ci
+from quantsense.sensitivity.statistics import (
+    bootstrap_mean_ci,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+)
 
 
 def test_identical_predictions_give_zero_width_interval_and_p_one():

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantsense.sensitivity.statistics import bootstrap_mean_ci, mcnemar_exact, paired_bootstrap_ci
+from quantsense.sensitivity.statistics import (
+    bootstrap_mean_ci,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+)
 
 METRIC_VERSION = 1
 

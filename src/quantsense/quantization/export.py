@@ -72,8 +72,13 @@ def export_bytes(model: torch.nn.Module, unit_map: UnitMap, plan: Plan) -> int:
     return total
 
 
-def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str | Path) -> Path:
-    """Write the quantized checkpoint, tokenizer and plan to ``out`` (which must not exist or be empty)."""
+def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str | Path,
+                fp32_model=None, tokenizer=None) -> Path:
+    """Write the quantized checkpoint, tokenizer and plan to ``out`` (which must not exist or be empty).
+
+    A GGUF source is first written as an ordinary fp32 checkpoint from ``fp32_model`` and
+    ``tokenizer`` (the de-quantized weights quantsense measured), then quantized from there.
+    """
     import transformers
 
     check_exportable(unit_map, plan)
@@ -83,11 +88,18 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
     fqn_configs = {f"{name}.weight": torchao_config(config) for name, config in plan.assignments}
     from torchao.quantization import FqnToConfig
 
-    auto = transformers.AutoModelForSequenceClassification if kind == "classification" else transformers.AutoModelForCausalLM
-    model = auto.from_pretrained(source, dtype=torch.float32,
-                                 quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp32.") as fp32_dir:
+        if str(source).endswith(".gguf"):
+            if fp32_model is None or tokenizer is None:
+                raise QuantsenseError("exporting a GGUF model needs the loaded fp32 model and tokenizer")
+            fp32_model.save_pretrained(fp32_dir)
+            tokenizer.save_pretrained(fp32_dir)
+            source = fp32_dir
+        auto = transformers.AutoModelForSequenceClassification if kind == "classification" else transformers.AutoModelForCausalLM
+        model = auto.from_pretrained(source, dtype=torch.float32,
+                                     quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save_pretrained(staging)

@@ -1,9 +1,12 @@
 """Reload an exported checkpoint in a fresh process with transformers + torchao only, no quantsense.
 
     python verify_export.py EXPORT_DIR FP32_DIR DATA.tsv [LIMIT]
+    python verify_export.py --causal EXPORT_DIR TEXT_FILE MAX_TOKENS CONTEXT STRIDE
 
-Prints one JSON object: per-example predictions of the exported model (data file order),
-and CPU latency per batch of 32 for the exported and the FP32 model, measured side by side.
+Prints one JSON object. Classification: per-example predictions of the exported model (data
+file order) and CPU latency per batch of 32 for the exported and the FP32 model, side by side.
+Causal: the per-token log-probabilities of the exported model over the same sliding windows
+quantsense uses (first MAX_TOKENS tokens; each window scores the tokens no earlier one did).
 """
 
 import csv
@@ -47,7 +50,34 @@ def latency(model, enc, repeats=15):
     return statistics.median(times)
 
 
+@torch.inference_mode()
+def causal_main(export_dir, text_file, max_tokens, context, stride):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir).eval()
+    with open(text_file, encoding="utf-8") as handle:
+        ids = tokenizer(handle.read(), add_special_tokens=False)["input_ids"][:max_tokens]
+    logprobs, scored_until, begin = [], 1, 0
+    while scored_until < len(ids):
+        end = min(begin + context, len(ids))
+        window = torch.tensor([ids[begin:end]])
+        logp = torch.log_softmax(model(window, use_cache=False).logits[0].float(), dim=-1)
+        for position in range(scored_until, end):
+            logprobs.append(logp[position - begin - 1, ids[position]].item())
+        scored_until = end
+        if end == len(ids):
+            break
+        begin += stride
+    print(json.dumps({
+        "token_logprob": logprobs,
+        "weight_class": ", ".join(sorted({type(p).__name__ for p in model.parameters()} - {"Parameter"})) or "Parameter",
+        "quantsense_imported": "quantsense" in sys.modules,
+    }))
+
+
 def main():
+    if sys.argv[1] == "--causal":
+        export_dir, text_file, max_tokens, context, stride = sys.argv[2:7]
+        return causal_main(export_dir, text_file, int(max_tokens), int(context), int(stride))
     export_dir, fp32_dir, data = sys.argv[1:4]
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)

@@ -14,7 +14,6 @@ import numpy as np
 
 from quantsense.config import Plan, QuantConfig
 from quantsense.models.units import UnitMap
-from quantsense.quantization.fake_quant import fake_quantize
 
 VIEWS = ("only", "all_but")
 UNIT_GRANULARITIES = ("block", "linear")

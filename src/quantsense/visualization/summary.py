@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantsense.visualization.plots import frontier_plot, sensitivity_bars, sensitivity_heatmap
-from quantsense.visualization.report import markdown_table, write_atomic, write_csv, write_json
+from quantsense.visualization.plots import (
+    frontier_plot,
+    sensitivity_bars,
+    sensitivity_heatmap,
+)
+from quantsense.visualization.report import (
+    markdown_table,
+    write_atomic,
+    write_csv,
+    write_json,
+)
 
 SENS_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("view", "view"), ("accuracy", "acc %"), ("drop", "drop pts"),
                 ("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p"),
@@ -103,6 +112,15 @@ def export_text(rep: dict) -> str:
         f"{rep['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout {rep['predicted_factor']:.3f}x "
         f"(packed sub-byte storage would give {rep['packed_factor']:.3f}x)",
     ]
+    if "exported_perplexity" in rep:
+        lines += [
+            f"reloaded in a fresh process with transformers + torchao only (weights: {rep['reloaded_weight_class']}, "
+            f"quantsense imported: {rep['quantsense_imported_by_reload']})",
+            f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
+            f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}",
+        ]
+    if "note" in rep:
+        lines.append(rep["note"])
     if "exported_accuracy" in rep:
         lines += [
             f"reloaded in a fresh process with transformers + torchao only (weights: {rep['reloaded_weight_class']}, "
