@@ -45,6 +45,12 @@ SECTIONS = {
     "decoder-baseline": (f"quantsense baseline {LM} --max-tokens 16384", []),
     "decoder-blocks": (f"quantsense sensitivity {LM} --max-tokens 4096 --bits 4 3 2 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
+    "decoder-linear": (f"quantsense sensitivity {LM} --max-tokens 4096 --granularity linear --blocks 29 --bits 4 3 2 "
+                       "--views only all_but --out results/smollm2-linear", []),
+    "decoder-allocate": (f"quantsense allocate {LM} --max-tokens 4096 --avg-bits 3.5 --granularity block "
+                         "--candidates 2 3 4 --out results/smollm2-allocate", []),
+    "decoder-export": (f"quantsense export results/smollm2-allocate/plan.json {LM} --max-tokens 4096 "
+                       "--out results/smollm2-export-3.5bits", []),
 }
 
 

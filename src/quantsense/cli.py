@@ -176,7 +176,8 @@ def _say(text: str = "") -> None:
 def _store_note(ws) -> None:
     stats = ws.engine.stats
     if stats.from_store and not stats.computed:
-        _say(f"All {stats.from_store} evaluation(s) came from the results store {ws.options.store} (nothing recomputed).")
+        _say(f"All {stats.from_store} evaluation(s) came from the results store {ws.options.store} (nothing recomputed; "
+             f"they took {stats.stored_seconds:.1f} s to compute when first run).")
     elif stats.computed:
         where = f"; all saved in {ws.options.store}" if ws.options.store else ""
         _say(f"{stats.computed} evaluation(s) computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}.")

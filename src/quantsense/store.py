@@ -89,6 +89,11 @@ class ResultStore:
         except Exception:
             return None  # an unreadable row is recomputed and replaced, never trusted
 
+    def seconds(self, key: str) -> float:
+        """How long the stored evaluation took to compute when it was first run."""
+        row = self._conn.execute("SELECT seconds FROM evaluations WHERE key = ?", (key,)).fetchone()
+        return float(row[0] or 0.0) if row else 0.0
+
     def put(self, key: str, label: str, meta: dict, arrays: dict[str, np.ndarray], seconds: float) -> None:
         self._conn.execute(
             "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",

@@ -20,6 +20,7 @@ from quantsense.store import ResultStore
 @dataclass
 class RunStats:
     from_store: int = 0
+    stored_seconds: float = 0.0  # what the evaluations taken from the store cost when first computed
     computed: int = 0
     seconds: float = 0.0
     labels_computed: list[str] = field(default_factory=list)
@@ -67,7 +68,9 @@ class Engine:
             found = self._lookup(item)
             if found is not None:
                 results[label] = found
-                self.stats.from_store += not in_memory
+                if not in_memory:
+                    self.stats.from_store += 1
+                    self.stats.stored_seconds += self.store.seconds(item.key) if self.store is not None else 0.0
                 self._memo[item.key] = found
             else:
                 todo.append(item)

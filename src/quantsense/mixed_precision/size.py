@@ -25,8 +25,15 @@ def average_bits(unit_map: UnitMap, plan: Plan, scope: list[str] | None = None) 
     return total / numel
 
 
-def model_bytes(model, unit_map: UnitMap, plan: Plan) -> int:
-    """Bytes of the whole model's parameters under ``plan`` (unquantized tensors at their dtype)."""
+def model_bytes(model, unit_map: UnitMap, plan: Plan, unit_bits=None) -> int:
+    """Bytes of the whole model's parameters under ``plan`` (unquantized tensors at their dtype).
+
+    ``unit_bits(unit, config)`` prices a quantized unit; the default is the packed
+    ``storage_bits`` (codes, fp32 scales, 8-bit zero points). Shared weights count once.
+    """
+    if unit_bits is None:
+        def unit_bits(unit, config):
+            return storage_bits(unit.shape, config, unit.transposed)
     configs = plan.as_dict()
     quantized = {id(unit_map.get(n).weight): n for n in configs}
     total_bits = 0
@@ -39,6 +46,5 @@ def model_bytes(model, unit_map: UnitMap, plan: Plan) -> int:
         if name is None:
             total_bits += param.numel() * param.element_size() * 8
         else:
-            unit = unit_map.get(name)
-            total_bits += storage_bits(unit.shape, configs[name], unit.transposed)
+            total_bits += unit_bits(unit_map.get(name), configs[name])
     return total_bits // 8

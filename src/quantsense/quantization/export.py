@@ -15,7 +15,6 @@ take as much disk as INT8 ones. :func:`export_bytes` predicts that layout; the p
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -53,23 +52,17 @@ def check_exportable(unit_map: UnitMap, plan: Plan) -> None:
                                   "quantizes nn.Linear only, so it cannot be exported")
 
 
+def _torchao_unit_bits(unit, config: QuantConfig) -> int:
+    rows = unit.shape[0]
+    groups = rows if config.granularity == "per_channel" else unit.numel // config.group_size
+    return 8 * (unit.numel + groups * (4 + 1))
+
+
 def export_bytes(model: torch.nn.Module, unit_map: UnitMap, plan: Plan) -> int:
     """Bytes of every parameter in torchao's unpacked layout: int8 codes, fp32 scale + int8 zero point per group."""
-    configs = plan.as_dict()
-    quantized = {id(unit_map.get(n).weight): n for n in configs}
-    total, seen = 0, set()
-    for param in model.parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        name = quantized.get(id(param))
-        if name is None:
-            total += param.numel() * param.element_size()
-            continue
-        config, rows = configs[name], param.shape[0]
-        groups = rows if config.granularity == "per_channel" else math.prod(param.shape) // config.group_size
-        total += param.numel() + groups * (4 + 1)
-    return total
+    from quantsense.mixed_precision.size import model_bytes
+
+    return model_bytes(model, unit_map, plan, unit_bits=_torchao_unit_bits)
 
 
 def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str | Path,

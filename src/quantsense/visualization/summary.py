@@ -63,6 +63,7 @@ def sensitivity_text(sens: dict) -> str:
     for key, ranked in sens["rankings"].items():
         parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tie group = not distinguishable):")
         parts.append(markdown_table(ranked, LM_RANK_COLUMNS if lm else RANK_COLUMNS, digits=4))
+        parts.append(ranking_verdict(ranked, sens["rank_by"], lm))
     return "\n".join(parts)
 
 
@@ -133,6 +134,19 @@ def export_text(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def ranking_verdict(ranked: list[dict], metric: str, lm: bool) -> str:
+    """One sentence a reader can act on: which units measurably differ from FP32, how many tiers."""
+    differs = [r["unit"] for r in ranked if r["distinguishable_from_fp32"]]
+    groups = max((r["tie_group"] for r in ranked), default=0)
+    test = "a per-token NLL interval excluding 0" if lm else "exact McNemar p < 0.05"
+    if not differs:
+        head = f"No unit's {'perplexity' if lm else 'accuracy'} differs measurably from FP32 ({test})"
+    else:
+        head = f"{len(differs)} of {len(ranked)} units differ measurably from FP32 ({test}): {', '.join(differs[:8])}"
+        head += " ..." if len(differs) > 8 else ""
+    return f"{head}; by {metric} the units fall into {groups} tier(s) whose intervals do not overlap."
+
+
 def plans_text(rows: list[dict]) -> str:
     return markdown_table(rows, LM_PLAN_COLUMNS if _is_lm(rows) else PLAN_COLUMNS, digits=3)
 
@@ -146,13 +160,19 @@ def ablation_text(abl: dict) -> str:
             f"[95% CI {abl['drop_ci_low']:.2f}, {abl['drop_ci_high']:.2f}], McNemar p = {abl['mcnemar_p']:.3g}")
 
 
+def _data_size(data: dict) -> str:
+    if "examples" in data:
+        return f"{data['examples']} examples"
+    return f"first {data['tokens']} tokens, context {data['context']}, stride {data['stride']}"
+
+
 def summary_markdown(results: dict) -> str:
     ws = results["workspace"]
     lines = [
         "# quantsense results",
         "",
         f"Model `{ws['model']['source']}` ({ws['model']['blocks']} blocks, weights {ws['model']['fingerprint']}), "
-        f"data `{ws['data']['source']}` ({ws['data']['examples']} examples), scheme `{ws['scheme']}`.",
+        f"data `{ws['data']['source']}` ({_data_size(ws['data'])}), scheme `{ws['scheme']}`.",
         f"Command: `{results['provenance']['command']}`",
         "",
         "## Phase 1: FP32 baseline",
@@ -160,7 +180,7 @@ def summary_markdown(results: dict) -> str:
         baseline_text(results["baseline"]),
     ]
     if "sensitivity" in results:
-        lines += ["", "## Phase 2: per-block sensitivity", "", "![sensitivity](sensitivity.png)", "",
+        lines += ["", "## Phase 2: sensitivity", "", "![sensitivity](sensitivity.png)", "",
                   sensitivity_text(results["sensitivity"])]
     if "proxies" in results:
         lines += ["", "## Cheap proxies, validated", "", proxies_text(results["proxies"])]
