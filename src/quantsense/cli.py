@@ -50,7 +50,8 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=_positive, help="use only the first N examples (quick runs)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     g.add_argument("--max-length", type=_positive, default=512, help="truncate inputs to this many tokens")
-    g.add_argument("--batch-tokens", type=_positive, default=4096, help="padded tokens per batch (length-sorted batches)")
+    g.add_argument("--batch-tokens", type=_positive, default=1024,
+                   help="padded tokens per batch (length-sorted batches; 1024 keeps activations in cache on small CPUs)")
     g.add_argument("--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures")
     g.add_argument("--task", choices=("sst2", "wikitext"), default="sst2",
                    help="sst2: sentence classification accuracy; wikitext: causal-LM perplexity and per-token KL on a text file")

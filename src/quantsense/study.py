@@ -54,7 +54,7 @@ class StudyOptions:
     limit: int | None = None
     device: str = "auto"
     max_length: int = 512
-    batch_tokens: int = 4096
+    batch_tokens: int = 1024
     blocks_regex: str | None = None
     store: str | None = None  # None: no store
     fresh: bool = False

@@ -86,7 +86,7 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
         if str(source).endswith(".gguf"):
             if fp32_model is None or tokenizer is None:
                 raise QuantsenseError("exporting a GGUF model needs the loaded fp32 model and tokenizer")
-            fp32_model.save_pretrained(fp32_dir)
+            _save_plain_fp32(fp32_model, fp32_dir)
             tokenizer.save_pretrained(fp32_dir)
             source = fp32_dir
         auto = transformers.AutoModelForSequenceClassification if kind == "classification" else transformers.AutoModelForCausalLM
@@ -108,6 +108,19 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _save_plain_fp32(model: torch.nn.Module, directory: str) -> None:
+    """Save a model loaded from GGUF as an ordinary fp32 checkpoint (transformers refuses to re-serialise GGUF)."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for attr in ("quantization_config", "gguf_file"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(directory)
 
 
 def weights_file_bytes(directory: str | Path) -> int:

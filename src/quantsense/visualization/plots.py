@@ -21,7 +21,11 @@ def sensitivity_bars(rows: list[dict], path: str | Path, title: str = "Per-block
     rows = [r for r in rows if r["view"] == "only"]
     units = list(dict.fromkeys(r["unit"] for r in rows))
     bits = sorted({r["bits"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, 2, figsize=(min(24, max(8, 1.3 * len(units) * 2)), 4.2))
+    stacked = len(units) > 12  # many units: one panel above the other, full width each
+    if stacked:
+        fig, axes = plt.subplots(2, 1, figsize=(min(22, 4 + 0.55 * len(units)), 8))
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.6 * len(units)), 4.2))
     width = 0.8 / len(bits)
     x = np.arange(len(units))
     loss = "delta_nll" if "delta_nll" in rows[0] else "drop"
@@ -38,7 +42,8 @@ def sensitivity_bars(rows: list[dict], path: str | Path, title: str = "Per-block
     axes[1].set_ylabel("mean KL(FP32 || quantized) (nats, 95% CI, log)")
     axes[1].set_yscale("log")
     for ax in axes:
-        ax.set_xticks(x, units, rotation=30 if len(units) > 8 else 0, ha="right" if len(units) > 8 else "center")
+        ax.set_xticks(x, units, rotation=45 if len(units) > 8 else 0, ha="right" if len(units) > 8 else "center",
+                      fontsize=8 if stacked else None)
         ax.legend()
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
