@@ -39,6 +39,8 @@ SECTIONS = {
                ("results/minilm-sst2/heatmap.png", "docs/figures/heatmap.png")]),
     "proxies": (f"quantsense proxies {CLS} --granularity linear --views only --bits 4 --calibration-data {TRAIN} "
                 "--out results/proxies", [("results/proxies/heatmap.png", "docs/figures/linear-heatmap.png")]),
+    "linear-views": (f"quantsense sensitivity {CLS} --granularity linear --bits 4 --views only all_but "
+                     "--out results/linear-int4", []),
     "frontier": (f"quantsense frontier {CLS} --out results/frontier", [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
     "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
