@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -54,25 +55,56 @@ def sensitivity_bars(rows: list[dict], path: str | Path, title: str = "Per-block
     return path
 
 
+_BLOCK_UNIT = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
+
+
+def _block_grid(rows: list[dict], metric: str):
+    """For module-path units: (blocks, sub-unit names, {bits: grid[block, sub-unit]}), else None."""
+    parsed = [_BLOCK_UNIT.match(r["unit"]) for r in rows]
+    if not parsed or not all(parsed):
+        return None
+    blocks = sorted({int(m.group(2)) for m in parsed})
+    subs = list(dict.fromkeys(m.group(3) for m in parsed))
+    grids = {}
+    for r, m in zip(rows, parsed):
+        grid = grids.setdefault(r["bits"], np.full((len(blocks), len(subs)), np.nan))
+        grid[blocks.index(int(m.group(2))), subs.index(m.group(3))] = r[metric]
+    return blocks, subs, grids
+
+
 def sensitivity_heatmap(rows: list[dict], path: str | Path, metric: str = "kl_mean", view: str = "only") -> Path:
-    """Unit x bit-width heatmap of ``metric`` (log colour scale for KL)."""
+    """``metric`` on a log colour scale: block x sub-unit panels per bit-width for linear units,
+    else unit x bit-width."""
     rows = [r for r in rows if r["view"] == view]
-    units = list(dict.fromkeys(r["unit"] for r in rows))
-    bits = sorted({r["bits"] for r in rows}, reverse=True)
-    grid = np.full((len(units), len(bits)), np.nan)
-    for r in rows:
-        grid[units.index(r["unit"]), bits.index(r["bits"])] = r[metric]
-    fig, ax = plt.subplots(figsize=(2 + 1.2 * len(bits), 1.5 + 0.28 * len(units)))
-    shown = np.log10(np.clip(grid, 1e-8, None)) if metric.startswith("kl") else grid
-    image = ax.imshow(shown, aspect="auto", cmap="magma_r")
-    ax.set_xticks(range(len(bits)), [f"INT{b}" for b in bits])
-    ax.set_yticks(range(len(units)), units, fontsize=7)
-    cbar = fig.colorbar(image, ax=ax)
-    cbar.set_label(f"log10 {metric}" if metric.startswith("kl") else metric)
-    ax.set_title(f"{metric} by unit and bit-width ({view} view)")
-    fig.tight_layout()
+    blocked = _block_grid(rows, metric)
+    if blocked is not None:
+        blocks, subs, grids = blocked
+        panels = sorted(grids, reverse=True)
+        fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 0.9 * len(subs) * len(panels), 2 + 0.3 * len(blocks)),
+                                 squeeze=False)
+        values = np.log10(np.clip(np.concatenate([g.ravel() for g in grids.values()]), 1e-8, None))
+        vmin, vmax = np.nanmin(values), np.nanmax(values)
+        for ax, bits in zip(axes[0], panels):
+            image = ax.imshow(np.log10(np.clip(grids[bits], 1e-8, None)), aspect="auto", cmap="magma_r", vmin=vmin, vmax=vmax)
+            ax.set_xticks(range(len(subs)), subs, rotation=45, ha="right", fontsize=7)
+            ax.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks], fontsize=7)
+            ax.set_title(f"INT{bits}")
+        fig.colorbar(image, ax=axes[0].tolist()).set_label(f"log10 {metric}")
+        fig.suptitle(f"{metric} by block and linear unit ({view} view)")
+    else:
+        units = list(dict.fromkeys(r["unit"] for r in rows))
+        bits = sorted({r["bits"] for r in rows}, reverse=True)
+        grid = np.full((len(units), len(bits)), np.nan)
+        for r in rows:
+            grid[units.index(r["unit"]), bits.index(r["bits"])] = r[metric]
+        fig, ax = plt.subplots(figsize=(3 + 1.2 * len(bits), 1.5 + 0.28 * len(units)))
+        image = ax.imshow(np.log10(np.clip(grid, 1e-8, None)), aspect="auto", cmap="magma_r")
+        ax.set_xticks(range(len(bits)), [f"INT{b}" for b in bits])
+        ax.set_yticks(range(len(units)), units, fontsize=7)
+        fig.colorbar(image, ax=ax).set_label(f"log10 {metric}")
+        ax.set_title(f"{metric} by unit and bit-width ({view} view)")
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
