@@ -191,6 +191,9 @@ def _run_study(args, ws) -> dict:
 
     results = {"provenance": provenance(), "workspace": ws.describe()}
     cmd = args.command
+    for index in [getattr(args, "block", None), *(getattr(args, "blocks", None) or [])]:
+        if index is not None:
+            ws.units.block_units(index)  # a bad index fails before any evaluation runs
     results["baseline"] = study.baseline(ws)
     _say(text.baseline_text(results["baseline"]))
     if cmd == "baseline":
@@ -218,7 +221,6 @@ def _run_study(args, ws) -> dict:
     if cmd in ("ablation", "run"):
         bits = getattr(args, "ablation_bits", 4)
         if getattr(args, "block", None) is not None:
-            ws.units.block_units(args.block)  # range check
             ranking = [b for b in ranking if b != args.block] + [args.block]
         results["ablation"] = study.ablation(ws, ranking, bits)
         _say(text.ablation_text(results["ablation"]))
