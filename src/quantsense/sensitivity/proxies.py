@@ -19,17 +19,9 @@ import torch
 from scipy.stats import spearmanr
 
 from quantsense.evaluation.metrics import kl_per_example
+from quantsense.sensitivity.sweep import weight_error
 
 PROXIES = ("weight_error", "calib_kl", "fisher")
-
-
-def weight_error(applier, names, config) -> float:
-    signal = noise = 0.0
-    for name in names:
-        original = applier.original(name).double()
-        noise += float((original - applier.quantized(name, config).double()).pow(2).sum())
-        signal += float(original.pow(2).sum())
-    return noise / signal
 
 
 def fisher_diagonal(model: torch.nn.Module, unit_map, batches, labels: np.ndarray) -> dict[str, torch.Tensor]:

@@ -76,15 +76,20 @@ def add_recovery(rows: list[dict]) -> None:
             row[f"{loss}_recovered"] = base[loss] - row[loss]
 
 
-def weight_sqnr_db(applier, names: tuple[str, ...], config: QuantConfig) -> float:
-    """SQNR of the unit's weights together (signal and noise summed over its tensors)."""
+def weight_error(applier, names: tuple[str, ...], config: QuantConfig) -> float:
+    """Relative error ||W - Q(W)||^2 / ||W||^2 of the unit's weights together (summed over its tensors)."""
     signal = noise = 0.0
     for name in names:
         original = applier.original(name).double()
-        quantized = applier.quantized(name, config).double()
+        noise += float((original - applier.quantized(name, config).double()).pow(2).sum())
         signal += float(original.pow(2).sum())
-        noise += float((original - quantized).pow(2).sum())
-    return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+    return noise / signal
+
+
+def weight_sqnr_db(applier, names: tuple[str, ...], config: QuantConfig) -> float:
+    """SQNR of the unit's weights together, in dB (inf when quantization changes nothing)."""
+    error = weight_error(applier, names, config)
+    return float("inf") if error == 0 else float(-10 * np.log10(error))
 
 
 def run_sweep(engine, entries: list[SweepEntry], compare, desc: str = "sensitivity") -> list[dict]:
