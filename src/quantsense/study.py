@@ -245,18 +245,18 @@ def ablation(ws: Workspace, ranking: list[int], bits: int = 4) -> dict:
     return {"block": block, "bits": bits, **rows[0]}
 
 
-__all__ = ["StudyOptions", "Workspace", "ablation", "baseline", "block_ranking", "least_sensitive_blocks",
-           "mixed", "open_workspace", "sensitivity"]
+def loss_key(ws: Workspace, objective: str) -> str:
+    """The metric an allocation objective sums: mean KL, or the task's loss (accuracy drop / NLL increase)."""
+    return {"kl": "kl_mean", "drop": "delta_nll" if ws.causal else "drop"}[objective]
 
 
 def unit_losses(ws: Workspace, candidates: list[int], granularity: str, objective: str) -> tuple[dict, dict]:
     """Measured loss of every unit alone at every candidate bit-width (from the store when finished)."""
-    sweep_granularity = "block" if granularity == "block" else "linear"
-    sens = sensitivity(ws, sorted(candidates, reverse=True), sweep_granularity)
-    key = {"kl": "kl_mean", "drop": "delta_nll" if ws.causal else "drop"}[objective]
+    sens = sensitivity(ws, sorted(candidates, reverse=True), granularity)
+    key = loss_key(ws, objective)
     losses = {}
     for row in sens["rows"]:
-        names = ws.units.block_units(int(row["unit"].split()[-1])) if sweep_granularity == "block" else [row["unit"]]
+        names = ws.units.block_units(int(row["unit"].split()[-1])) if granularity == "block" else [row["unit"]]
         value = max(row[key], 0.0) if objective == "drop" else row[key]
         for name in names:  # a block's loss is carried by its units so groups can sum them
             losses[(name, row["bits"])] = value / len(names)
@@ -283,7 +283,7 @@ def frontier(ws: Workspace, budgets: list, candidates: list[int], granularity: s
     for bits in sorted(candidates, reverse=True):
         named[f"uniform int{bits}"] = uniform_plan(ws.units, bits, ws.options.scheme)
         kinds[f"uniform int{bits}"] = "uniform"
-    ranking = block_ranking(sensitivity(ws, [min(b for b in candidates if b >= 4) if any(b >= 4 for b in candidates) else min(candidates)]))
+    ranking = block_ranking(sensitivity(ws, [min([b for b in candidates if b >= 4] or candidates)]))
     for name, (plan, _) in strategy_plans(ws.units, ranking, ws.options.scheme).items():
         named[name] = plan
         kinds[name] = "hand"
@@ -292,11 +292,10 @@ def frontier(ws: Workspace, budgets: list, candidates: list[int], granularity: s
     for row in rows:
         row["kind"] = kinds[row["plan"]]
         row["predicted_loss"] = predicted.get(row["plan"])
-        measured = row["kl_mean"] if objective == "kl" else row["drop"]
         if row["predicted_loss"]:
-            row["measured_over_predicted"] = measured / row["predicted_loss"]
+            row["measured_over_predicted"] = row[loss_key(ws, objective)] / row["predicted_loss"]
     plans = {name: a.plan.to_json_dict() for name, a in allocations}
-    choices = {name: {g: b for g, b in a.choices.items()} for name, a in allocations}
+    choices = {name: dict(a.choices) for name, a in allocations}
     return {"objective": objective, "granularity": granularity, "candidates": candidates, "rows": rows,
             "plans": plans, "choices": choices}
 
@@ -322,71 +321,67 @@ def export(ws: Workspace, plan: Plan, out: str | Path, verify: bool = True) -> d
     report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
     if not verify:
         return report
-    if ws.causal:
-        report.update(_verify_causal_export(path, ws))
-        return report
-    simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"].predictions
-    check = _verify_in_fresh_process(path, ws)
-    exported = np.asarray(check["predictions"])
-    report.update({
-        "exported_accuracy": 100 * float((exported == ws.labels).mean()),
-        "simulated_accuracy": 100 * float((simulated == ws.labels).mean()),
-        "predictions_differing": int((exported != simulated).sum()),
-        "latency_exported_ms": 1000 * check["latency_exported_s"],
-        "latency_fp32_ms": 1000 * check["latency_fp32_s"],
-        "latency_batch_shape": check["batch_shape"],
-        "reloaded_weight_class": check["weight_class"],
-        "quantsense_imported_by_reload": check["quantsense_imported"],
-    })
+    simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
+    report.update(_verify_causal_export(path, ws, simulated) if ws.causal else _verify_classification_export(path, ws, simulated))
     return report
 
 
-def _verify_causal_export(path: Path, ws: Workspace) -> dict:
-    """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
+def _run_verifier(args: list[str], cwd: str | None = None) -> dict:
+    """Run ``verify_export.py`` in a fresh interpreter (no quantsense imported) and parse its JSON line."""
     import json
     import subprocess
     import sys
 
-    from quantsense.config import Plan as _Plan
     from quantsense.quantization import verify_export
 
-    plan = _Plan.load(path / "quantsense_plan.json")
-    simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
+    proc = subprocess.run([sys.executable, verify_export.__file__, *args], capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _reload_facts(check: dict) -> dict:
+    return {"reloaded_weight_class": check["weight_class"], "quantsense_imported_by_reload": check["quantsense_imported"]}
+
+
+def _verify_causal_export(path: Path, ws: Workspace, simulated: EvalResult) -> dict:
+    """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
     o = ws.options
     if not o.data:
         raise QuantsenseError("verifying a causal export needs a local --data text file")
-    proc = subprocess.run([sys.executable, verify_export.__file__, "--causal", str(path.resolve()),
-                           str(Path(o.data).resolve()), str(o.max_tokens), str(o.context), str(o.stride)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
-    check = json.loads(proc.stdout.strip().splitlines()[-1])
+    check = _run_verifier(["--causal", str(path.resolve()), str(Path(o.data).resolve()), str(o.max_tokens),
+                           str(o.context), str(o.stride)])
     exported = np.asarray(check["token_logprob"], dtype=np.float64)
     sim = simulated.arrays["token_logprob"].astype(np.float64)
     return {
         "exported_perplexity": float(np.exp(-exported.mean())),
         "simulated_perplexity": float(np.exp(-sim.mean())),
         "max_token_logprob_difference": float(np.abs(exported - sim).max()),
-        "reloaded_weight_class": check["weight_class"],
-        "quantsense_imported_by_reload": check["quantsense_imported"],
+        **_reload_facts(check),
     }
 
 
-def _verify_in_fresh_process(path: Path, ws: Workspace) -> dict:
-    import json
-    import subprocess
-    import sys
+def _verify_classification_export(path: Path, ws: Workspace, simulated: EvalResult) -> dict:
+    """Reload in a fresh process: predictions against the simulation, and latency against FP32."""
     import tempfile
-
-    from quantsense.quantization import verify_export
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.tsv"
         data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(ws.data.texts, ws.labels.tolist())))
         source = Path(ws.loaded.source)
         fp32 = str(source.resolve()) if source.exists() else ws.loaded.source
-        proc = subprocess.run([sys.executable, verify_export.__file__, str(path.resolve()), fp32, str(data)],
-                              capture_output=True, text=True, cwd=tmp)
-    if proc.returncode != 0:
-        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        check = _run_verifier([str(path.resolve()), fp32, str(data)], cwd=tmp)
+    exported = np.asarray(check["predictions"])
+    return {
+        "exported_accuracy": 100 * float((exported == ws.labels).mean()),
+        "simulated_accuracy": 100 * float((simulated.predictions == ws.labels).mean()),
+        "predictions_differing": int((exported != simulated.predictions).sum()),
+        "latency_exported_ms": 1000 * check["latency_exported_s"],
+        "latency_fp32_ms": 1000 * check["latency_fp32_s"],
+        "latency_batch_shape": check["batch_shape"],
+        **_reload_facts(check),
+    }
+
+
+__all__ = ["StudyOptions", "Workspace", "ablation", "allocate_plans", "baseline", "block_ranking", "export", "frontier",
+           "least_sensitive_blocks", "mixed", "open_workspace", "proxies", "sensitivity", "unit_losses"]
