@@ -80,19 +80,19 @@ class ResultStore:
                 "use a new --store path"
             )
 
-    def get(self, key: str) -> dict[str, np.ndarray] | None:
-        row = self._conn.execute("SELECT payload FROM evaluations WHERE key = ?", (key,)).fetchone()
+    def fetch(self, key: str) -> tuple[dict[str, np.ndarray], float] | None:
+        """The stored arrays and how long they took to compute when first run; None if absent or unreadable."""
+        row = self._conn.execute("SELECT payload, seconds FROM evaluations WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         try:
-            return _decode(row[0])
+            return _decode(row[0]), float(row[1] or 0.0)
         except Exception:
             return None  # an unreadable row is recomputed and replaced, never trusted
 
-    def seconds(self, key: str) -> float:
-        """How long the stored evaluation took to compute when it was first run."""
-        row = self._conn.execute("SELECT seconds FROM evaluations WHERE key = ?", (key,)).fetchone()
-        return float(row[0] or 0.0) if row else 0.0
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        found = self.fetch(key)
+        return found[0] if found else None
 
     def put(self, key: str, label: str, meta: dict, arrays: dict[str, np.ndarray], seconds: float) -> None:
         self._conn.execute(

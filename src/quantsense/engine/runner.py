@@ -42,13 +42,17 @@ class Engine:
     def item(self, label: str, plan: Plan) -> WorkItem:
         return WorkItem(label=label, plan_json=plan.canonical_json(), model_fp=self.model_fp, data_fp=self.data_fp)
 
-    def _lookup(self, item: WorkItem) -> EvalResult | None:
-        if item.key in self._memo:
-            return self._memo[item.key]
+    def _from_store(self, item: WorkItem) -> EvalResult | None:
+        """A finished evaluation from the store (counted in the stats), or None."""
         if self.store is None or self.fresh:
             return None
-        arrays = self.store.get(item.key)
-        return EvalResult(arrays) if arrays is not None else None
+        found = self.store.fetch(item.key)
+        if found is None:
+            return None
+        arrays, seconds = found
+        self.stats.from_store += 1
+        self.stats.stored_seconds += seconds
+        return EvalResult(arrays)
 
     def _save(self, item: WorkItem, result: EvalResult, seconds: float) -> None:
         self._memo[item.key] = result
@@ -64,13 +68,9 @@ class Engine:
         todo: list[WorkItem] = []
         for label, plan in labeled_plans:
             item = self.item(label, plan)
-            in_memory = item.key in self._memo
-            found = self._lookup(item)
+            found = self._memo.get(item.key) or self._from_store(item)
             if found is not None:
                 results[label] = found
-                if not in_memory:
-                    self.stats.from_store += 1
-                    self.stats.stored_seconds += self.store.seconds(item.key) if self.store is not None else 0.0
                 self._memo[item.key] = found
             else:
                 todo.append(item)

@@ -46,17 +46,20 @@ class CausalLMHead:
 
     needs_reference = True
 
-    def kwargs_for(self, model, batch: Batch) -> dict:
-        """No KV cache; and where the model supports it, logits only for the rows that predict scored tokens."""
-        kwargs = {"use_cache": False}
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            kwargs["logits_to_keep"] = len(batch.index) + 1
-        return kwargs
-
     def __init__(self):
-        self._ref_file = None
         self._ref: np.memmap | None = None
         self._row_of: dict[int, int] = {}
+        self._keeps_logits: dict[type, bool] = {}  # model class -> forward accepts logits_to_keep
+
+    def kwargs_for(self, model, batch: Batch) -> dict:
+        """No KV cache; and where the model supports it, logits only for the rows that predict scored tokens."""
+        kind = type(model)
+        if kind not in self._keeps_logits:
+            self._keeps_logits[kind] = "logits_to_keep" in inspect.signature(model.forward).parameters
+        kwargs = {"use_cache": False}
+        if self._keeps_logits[kind]:
+            kwargs["logits_to_keep"] = len(batch.index) + 1
+        return kwargs
 
     def _open_reference(self, batches: TokenBatches, vocab: int) -> None:
         rows = sum(len(b.index) for b in batches)

@@ -30,7 +30,6 @@ LM_RANK_COLUMNS = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), (
 LM_PLAN_COLUMNS = [("plan", "plan"), ("perplexity", "ppl"), ("ppl_ratio", "ppl ratio"), ("delta_nll", "dNLL/token"),
                    ("kl_mean", "KL mean"), ("kl_p95", "KL p95"), ("top1_agreement", "top-1 agree %"),
                    ("avg_bits", "avg bits/weight"), ("model_mb", "model MB")]
-RECOVERY_COLUMNS = [("kl_recovered", "KL recovered"), ("drop_recovered", "drop recovered")]
 PROXY_COLUMNS = [("unit", "unit"), ("bits", "bits"), ("weight_error", "weight error"), ("calib_kl", "calib KL"),
                  ("fisher", "Fisher")]
 CORR_COLUMNS = [("bits", "bits"), ("proxy", "proxy"), ("units", "units"), ("spearman_vs_kl", "Spearman vs KL"),
