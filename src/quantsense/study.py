@@ -111,10 +111,14 @@ class Workspace:
         }
 
 
+def _sentence_batches(options: StudyOptions, loaded: LoadedModel, texts: list[str]):
+    encoded = tokenize_texts(loaded.tokenizer, texts, options.max_length)
+    return make_batches(encoded, loaded.tokenizer.pad_token_id, max_batch_tokens=options.batch_tokens)
+
+
 def _classification_batches(options: StudyOptions, loaded: LoadedModel):
     data = load_classification_data(options.data, loaded.id2label, options.limit)
-    encoded = tokenize_texts(loaded.tokenizer, data.texts, options.max_length)
-    return data, make_batches(encoded, loaded.tokenizer.pad_token_id, max_batch_tokens=options.batch_tokens)
+    return data, _sentence_batches(options, loaded, data.texts)
 
 
 def _text_batches(options: StudyOptions, loaded: LoadedModel):
@@ -162,8 +166,7 @@ def proxies(ws: Workspace, calibration_path: str, size: int, bits: list[int], gr
     if ws.causal:
         raise QuantsenseError("proxies are implemented for classification tasks (sst2) only")
     calib = calibration_data(ws, calibration_path, size)
-    encoded = tokenize_texts(ws.loaded.tokenizer, calib.texts, ws.options.max_length)
-    batches = make_batches(encoded, ws.loaded.tokenizer.pad_token_id, max_batch_tokens=ws.options.batch_tokens)
+    batches = _sentence_batches(ws.options, ws.loaded, calib.texts)
     applier = ws.engine.evaluator.applier
     calib_eval = Evaluator(ws.loaded.model, ws.units, batches, ws.loaded.device, applier=applier)
     measured = sensitivity(ws, bits, granularity)
