@@ -1,33 +1,35 @@
-"""Command line: thin subcommands over the library (``quantsense --help``)."""
+"""Command line: thin subcommands over the library (``quantsense --help``).
+
+Every bad input exits 2 with one line on stderr, checked after the model loads and before the first
+evaluation; Ctrl-C exits 130 and says how to resume.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from quantsense.config import GRANULARITIES, MAX_BITS, MIN_BITS, QuantConfig
+from quantsense.config import DEFAULT_STORE, DEFAULT_TASK, GRANULARITIES, LOSS_METRICS, REFERENCE_MODEL, UNIT_KINDS, VIEWS
 from quantsense.errors import QuantsenseError
 
-DEFAULT_STORE = os.path.join(os.path.expanduser("~"), ".cache", "quantsense", "results.sqlite")
+TASK_NAMES = ("sst2", "wikitext")  # checked against the registry in tests (importing it here would cost start-up time)
+DATA_HELP = ("sst2: a .tsv/.csv/.jsonl/.parquet with 'sentence' (or 'text') and 'label' (default: GLUE SST-2 validation via "
+             "the datasets package); wikitext: a plain-text file such as wiki.test.raw (default: WikiText-2 test via datasets)")
 
 
 class _Parser(argparse.ArgumentParser):
-    """Bad flags give one line on stderr and exit code 2, never a usage dump or a traceback."""
+    """Bad flags give one line on stderr and exit code 2, never a usage dump or a traceback; no prefix matching."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _bits(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {text!r}") from None
-    if not MIN_BITS <= value <= MAX_BITS:
-        raise argparse.ArgumentTypeError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {value}")
-    return value
 
 
 def _positive(text: str) -> int:
@@ -40,28 +42,50 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _format_name(text: str) -> str:
+    """A format name as typed (4, int4, q4_0, f16): checked now, resolved against the model later."""
+    from quantsense.quantization.formats import parse_format
+
+    try:
+        parse_format(text)
+    except QuantsenseError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=os.environ.get("QUANTSENSE_MODEL", "distilbert-base-uncased-finetuned-sst-2-english"),
-                   help="hub id, local model directory or .gguf file (default: the reference DistilBERT SST-2)")
-    g.add_argument("--data", default=os.environ.get("QUANTSENSE_DATA"),
-                   help="local .tsv/.csv/.jsonl/.parquet with 'sentence' (or 'text') and 'label'; default: GLUE SST-2 validation via datasets")
-    g.add_argument("--limit", type=_positive, help="use only the first N examples (quick runs)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    g.add_argument("--max-length", type=_positive, default=512, help="truncate inputs to this many tokens")
+    g.add_argument("--model", default=os.environ.get("QUANTSENSE_MODEL", REFERENCE_MODEL),
+                   help="hub id, local model directory or .gguf file")
+    g.add_argument("--task", choices=TASK_NAMES, default=DEFAULT_TASK,
+                   help="sst2: sentence classification accuracy; wikitext: causal-LM perplexity and per-token KL")
+    g.add_argument("--data", default=os.environ.get("QUANTSENSE_DATA"), help=DATA_HELP)
+    g.add_argument("--limit", type=_positive, help="sst2: use only the first N examples (quick runs)")
+    g.add_argument("--max-length", type=_positive, default=512, help="sst2: truncate inputs to this many tokens")
     g.add_argument("--batch-tokens", type=_positive, default=1024,
-                   help="padded tokens per batch (length-sorted batches; 1024 keeps activations in cache on small CPUs)")
-    g.add_argument("--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures")
-    g.add_argument("--task", choices=("sst2", "wikitext"), default="sst2",
-                   help="sst2: sentence classification accuracy; wikitext: causal-LM perplexity and per-token KL on a text file")
+                   help="sst2: padded tokens per length-sorted batch (1024 keeps activations in cache on small CPUs)")
     g.add_argument("--max-tokens", type=_positive, default=4096, help="wikitext: first N tokens of the text")
     g.add_argument("--context", type=_positive, default=1024, help="wikitext: window length in tokens")
     g.add_argument("--stride", type=_positive, default=512, help="wikitext: tokens between window starts")
-    q = p.add_argument_group("quantization scheme")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="dtype of the unquantized reference model (auto: float32 on CPU, the model's own on CUDA)")
+    g.add_argument("--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures")
+    q = p.add_argument_group("integer grid (what int<b> formats mean)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric (zero point) instead of symmetric")
-    q.add_argument("--weight-granularity", choices=GRANULARITIES, default="per_channel")
-    q.add_argument("--group-size", type=_positive, help="group size for --weight-granularity per_group")
+    q.add_argument("--weight-granularity", choices=GRANULARITIES, default="per_channel", help="one scale per ...")
+    q.add_argument("--group-size", type=_positive, help="input features per scale with --weight-granularity per_group")
     r = p.add_argument_group("results")
     r.add_argument("--store", default=os.environ.get("QUANTSENSE_STORE"),
                    help=f"SQLite results store (default: {DEFAULT_STORE}, or OUT/store.sqlite for 'run')")
@@ -69,90 +93,138 @@ def _common() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="recompute even what the store already holds")
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--out", help="write results (JSON, CSV, PNG, Markdown) to this folder")
+    r.add_argument("--out", help="results folder: results.json, CSV tables, PNG figures, summary.md, report.html")
     return p
 
 
-def _sensitivity_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bits", type=_bits, nargs="+", default=[8, 4], help="bit-widths to sweep (default: 8 4)")
-    p.add_argument("--granularity", choices=("block", "linear"), default="block", help="unit: whole blocks or each linear layer")
-    p.add_argument("--views", nargs="+", choices=("only", "all_but"), default=None,
-                   help="only: this unit quantized; all_but: all others quantized (default: only; both for linear)")
-    p.add_argument("--include-extra", action="store_true", help="also embeddings and the classifier head (linear granularity)")
+def _unit_flag(p) -> None:
+    p.add_argument("--unit", choices=UNIT_KINDS, default="block", help="what one unit is: a whole block or one linear layer")
+
+
+def _sensitivity_flags(p) -> None:
+    p.add_argument("--formats", "--bits", dest="formats", type=_format_name, nargs="+",
+                   help="formats to sweep: bits (8 4, int8 = the integer grid) or GGUF (q8_0 q5_1 q5_0 q4_1 q4_0 f16 bf16); "
+                        "default: int8 int4 for sst2, q8_0 q5_0 q4_0 for wikitext")
+    _unit_flag(p)
+    p.add_argument("--views", nargs="+", choices=VIEWS, default=["only"],
+                   help="only: this unit quantized; all_but: all others quantized")
+    p.add_argument("--include-extra", action="store_true", help="also embeddings and the classifier head (--unit linear)")
     p.add_argument("--blocks", type=int, nargs="+", help="sweep only the units inside these block indices")
-    p.add_argument("--rank-by", choices=("kl_mean", "drop", "flip_rate"), default="kl_mean")
+    p.add_argument("--rank-by", choices=LOSS_METRICS, default="kl", help="kl: mean KL; loss: the task's loss")
 
 
-def _calibration_flags(p: argparse.ArgumentParser, required: bool) -> None:
+def _calibration_flags(p, required: bool) -> None:
     p.add_argument("--calibration-data", required=required,
                    help="file to draw calibration examples from (e.g. SST-2 train.tsv); evaluation sentences are excluded"
                    + ("" if required else "; with it, 'run' adds the proxy report"))
-    p.add_argument("--calibration-size", type=_positive, default=128, help="calibration examples (default 128)")
+    p.add_argument("--calibration-size", type=_positive, default=128, help="calibration examples")
+
+
+def _allocation_flags(p) -> None:
+    p.add_argument("--candidates", type=_format_name, nargs="+",
+                   help="formats to choose from, FP32 always an option too; default: int2..int8 for sst2, "
+                        "q4_0 q4_1 q5_0 q5_1 q8_0 f16 for wikitext")
+    _unit_flag(p)
+    p.add_argument("--tie", help="regex over unit names inside a block; matching units share one format (e.g. 'query|key|value')")
+    p.add_argument("--objective", choices=LOSS_METRICS, default="kl",
+                   help="sum of single-unit mean KL (kl) or of the task's loss (loss)")
+
+
+def _rank_format_flag(p) -> None:
+    p.add_argument("--rank-format", type=_format_name, help="format whose block ranking drives it (default: int4 / q4_0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quantsense import __version__
+
     parser = _Parser(prog="quantsense", description="Layer-wise quantization sensitivity analysis for transformers.")
+    parser.add_argument("--version", action="version", version=f"quantsense {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = _common()
-    sub.add_parser("baseline", parents=[common], help="phase 1: FP32 accuracy")
-    _sensitivity_flags(sub.add_parser("sensitivity", parents=[common], help="phase 2: each unit alone at each bit-width"))
+    sub.add_parser("baseline", parents=[common], help="phase 1: the unquantized model's accuracy or perplexity")
+    _sensitivity_flags(sub.add_parser("sensitivity", parents=[common], help="phase 2: each unit alone in each format"))
     mixed = sub.add_parser("mixed", parents=[common], help="phase 3: mixed-precision strategies and plan files")
     mixed.add_argument("--plan", action="append", default=[], help="also evaluate this plan JSON file (repeatable)")
-    mixed.add_argument("--rank-bits", type=_bits, default=4, help="bit-width whose block ranking drives the strategies")
-    abl = sub.add_parser("ablation", parents=[common], help="only the least sensitive block at INT4")
-    abl.add_argument("--rank-bits", type=_bits, default=4)
+    _rank_format_flag(mixed)
+    abl = sub.add_parser("ablation", parents=[common], help="only the least sensitive block quantized")
+    _rank_format_flag(abl)
     abl.add_argument("--block", type=int, help="use this block instead of the least sensitive one")
-    abl.add_argument("--bits", type=_bits, default=4, dest="ablation_bits")
-    plot = sub.add_parser("plot", parents=[common], help="per-block sensitivity bar chart (PNG)")
-    plot.add_argument("--bits", type=_bits, nargs="+", default=[8, 4])
+    abl.add_argument("--format", dest="ablation_format", type=_format_name, help="its format (default: int4 / q4_0)")
+    plot = sub.add_parser("plot", parents=[common], help="per-unit sensitivity bar chart (PNG)")
+    _sensitivity_flags(plot)
     prox = sub.add_parser("proxies", parents=[common], help="cheap proxies and their rank correlation with the sweep")
     _sensitivity_flags(prox)
     _calibration_flags(prox, required=True)
     run = sub.add_parser("run", parents=[common], help="the whole study into one results folder")
     _sensitivity_flags(run)
     _calibration_flags(run, required=False)
-    run.add_argument("--plan", action="append", default=[])
-    alloc = sub.add_parser("allocate", parents=[common], help="best bit-width per unit under a size budget (exact MILP)")
+    run.add_argument("--plan", action="append", default=[], help="also evaluate this plan JSON file (repeatable)")
+    alloc = sub.add_parser("allocate", parents=[common], help="best format per unit under a size budget (exact MILP), measured")
     budget = alloc.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--avg-bits", type=float, help="average stored bits per block linear weight, scales included")
+    budget.add_argument("--avg-bits", type=_positive_float, help="average stored bits per block linear weight, scales included")
     budget.add_argument("--max-size", help="whole-model size, e.g. 20MB or 18MiB")
     _allocation_flags(alloc)
     front = sub.add_parser("frontier", parents=[common], help="allocate over many budgets and measure every plan")
-    front.add_argument("--budgets", type=float, nargs="+", default=[3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0],
-                       help="average bits per weight to solve for")
+    front.add_argument("--budgets", type=_positive_float, nargs="+",
+                       help="average bits per weight to solve for (default: each uniform candidate's size and the midpoints)")
     _allocation_flags(front)
-    exp = sub.add_parser("export", parents=[common], help="write a plan as a torchao-quantized checkpoint and verify it")
+    exp = sub.add_parser("export", parents=[common], help="write a plan as a real quantized model and verify it")
     exp.add_argument("plan_file", metavar="PLAN", help="plan JSON (from 'quantsense allocate' or by hand)")
-    exp.add_argument("--no-verify", action="store_true", help="skip reloading, accuracy and latency checks")
-    sub.add_parser("units", parents=[common], help="list the blocks and units that quantsense found")
+    exp.add_argument("--format", dest="export_format", choices=("torchao", "gguf"), default="torchao",
+                     help="torchao: a transformers checkpoint (int formats); gguf: a llama.cpp file (GGUF formats, Llama models)")
+    exp.add_argument("--emit", choices=("llama-quantize",), help="print the llama-quantize --tensor-type arguments for the plan")
+    exp.add_argument("--no-verify", action="store_true", help="skip the fresh-process checks")
+    units = sub.add_parser("units", parents=[common], help="list the blocks and units quantsense finds (no data needed)")
+    units.set_defaults(no_data=True)
+    rep = sub.add_parser("report", help="rebuild report.html (and the figures) of a results folder from its results.json")
+    rep.add_argument("folder", metavar="DIR")
+    rep.add_argument("--tolerance", type=_positive_float, help="also name the smallest plan whose loss is within this")
     return parser
 
 
-def _allocation_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--candidates", type=_bits, nargs="+", default=[2, 3, 4, 5, 6, 8],
-                   help="bit-widths to choose from (FP32 is always an option)")
-    p.add_argument("--granularity", choices=("block", "linear"), default="linear", help="allocate per block or per linear unit")
-    p.add_argument("--tie", help="regex over unit names inside a block; matching units share one bit-width (e.g. 'query|key|value')")
-    p.add_argument("--objective", choices=("kl", "drop"), default="kl", help="sum of single-unit mean KL (default) or accuracy drop")
+def _store(args) -> str | None:
+    if args.no_store:
+        return None
+    if args.store:
+        return args.store
+    if args.command == "run" and args.out:
+        return str(Path(args.out) / "store.sqlite")
+    return DEFAULT_STORE
 
 
 def _options(args):
-    from quantsense.study import StudyOptions
+    from quantsense.quantization.formats import QuantConfig
+    from quantsense.workspace import StudyOptions
 
     scheme = QuantConfig(bits=8, symmetric=not args.asymmetric, granularity=args.weight_granularity,
-                         group_size=args.group_size)
-    if args.no_store:
-        store = None
-    elif args.store:
-        store = args.store
-    elif args.command == "run" and args.out:
-        store = str(Path(args.out) / "store.sqlite")
-    else:
-        store = DEFAULT_STORE
-    return StudyOptions(model=args.model, data=args.data, limit=args.limit, device=args.device,
-                        max_length=args.max_length, batch_tokens=args.batch_tokens, blocks_regex=args.blocks_regex,
-                        store=store, fresh=args.fresh, quiet=args.quiet, seed=args.seed, scheme=scheme, task=args.task,
-                        max_tokens=args.max_tokens, context=args.context, stride=args.stride)
+                         group_size=args.group_size if args.weight_granularity == "per_group" else None)
+    if args.group_size and args.weight_granularity != "per_group":
+        raise QuantsenseError("--group-size needs --weight-granularity per_group")
+    return StudyOptions(model=args.model, data=args.data, task=args.task, device=args.device, dtype=args.dtype,
+                        blocks_regex=args.blocks_regex, store=_store(args), fresh=args.fresh, quiet=args.quiet,
+                        seed=args.seed, scheme=scheme, limit=args.limit, max_length=args.max_length,
+                        batch_tokens=args.batch_tokens, max_tokens=args.max_tokens, context=args.context, stride=args.stride)
+
+
+def _check_out(args) -> None:
+    """--out must be a folder we can write (or, for a GGUF export, a file path that does not exist yet)."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    path = Path(out)
+    if args.command == "export" and args.export_format == "gguf":
+        if path.is_dir():
+            raise QuantsenseError(f"--out {out} is a folder; a GGUF export writes one file: pass e.g. --out {out}/model.gguf")
+        if path.exists():
+            raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
+        return
+    if path.exists() and not path.is_dir():
+        raise QuantsenseError(f"--out {out} is an existing file; pass a folder path")
+    if args.command == "export" and path.is_dir() and any(path.iterdir()):
+        raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise QuantsenseError(f"--out {out}: cannot write in {parent}; choose a writable folder")
 
 
 def _quiet_third_party(quiet: bool) -> None:
@@ -184,135 +256,186 @@ def _store_note(ws) -> None:
         _say(f"{stats.computed} evaluation(s) computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}.")
 
 
-def _run_study(args, ws) -> dict:
-    from quantsense import study
-    from quantsense.visualization import summary as text
-    from quantsense.visualization.report import provenance
-
-    results = {"provenance": provenance(), "workspace": ws.describe()}
-    cmd = args.command
-    for index in [getattr(args, "block", None), *(getattr(args, "blocks", None) or [])]:
-        if index is not None:
-            ws.units.block_units(index)  # a bad index fails before any evaluation runs
-    results["baseline"] = study.baseline(ws)
-    _say(text.baseline_text(results["baseline"]))
-    if cmd == "baseline":
-        return results
-    if cmd in ("sensitivity", "run", "proxies"):
-        views = tuple(args.views or (("only", "all_but") if args.granularity == "linear" else ("only",)))
-        sens = study.sensitivity(ws, args.bits, args.granularity, views, args.include_extra, args.rank_by, args.blocks)
-    else:
-        bits = sorted({*getattr(args, "bits", []), getattr(args, "rank_bits", 4)}, reverse=True) if cmd == "plot" else [args.rank_bits]
-        sens = study.sensitivity(ws, bits)
-    results["sensitivity"] = sens
-    if cmd in ("sensitivity", "run", "plot"):
-        _say(text.sensitivity_text(sens))
-    if cmd in ("proxies", "run") and args.calibration_data:
-        results["proxies"] = study.proxies(ws, args.calibration_data, args.calibration_size, args.bits, args.granularity)
-        _say(text.proxies_text(results["proxies"]))
-    if cmd in ("sensitivity", "plot", "proxies"):
-        return results
-    block_sens = sens if sens["granularity"] == "block" else study.sensitivity(ws, [min(args.bits)])
-    ranking = study.block_ranking(block_sens)
-    _say(f"Block ranking, most sensitive first: {ranking}")
-    if cmd in ("mixed", "run"):
-        results["mixed"] = study.mixed(ws, ranking, args.plan)
-        _say(text.plans_text(results["mixed"]["rows"]))
-    if cmd in ("ablation", "run"):
-        bits = getattr(args, "ablation_bits", 4)
-        if getattr(args, "block", None) is not None:
-            ranking = [b for b in ranking if b != args.block] + [args.block]
-        results["ablation"] = study.ablation(ws, ranking, bits)
-        _say(text.ablation_text(results["ablation"]))
-    return results
-
-
-def _budgets(args):
+def _budgets(args) -> list | None:
     from quantsense.mixed_precision.allocation import Budget, parse_size
 
     if args.command == "frontier":
-        return [Budget(avg_bits=b) for b in args.budgets]
+        return [Budget(avg_bits=b) for b in dict.fromkeys(args.budgets)] if args.budgets else None
     if args.max_size is not None:
         return [Budget(max_bytes=parse_size(args.max_size))]
     return [Budget(avg_bits=args.avg_bits)]
 
 
-def _run_allocation(args, ws) -> dict:
+def _validate(args, ws) -> dict:
+    """Everything that can be checked before the first evaluation; returns what it resolved."""
     from quantsense import study
-    from quantsense.visualization import summary as text
-    from quantsense.visualization.report import provenance
+    from quantsense.mixed_precision.allocation import build_problem, budget_limit, compile_tie, make_groups
 
-    results = {"provenance": provenance(), "workspace": ws.describe(), "baseline": study.baseline(ws)}
-    _say(text.baseline_text(results["baseline"]))
-    fr = study.frontier(ws, _budgets(args), args.candidates, args.granularity, args.tie, args.objective)
-    results["frontier"] = fr
-    _say(text.frontier_text(fr))
-    return results
-
-
-def _run_export(args, ws) -> dict:
-    from quantsense import study
-    from quantsense.config import BlockPlan, Plan
-    from quantsense.visualization import summary as text
-    from quantsense.visualization.report import provenance, write_json
-
-    plan = Plan.load(args.plan_file)
-    if isinstance(plan, BlockPlan):
-        plan = plan.resolve(ws.units.all_block_units())
-    if not args.out:
-        raise QuantsenseError("export needs --out DIR for the quantized checkpoint")
-    report = study.export(ws, plan, args.out, verify=not args.no_verify)
-    write_json(Path(args.out) / "quantsense_export.json", {"provenance": provenance(), **report})
-    _say(text.export_text(report))
-    return {"export": report}
+    resolved = {}
+    for name in ("formats", "candidates", "rank_format", "ablation_format"):
+        value = getattr(args, name, None)
+        if value:
+            resolved[name] = ws.formats(value) if isinstance(value, list) else ws.format(value)
+    for index in [getattr(args, "block", None), *(getattr(args, "blocks", None) or [])]:
+        if index is not None:
+            ws.units.block_units(index)
+    resolved["plans"] = [study.load_plan(ws, path) for path in getattr(args, "plan", [])]
+    if args.command == "export":
+        resolved["plan"] = study.load_plan(ws, args.plan_file)
+    if args.command in ("allocate", "frontier"):
+        compile_tie(args.tie)
+        candidates = resolved.get("candidates") or ws.formats(ws.task.default_candidates)
+        budgets = _budgets(args)
+        problem = build_problem(ws.units, ws.model, make_groups(ws.units, args.unit, args.tie),
+                                {(n, f.name): 0.0 for n in ws.units.linear_units() for f in candidates}, candidates)
+        for budget in budgets or []:
+            budget_limit(problem, budget, candidates)  # an impossible budget fails now, from sizes alone
+        resolved["budgets"] = budgets
+    return resolved
 
 
-def _list_units(ws) -> None:
-    for name, unit in ws.units.units.items():
+def _list_units(args) -> None:
+    from quantsense.models.loading import load_model
+    from quantsense.models.units import discover_units
+    from quantsense.tasks import make_task
+
+    task = make_task(args.task, max_tokens=args.max_tokens, context=args.context, stride=args.stride)
+    loaded = load_model(args.model, task.model_kind, args.device, dtype=args.dtype)
+    units = discover_units(loaded.model, args.blocks_regex)
+    total = sum(u.numel for u in units.units.values())
+    _say(f"{units.num_blocks} blocks under {units.block_prefix}; {len(units.units)} units, {total:,} weights")
+    _say(f"{'block':>5}  {'kind':9}  {'shape':14}  {'params':>11}  name")
+    for name, unit in units.units.items():
         block = "-" if unit.block is None else unit.block
         tied = f" (tied: {', '.join(unit.tied_to)})" if unit.tied_to else ""
-        _say(f"{block:>3}  {unit.kind:9}  {tuple(unit.shape)!s:14}  {name}{' [transposed]' if unit.transposed else ''}{tied}")
+        _say(f"{block:>5}  {unit.kind:9}  {str(tuple(unit.shape)):14}  {unit.numel:>11,}  {name}"
+             f"{' [transposed]' if unit.transposed else ''}{tied}")
+
+
+def _run_phases(args, ws, resolved):
+    """The study phases the command asks for; prints as it goes; returns the StudyResult."""
+    from quantsense import study
+    from quantsense.results import StudyResult, provenance
+    from quantsense.visualization import summary as text
+
+    result = StudyResult(provenance(), ws.describe(), study.baseline(ws))
+    _say(text.baseline_text(result.to_dict()))
+    cmd = args.command
+    if cmd == "baseline":
+        return result
+    if cmd in ("run", "sensitivity", "plot", "proxies"):
+        result.sensitivity = study.sensitivity(ws, resolved.get("formats"), args.unit, args.views, args.include_extra,
+                                               args.rank_by, args.blocks)
+        if cmd != "proxies":
+            _say(text.sensitivity_text(result.to_dict()))
+    if cmd == "proxies" or (cmd == "run" and args.calibration_data):
+        result.proxies = study.proxies(ws, args.calibration_data, args.calibration_size, result.sensitivity.formats, args.unit)
+        _say(text.proxies_text(result.to_dict()))
+    if cmd in ("mixed", "ablation", "run"):
+        rank_fmt = resolved.get("rank_format") or (ws.format(result.sensitivity.lowest_format()) if result.sensitivity
+                                                   else ws.format(ws.task.default_ablation_format))
+        ranking = study.block_ranking(ws, rank_fmt)
+        _say(f"Block ranking at {rank_fmt.name}, most sensitive first: {ranking}")
+        if cmd in ("mixed", "run"):
+            result.mixed = study.mixed(ws, ranking, getattr(args, "plan", []), rank_fmt.name)
+            _say(text.plans_text(result.to_dict(), result.mixed.rows))
+        if cmd in ("ablation", "run"):
+            from quantsense.mixed_precision.strategies import Levels
+
+            fmt = resolved.get("ablation_format") or Levels.for_family(rank_fmt, ws.options.scheme).low
+            result.ablation = study.ablation(ws, ranking, fmt, getattr(args, "block", None))
+            _say(text.ablation_text(result.to_dict()))
+    return result
+
+
+def _run_allocation(args, ws, resolved):
+    from quantsense import study
+    from quantsense.results import StudyResult, provenance
+    from quantsense.visualization import summary as text
+
+    result = StudyResult(provenance(), ws.describe(), study.baseline(ws))
+    _say(text.baseline_text(result.to_dict()))
+    result.frontier = study.frontier(ws, resolved["budgets"], resolved.get("candidates"), args.unit, args.tie, args.objective)
+    _say(text.frontier_text(result.to_dict()))
+    return result
+
+
+def _run_export(args, ws, resolved):
+    from quantsense import study
+    from quantsense.results import StudyResult, provenance
+    from quantsense.visualization import summary as text
+
+    plan = resolved["plan"]
+    if args.emit == "llama-quantize":
+        from quantsense.quantization.gguf_plan import llama_quantize_command
+
+        _say(llama_quantize_command(ws, plan))
+        return None
+    if not args.out:
+        raise QuantsenseError("export needs --out (a folder for torchao, a .gguf file for gguf)")
+    report = study.export(ws, plan, args.out, target=args.export_format, verify=not args.no_verify)
+    _say(text.export_text(report))
+    return StudyResult(provenance(), ws.describe(), study.baseline(ws), export=report)
+
+
+def _write_outputs(args, results: dict) -> None:
+    if args.command == "plot":
+        from quantsense.visualization.plots import sensitivity_bars
+
+        path = Path(args.out or ".") / "sensitivity.png"
+        _say(f"Wrote {sensitivity_bars(results, path)}")
+        return
+    if not args.out:
+        return
+    from quantsense.visualization.summary import write_results_folder
+
+    folder = Path(args.out)
+    if args.command == "export" and args.export_format == "gguf":
+        folder = folder.parent / f"{folder.stem}-report"  # beside the .gguf file
+    written = write_results_folder(folder, results)
+    _say(f"Wrote {len(written)} files to {written[0].parent} (open report.html)")
+
+
+def _report(args) -> int:
+    from quantsense.visualization.html_report import rebuild_report
+
+    _say(f"Wrote {rebuild_report(Path(args.folder), tolerance=args.tolerance)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = None
+    store = None
     try:
-        from quantsense.study import open_workspace
-        from quantsense.visualization.summary import write_results_folder
+        if args.command == "report":
+            return _report(args)
+        _quiet_third_party(args.quiet)
+        if args.command == "units":
+            _list_units(args)
+            return 0
+        _check_out(args)
+        if args.command == "plot" and not args.out and Path("sensitivity.png").exists():
+            raise QuantsenseError("sensitivity.png already exists here; pass --out DIR or remove it (plot never overwrites silently)")
+        from quantsense.workspace import open_workspace
 
         options = _options(args)
-        _quiet_third_party(args.quiet)
+        store = options.store
         ws = open_workspace(options)
-        if args.command == "units":
-            _list_units(ws)
-            return 0
+        resolved = _validate(args, ws)
         if args.command == "export":
-            _run_export(args, ws)
-            _store_note(ws)
-            return 0
-        if args.command in ("allocate", "frontier"):
-            results = _run_allocation(args, ws)
+            result = _run_export(args, ws, resolved)
+        elif args.command in ("allocate", "frontier"):
+            result = _run_allocation(args, ws, resolved)
         else:
-            results = _run_study(args, ws)
+            result = _run_phases(args, ws, resolved)
         _store_note(ws)
-        if args.command == "plot" and not args.out:
-            args.out = "."
-        if args.out:
-            if args.command == "plot":
-                from quantsense.visualization.plots import sensitivity_bars
-
-                path = sensitivity_bars(results["sensitivity"]["rows"], Path(args.out) / "sensitivity.png")
-                _say(f"Wrote {path}")
-            else:
-                written = write_results_folder(Path(args.out), results)
-                _say(f"Wrote {len(written)} files to {args.out}")
+        if result is not None:
+            _write_outputs(args, result.to_dict())
         return 0
     except QuantsenseError as exc:
         print(f"quantsense: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        store = options.store if options else None
         where = f"in the results store {store}" if store else "nowhere (no store was in use)"
         print(f"\nquantsense: interrupted. Finished evaluations are kept {where}; "
               "run the same command again to resume.", file=sys.stderr)

@@ -15,7 +15,7 @@ from quantsense.evaluation.language_model import (
 )
 from quantsense.models.units import discover_units
 from quantsense.quantization.apply import apply_plan
-from quantsense.sensitivity.sweep import build_entries, run_sweep
+from quantsense.sweeps.sweep import build_entries, run_sweep
 from tests.conftest import EXPECTED_BLOCK_UNITS
 
 

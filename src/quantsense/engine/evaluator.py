@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from quantsense.config import Plan
 from quantsense.engine.prefix import PrefixCache
 from quantsense.evaluation.batching import TokenBatches
 from quantsense.evaluation.heads import ClassificationHead
 from quantsense.evaluation.metrics import EvalResult
 from quantsense.models.units import UnitMap
 from quantsense.quantization.apply import PlanApplier
+from quantsense.quantization.plan import Plan
 
 
 class Evaluator:
@@ -29,7 +29,7 @@ class Evaluator:
         self.unit_map = unit_map
         self.batches = batches
         self.device = device
-        self.head = head or ClassificationHead()
+        self.head = head or ClassificationHead()  # a task passes its own head
         self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
         self.prefix = None
         if prefix_reuse:

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
-from quantsense.config import Plan
 from quantsense.engine.evaluator import Evaluator
 from quantsense.evaluation.metrics import METRIC_VERSION, EvalResult
+from quantsense.quantization.plan import Plan
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,6 @@ class PrefixCache:
             return len(self.blocks)
         return (first_quantized // self.every) * self.every
 
-    def nbytes(self) -> int:
-        total = 0
-        for per_block in self.outputs:
-            for value in per_block.values():
-                for t in value if isinstance(value, tuple) else (value,):
-                    total += t.numel() * t.element_size() if hasattr(t, "numel") else 0
-        return total
-
     @contextmanager
     def capturing(self):
         """Record every block's output per batch (the last one's serves plans that touch only the head)."""

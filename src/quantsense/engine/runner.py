@@ -7,13 +7,14 @@ the evaluation in flight and the same command resumes where it stopped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 from tqdm.auto import tqdm
 
-from quantsense.config import Plan
 from quantsense.engine.executor import LocalExecutor, WorkItem
 from quantsense.evaluation.metrics import EvalResult
+from quantsense.quantization.plan import Plan
 from quantsense.store import ResultStore
 
 
@@ -23,13 +24,15 @@ class RunStats:
     stored_seconds: float = 0.0  # what the evaluations taken from the store cost when first computed
     computed: int = 0
     seconds: float = 0.0
-    labels_computed: list[str] = field(default_factory=list)
 
 
 class Engine:
     def __init__(self, evaluator, model_fp: str, data_fp: str, store: ResultStore | None = None,
-                 executor=None, fresh: bool = False, quiet: bool = False):
+                 executor=None, fresh: bool = False, quiet: bool = False,
+                 valid: Callable[[dict], bool] | None = None):
+        """``valid(arrays)`` says whether stored arrays fit this evaluation; a row that does not is recomputed."""
         self.evaluator = evaluator
+        self.valid = valid
         self.model_fp = model_fp
         self.data_fp = data_fp
         self.store = store
@@ -50,6 +53,8 @@ class Engine:
         if found is None:
             return None
         arrays, seconds = found
+        if self.valid is not None and not self.valid(arrays):
+            return None  # a row of the wrong shape is recomputed and replaced, never trusted
         self.stats.from_store += 1
         self.stats.stored_seconds += seconds
         return EvalResult(arrays)
@@ -87,7 +92,6 @@ class Engine:
                 t0 = now
                 results[item.label] = result
                 self.stats.computed += 1
-                self.stats.labels_computed.append(item.label)
                 if done < len(todo):
                     bar.set_postfix_str(todo[done].label, refresh=False)  # in-process executors run in order
                 bar.update(1)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantsense.sensitivity.statistics import (
+from quantsense.evaluation.statistics import (
     bootstrap_mean_ci,
     mcnemar_exact,
     paired_bootstrap_ci,
 )
 
 METRIC_VERSION = 1
+ALPHA = 0.05  # a quantized run differs from FP32 when McNemar's p is below this
 
 
 @dataclass
@@ -26,10 +27,6 @@ class EvalResult:
     ``token_logprob``, ``kl``, ``top1`` per scored token for language models)."""
 
     arrays: dict[str, np.ndarray]
-
-    @classmethod
-    def of_logits(cls, logits: np.ndarray) -> "EvalResult":
-        return cls({"logits": logits})
 
     @property
     def logits(self) -> np.ndarray:
@@ -60,10 +57,6 @@ def logit_sqnr_db(ref_logits: np.ndarray, q_logits: np.ndarray) -> float:
     return float(10 * np.log10((ref**2).sum() / noise))
 
 
-def accuracy(result: EvalResult, labels: np.ndarray) -> float:
-    return float((result.predictions == labels).mean())
-
-
 def compare_classification(
     reference: EvalResult, quantized: EvalResult, labels: np.ndarray, seed: int = 0, resamples: int = 2000
 ) -> dict:
@@ -83,7 +76,8 @@ def compare_classification(
         "drop": 100 * float(diff.mean()),
         "drop_ci_low": 100 * lo,
         "drop_ci_high": 100 * hi,
-        "mcnemar_p": mcnemar_exact(fixed, broken),
+        "mcnemar_p": (p := mcnemar_exact(fixed, broken)),
+        "distinguishable_from_fp32": p < ALPHA,
         "fixed": fixed,
         "broken": broken,
         "flip_rate": 100 * float((reference.predictions != quantized.predictions).mean()),

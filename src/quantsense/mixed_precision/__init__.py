@@ -1,1 +1,1 @@
-"""Mixed-precision plans: the reference's named strategies, sizes, budgeted allocation, frontier."""
+"""Mixed-precision plans: the reference's named strategies, budgeted allocation, the measured frontier."""

@@ -1,32 +1,34 @@
-"""Budgeted bit allocation, solved exactly as a 0/1 integer program (``scipy.optimize.milp``).
+"""Budgeted format allocation, solved exactly as a 0/1 integer program (``scipy.optimize.milp``).
 
 Given, for every allocation group g (a block, a linear unit, or units tied together) and every
-option o (a bit-width or FP32), a measured loss L[g, o] (sum over the group's units of the
-"only this unit quantized" mean KL, or accuracy drop) and a storage cost C[g, o] in bits (codes
-plus fp32 scales and 8-bit zero points), choose one option per group:
+option o (a candidate format or FP32), a measured loss L[g, o] (sum over the group's units of the
+"only this unit quantized" mean KL, or the task's loss) and a storage cost C[g, o] in bits (each
+format prices itself, scales included), choose one option per group:
 
     minimise  sum L[g, o] x[g, o]
     s.t.      sum_o x[g, o] = 1 for every g,   sum C[g, o] x[g, o] <= budget,   x binary.
 
-The budget is an average number of stored bits per weight over the allocation scope (the block
-linear weights) or a size in bytes of the whole model (everything outside the scope at fp32).
+Losses are divided by their largest value before solving and the solver's relative gap is set to
+0, so plans are optimal whatever the losses' scale (INT8-level KLs are around 1e-7, below HiGHS's
+absolute tolerances). An option a group's shapes cannot take (a GGUF block format on rows that are
+not multiples of 32) is excluded. The budget is an average number of stored bits per weight over the
+allocation scope (the block linear weights) or a size in bytes of the whole model.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
-from quantsense.config import Plan, QuantConfig
 from quantsense.errors import QuantsenseError
-from quantsense.mixed_precision.size import model_bytes
 from quantsense.models.units import UnitMap
-from quantsense.quantization.fake_quant import storage_bits
+from quantsense.quantization.formats import Format
+from quantsense.quantization.plan import Plan
+from quantsense.quantization.size import model_bytes, storage_bits
 
-FP32 = None  # the "leave unquantized" option
 _SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -36,7 +38,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if not match or (unit and unit not in _SIZE_UNITS):
         raise QuantsenseError(f"size {text!r} is not understood; write e.g. 20MB, 18.5MiB or 20000000")
-    return int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
+    value = int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
+    if value <= 0:
+        raise QuantsenseError(f"size {text!r} must be positive")
+    return value
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class Budget:
     def __post_init__(self):
         if (self.avg_bits is None) == (self.max_bytes is None):
             raise QuantsenseError("give exactly one budget: --avg-bits or --max-size")
+        if self.avg_bits is not None and not (math.isfinite(self.avg_bits) and self.avg_bits > 0):
+            raise QuantsenseError(f"--avg-bits must be a positive number of bits per weight, got {self.avg_bits}")
 
     def label(self) -> str:
         return f"{self.avg_bits:g} bits/weight" if self.avg_bits is not None else f"{self.max_bytes / 1e6:.2f} MB"
@@ -58,11 +65,11 @@ class Group:
     units: tuple[str, ...]
 
 
-def make_groups(unit_map: UnitMap, granularity: str, tie: str | None = None) -> list[Group]:
+def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None) -> list[Group]:
     """Allocation groups: one per block, or one per linear unit with ``tie`` regex matches merged per block."""
-    if granularity == "block":
+    if unit_kind == "block":
         return [Group(f"block {i}", tuple(unit_map.block_units(i))) for i in range(unit_map.num_blocks)]
-    pattern = re.compile(tie) if tie else None
+    pattern = compile_tie(tie)
     groups: list[Group] = []
     tied: dict[int, Group] = {}
     for name in unit_map.linear_units():
@@ -77,64 +84,121 @@ def make_groups(unit_map: UnitMap, granularity: str, tie: str | None = None) -> 
     return groups
 
 
+def compile_tie(tie: str | None):
+    if not tie:
+        return None
+    try:
+        return re.compile(tie)
+    except re.error as exc:
+        raise QuantsenseError(f"--tie {tie!r} is not a valid regular expression: {exc}") from None
+
+
 @dataclass
 class Allocation:
     plan: Plan
-    choices: dict[str, int | None]  # group name -> bits (None = FP32)
+    choices: dict[str, str | None]  # group name -> format name (None = FP32)
     predicted_loss: float
     avg_bits: float
     model_bytes: int
 
 
-def _group_cost(unit_map: UnitMap, group: Group, config: QuantConfig | None) -> int:
-    return sum(storage_bits(unit_map.get(n).shape, config, unit_map.get(n).transposed) for n in group.units)
+def _fits(unit_map: UnitMap, group: Group, fmt: Format | None) -> bool:
+    if fmt is None:
+        return True
+    try:
+        for name in group.units:
+            unit = unit_map.get(name)
+            fmt.check_shape(unit.shape, unit.transposed, where=name)
+    except QuantsenseError:
+        return False
+    return True
 
 
-def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, int], float], candidates: list[int],
-             budget: Budget, scheme: QuantConfig, allow_fp32: bool = True) -> Allocation:
-    """Exact minimum-loss choice of one option per group under ``budget``.
+@dataclass
+class Problem:
+    """Loss and cost of every (group, option), and which options each group can take."""
 
-    ``losses[(unit name, bits)]`` is the measured loss of that unit alone at ``bits``.
-    """
-    options: list[int | None] = sorted(candidates) + ([FP32] if allow_fp32 else [])
-    configs = {b: (scheme.replace(bits=b) if b is not None else None) for b in options}
-    n_g, n_o = len(groups), len(options)
-    loss = np.zeros((n_g, n_o))
-    cost = np.zeros((n_g, n_o))
+    groups: list[Group]
+    options: list[Format | None]
+    loss: np.ndarray
+    cost: np.ndarray
+    allowed: np.ndarray
+    scope_numel: int
+    outside_bits: int
+
+
+def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
+                  candidates: list[Format], allow_fp32: bool = True) -> Problem:
+    """``losses[(unit name, format name)]`` is the measured loss of that unit alone in that format."""
+    options: list[Format | None] = sorted(dict.fromkeys(candidates), key=lambda f: (f.nominal_bits, f.name))
+    options += [None] if allow_fp32 else []
+    shape = (len(groups), len(options))
+    loss, cost, allowed = np.zeros(shape), np.zeros(shape), np.ones(shape, dtype=bool)
     for g, group in enumerate(groups):
-        for o, bits in enumerate(options):
-            cost[g, o] = _group_cost(unit_map, group, configs[bits])
-            if bits is not None:
-                loss[g, o] = sum(losses[(name, bits)] for name in group.units)
+        for o, fmt in enumerate(options):
+            allowed[g, o] = _fits(unit_map, group, fmt)
+            if not allowed[g, o]:
+                continue
+            cost[g, o] = sum(storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units)
+            if fmt is not None:
+                loss[g, o] = sum(losses[(name, fmt.name)] for name in group.units)
     scope_numel = sum(unit_map.get(n).numel for group in groups for n in group.units)
     outside_bits = 8 * model_bytes(model, unit_map, Plan()) - 32 * scope_numel
-    if budget.avg_bits is not None:
-        limit = budget.avg_bits * scope_numel
-        smallest = cost.min(axis=1).sum() / scope_numel
-        need = f"--avg-bits {np.ceil(smallest * 1000) / 1000:.3f}"
-    else:
-        limit = 8 * budget.max_bytes - outside_bits
-        smallest_bytes = (cost.min(axis=1).sum() + outside_bits) / 8
-        need = f"--max-size {np.ceil(smallest_bytes / 1e4) / 100:.2f}MB"
-    if cost.min(axis=1).sum() > limit:
-        raise QuantsenseError(f"budget {budget.label()} is impossible with bits {candidates}: the smallest feasible is {need}")
+    return Problem(groups, options, loss, cost, allowed, scope_numel, outside_bits)
+
+
+def smallest_budget(problem: Problem) -> tuple[float, int]:
+    """The smallest feasible budget: (average bits per weight, whole-model bytes)."""
+    cheapest = np.where(problem.allowed, problem.cost, np.inf).min(axis=1).sum()
+    return cheapest / problem.scope_numel, int((cheapest + problem.outside_bits) // 8)
+
+
+def budget_limit(problem: Problem, budget: Budget, candidates: list[Format]) -> float:
+    """The budget in bits over the scope; an impossible one names the smallest feasible budget."""
+    avg, size = smallest_budget(problem)
+    limit = budget.avg_bits * problem.scope_numel if budget.avg_bits is not None else 8 * budget.max_bytes - problem.outside_bits
+    if limit < avg * problem.scope_numel:
+        need = f"--avg-bits {math.ceil(avg * 1000) / 1000:.3f}" if budget.avg_bits is not None else \
+            f"--max-size {math.ceil(size / 1e4) / 100:.2f}MB"
+        names = " ".join(f.name for f in candidates)
+        raise QuantsenseError(f"budget {budget.label()} is impossible with candidates {names}: the smallest feasible is {need}")
+    return limit
+
+
+def solve(problem: Problem, limit: float) -> np.ndarray:
+    """The chosen option index per group (exact: scaled losses, zero relative gap)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n_g, n_o = problem.loss.shape
+    scale = float(np.abs(problem.loss).max()) or 1.0
+    loss = problem.loss / scale
     one_hot = np.zeros((n_g, n_g * n_o))
     for g in range(n_g):
         one_hot[g, g * n_o : (g + 1) * n_o] = 1
-    constraints = [LinearConstraint(one_hot, 1, 1), LinearConstraint(cost.reshape(1, -1), -np.inf, limit)]
-    # a tiny cost tie-break prefers the smaller of equally good plans, deterministically
-    objective = loss.reshape(-1) + 1e-12 * cost.reshape(-1) / cost.max()
-    result = milp(objective, constraints=constraints, integrality=np.ones(n_g * n_o), bounds=Bounds(0, 1))
+    constraints = [LinearConstraint(one_hot, 1, 1), LinearConstraint(problem.cost.reshape(1, -1), -np.inf, limit)]
+    # a cost tie-break far below any loss difference prefers the smaller of equally good plans, deterministically
+    tie_break = 1e-9 * problem.cost.reshape(-1) / problem.cost.max() / n_g
+    upper = problem.allowed.reshape(-1).astype(float)
+    result = milp(loss.reshape(-1) + tie_break, constraints=constraints, integrality=np.ones(n_g * n_o),
+                  bounds=Bounds(0, upper), options={"mip_rel_gap": 0.0})
     if not result.success:
-        raise QuantsenseError(f"the allocation solver failed for budget {budget.label()}: {result.message}")
-    chosen = result.x.reshape(n_g, n_o).argmax(axis=1)
+        raise QuantsenseError(f"the allocation solver failed: {result.message}")
+    return np.rint(result.x).reshape(n_g, n_o).argmax(axis=1)
+
+
+def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
+             candidates: list[Format], budget: Budget, allow_fp32: bool = True) -> Allocation:
+    """Exact minimum-loss choice of one option per group under ``budget``."""
+    problem = build_problem(unit_map, model, groups, losses, candidates, allow_fp32)
+    chosen = solve(problem, budget_limit(problem, budget, candidates))
     mapping, choices = {}, {}
     for g, group in enumerate(groups):
-        bits = options[chosen[g]]
-        choices[group.name] = bits
-        if bits is not None:
-            mapping.update({n: configs[bits] for n in group.units})
-    total_bits = float(cost[np.arange(n_g), chosen].sum())
-    return Allocation(plan=Plan.of(mapping), choices=choices, predicted_loss=float(loss[np.arange(n_g), chosen].sum()),
-                      avg_bits=total_bits / scope_numel, model_bytes=int((total_bits + outside_bits) // 8))
-
+        fmt = problem.options[chosen[g]]
+        choices[group.name] = None if fmt is None else fmt.name
+        if fmt is not None:
+            mapping.update({n: fmt for n in group.units})
+    rows = np.arange(len(groups))
+    total_bits = float(problem.cost[rows, chosen].sum())
+    return Allocation(plan=Plan.of(mapping), choices=choices, predicted_loss=float(problem.loss[rows, chosen].sum()),
+                      avg_bits=total_bits / problem.scope_numel,
+                      model_bytes=int((total_bits + problem.outside_bits) // 8))

@@ -1,62 +1,57 @@
 """The reference study's hand-made mixed-precision strategies, derived from a block ranking.
 
-``ranking`` lists block indices from most to least sensitive.
+``ranking`` lists block indices from most to least sensitive; ``levels`` are the (high, mid, low)
+formats: INT8/INT6/INT4 on the integer grid as in the reference, q8_0/q5_0/q4_0 for GGUF.
 
-- ``aggressive_int6_int4``: the more sensitive half of the blocks at INT6, the rest at INT4.
-- ``int8_selective_int4``: every block at INT8, the least sensitive third (at least one) at INT4.
-- ``targeted_single_block``: every block at INT4 except the single most sensitive one, kept at INT8.
+- ``aggressive_<mid>_<low>``: the more sensitive half of the blocks at mid, the rest at low.
+- ``<high>_selective_<low>``: every block at high, the least sensitive third (at least one) at low.
+- ``targeted_single_block``: every block at low except the single most sensitive one, kept at high.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
-from quantsense.config import Plan, QuantConfig
 from quantsense.models.units import UnitMap
+from quantsense.quantization.formats import Format, QuantConfig, parse_format
+from quantsense.quantization.plan import Plan
 
 
-def _blocks_plan(unit_map: UnitMap, bits_by_block: dict[int, int], scheme: QuantConfig) -> Plan:
-    mapping = {}
-    for block, bits in bits_by_block.items():
-        for name in unit_map.block_units(block):
-            mapping[name] = scheme.replace(bits=bits)
-    return Plan.of(mapping)
+@dataclass(frozen=True)
+class Levels:
+    high: Format
+    mid: Format
+    low: Format
+
+    @classmethod
+    def for_family(cls, fmt: Format, scheme: QuantConfig) -> "Levels":
+        """The reference's three levels in ``fmt``'s family (integer grid ``scheme``, or GGUF)."""
+        names = ("q8_0", "q5_0", "q4_0") if fmt.family == "gguf" else ("int8", "int6", "int4")
+        return cls(*(parse_format(n, scheme) for n in names))
 
 
-def aggressive_int6_int4(ranking: list[int]) -> dict[int, int]:
+def blocks_plan(unit_map: UnitMap, by_block: dict[int, Format]) -> Plan:
+    return Plan.of({name: fmt for block, fmt in by_block.items() for name in unit_map.block_units(block)})
+
+
+def strategy_formats(ranking: list[int], levels: Levels) -> dict[str, dict[int, Format]]:
+    """Each strategy's format per block."""
     half = len(ranking) // 2
-    return {b: (6 if i < half else 4) for i, b in enumerate(ranking)}
+    robust = set(ranking[-max(1, len(ranking) // 3):])
+    return {
+        f"aggressive_{levels.mid.name}_{levels.low.name}":
+            {b: (levels.mid if i < half else levels.low) for i, b in enumerate(ranking)},
+        f"{levels.high.name}_selective_{levels.low.name}":
+            {b: (levels.low if b in robust else levels.high) for b in ranking},
+        "targeted_single_block": {b: (levels.high if i == 0 else levels.low) for i, b in enumerate(ranking)},
+    }
 
 
-def int8_selective_int4(ranking: list[int]) -> dict[int, int]:
-    count = max(1, len(ranking) // 3)
-    robust = set(ranking[-count:])
-    return {b: (4 if b in robust else 8) for b in ranking}
+def strategy_plans(unit_map: UnitMap, ranking: list[int], levels: Levels) -> dict[str, tuple[Plan, dict[int, str]]]:
+    """Every strategy as (plan, format name per block)."""
+    return {name: (blocks_plan(unit_map, by_block), {b: f.name for b, f in by_block.items()})
+            for name, by_block in strategy_formats(ranking, levels).items()}
 
 
-def targeted_single_block(ranking: list[int]) -> dict[int, int]:
-    return {b: (8 if i == 0 else 4) for i, b in enumerate(ranking)}
-
-
-STRATEGIES: dict[str, Callable[[list[int]], dict[int, int]]] = {
-    "aggressive_int6_int4": aggressive_int6_int4,
-    "int8_selective_int4": int8_selective_int4,
-    "targeted_single_block": targeted_single_block,
-}
-
-
-def strategy_plans(unit_map: UnitMap, ranking: list[int], scheme: QuantConfig) -> dict[str, tuple[Plan, dict[int, int]]]:
-    """Every registered strategy as (plan, bits per block)."""
-    out = {}
-    for name, make in STRATEGIES.items():
-        bits = make(ranking)
-        out[name] = (_blocks_plan(unit_map, bits, scheme), bits)
-    return out
-
-
-def uniform_plan(unit_map: UnitMap, bits: int, scheme: QuantConfig) -> Plan:
-    return _blocks_plan(unit_map, {b: bits for b in range(unit_map.num_blocks)}, scheme)
-
-
-def single_block_plan(unit_map: UnitMap, block: int, bits: int, scheme: QuantConfig) -> Plan:
-    return _blocks_plan(unit_map, {block: bits}, scheme)
+def uniform_plan(unit_map: UnitMap, fmt: Format) -> Plan:
+    return blocks_plan(unit_map, {b: fmt for b in range(unit_map.num_blocks)})

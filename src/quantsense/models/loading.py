@@ -34,6 +34,7 @@ class LoadedModel:
     source: str
     kind: str
     device: torch.device
+    dtype: str = "float32"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -84,7 +85,7 @@ def _hub_error(source: str) -> QuantsenseError:
     )
 
 
-def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto") -> LoadedModel:
+def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto", dtype: str = "auto") -> LoadedModel:
     """Load ``source`` (hub id, local directory, or ``.gguf`` file) for ``kind`` in fp32, eval mode."""
     if kind not in TASK_KINDS:
         raise QuantsenseError(f"unknown model kind {kind!r}; use one of {', '.join(TASK_KINDS)}")

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
-from quantsense.config import Plan, QuantConfig
 from quantsense.models.units import UnitMap
-from quantsense.quantization.fake_quant import fake_quantize
+from quantsense.quantization.formats import Format
+from quantsense.quantization.plan import Plan
 
 
 class PlanApplier:
@@ -27,7 +27,7 @@ class PlanApplier:
         self.unit_map = unit_map
         self.cache_bytes = cache_bytes
         self._originals: dict[str, torch.Tensor] = {}
-        self._cache: OrderedDict[tuple[str, QuantConfig], torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, Format], torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
         self._active: list[str] = []
 
@@ -36,14 +36,14 @@ class PlanApplier:
             self._originals[name] = self.unit_map.get(name).weight.detach().clone()
         return self._originals[name]
 
-    def quantized(self, name: str, config: QuantConfig) -> torch.Tensor:
+    def quantized(self, name: str, config: Format) -> torch.Tensor:
         key = (name, config)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         unit = self.unit_map.get(name)
-        tensor = fake_quantize(self.original(name), config, transposed=unit.transposed)
+        tensor = config.fake_quantize(self.original(name), transposed=unit.transposed)
         size = tensor.numel() * tensor.element_size()
         if size <= self.cache_bytes:
             self._cache[key] = tensor

@@ -22,14 +22,18 @@ from pathlib import Path
 
 import torch
 
-from quantsense.config import Plan, QuantConfig
 from quantsense.errors import QuantsenseError
 from quantsense.models.units import UnitMap
+from quantsense.quantization.formats import QuantConfig
+from quantsense.quantization.plan import Plan
+from quantsense.quantization.size import model_bytes
 
 PLAN_FILE = "quantsense_plan.json"
 
 
-def torchao_config(config: QuantConfig):
+def torchao_config(config: QuantConfig, unit: str = "a unit"):
+    if not isinstance(config, QuantConfig):
+        raise QuantsenseError(f"{unit} is planned as {config.name}, a GGUF format: export it with --format gguf")
     try:
         from torchao.quantization import IntxWeightOnlyConfig, MappingType
         from torchao.quantization.granularity import PerAxis, PerGroup
@@ -60,8 +64,6 @@ def _torchao_unit_bits(unit, config: QuantConfig) -> int:
 
 def export_bytes(model: torch.nn.Module, unit_map: UnitMap, plan: Plan) -> int:
     """Bytes of every parameter in torchao's unpacked layout: int8 codes, fp32 scale + int8 zero point per group."""
-    from quantsense.mixed_precision.size import model_bytes
-
     return model_bytes(model, unit_map, plan, unit_bits=_torchao_unit_bits)
 
 
@@ -78,7 +80,7 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
-    fqn_configs = {f"{name}.weight": torchao_config(config) for name, config in plan.assignments}
+    fqn_configs = {f"{name}.weight": torchao_config(config, name) for name, config in plan.assignments}
     from torchao.quantization import FqnToConfig
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +100,7 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
-        staging.chmod(0o755)  # mkdtemp made it private; an export is meant to be shared
-        for item in staging.iterdir():
-            item.chmod(0o644)
+        share(staging)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -129,3 +129,24 @@ def weights_file_bytes(directory: str | Path) -> int:
     if not files:
         raise QuantsenseError(f"{directory} holds no .safetensors weights")
     return sum(f.stat().st_size for f in files)
+
+
+def share(directory: Path) -> None:
+    """mkdtemp makes folders private; an export is meant to be shared (0755 folder, 0644 files)."""
+    directory.chmod(0o755)
+    for item in directory.iterdir():
+        item.chmod(0o644)
+
+
+def run_verifier(args: list[str], cwd: str | None = None) -> dict:
+    """Run ``verify_export.py`` in a fresh interpreter (no quantsense imported) and parse its JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    from quantsense.quantization import verify_export
+
+    proc = subprocess.run([sys.executable, verify_export.__file__, *args], capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

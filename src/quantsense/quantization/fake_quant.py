@@ -23,10 +23,12 @@ conventions (7.5 vs 7) differ by several sentences on SST-2.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from quantsense.config import QuantConfig
+if TYPE_CHECKING:
+    from quantsense.quantization.formats import QuantConfig
 
 _EPS = torch.finfo(torch.float32).smallest_normal
 
@@ -39,7 +41,7 @@ def _grouped(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
         return weight.reshape(weight.shape[0], -1)
     in_features = weight.shape[1]
     if in_features % config.group_size:
-        raise ValueError(f"group_size {config.group_size} does not divide the {in_features} input features")
+        config.check_shape(tuple(weight.shape))
     return weight.reshape(-1, config.group_size)
 
 
@@ -80,22 +82,3 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise)
-
-
-def storage_bits(shape: tuple[int, ...], config: QuantConfig | None, transposed: bool = False) -> int:
-    """Bits needed to store a weight: codes plus one fp32 scale (and an 8-bit zero point) per scale group.
-
-    ``None`` means unquantized fp32.
-    """
-    numel = math.prod(shape)
-    if config is None:
-        return 32 * numel
-    out_features = shape[1] if transposed else shape[0]
-    if config.granularity == "per_tensor":
-        n_scales = 1
-    elif config.granularity == "per_channel":
-        n_scales = out_features
-    else:
-        n_scales = numel // config.group_size
-    per_scale = 32 + (0 if config.symmetric else 8)
-    return config.bits * numel + per_scale * n_scales

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from quantsense.evaluation.metrics import kl_per_example
-from quantsense.sensitivity.sweep import weight_error
+from quantsense.sweeps.sweep import weight_error
 
 PROXIES = ("weight_error", "calib_kl", "fisher")
 
@@ -70,39 +69,41 @@ def proxy_rows(entries, applier, calib_evaluator, calib_reference, fisher) -> li
     """One row per sweep entry ("only" view) with every proxy."""
     rows = []
     for entry in entries:
-        config = entry.plan.assignments[0][1]
         calib = calib_evaluator.evaluate(entry.plan)
         rows.append({
-            "unit": entry.unit,
-            "bits": entry.bits,
-            "weight_error": weight_error(applier, entry.unit_names, config),
+            "unit": entry.unit.display,
+            "format": entry.format.name,
+            "weight_error": weight_error(applier, entry.unit.names, entry.format),
             "calib_kl": float(kl_per_example(calib_reference.logits, calib.logits).mean()),
-            "fisher": fisher_error(applier, fisher, entry.unit_names, config),
+            "fisher": fisher_error(applier, fisher, entry.unit.names, entry.format),
         })
     return rows
 
 
-def _spearman(x, y) -> float:
+def _spearman(x, y) -> float | None:
+    """Spearman's rho, or None when it is undefined (fewer than 3 points, or a constant side)."""
+    from scipy.stats import spearmanr
+
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
+        return None
     return float(spearmanr(x, y).statistic)
 
 
-def proxy_correlations(proxy: list[dict], measured: list[dict]) -> list[dict]:
-    """Spearman rho of each proxy against measured KL and drop, per bit-width and over all bit-widths."""
-    by_key = {(r["unit"], r["bits"]): r for r in measured if r["view"] == "only"}
-    pairs = [(p, by_key[(p["unit"], p["bits"])]) for p in proxy if (p["unit"], p["bits"]) in by_key]
+def proxy_correlations(proxy: list[dict], measured: list[dict], loss_key: str) -> list[dict]:
+    """Spearman rho of each proxy against measured KL and the task's loss, per format and over all formats."""
+    by_key = {(r["unit"], r["format"]): r for r in measured if r["view"] == "only"}
+    pairs = [(p, by_key[(p["unit"], p["format"])]) for p in proxy if (p["unit"], p["format"]) in by_key]
     out = []
-    widths = sorted({p["bits"] for p, _ in pairs}, reverse=True)
-    for bits in widths + (["all"] if len(widths) > 1 else []):
-        chosen = [(p, m) for p, m in pairs if bits == "all" or p["bits"] == bits]
+    formats = list(dict.fromkeys(p["format"] for p, _ in pairs))
+    for fmt in formats + (["all"] if len(formats) > 1 else []):
+        chosen = [(p, m) for p, m in pairs if fmt == "all" or p["format"] == fmt]
         for name in PROXIES:
             x = np.array([p[name] for p, _ in chosen])
             out.append({
-                "bits": bits,
+                "format": fmt,
                 "proxy": name,
                 "units": len(chosen),
                 "spearman_vs_kl": _spearman(x, np.array([m["kl_mean"] for _, m in chosen])),
-                "spearman_vs_drop": _spearman(x, np.array([m["drop"] for _, m in chosen])),
+                "spearman_vs_loss": _spearman(x, np.array([m[loss_key] for _, m in chosen])),
             })
     return out

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from quantsense.sensitivity.proxies import proxy_correlations
+from quantsense.sweeps.proxies import proxy_correlations
 from quantsense.study import StudyOptions, open_workspace, proxies, sensitivity
 
 

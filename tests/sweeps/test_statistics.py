@@ -7,8 +7,8 @@ from quantsense.evaluation.metrics import (
     compare_classification,
     kl_per_example,
 )
-from quantsense.sensitivity.ranking import rank_rows
-from quantsense.sensitivity.statistics import (
+from quantsense.sweeps.ranking import rank_rows
+from quantsense.sweeps.statistics import (
     bootstrap_mean_ci,
     mcnemar_exact,
     paired_bootstrap_ci,

@@ -1,1 +1,0 @@
-"""Sensitivity sweeps, paired statistics, rankings with ties, and proxy metrics."""

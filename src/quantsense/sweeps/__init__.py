@@ -1,0 +1,1 @@
+"""Sensitivity sweeps, rankings with tiers, and proxy metrics validated against the sweep."""

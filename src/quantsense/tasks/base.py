@@ -1,0 +1,136 @@
+"""The task interface: what is evaluated and how a quantized run is compared with FP32.
+
+A task owns everything that differs between, say, sentence classification and language-model
+perplexity: loading and batching its data, the head that turns logits into kept outputs, the
+paired comparison and its statistics, the loss key, the default formats, the table columns and
+plot axes, and how an exported model is checked. The engine, sweeps, allocation and reports ask
+the task; none of them asks "which task is this?". Adding a task is one module plus
+``@register_task``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from quantsense.errors import QuantsenseError
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str  # row key, e.g. "accuracy" or "perplexity"
+    label: str  # axis / column label for people
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The task's loss of a quantized run against FP32 (positive = worse), with its 95 % interval keys."""
+
+    key: str
+    label: str
+
+    @property
+    def ci_low(self) -> str:
+        return f"{self.key}_ci_low"
+
+    @property
+    def ci_high(self) -> str:
+        return f"{self.key}_ci_high"
+
+
+class Task:
+    """Base class; subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    model_kind: ClassVar[str]  # "classification" or "causal": which model head the task needs
+    metric: ClassVar[MetricSpec]
+    loss: ClassVar[LossSpec]
+    differs_test: ClassVar[str]  # what "differs from FP32" means, in words
+    data_help: ClassVar[str]
+    default_formats: ClassVar[tuple[str, ...]]  # sweep default
+    default_candidates: ClassVar[tuple[str, ...]]  # allocation default (FP32 is always an option too)
+    default_ablation_format: ClassVar[str]
+    # (row key, column header) for printed tables and CSVs
+    sensitivity_columns: ClassVar[list[tuple[str, str]]]
+    ranking_columns: ClassVar[list[tuple[str, str]]]
+    plan_columns: ClassVar[list[tuple[str, str]]]
+
+    # -- data ---------------------------------------------------------------------------------
+    def load(self, source: str | None, tokenizer, id2label: dict[int, str]):
+        """(data, TokenBatches) for this task from a local file or the hub."""
+        raise NotImplementedError
+
+    def describe_data(self, data, batches) -> dict:
+        raise NotImplementedError
+
+    def head(self):
+        """A fresh head (see :mod:`quantsense.evaluation.heads`) for the evaluator."""
+        raise NotImplementedError
+
+    # -- numbers ------------------------------------------------------------------------------
+    def baseline(self, reference, data) -> dict:
+        """The FP32 figures: ``{metric.key: value, ...}``."""
+        raise NotImplementedError
+
+    def compare(self, reference, quantized, data, seed: int = 0) -> dict:
+        """Every paired metric of a quantized run against FP32, including ``kl_mean`` with its
+        interval, ``loss.key`` with its interval and ``distinguishable_from_fp32``."""
+        raise NotImplementedError
+
+    def arrays_valid(self, arrays: dict[str, np.ndarray], batches) -> bool:
+        """Whether stored arrays have the shapes this task's evaluation produces (else recompute)."""
+        raise NotImplementedError
+
+    # -- words --------------------------------------------------------------------------------
+    @classmethod
+    def baseline_text(cls, base: dict) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def effect_text(cls, row: dict) -> str:
+        """A plan's headline figures in a few words (used in ablation and export summaries)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Plain data for results.json: reports and plots read the task's names and keys from here."""
+        return {
+            "name": self.name,
+            "model_kind": self.model_kind,
+            "metric": {"key": self.metric.key, "label": self.metric.label, "higher_is_better": self.metric.higher_is_better},
+            "loss": {"key": self.loss.key, "label": self.loss.label, "ci_low": self.loss.ci_low, "ci_high": self.loss.ci_high},
+            "differs_test": self.differs_test,
+            **self.settings(),
+        }
+
+    def settings(self) -> dict:
+        return {}
+
+    # -- optional abilities -------------------------------------------------------------------
+    def calibration_batches(self, path: str, size: int, tokenizer, id2label: dict[int, str], exclude, seed: int):
+        raise QuantsenseError(f"proxies need a labelled calibration set; task {self.name!r} has none "
+                              "(they are implemented for sentence classification)")
+
+    def verify_torchao_export(self, export_dir, source: str, data, simulated, batches) -> dict:
+        raise QuantsenseError(f"task {self.name!r} has no export check")
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def make_task(name: str, **settings) -> Task:
+    """The registered task ``name`` built with the settings it understands (others are ignored)."""
+    import inspect
+
+    if name not in TASKS:
+        raise QuantsenseError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
+    cls = TASKS[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in settings.items() if k in accepted and v is not None})

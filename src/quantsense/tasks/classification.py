@@ -1,0 +1,118 @@
+"""Sentence classification (task ``sst2``): accuracy, paired drop with a bootstrap CI, exact McNemar,
+KL of the class distribution. GLUE SST-2 validation by default; any local file with a text column and labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantsense.data.classification import ClassificationData, load_classification_data
+from quantsense.errors import QuantsenseError
+from quantsense.evaluation.batching import make_batches, tokenize_texts
+from quantsense.evaluation.heads import ClassificationHead
+from quantsense.evaluation.metrics import compare_classification
+from quantsense.tasks.base import LossSpec, MetricSpec, Task, register_task
+
+_PAIRED = [("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p")]
+
+
+@register_task
+class SentenceClassification(Task):
+    name = "sst2"
+    model_kind = "classification"
+    metric = MetricSpec("accuracy", "accuracy %", higher_is_better=True)
+    loss = LossSpec("drop", "accuracy drop vs FP32 (points)")
+    differs_test = "exact McNemar p < 0.05"
+    data_help = ("sst2: a local .tsv/.csv/.jsonl/.parquet with 'sentence' (or 'text') and 'label'; "
+                 "default: GLUE SST-2 validation via the datasets package")
+    default_formats = ("int8", "int4")
+    default_candidates = ("int2", "int3", "int4", "int5", "int6", "int8")
+    default_ablation_format = "int4"
+    sensitivity_columns = [("unit", "unit"), ("format", "format"), ("view", "view"), ("accuracy", "acc %"), ("drop", "drop pts"),
+                           *_PAIRED, ("fixed", "fixed"), ("broken", "broken"), ("flip_rate", "flip %"),
+                           ("kl_mean", "KL mean"), ("kl_p95", "KL p95"), ("logit_sqnr_db", "logit SQNR dB"),
+                           ("weight_sqnr_db", "weight SQNR dB")]
+    ranking_columns = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
+                       ("kl_ci_high", "KL CI high"), ("drop", "drop pts"), ("mcnemar_p", "McNemar p"), ("tier", "tier"),
+                       ("distinguishable_from_fp32", "differs from FP32")]
+    plan_columns = [("plan", "plan"), ("accuracy", "acc %"), ("drop", "drop pts"), *_PAIRED, ("flip_rate", "flip %"),
+                    ("kl_mean", "KL mean"), ("avg_bits", "avg bits/weight"), ("model_mb", "model MB"),
+                    ("compression", "x smaller")]
+
+    def __init__(self, limit: int | None = None, max_length: int = 512, batch_tokens: int = 1024):
+        if limit is not None and limit < 1:
+            raise QuantsenseError(f"--limit must be a positive number of examples, got {limit}")
+        self.limit = limit
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+
+    def settings(self) -> dict:
+        return {"limit": self.limit, "max_length": self.max_length, "batch_tokens": self.batch_tokens}
+
+    def _batches(self, tokenizer, texts: list[str]):
+        encoded = tokenize_texts(tokenizer, texts, self.max_length)
+        return make_batches(encoded, tokenizer.pad_token_id, max_batch_tokens=self.batch_tokens)
+
+    def load(self, source, tokenizer, id2label):
+        data = load_classification_data(source, id2label, self.limit)
+        return data, self._batches(tokenizer, data.texts)
+
+    def describe_data(self, data: ClassificationData, batches) -> dict:
+        return {"source": data.source, "examples": len(data), "limit": self.limit}
+
+    def head(self):
+        return ClassificationHead()
+
+    def baseline(self, reference, data: ClassificationData) -> dict:
+        correct = int((reference.predictions == data.labels).sum())
+        return {"accuracy": 100 * correct / len(data.labels), "correct": correct, "n": len(data.labels)}
+
+    def compare(self, reference, quantized, data: ClassificationData, seed: int = 0) -> dict:
+        return compare_classification(reference, quantized, data.labels, seed=seed)
+
+    def arrays_valid(self, arrays, batches) -> bool:
+        logits = arrays.get("logits")
+        return logits is not None and logits.ndim == 2 and logits.shape[0] == batches.num_examples
+
+    @classmethod
+    def baseline_text(cls, base: dict) -> str:
+        return f"FP32 accuracy: {base['accuracy']:.2f} % ({base['correct']}/{base['n']})"
+
+    @classmethod
+    def effect_text(cls, row: dict) -> str:
+        return (f"{row['accuracy']:.2f} % ({row['correct']}/{row['n']}), drop {row['drop']:.2f} points "
+                f"[95% CI {row['drop_ci_low']:.2f}, {row['drop_ci_high']:.2f}], McNemar p = {row['mcnemar_p']:.3g}")
+
+    def calibration_batches(self, path, size, tokenizer, id2label, exclude, seed):
+        """A seeded sample of ``size`` labelled examples from ``path``, none of them in ``exclude``."""
+        pool = load_classification_data(path, id2label)
+        held_out = set(exclude.texts)
+        order = np.random.default_rng(seed).permutation(len(pool))
+        chosen = [i for i in order.tolist() if pool.texts[i] not in held_out][:size]
+        if len(chosen) < size:
+            raise QuantsenseError(f"calibration file {path} has only {len(chosen)} examples not in the evaluation set; need {size}")
+        calib = ClassificationData([pool.texts[i] for i in chosen], pool.labels[chosen], f"{path} (sample of {size})")
+        return calib, self._batches(tokenizer, calib.texts)
+
+    def verify_torchao_export(self, export_dir, source, data: ClassificationData, simulated, batches) -> dict:
+        """Reload in a fresh process: predictions against the simulation, and latency against FP32."""
+        import tempfile
+        from pathlib import Path
+
+        from quantsense.quantization.export import run_verifier
+
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "data.tsv"
+            table.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(data.texts, data.labels.tolist())))
+            fp32 = str(Path(source).resolve()) if Path(source).exists() else source
+            check = run_verifier([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
+        exported = np.asarray(check["predictions"])
+        return {
+            "exported_accuracy": 100 * float((exported == data.labels).mean()),
+            "simulated_accuracy": 100 * float((simulated.predictions == data.labels).mean()),
+            "predictions_differing": int((exported != simulated.predictions).sum()),
+            "latency_exported_ms": 1000 * check["latency_exported_s"],
+            "latency_fp32_ms": 1000 * check["latency_fp32_s"],
+            "latency_batch_shape": check["batch_shape"],
+            "reloaded_weight_class": check["weight_class"],
+            "quantsense_imported_by_reload": check["quantsense_imported"],
+        }

@@ -1,0 +1,179 @@
+"""Causal language modelling (task ``wikitext``): sliding-window perplexity with per-token outputs kept,
+per-token KL(FP32 || quantized) and top-1 agreement; intervals by a block bootstrap over tokens.
+
+Token selection is reproducible: the text is tokenized whole and the first ``max_tokens`` tokens
+are used. Windows of ``context`` tokens start every ``stride`` tokens; each window scores only the
+tokens no earlier window scored (the usual sliding-window perplexity), so every token after the
+first is predicted exactly once, with up to ``context - stride`` tokens of extra context.
+
+Neighbouring tokens' losses are strongly correlated, so intervals resample consecutive blocks of
+:data:`BOOTSTRAP_BLOCK_TOKENS` scored tokens rather than single tokens
+(:func:`quantsense.evaluation.statistics.block_bootstrap_mean_ci`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantsense.data.text import TextData, load_text
+from quantsense.errors import QuantsenseError
+from quantsense.evaluation.batching import Batch, TokenBatches
+from quantsense.evaluation.heads import CausalLMHead
+from quantsense.evaluation.statistics import block_bootstrap_mean_ci
+from quantsense.tasks.base import LossSpec, MetricSpec, Task, register_task
+
+BOOTSTRAP_BLOCK_TOKENS = 128
+MIN_CONTEXT = 2
+
+
+def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: int) -> TokenBatches:
+    """One batch per window; ``Batch.index`` holds the positions (in the token stream) it scores."""
+    ids = token_ids[:max_tokens]
+    batches = []
+    scored_until = 1  # token 0 has no prediction
+    begin = 0
+    while scored_until < len(ids):
+        end = min(begin + context, len(ids))
+        window = torch.tensor([ids[begin:end]], dtype=torch.long)
+        batches.append(Batch(index=np.arange(scored_until, end), inputs={"input_ids": window}))
+        scored_until = end
+        if end == len(ids):
+            break
+        begin += stride
+    settings = {"max_tokens": max_tokens, "context": context, "stride": stride, "tokens": len(ids)}
+    return TokenBatches(batches=batches, num_examples=len(ids), settings=settings)
+
+
+def perplexity(token_logprob: np.ndarray) -> float:
+    return float(np.exp(-np.mean(token_logprob.astype(np.float64))))
+
+
+def compare_language_model(reference, quantized, seed: int = 0, block: int = BOOTSTRAP_BLOCK_TOKENS) -> dict:
+    """Paired per-token metrics of ``quantized`` against ``reference`` on the same tokens.
+
+    ``delta_nll`` is the mean increase of the per-token negative log-likelihood (ln of the
+    perplexity ratio); it and the mean KL get block-bootstrap 95 % intervals. A run differs from
+    FP32 when the ``delta_nll`` interval excludes zero.
+    """
+    ref_lp = reference.arrays["token_logprob"].astype(np.float64)
+    q_lp = quantized.arrays["token_logprob"].astype(np.float64)
+    delta = ref_lp - q_lp
+    lo, hi = block_bootstrap_mean_ci(delta, block, seed=seed)
+    kl = quantized.arrays["kl"].astype(np.float64)
+    kl_lo, kl_hi = block_bootstrap_mean_ci(kl, block, seed=seed)
+    ppl_ref, ppl = perplexity(ref_lp), perplexity(q_lp)
+    return {
+        "perplexity": ppl,
+        "ppl_ratio": ppl / ppl_ref,
+        "tokens": int(len(q_lp)),
+        "delta_nll": float(delta.mean()),
+        "delta_nll_ci_low": lo,
+        "delta_nll_ci_high": hi,
+        "distinguishable_from_fp32": not (lo <= 0.0 <= hi),
+        "kl_mean": float(kl.mean()),
+        "kl_ci_low": kl_lo,
+        "kl_ci_high": kl_hi,
+        "kl_p95": float(np.percentile(kl, 95)),
+        "top1_agreement": 100 * float(quantized.arrays["top1"].mean()),
+    }
+
+
+@register_task
+class LanguageModelPerplexity(Task):
+    name = "wikitext"
+    model_kind = "causal"
+    metric = MetricSpec("perplexity", "perplexity", higher_is_better=False)
+    loss = LossSpec("delta_nll", "NLL increase per token vs FP32 (nats)")
+    differs_test = f"block-bootstrap 95% CI of the NLL increase (blocks of {BOOTSTRAP_BLOCK_TOKENS} tokens) excludes 0"
+    data_help = ("wikitext: a local plain-text file (e.g. wiki.test.raw); default: WikiText-2 raw test via the datasets package")
+    default_formats = ("q8_0", "q5_0", "q4_0")
+    default_candidates = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16")
+    default_ablation_format = "q4_0"
+    sensitivity_columns = [("unit", "unit"), ("format", "format"), ("view", "view"), ("perplexity", "ppl"),
+                           ("ppl_ratio", "ppl ratio"), ("delta_nll", "dNLL/token"), ("delta_nll_ci_low", "CI low"),
+                           ("delta_nll_ci_high", "CI high"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
+                           ("kl_ci_high", "KL CI high"), ("kl_p95", "KL p95"), ("top1_agreement", "top-1 agree %"),
+                           ("weight_sqnr_db", "weight SQNR dB")]
+    ranking_columns = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
+                       ("kl_ci_high", "KL CI high"), ("ppl_ratio", "ppl ratio"), ("tier", "tier"),
+                       ("distinguishable_from_fp32", "differs from FP32")]
+    plan_columns = [("plan", "plan"), ("perplexity", "ppl"), ("ppl_ratio", "ppl ratio"), ("delta_nll", "dNLL/token"),
+                    ("delta_nll_ci_low", "CI low"), ("delta_nll_ci_high", "CI high"), ("kl_mean", "KL mean"),
+                    ("kl_ci_low", "KL CI low"), ("kl_ci_high", "KL CI high"), ("top1_agreement", "top-1 agree %"),
+                    ("avg_bits", "avg bits/weight"), ("model_mb", "model MB")]
+
+    def __init__(self, max_tokens: int = 4096, context: int = 1024, stride: int = 512):
+        if context < MIN_CONTEXT:
+            raise QuantsenseError(f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one")
+        if not 1 <= stride <= context:
+            raise QuantsenseError(f"--stride {stride} must be between 1 and --context {context}")
+        if max_tokens < context:
+            raise QuantsenseError(f"--max-tokens {max_tokens} scores fewer tokens than one --context {context} window; "
+                                  f"raise --max-tokens to at least {context} or lower --context")
+        self.max_tokens = max_tokens
+        self.context = context
+        self.stride = stride
+
+    def settings(self) -> dict:
+        return {"max_tokens": self.max_tokens, "context": self.context, "stride": self.stride,
+                "bootstrap_block_tokens": BOOTSTRAP_BLOCK_TOKENS}
+
+    def load(self, source, tokenizer, id2label):
+        data = load_text(source)
+        ids = tokenizer(data.text, add_special_tokens=False)["input_ids"]
+        if len(ids) < self.context:
+            raise QuantsenseError(f"text file {data.source} has {len(ids)} tokens, fewer than one --context {self.context} "
+                                  "window; use a longer text or a shorter --context")
+        return data, make_windows(ids, self.max_tokens, self.context, self.stride)
+
+    def describe_data(self, data: TextData, batches) -> dict:
+        return {"source": data.source, **batches.settings}
+
+    def head(self):
+        return CausalLMHead()
+
+    def baseline(self, reference, data) -> dict:
+        lp = reference.arrays["token_logprob"]
+        return {"perplexity": perplexity(lp), "scored_tokens": int(len(lp)), "max_tokens": self.max_tokens,
+                "context": self.context, "stride": self.stride}
+
+    def compare(self, reference, quantized, data, seed: int = 0) -> dict:
+        return compare_language_model(reference, quantized, seed=seed)
+
+    def arrays_valid(self, arrays, batches) -> bool:
+        scored = sum(len(b.index) for b in batches)
+        lp = arrays.get("token_logprob")
+        if lp is None or lp.shape != (scored,):
+            return False
+        return all(arrays[k].shape == (scored,) for k in ("kl", "top1") if k in arrays)
+
+    @classmethod
+    def baseline_text(cls, base: dict) -> str:
+        return (f"FP32 perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
+                f"(first {base['max_tokens']} tokens, context {base['context']}, stride {base['stride']})")
+
+    @classmethod
+    def effect_text(cls, row: dict) -> str:
+        return (f"perplexity {row['perplexity']:.3f} (x{row['ppl_ratio']:.4f}), dNLL {row['delta_nll']:.4f} "
+                f"[95% CI {row['delta_nll_ci_low']:.4f}, {row['delta_nll_ci_high']:.4f}], KL {row['kl_mean']:.2e}")
+
+    def verify_torchao_export(self, export_dir, source, data: TextData, simulated, batches) -> dict:
+        """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
+        from quantsense.quantization.export import run_verifier
+
+        if not Path(data.source).is_file():
+            raise QuantsenseError("verifying a causal export needs a local --data text file")
+        check = run_verifier(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
+                              str(self.max_tokens), str(self.context), str(self.stride)])
+        exported = np.asarray(check["token_logprob"], dtype=np.float64)
+        sim = simulated.arrays["token_logprob"].astype(np.float64)
+        return {
+            "exported_perplexity": perplexity(exported),
+            "simulated_perplexity": perplexity(sim),
+            "max_token_logprob_difference": float(np.abs(exported - sim).max()),
+            "reloaded_weight_class": check["weight_class"],
+            "quantsense_imported_by_reload": check["quantsense_imported"],
+        }

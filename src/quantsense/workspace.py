@@ -1,0 +1,167 @@
+"""A workspace holds what every phase shares: the task, the model and its units, the data, the engine.
+
+Open one from a model name (hub id, local directory, ``.gguf`` file) or from a model already in
+memory with its tokenizer; every phase in :mod:`quantsense.study` takes it.
+
+    ws = quantsense.open_workspace("path/to/model", data="validation.tsv", task="sst2")
+    ws = quantsense.open_workspace(model, tokenizer=tokenizer, data="validation.tsv")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from quantsense.config import DEFAULT_TASK, REFERENCE_MODEL
+from quantsense.engine import Engine, Evaluator
+from quantsense.errors import QuantsenseError
+from quantsense.models.loading import load_model, resolve_device, weights_fingerprint
+from quantsense.models.units import UnitMap, discover_units
+from quantsense.quantization.formats import Format, QuantConfig, parse_format
+from quantsense.store import ResultStore
+from quantsense.tasks import Task, make_task
+
+
+@dataclass
+class StudyOptions:
+    """Everything that shapes a workspace besides the model itself, as plain data (it can travel to workers)."""
+
+    model: str = REFERENCE_MODEL  # the source name, also for an in-memory model (used in reports)
+    data: str | None = None
+    task: str = DEFAULT_TASK
+    device: str = "auto"
+    dtype: str = "auto"
+    blocks_regex: str | None = None
+    store: str | None = None  # None: keep nothing between runs
+    fresh: bool = False
+    quiet: bool = False
+    seed: int = 0
+    scheme: QuantConfig = field(default_factory=lambda: QuantConfig(bits=8))  # the integer grid that int<b> names use
+    prefix_reuse: bool = True
+    # task settings (each task takes the ones it understands)
+    limit: int | None = None
+    max_length: int = 512
+    batch_tokens: int = 1024
+    max_tokens: int = 4096
+    context: int = 1024
+    stride: int = 512
+
+    def task_settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in ("limit", "max_length", "batch_tokens", "max_tokens", "context", "stride")}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["scheme"] = self.scheme.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StudyOptions":
+        return cls(**{**data, "scheme": QuantConfig.from_dict(data["scheme"])})
+
+
+@dataclass
+class Workspace:
+    options: StudyOptions
+    task: Task
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: str
+    units: UnitMap
+    data: object
+    batches: object
+    engine: Engine
+    model_fp: str
+    data_fp: str
+
+    @property
+    def source(self) -> str:
+        return self.options.model
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.engine.evaluator
+
+    @property
+    def applier(self):
+        return self.engine.evaluator.applier
+
+    def reference(self):
+        return self.engine.reference()
+
+    def compare(self, reference, quantized) -> dict:
+        """Every paired metric of a quantized run against FP32, for this task."""
+        return self.task.compare(reference, quantized, self.data, seed=self.options.seed)
+
+    def format(self, text: str | int | Format) -> Format:
+        """A format from a name (``int4`` on this workspace's integer grid, ``q4_0``...), checked against every block unit."""
+        fmt = text if not isinstance(text, (str, int)) else parse_format(text, self.options.scheme)
+        if fmt.family == "int":
+            for name in self.units.linear_units():
+                unit = self.units.get(name)
+                fmt.check_shape(unit.shape, unit.transposed, where=name)
+        return fmt
+
+    def formats(self, names) -> list[Format]:
+        """Formats from names, duplicates dropped (``--formats 8 8`` evaluates once)."""
+        return list(dict.fromkeys(self.format(n) for n in names))
+
+    def id2label(self) -> dict[int, str]:
+        mapping = getattr(self.model.config, "id2label", None) or {}
+        return {int(k): v for k, v in mapping.items()}
+
+    def describe(self) -> dict:
+        return {
+            "model": {"source": self.source, "fingerprint": self.model_fp, "blocks": self.units.num_blocks,
+                      "block_path": self.units.block_prefix, "device": str(self.device), "dtype": self.dtype,
+                      "kind": self.task.model_kind},
+            "data": {"task": self.task.name, "fingerprint": self.data_fp, **self.task.describe_data(self.data, self.batches)},
+            "task": self.task.describe(),
+            "scheme": self.options.scheme.to_dict(),
+            "seed": self.options.seed,
+        }
+
+
+def _options(model, kwargs: dict) -> StudyOptions:
+    known = {f.name for f in fields(StudyOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise QuantsenseError(f"open_workspace: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    if isinstance(model, str):
+        kwargs["model"] = model
+    elif "model" not in kwargs:
+        kwargs["model"] = type(model).__name__
+    return StudyOptions(**kwargs)
+
+
+def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL, *, tokenizer=None, **options) -> Workspace:
+    """Load (or take) the model, find its units, load the task's data, and set up the engine.
+
+    ``model`` is a hub id, a local directory, a ``.gguf`` file, a model in memory (then pass its
+    ``tokenizer``), or a :class:`StudyOptions`. ``options`` are :class:`StudyOptions` fields.
+    """
+    opts = model if isinstance(model, StudyOptions) else _options(model, options)
+    task = make_task(opts.task, **opts.task_settings())
+    if isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise QuantsenseError("open_workspace on a model in memory needs its tokenizer: open_workspace(model, tokenizer=tok, ...)")
+        device = resolve_device(opts.device)
+        net, dtype = model.to(device).eval(), str(next(model.parameters()).dtype).replace("torch.", "")
+    else:
+        loaded = load_model(opts.model, task.model_kind, opts.device, dtype=opts.dtype)
+        net, tokenizer, device, dtype = loaded.model, loaded.tokenizer, loaded.device, loaded.dtype
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(net.config, "pad_token_id", None) is None:
+        net.config.pad_token_id = tokenizer.pad_token_id
+    units = discover_units(net, opts.blocks_regex)
+    data, batches = task.load(opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()})
+    evaluator = Evaluator(net, units, batches, device, prefix_reuse=opts.prefix_reuse, head=task.head())
+    model_fp = weights_fingerprint(net)
+    data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"
+    store = ResultStore(opts.store) if opts.store else None
+    engine = Engine(evaluator, model_fp, data_fp, store=store, fresh=opts.fresh, quiet=opts.quiet,
+                    valid=lambda arrays: task.arrays_valid(arrays, batches))
+    return Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp)
