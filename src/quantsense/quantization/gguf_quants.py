@@ -23,9 +23,10 @@ are true divisions by a tensor (CUDA turns division by a Python scalar into a mu
 reciprocal), and products and sums are separate operations (no fused multiply-add), so the result
 matches ``gguf.quants.dequantize(gguf.quants.quantize(w, T), T)`` to the bit, signed zeros included.
 
-Known difference: a block whose scale is a float32 subnormal below 2**-128 (largest magnitude under
-about 1e-37) makes ``1 / d`` overflow; numpy then casts inf/NaN codes to uint8 in a platform-defined
-way, while this module clamps them. Both dequantize such a block to (signed) zeros or ``f16(min)``.
+One platform detail: a block whose float32 scale is below 2**-128 (largest magnitude under about
+1e-37) makes ``1 / d`` overflow and its codes inf/NaN; numpy's cast of those to uint8/int8 is
+platform-defined (0 on x86-64, which this module reproduces). Such a block dequantizes to zeros
+whatever the codes; only the sign of those zeros could differ from the reference on another platform.
 ``gguf`` is only needed for :func:`ggml_type`.
 """
 
@@ -102,6 +103,14 @@ def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """In place, inf/NaN -> 0: numpy's float-to-uint8/int8 cast of the reference's codes on x86-64.
+
+    Only a block whose scale is below 2**-128 (so ``1 / d`` overflows) has such codes.
+    """
+    return x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _inverse(d: torch.Tensor) -> torch.Tensor:
     """``0 if d == 0 else 1 / d``, as the reference's ``np.where(d == 0, 0, 1 / d)``."""
     return torch.where(d == 0, torch.zeros_like(d), torch.reciprocal(d))
@@ -115,7 +124,7 @@ def _symmetric(blocks: torch.Tensor, levels: int) -> torch.Tensor:
     """q4_0 (levels 8) and q5_0 (levels 16)."""
     signed_max = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))
     d = signed_max / _constant(-levels, blocks)
-    q = (blocks * _inverse(d)).add_(_constant(levels + 0.5, blocks)).trunc_().clamp_(0, 2 * levels - 1)
+    q = _finite_or_zero((blocks * _inverse(d)).add_(_constant(levels + 0.5, blocks))).trunc_().clamp_(0, 2 * levels - 1)
     return q.sub_(levels).mul_(_through_f16(d))
 
 
@@ -123,7 +132,7 @@ def _asymmetric(blocks: torch.Tensor, levels: int) -> torch.Tensor:
     """q4_1 (levels 15) and q5_1 (levels 31)."""
     lo, hi = torch.aminmax(blocks, dim=-1, keepdim=True)
     d = (hi - lo) / _constant(levels, blocks)
-    q = (blocks - lo).mul_(_inverse(d)).add_(_constant(0.5, blocks)).trunc_().clamp_(0, levels)
+    q = _finite_or_zero((blocks - lo).mul_(_inverse(d)).add_(_constant(0.5, blocks))).trunc_().clamp_(0, levels)
     return q.mul_(_through_f16(d)).add_(_through_f16(lo))
 
 
@@ -137,7 +146,7 @@ def _round_half_away(x: torch.Tensor) -> torch.Tensor:
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
     d = blocks.abs().amax(dim=-1, keepdim=True) / _constant(127, blocks)
     # "+ 0" turns a -0 code into the +0 that the reference's int8 codes hold.
-    q = _round_half_away(blocks * _inverse(d)).add_(0.0)
+    q = _round_half_away(_finite_or_zero(blocks * _inverse(d))).add_(0.0)
     return q.mul_(_through_f16(d))
 
 
