@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,15 @@ def test_storage_bits_examples():
     assert gguf_storage_bits((3, 5), "bf16") == 15 * 16
     with pytest.raises(QuantsenseError, match="multiples of 32"):
         gguf_storage_bits((64, 48), "q5_0")
+
+
+def test_works_without_gguf_installed(monkeypatch):
+    import quantsense.quantization.gguf_quants as module
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes ``import gguf`` raise ImportError
+    module = importlib.reload(module)
+    w = _gaussian(2, 64, seed=13)
+    assert torch.equal(module.fake_quantize_gguf(w, "q5_1"), reference(w, "q5_1"))
+    assert module.gguf_storage_bits((2, 64), "q5_1") == 2 * 24 * 8 * 2
+    with pytest.raises(QuantsenseError, match="pip install gguf"):
+        module.ggml_type("q5_1")

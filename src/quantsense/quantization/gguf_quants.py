@@ -73,8 +73,10 @@ def block_size(name: str) -> int:
 def ggml_type(name: str) -> gguf.GGMLQuantizationType:
     """The ``gguf.GGMLQuantizationType`` of format ``name`` (needs the optional ``gguf`` package)."""
     _layout(name)
-    import gguf
-
+    try:
+        import gguf
+    except ImportError:
+        raise QuantsenseError("GGUF type lookup needs the optional gguf package: pip install gguf") from None
     return gguf.GGMLQuantizationType[name.upper()]
 
 
@@ -120,11 +122,17 @@ def _through_f16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).to(torch.float32)
 
 
+# The reference's ``np.trunc`` becomes ``floor`` below: its argument is never negative (|x * id| is at
+# most the number of levels up to one rounding, and 0.5 or levels + 0.5 is added), so the two agree,
+# and torch's CPU trunc is not vectorised (about 15x slower than floor).
+
+
 def _symmetric(blocks: torch.Tensor, levels: int) -> torch.Tensor:
     """q4_0 (levels 8) and q5_0 (levels 16)."""
     signed_max = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))
     d = signed_max / _constant(-levels, blocks)
-    q = _finite_or_zero((blocks * _inverse(d)).add_(_constant(levels + 0.5, blocks))).trunc_().clamp_(0, 2 * levels - 1)
+    shifted = (blocks * _inverse(d)).add_(_constant(levels + 0.5, blocks))
+    q = _finite_or_zero(shifted).floor_().clamp_(0, 2 * levels - 1)
     return q.sub_(levels).mul_(_through_f16(d))
 
 
@@ -132,7 +140,8 @@ def _asymmetric(blocks: torch.Tensor, levels: int) -> torch.Tensor:
     """q4_1 (levels 15) and q5_1 (levels 31)."""
     lo, hi = torch.aminmax(blocks, dim=-1, keepdim=True)
     d = (hi - lo) / _constant(levels, blocks)
-    q = _finite_or_zero((blocks - lo).mul_(_inverse(d)).add_(_constant(0.5, blocks))).trunc_().clamp_(0, levels)
+    shifted = (blocks - lo).mul_(_inverse(d)).add_(_constant(0.5, blocks))
+    q = _finite_or_zero(shifted).floor_().clamp_(0, levels)
     return q.mul_(_through_f16(d)).add_(_through_f16(lo))
 
 
