@@ -235,10 +235,11 @@ def test_storage_bits_examples():
 def test_works_without_gguf_installed(monkeypatch):
     import quantsense.quantization.gguf_quants as module
 
+    w = _gaussian(2, 64, seed=13)
+    expected = reference(w, "q5_1")
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes ``import gguf`` raise ImportError
     module = importlib.reload(module)
-    w = _gaussian(2, 64, seed=13)
-    assert torch.equal(module.fake_quantize_gguf(w, "q5_1"), reference(w, "q5_1"))
+    assert torch.equal(module.fake_quantize_gguf(w, "q5_1"), expected)
     assert module.gguf_storage_bits((2, 64), "q5_1") == 2 * 24 * 8 * 2
     with pytest.raises(QuantsenseError, match="pip install gguf"):
         module.ggml_type("q5_1")
