@@ -188,7 +188,7 @@ class GGUFFormat:
     def storage_bits(self, shape: tuple[int, ...], transposed: bool = False) -> int:
         from quantsense.quantization.gguf_quants import gguf_storage_bits
 
-        return gguf_storage_bits(tuple(shape), self.format)
+        return gguf_storage_bits(tuple(shape), self.format, transposed)
 
     def to_dict(self) -> dict:
         return {"format": self.format}
