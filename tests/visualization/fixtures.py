@@ -66,7 +66,7 @@ def _metrics(causal: bool, kl: float, rng: random.Random, baseline: dict) -> dic
         half = 0.0015 + 0.08 * kl
         return {"perplexity": baseline["perplexity"] * math.exp(delta), "ppl_ratio": math.exp(delta),
                 "tokens": baseline["scored_tokens"], "delta_nll": delta, "delta_nll_ci_low": delta - half,
-                "delta_nll_ci_high": delta + half, "top1_agreement": max(40.0, 100.0 - 900.0 * math.sqrt(kl)),
+                "delta_nll_ci_high": delta + half, "top1_agreement": max(40.0, 100.0 - 50.0 * math.sqrt(kl)),
                 "distinguishable_from_fp32": delta - half > 0}
     n = baseline["n"]
     broken = max(0, round(n * kl * 0.9 + rng.random() * 2))

@@ -26,6 +26,7 @@ from quantsense.visualization.plots import (
     data_name,
     num,
     place_labels,
+    segment_obstacles,
     plan_format,
     plan_rows,
     sensitivity_formats,
@@ -39,6 +40,7 @@ from quantsense.visualization.plots import (
 
 VIEW_TEXT = {"only": "only this unit quantized", "all_but": "everything but this unit quantized",
              "all": "everything quantized"}
+SHADES = [[0.0, "#fcfdbf"], [0.25, "#feb078"], [0.5, "#f1605d"], [0.75, "#9e2f7f"], [1.0, "#2d1160"]]  # magma, light->dark
 FRONTIER_PLOT_PX = (620.0, 400.0)  # nominal plot-area size the frontier labels are placed for
 
 
@@ -138,8 +140,9 @@ def ship_advice(results: dict, tolerance: float | None = None) -> list[str]:
 
 def _baseline_text(results: dict, task: Task) -> str:
     base = results.get("baseline") or {}
-    value = base.get(task.metric)
-    text = f"FP32 {task.metric_label}: {fmt_num(value, 4)}"
+    value = fmt_num(base.get(task.metric), 4)
+    label = task.metric_label
+    text = f"FP32 {label[:-2]}: {value} %" if label.endswith(" %") else f"FP32 {label}: {value}"
     if "correct" in base and "n" in base:
         text += f" ({base['correct']}/{base['n']} correct)"
     if "scored_tokens" in base:
@@ -190,7 +193,7 @@ def _headline(results: dict, task: Task) -> str:
         ("Reference", _baseline_text(results, task)),
         ("Measured", "; ".join(_measured_text(results))),
         ("Differs from FP32", f"{task.differs_test}"),
-        ("Scheme", ", ".join(f"{k} {v}" for k, v in scheme.items()) + f"; seed {ws.get('seed', '—')}"),
+        ("Scheme", ", ".join(f"{k} {fmt_num(v)}" for k, v in scheme.items()) + f"; seed {ws.get('seed', '—')}"),
         ("When", f"{prov.get('created', '?')} — {prov.get('command', '?')}"),
         ("Versions", versions + (f" · git {str(prov['git'])[:12]}" if prov.get("git") else "")),
     ]
@@ -298,11 +301,18 @@ def _plan_table(results: dict, task: Task, rows: list[dict], table_id: str, capt
     return _table(table_id, caption, columns, rows)
 
 
+def _exact(value) -> str:
+    """A key/value figure in full (six significant digits), integers and booleans as they are."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"
+    return fmt_num(value)
+
+
 def _kv_table(table_id: str, caption: str, data: dict) -> str:
     rows = [{"key": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)} for k, v in data.items()]
     return _table(table_id, caption, [("field", "", "key"),
                                       ("value", "", lambda r: (r["value"] if isinstance(r["value"], str)
-                                                               else fmt_num(r["value"], 6),
+                                                               else _exact(r["value"]),
                                                                num(r["value"]) if not isinstance(r["value"], str)
                                                                else r["value"]))], rows)
 
@@ -350,7 +360,7 @@ def glossary(results: dict, task: Task) -> list[tuple[str, str]]:
         terms.append(("q4_0, q5_1, q8_0…", "GGUF block formats: weights in blocks of 32 sharing one scale "
                       "(_1 also an offset); the digit is the bits per weight before scales."))
     if any(str(n).lower().startswith("int") for n in names):
-        terms.append(("int8, int4…", "N-bit integer weights; scheme " + (", ".join(f"{k} {v}" for k, v in scheme.items())
+        terms.append(("int8, int4…", "N-bit integer weights; scheme " + (", ".join(f"{k} {fmt_num(v)}" for k, v in scheme.items())
                                                                          or "as recorded") + "."))
     return terms
 
@@ -390,18 +400,22 @@ def _sensitivity_bars_fig(results: dict, task: Task, view: str) -> tuple[dict, s
                 "error_y": {"type": "data", "symmetric": False, "color": "#333", "thickness": 1,
                             "array": [max(0.0, num(r.get(hi)) - x) for r, x in zip(chosen, v)],
                             "arrayminus": [max(0.0, x - num(r.get(lo))) for r, x in zip(chosen, v)]},
-                "text": [f"T{t[1]}" if t[1] is not None and axis == "2" else "" for t in tier_of],
-                "textposition": "outside", "textfont": {"size": 10}, "cliponaxis": False,
-                "customdata": hover, "hovertemplate": "%{customdata}<extra></extra>"})
+                "offsetgroup": fmt, "customdata": hover, "hovertemplate": "%{customdata}<extra></extra>"})
+        tops = [num(r.get("kl_ci_high")) for r in chosen]
+        data.append({"type": "scatter", "mode": "text", "x": xs, "y": [t * 1.25 for t in tops], "xaxis": "x2",
+                     "yaxis": "y2", "offsetgroup": fmt, "showlegend": False, "legendgroup": fmt, "hoverinfo": "skip",
+                     "text": [f"T{t[1]}" if t[1] is not None else "" for t in tier_of], "textposition": "top center",
+                     "textfont": {"size": 10 if len(units) <= 12 else 8, "color": "#333"}, "cliponaxis": False})
     layout = {
-        "barmode": "group", "height": 640, "margin": {"t": 40, "b": 130 if len(units) > 8 else 60, "l": 80, "r": 20},
+        "barmode": "group", "scattermode": "group", "height": 640, "margin": {"t": 40, "b": 130 if len(units) > 8 else 60, "l": 80, "r": 20},
         "legend": {"title": {"text": "format"}, "orientation": "h", "y": 1.08, "x": 0},
         "xaxis": {"anchor": "y", "tickangle": -60 if len(units) > 8 else 0, "categoryorder": "array",
                   "categoryarray": xs},
         "xaxis2": {"anchor": "y2", "matches": "x", "showticklabels": False},
         "yaxis": {"domain": [0, 0.44], "title": {"text": f"{task.loss_label}<br>(95% CI)"}, "zeroline": True,
                   "zerolinecolor": "#444"},
-        "yaxis2": {"domain": [0.52, 1], "type": "log", "title": {"text": "mean KL(FP32 || quantized)<br>nats, 95% CI"}},
+        "yaxis2": {"domain": [0.52, 1], "type": "log", "dtick": 1, "exponentformat": "power",
+                   "title": {"text": "mean KL(FP32 || quantized)<br>nats, 95% CI"}},
     }
     return {"data": data, "layout": layout}, note
 
@@ -423,13 +437,13 @@ def _heatmap_fig(results: dict, view: str) -> dict:
         lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
         return [(x - lo) / ((hi - lo) or 1.0) if math.isfinite(x) else None for x in logs]
 
-    common = {"type": "heatmap", "colorscale": "Magma", "reversescale": True, "zmin": 0, "zmax": 1, "showscale": False,
-              "texttemplate": "%{text}", "textfont": {"size": 10}, "hovertemplate": "%{customdata}<extra></extra>",
+    common = {"type": "heatmap", "colorscale": SHADES, "zmin": 0, "zmax": 1, "showscale": False,
+              "texttemplate": "%{text}", "textfont": {"size": 10 if len(rows) > 24 else 13}, "hovertemplate": "%{customdata}<extra></extra>",
               "xgap": 1, "ygap": 1}
     grid = unit_grid(rows) if sens.get("unit") != "block" else None
     if grid is not None:
         blocks, subs, _ = grid
-        data, layout = [], {"margin": {"t": 60, "b": 120, "l": 80, "r": 20}, "height": 160 + 22 * len(blocks),
+        data, layout = [], {"margin": {"t": 60, "b": 120, "l": 80, "r": 20}, "height": max(420, 190 + 24 * len(blocks)),
                             "yaxis": {"autorange": "reversed", "tickfont": {"size": 10}}, "annotations": []}
         gap = 0.04
         width = (1 - gap * (len(formats) - 1)) / len(formats)
@@ -457,7 +471,7 @@ def _heatmap_fig(results: dict, view: str) -> dict:
     z = [[columns[j][i] for j in range(len(formats))] for i in range(len(units))]
     data = [{**common, "x": formats, "y": units, "z": z, "text": [[fmt_num(v, 2) for v in line] for line in values],
              "customdata": [[hover(by[(u, f)], f) if (u, f) in by else "" for f in formats] for u in units]}]
-    layout = {"margin": {"t": 30, "b": 50, "l": 90, "r": 20}, "height": 120 + 24 * len(units),
+    layout = {"margin": {"t": 70, "b": 30, "l": 90, "r": 20}, "height": 120 + 24 * len(units),
               "yaxis": {"autorange": "reversed"}, "xaxis": {"side": "top", "tickfont": {"size": 13}}}
     return {"data": data, "layout": layout}
 
@@ -523,7 +537,8 @@ def _frontier_fig(results: dict, task: Task) -> dict:
         "xaxis": {"domain": [0, 0.6], "range": [x0, x1], "title": {"text": "average stored bits per weight"}},
         "yaxis": {"range": [lo, hi], "title": {"text": f"{task.loss_label}, 95% CI"}, "zeroline": False},
         "xaxis2": {"domain": [0.7, 1], "anchor": "y2", "title": {"text": "average stored bits per weight"}},
-        "yaxis2": {"anchor": "x2", "type": "log", "title": {"text": "mean KL(FP32 || plan), nats"}},
+        "yaxis2": {"anchor": "x2", "type": "log", "dtick": 1, "exponentformat": "power",
+                   "title": {"text": "mean KL(FP32 || plan), nats"}},
         "shapes": [{"type": "line", "xref": "x", "yref": "y", "x0": x0, "x1": x1, "y0": 0, "y1": 0,
                     "line": {"color": "#777", "dash": "dot", "width": 1.5}}],
         "annotations": annotations,
@@ -554,6 +569,9 @@ def _frontier_labels(results: dict, rows: list[dict], task: Task, xr, yr, shown)
         anchors.append(px(x, shown(y)))
         sizes.append((6.6 * len(text) + 6, 16))
         texts.append(text)
+    for kind in ("allocated", "mixed"):
+        line = sorted((r for r in rows if r.get("kind", "mixed") == kind), key=lambda r: num(r["avg_bits"]))
+        obstacles += segment_obstacles([px(num(r["avg_bits"]), shown(num(r[task.loss]))) for r in line])
     boxes = place_labels(anchors, sizes, (0, 0, w, h), obstacles, marker=7)
     out = []
     for r, (ax, ay), (bx0, by0, bx1, by1), text in zip(rows, anchors, boxes, texts):

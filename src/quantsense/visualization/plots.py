@@ -326,6 +326,17 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
     return [result[i] for i in range(len(anchors))]
 
 
+def segment_obstacles(points: list[tuple[float, float]], step: float = 6.0, half: float = 3.0) -> list[tuple]:
+    """Small boxes along the polyline through ``points`` (pixels), so labels keep off a plotted line."""
+    boxes = []
+    for (xa, ya), (xb, yb) in zip(points, points[1:]):
+        n = max(1, int(math.hypot(xb - xa, yb - ya) / step))
+        for k in range(n + 1):
+            x, y = xa + (xb - xa) * k / n, ya + (yb - ya) * k / n
+            boxes.append((x - half, y - half, x + half, y + half))
+    return boxes
+
+
 # ---------------------------------------------------------------- PNG figures
 
 
@@ -577,6 +588,9 @@ def _label_points(fig, ax, results: dict, points, lo: float, hi: float, *artists
         anchors.append(tuple(ax.transData.transform((x, shown))))
         sizes.append((0.6 * 7 * renderer_scale * len(text) + 4, 7 * renderer_scale * 1.4))
         texts.append(text)
+    for kind in ("allocated", "mixed"):
+        line = sorted((p for p in points if p[0].get("kind", "mixed") == kind), key=lambda p: p[1])
+        obstacles += segment_obstacles([tuple(ax.transData.transform((p[1], min(max(p[2], lo), hi)))) for p in line])
     box = ax.get_window_extent()
     zero = ax.transData.transform((0, 0))[1]
     obstacles.append((box.x0, zero - 2, box.x1, zero + 2))
