@@ -299,7 +299,7 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
     """
     markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
     directions = [(math.cos(a), math.sin(a)) for a in
-                  (math.pi * k / 8 for k in (2, 6, 10, 14, 0, 8, 4, 12, 1, 3, 5, 7, 9, 11, 13, 15))]
+                  (math.pi * k / 8 for k in (0, 2, 14, 4, 12, 8, 6, 10, 1, 15, 3, 13, 5, 11, 7, 9))]
     placed: list[tuple[float, float, float, float]] = []
     order = sorted(range(len(anchors)), key=lambda i: (anchors[i][0], anchors[i][1]))
     result: dict[int, tuple] = {}
