@@ -237,3 +237,13 @@ def test_rebuild_report_errors_name_the_problem(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"baseline": {}}))
     with pytest.raises(QuantsenseError, match="workspace.task"):
         rebuild_report(tmp_path)
+
+
+def test_plotting_libraries_are_imported_only_when_drawing():
+    import subprocess
+    import sys
+
+    code = ("import sys, quantsense.visualization.html_report, quantsense.visualization.plots; "
+            "print(sorted(m for m in ('plotly', 'matplotlib', 'selenium') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -686,7 +686,7 @@ def _plans_section(results: dict, task: Task, figures: dict) -> str:
     rows = plan_rows(results)
     lo, hi = loss_range([r for r in rows if _finite(r.get(task.loss))], task)
     off = [r for r in rows if _finite(r.get(task.loss)) and not lo <= num(r[task.loss]) <= hi]
-    note = (f"Left: {task.loss_label} (95% CI) against average bits per weight; the dotted line is FP32. "
+    note = (f"Left: {task.loss_label}, 95% CI, against average bits per weight; the dotted line is FP32. "
             "Right: mean KL on a log scale. Hover a point for its measured figures and per-unit formats.")
     if off:
         note += (f" The loss axis is zoomed to {fmt_num(lo)}…{fmt_num(hi)}; {len(off)} plan(s) outside it are drawn "

@@ -597,7 +597,7 @@ def _label_points(fig, ax, results: dict, points, lo: float, hi: float, *artists
     boxes = place_labels(anchors, sizes, (box.x0, box.y0, box.x1, box.y1), obstacles)
     for (px, py), (x0, y0, x1, y1), text in zip(anchors, boxes, texts):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        far = math.hypot(cx - px, cy - py) > max(x1 - x0, y1 - y0) / 2 + 8
+        far = math.hypot(max(x0 - px, px - x1, 0), max(y0 - py, py - y1, 0)) > 9  # beyond the marker: a leader
         ax.annotate(text, xy=ax.transData.inverted().transform((px, py)), xytext=(cx - px, cy - py),
                     textcoords="offset pixels", ha="center", va="center", fontsize=7,
                     arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.6} if far else None,
