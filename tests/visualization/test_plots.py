@@ -1,32 +1,132 @@
-import numpy as np
+import itertools
+import math
+import re
+import sys
 
-from quantsense.visualization.plots import _block_grid, frontier_plot, sensitivity_bars, sensitivity_heatmap
+import pytest
+
+from quantsense.errors import QuantsenseError
+from quantsense.visualization.plots import (
+    bar_units,
+    format_color,
+    frontier_plot,
+    loss_range,
+    place_labels,
+    plan_rows,
+    sensitivity_bars,
+    sensitivity_heatmap,
+    task_of,
+    unit_grid,
+)
+from tests.visualization import fixtures
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _rows():
-    rows = []
-    for block in range(3):
-        for sub in ("attn.q", "mlp.up"):
-            for bits in (8, 4):
-                kl = 10.0 ** (-bits + block)
-                rows.append({"unit": f"model.layers.{block}.{sub}", "bits": bits, "view": "only", "kl_mean": kl,
-                             "kl_ci_low": kl * 0.9, "kl_ci_high": kl * 1.1, "drop": 0.1 * block,
-                             "drop_ci_low": -0.1, "drop_ci_high": 0.3})
-    return rows
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def test_block_grid_places_each_unit():
-    blocks, subs, grids = _block_grid(_rows(), "kl_mean")
-    assert blocks == [0, 1, 2] and subs == ["attn.q", "mlp.up"]
-    assert grids[4][2, 1] == 10.0 ** (-4 + 2)
-    assert not np.isnan(grids[8]).any()
-    assert _block_grid([{"unit": "block 0", "bits": 4, "kl_mean": 1.0}], "kl_mean") is None
+@pytest.mark.parametrize("name", ["classification_run", "classification_linear", "llm_blocks", "llm_linear"])
+def test_sensitivity_figures_write_png_for_both_tasks_and_sizes(name, tmp_path):
+    results = getattr(fixtures, name)()
+    width, height = _png_size(sensitivity_bars(results, tmp_path / "bars.png"))
+    assert width > 800 and height > 400
+    width, height = _png_size(sensitivity_heatmap(results, tmp_path / "heat.png"))
+    blocks = results["workspace"]["model"]["blocks"]
+    assert height > 20 * blocks  # one readable row per block
 
 
-def test_plots_write_png_files(tmp_path):
-    rows = _rows()
-    for path in (sensitivity_heatmap(rows, tmp_path / "h.png"), sensitivity_bars(rows, tmp_path / "b.png")):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    plans = [{"plan": f"p{i}", "kind": kind, "avg_bits": 3 + i, "accuracy": 80 + i, "drop": 5 - i, "drop_ci_low": 4 - i,
-              "drop_ci_high": 6 - i, "kl_mean": 0.1 / (i + 1)} for i, kind in enumerate(["allocated", "allocated", "uniform", "hand"])]
-    assert frontier_plot(plans, tmp_path / "f.png").stat().st_size > 1000
+@pytest.mark.parametrize("name", ["classification_run", "classification_frontier", "llm_frontier"])
+def test_frontier_plot_writes_png(name, tmp_path):
+    width, height = _png_size(frontier_plot(getattr(fixtures, name)(), tmp_path / "f.png"))
+    assert width > 1000 and height > 400
+
+
+def test_plots_need_their_sections(tmp_path):
+    results = fixtures.export_only()
+    with pytest.raises(QuantsenseError, match="no sensitivity rows"):
+        sensitivity_bars(results, tmp_path / "b.png")
+    with pytest.raises(QuantsenseError, match="no frontier or mixed-precision plans"):
+        frontier_plot(results, tmp_path / "f.png")
+
+
+def test_format_color_is_fixed_and_families_share_a_hue():
+    assert format_color("int4") == format_color("int4") == format_color("q4_0")
+    assert format_color("int8") == format_color("q8_0")
+    formats = ["int2", "int3", "int4", "int5", "int6", "int8", "q4_0", "q4_1", "q4_K", "q5_0", "q5_1", "q8_0", "f16"]
+    colours = {f: format_color(f) for f in formats}
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours.values())
+    assert len({colours[f] for f in ["int2", "int3", "int4", "int5", "int6", "int8", "f16"]}) == 7
+    assert len({colours[f] for f in ["q4_0", "q4_1", "q4_K"]}) == 3  # variants: distinct shades
+    assert format_color("fp32") == format_color(None)
+    assert format_color("mystery_fmt") == format_color("mystery_fmt")  # hash-picked, but stable (crc32, not hash())
+
+
+def test_format_color_is_the_same_in_another_process():
+    import subprocess
+
+    code = "from quantsense.visualization.plots import format_color as f; print(f('q4_K'), f('something'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", **__import__("os").environ})
+    assert out.stdout.split() == [format_color("q4_K"), format_color("something")]
+
+
+def _overlap(a, b):
+    return min(a[2], b[2]) - max(a[0], b[0]) > 1e-9 and min(a[3], b[3]) - max(a[1], b[1]) > 1e-9
+
+
+def test_place_labels_crowded_points_do_not_overlap():
+    anchors = [(300 + 6 * (i % 5), 200 + 5 * (i // 5)) for i in range(15)]  # 15 points within 30 x 15 px
+    sizes = [(60 + 4 * i, 14) for i in range(15)]
+    line = (0, 208, 800, 212)  # the FP32 line through the middle of the cluster
+    boxes = place_labels(anchors, sizes, (0, 0, 800, 500), [line])
+    assert len(boxes) == 15
+    for a, b in itertools.combinations(boxes, 2):
+        assert not _overlap(a, b), (a, b)
+    for box, (w, h) in zip(boxes, sizes):
+        assert math.isclose(box[2] - box[0], w) and math.isclose(box[3] - box[1], h)
+        assert 0 <= box[0] and box[2] <= 800 and 0 <= box[1] and box[3] <= 500
+        assert not _overlap(box, line)
+    for box in boxes:  # no label covers any point
+        assert not any(box[0] < x < box[2] and box[1] < y < box[3] for x, y in anchors)
+
+
+def test_place_labels_keeps_a_free_label_next_to_its_point():
+    (box,) = place_labels([(100.0, 100.0)], [(40.0, 10.0)], (0, 0, 400, 400))
+    gap_x = max(box[0] - 100, 100 - box[2], 0)
+    gap_y = max(box[1] - 100, 100 - box[3], 0)
+    assert box[0] > 100  # first choice: to the right of the point
+    assert 0 < math.hypot(gap_x, gap_y) < 12
+
+
+def test_loss_range_zooms_on_the_allocated_plans_and_leaves_far_points_outside():
+    results = fixtures.classification_frontier()
+    task = task_of(results)
+    rows = plan_rows(results)
+    lo, hi = loss_range(rows, task)
+    int2 = next(r for r in rows if r["plan"] == "uniform int2")
+    int3 = next(r for r in rows if r["plan"] == "uniform int3")
+    allocated = [r for r in rows if r["kind"] == "allocated"]
+    assert int2["drop"] > hi  # 41.9 points: drawn at the edge with its value
+    assert lo < 0 < hi and lo <= min(r["drop_ci_low"] for r in allocated)
+    assert hi >= max(r["drop_ci_high"] for r in allocated) and hi >= int3["drop_ci_high"]
+
+
+def test_bar_units_show_the_most_sensitive_of_many_linear_units():
+    sens = fixtures.llm_linear()["sensitivity"]
+    units, note = bar_units(sens, "only")
+    assert len(units) == 40 and note.startswith("the 40 most sensitive of 210 units at q4_0")
+    kl = {r["unit"]: r["kl_mean"] for r in sens["rows"] if r["format"] == "q4_0"}
+    assert [kl[u] for u in units] == sorted(kl.values(), reverse=True)[:40]
+    assert bar_units(fixtures.llm_blocks()["sensitivity"], "only") == ([f"block {b}" for b in range(30)], "")
+
+
+def test_unit_grid_places_linear_units():
+    rows = [r for r in fixtures.classification_linear()["sensitivity"]["rows"] if r["format"] == "int4"]
+    blocks, subs, cells = unit_grid(rows)
+    assert blocks == list(range(6)) and subs == list(fixtures.MINILM_SUBS)
+    assert cells[(3, "intermediate.dense")]["unit"] == "bert.encoder.layer.3.intermediate.dense"
+    assert unit_grid([{"unit": "block 0", "block": 0, "sub": None}]) is None
