@@ -8,14 +8,11 @@ import transformers
 from quantsense.config import Plan, QuantConfig
 from quantsense.engine import Evaluator
 from quantsense.evaluation.heads import CausalLMHead
-from quantsense.evaluation.language_model import (
-    compare_causal,
-    make_windows,
-    perplexity,
-)
+from quantsense.errors import QuantsenseError
 from quantsense.models.units import discover_units
 from quantsense.quantization.apply import apply_plan
 from quantsense.sweeps.sweep import build_entries, run_sweep
+from quantsense.tasks.language_model import LanguageModelPerplexity, compare_language_model, make_windows, perplexity
 from tests.conftest import EXPECTED_BLOCK_UNITS
 
 
@@ -65,8 +62,12 @@ def test_windows_score_every_token_after_the_first_once():
     positions = np.concatenate([b.index for b in w.batches])
     assert positions.tolist() == list(range(1, 150))
     assert all(b.inputs["input_ids"].shape[1] <= 40 for b in w.batches)
-    with pytest.raises(ValueError, match="stride"):
-        make_windows(list(range(10)), 10, 4, 8)
+    with pytest.raises(QuantsenseError, match="--stride 8 must be between 1 and --context 4"):
+        LanguageModelPerplexity(max_tokens=10, context=4, stride=8)
+    with pytest.raises(QuantsenseError, match="--context 1 is too short"):
+        LanguageModelPerplexity(max_tokens=10, context=1, stride=1)
+    with pytest.raises(QuantsenseError, match="--max-tokens 1 scores fewer tokens than one --context 1024 window"):
+        LanguageModelPerplexity(max_tokens=1)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
@@ -98,28 +99,39 @@ def test_causal_sweep_and_metrics():
         def evaluate_many(self, pairs, desc=""):
             return {label: ev.evaluate(plan) for label, plan in pairs}
 
-    rows = run_sweep(_Engine(), build_entries(units, [8, 2], QuantConfig(8)), compare_causal)
+    entries = build_entries(units, [QuantConfig(8), QuantConfig(2)])
+    rows = run_sweep(_Engine(), ev.applier, units, entries, compare_language_model, "delta_nll")
     assert len(rows) == 6
     for row in rows:
         assert row["kl_ci_low"] <= row["kl_mean"] <= row["kl_ci_high"] and row["kl_mean"] >= 0
         assert 0 <= row["top1_agreement"] <= 100
-    by_bits = {b: np.mean([r["kl_mean"] for r in rows if r["bits"] == b]) for b in (8, 2)}
-    assert by_bits[2] > 100 * by_bits[8]
-    same = compare_causal(ev.reference(), ev.evaluate(Plan.of({units.block_units(0)[0]: QuantConfig(8)})))
+    by_format = {f: np.mean([r["kl_mean"] for r in rows if r["format"] == f]) for f in ("int8", "int2")}
+    assert by_format["int2"] > 100 * by_format["int8"]
+    assert [r["block"] for r in rows[:3]] == [0, 1, 2] and all(r["sub"] is None for r in rows)
+    same = compare_language_model(ev.reference(), ev.evaluate(Plan.of({units.block_units(0)[0]: QuantConfig(8)})))
     assert same["top1_agreement"] > 90
     ident = ev.reference()
     ident_q = type(ident)({**ident.arrays, "kl": np.zeros_like(ident.arrays["token_logprob"]),
                             "top1": np.ones_like(ident.arrays["token_logprob"], dtype=bool)})
-    m = compare_causal(ident, ident_q)
+    m = compare_language_model(ident, ident_q)
     assert m["ppl_ratio"] == 1.0 and m["delta_nll"] == 0.0 and not m["distinguishable_from_fp32"]
-    assert perplexity(ident) == pytest.approx(np.exp(-ident.arrays["token_logprob"].mean()), rel=1e-6)
+    assert perplexity(ident.arrays["token_logprob"]) == pytest.approx(np.exp(-ident.arrays["token_logprob"].mean()), rel=1e-6)
 
 
-def test_restore_is_bit_exact_for_causal_models():
-    for arch in ("gpt2", "llama", "opt"):
-        model = causal_model(arch)
-        units = discover_units(model)
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        with apply_plan(units, Plan.of({n: QuantConfig(2) for n in units.linear_units()})):
-            pass
-        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
+def test_restore_is_bit_exact_for_causal_models(arch):
+    model = causal_model(arch)
+    units = discover_units(model)
+    ids = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        fp32_logits = model(ids).logits
+    plan = Plan.of({n: QuantConfig(2) for n in units.linear_units()})
+    with apply_plan(units, plan), torch.inference_mode():
+        changed = [n for n in plan.units() if not torch.equal(units.get(n).weight, before[f"{n}.weight"])]
+        assert changed == plan.units()  # every planned weight really is quantized inside the context
+        assert not torch.allclose(model(ids).logits, fp32_logits, atol=1e-3)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # and restored bit for bit
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, fp32_logits)
