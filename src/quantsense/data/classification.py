@@ -53,6 +53,21 @@ def _label_ids(raw_labels: list, id2label: dict[int, str], where: str) -> np.nda
     return np.asarray(ids, dtype=np.int64)
 
 
+def _row_text(row: dict, column: str, where: str, row_no: int) -> str:
+    text = row.get(column)
+    if text is not None and not isinstance(text, str):
+        raise QuantsenseError(f"{where}, row {row_no}: {column!r} must be text, got {type(text).__name__} {text!r:.40}")
+    if not text or not text.strip():
+        raise QuantsenseError(f"{where}, row {row_no}: empty or missing {column!r}")
+    return text.strip()
+
+
+def _row_label(row: dict, where: str, row_no: int):
+    if row.get("label") is None:  # a JSON row without the key, or with null
+        raise QuantsenseError(f"{where}, row {row_no}: missing 'label'; every row needs a text column and 'label'")
+    return row["label"]
+
+
 def _rows_from_hub() -> tuple[list[dict], str]:
     try:
         import datasets
@@ -87,11 +102,6 @@ def load_classification_data(path: str | None, id2label: dict[int, str], limit: 
         if limit < 1:
             raise QuantsenseError(f"--limit must be a positive number of examples, got {limit}")
         rows = rows[:limit]
-    texts = []
-    for row_no, row in enumerate(rows, start=1):
-        text = row.get(text_column)
-        if not isinstance(text, str) or not text.strip():
-            raise QuantsenseError(f"{where}, row {row_no}: empty or missing {text_column!r}")
-        texts.append(text.strip())
-    labels = _label_ids([row.get("label") for row in rows], id2label, where)
+    texts = [_row_text(row, text_column, where, row_no) for row_no, row in enumerate(rows, start=1)]
+    labels = _label_ids([_row_label(row, where, row_no) for row_no, row in enumerate(rows, start=1)], id2label, where)
     return ClassificationData(texts=texts, labels=labels, source=source)

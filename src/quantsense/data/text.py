@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
+from quantsense.data.files import check_data_path, read_text_file
 from quantsense.errors import QuantsenseError
 
 
@@ -32,17 +32,12 @@ def _text_from_hub() -> tuple[str, str]:
 
 
 def load_text(path: str | None) -> TextData:
-    """The whole file as one text (universal newlines: CRLF reads as LF)."""
+    """The whole file as one UTF-8 text (universal newlines: CRLF reads as LF; a byte-order mark is dropped)."""
     if not path:
         text, source = _text_from_hub()
         return TextData(text, source)
-    file = Path(path)
-    if not file.is_file():
-        raise QuantsenseError(f"text file {path} does not exist; pass a plain-text file with --data")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise QuantsenseError(f"text file {path} is not UTF-8 text") from None
+    file = check_data_path(path, "text file", "a plain-text file")
+    text = read_text_file(file, "text file").replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise QuantsenseError(f"text file {path} is empty")
     return TextData(text, str(path))

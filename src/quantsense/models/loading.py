@@ -1,4 +1,9 @@
-"""Model loading from a Hugging Face hub id, a local directory or a GGUF file, always in fp32."""
+"""Model loading from a Hugging Face hub id, a local directory or a GGUF file, safetensors only.
+
+A model is refused, in one line, when its files cannot be read, when its weights are pickled
+(pickle files can execute code), or when it has no trained head for the task: transformers would
+silently initialise that head at random and every number measured with it would mean nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from quantsense.errors import QuantsenseError
 
 TASK_KINDS = ("classification", "causal")
+TASK_FOR_KIND = {"classification": "sst2", "causal": "wikitext"}  # the CLI --task that uses each kind
+HEAD_NAMES = {"classification": "classification head", "causal": "language-model head"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SHOWN_KEYS = 4
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -34,7 +45,7 @@ class LoadedModel:
     source: str
     kind: str
     device: torch.device
-    dtype: str = "float32"
+    dtype: str = "float32"  # the parameters' dtype: float32, bfloat16 or float16
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -54,15 +65,87 @@ def _auto_class(kind: str):
     return transformers.AutoModelForCausalLM
 
 
-def _load_pretrained(source: str, kind: str, gguf_file: str | None, local_only: bool):
-    import transformers
-
+def _source_kwargs(gguf_file: str | None, local_only: bool) -> dict:
     kwargs = {"local_files_only": True} if local_only else {}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    model = _auto_class(kind).from_pretrained(source, dtype=torch.float32, **kwargs)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
-    return model, tokenizer
+    return kwargs
+
+
+def _config_dtype(load_from: str, kwargs: dict) -> torch.dtype:
+    """The dtype the model's config.json declares (``dtype``/``torch_dtype``); float32 if none or unknown."""
+    import transformers
+
+    declared = getattr(transformers.AutoConfig.from_pretrained(load_from, **kwargs), "dtype", None)
+    name = str(declared).removeprefix("torch.") if declared is not None else "float32"
+    return DTYPES.get(name, torch.float32)
+
+
+def _choose_dtype(dtype: str, device: torch.device, load_from: str, kwargs: dict) -> torch.dtype:
+    """``auto``: float32 on CPU and for GGUF (dequantized weights), the config's own dtype on CUDA."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type != "cuda" or "gguf_file" in kwargs:
+        return torch.float32
+    return _config_dtype(load_from, kwargs)
+
+
+def _head_check(model: torch.nn.Module, missing: list[str], source: str, kind: str) -> None:
+    """Refuse a model for which transformers had to initialise weights at random (a head it lacks, or an incomplete file)."""
+    if not missing:
+        return
+    shown = ", ".join(sorted(missing)[:SHOWN_KEYS]) + (f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else "")
+    prefix = f"{model.base_model_prefix}."
+    if any(not key.startswith(prefix) for key in missing):
+        other = next(k for k in TASK_KINDS if k != kind)
+        raise QuantsenseError(
+            f"model {source} has no trained {HEAD_NAMES[kind]} (these weights would be randomly initialised: {shown}); "
+            f"use --task {TASK_FOR_KIND[other]} if it has a {HEAD_NAMES[other]}, or a model trained for --task {TASK_FOR_KIND[kind]}"
+        )
+    raise QuantsenseError(
+        f"model {source} is incomplete (these weights are missing from its files and would be randomly initialised: {shown}); "
+        "re-save the model or pass a complete checkpoint"
+    )
+
+
+def _load_weights(load_from: str, kind: str, dtype: torch.dtype, kwargs: dict):
+    """The model with its loading report; never unpickles (safetensors only), GGUF dequantized to float32 then cast."""
+    if "gguf_file" in kwargs:
+        model, info = _auto_class(kind).from_pretrained(load_from, dtype=torch.float32, output_loading_info=True, **kwargs)
+        return model.to(dtype), info
+    return _auto_class(kind).from_pretrained(load_from, dtype=dtype, use_safetensors=True, output_loading_info=True, **kwargs)
+
+
+def _check_gguf_kind(source: str, kind: str) -> None:
+    """GGUF files hold language models: transformers maps no classification head from them."""
+    if kind == "classification":
+        raise QuantsenseError(
+            f"model {source} is a GGUF language model with no trained {HEAD_NAMES[kind]}; "
+            f"use --task {TASK_FOR_KIND['causal']}, or a Hugging Face classifier directory for --task {TASK_FOR_KIND[kind]}"
+        )
+
+
+def _check_weight_files(path: Path, source: str) -> None:
+    """A model directory must hold safetensors weights; pickled ones are refused before anything reads them."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise QuantsenseError(
+            f"model directory {source} holds only pickled weights ({', '.join(pickles)}); quantsense loads only safetensors "
+            "(pickle files can execute code): in a trusted environment load it and save_pretrained(DIR, safe_serialization=True)"
+        )
+    raise QuantsenseError(f"model directory {source} has no model.safetensors; point --model at a saved Hugging Face model")
+
+
+def _file_reason(exc: Exception) -> str:
+    """The loader's reason in one line, said in terms of the files where transformers' own words do not."""
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, SafetensorError):
+        return f"its .safetensors weights are truncated or not safetensors ({text})"
+    if "ignore_mismatched_sizes" in text:  # transformers logs the shapes and raises this generic line
+        return "its weights do not have the shapes its config.json describes"
+    return text
 
 
 def _hub_reachable() -> bool:
@@ -78,45 +161,79 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _hub_error(source: str) -> QuantsenseError:
+def _hub_error(source: str, exc: Exception) -> QuantsenseError:
+    if "safetensors" in str(exc):
+        return QuantsenseError(
+            f"hub model {source!r} has no safetensors weights; quantsense loads only safetensors (pickle files can execute "
+            "code): pick a model with model.safetensors, or convert it in a trusted environment with save_pretrained"
+        )
     return QuantsenseError(
         f"could not load {source!r} from the Hugging Face hub (offline or unknown id); "
         "download it and pass the local directory with --model PATH"
     )
 
 
+def _locate(source: str, kind: str) -> tuple[str, dict, bool]:
+    """Where to load from, the from_pretrained keyword arguments, and whether it is a local path."""
+    path = Path(os.path.expanduser(source))
+    if path.is_file() and path.suffix == ".gguf":
+        _check_gguf_kind(source, kind)
+        return str(path.parent), _source_kwargs(path.name, True), True
+    if path.is_dir():
+        has_config = (path / "config.json").is_file()
+        ggufs = [] if has_config else sorted(path.glob("*.gguf"))
+        if not has_config and not ggufs:
+            raise QuantsenseError(f"model directory {source} has no config.json; point --model at a saved Hugging Face model")
+        if ggufs:
+            _check_gguf_kind(source, kind)
+        else:
+            _check_weight_files(path, source)
+        return str(path), _source_kwargs(ggufs[0].name if ggufs else None, True), True
+    if _looks_like_path(source):
+        raise QuantsenseError(f"model path {source} does not exist; pass a local model directory or a hub id with --model")
+    return source, _source_kwargs(None, not _hub_reachable()), False  # offline: a cached copy still loads, nothing retries
+
+
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)  # what transformers raises for bad files
+
+
 def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load ``source`` (hub id, local directory, or ``.gguf`` file) for ``kind`` in fp32, eval mode."""
+    """Load ``source`` (hub id, local directory, or ``.gguf`` file) for ``kind`` in eval mode.
+
+    ``dtype`` is float32, bfloat16, float16 or auto (float32 on CPU; on CUDA the dtype the model's
+    config declares, float32 if none). A model without trained weights for the task's head is refused.
+    """
+    import transformers
+
     if kind not in TASK_KINDS:
         raise QuantsenseError(f"unknown model kind {kind!r}; use one of {', '.join(TASK_KINDS)}")
+    if dtype not in (*DTYPES, "auto"):
+        raise QuantsenseError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    path = Path(os.path.expanduser(source))
-    gguf_file = None
-    local_only = True
-    if path.is_file() and path.suffix == ".gguf":
-        load_from, gguf_file = str(path.parent), path.name
-    elif path.is_dir():
-        if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
-            raise QuantsenseError(f"model directory {source} has no config.json; point --model at a saved Hugging Face model")
-        ggufs = sorted(path.glob("*.gguf")) if not (path / "config.json").is_file() else []
-        load_from, gguf_file = str(path), (ggufs[0].name if ggufs else None)
-    elif _looks_like_path(source):
-        raise QuantsenseError(f"model path {source} does not exist; pass a local model directory or a hub id with --model")
-    else:
-        load_from = source
-        local_only = not _hub_reachable()  # offline: a cached copy still loads, and nothing retries
+    load_from, kwargs, local = _locate(source, kind)
     try:
-        model, tokenizer = _load_pretrained(load_from, kind, gguf_file, local_only)
-    except (OSError, ValueError) as exc:
-        if path.exists():
-            raise QuantsenseError(f"could not load model from {source}: {str(exc).splitlines()[0]}") from None
-        raise _hub_error(source) from None
+        torch_dtype = _choose_dtype(dtype, device, load_from, kwargs)
+        model, info = _load_weights(load_from, kind, torch_dtype, kwargs)
+    except LOAD_ERRORS as exc:
+        if local:
+            raise QuantsenseError(
+                f"could not load model from {source}: {_file_reason(exc)}; re-save it with save_pretrained or pass another --model"
+            ) from None
+        raise _hub_error(source, exc) from None
+    _head_check(model, list(info.get("missing_keys", [])), source, kind)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, **kwargs)
+    except LOAD_ERRORS as exc:
+        raise QuantsenseError(
+            f"could not load the tokenizer of {source}: {_file_reason(exc)}; save the tokenizer with the model (tokenizer.save_pretrained)"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=kind, device=device)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=kind, device=device,
+                       dtype=str(torch_dtype).removeprefix("torch."))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
