@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from quantsense.config import QuantConfig
+from quantsense.quantization.size import storage_bits
 from quantsense.quantization.fake_quant import (
     fake_quantize,
     quantize_qparams,
     sqnr_db,
-    storage_bits,
 )
 
 
@@ -73,7 +73,9 @@ def test_transposed_quantizes_columns():
 
 
 def test_bad_group_size_is_an_error():
-    with pytest.raises(ValueError, match="does not divide"):
+    from quantsense.errors import QuantsenseError
+
+    with pytest.raises(QuantsenseError, match="--group-size 16 does not divide the 30 input features"):
         fake_quantize(torch.randn(4, 30), QuantConfig(4, granularity="per_group", group_size=16))
 
 

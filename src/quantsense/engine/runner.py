@@ -10,9 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from quantsense.engine.executor import LocalExecutor, WorkItem
+from quantsense.errors import QuantsenseError
 from quantsense.evaluation.metrics import EvalResult
 from quantsense.quantization.plan import Plan
 from quantsense.store import ResultStore
@@ -60,6 +62,10 @@ class Engine:
         return EvalResult(arrays)
 
     def _save(self, item: WorkItem, result: EvalResult, seconds: float) -> None:
+        bad = [k for k, v in result.arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:
+            raise QuantsenseError(f"evaluation {item.label} produced NaN or infinite {', '.join(bad)} (the model overflows "
+                                  "in this format or dtype); nothing was stored: try --dtype float32 or another format")
         self._memo[item.key] = result
         if self.store is not None:
             meta = {"model_fp": item.model_fp, "data_fp": item.data_fp, "plan": item.plan_json}
