@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-verify", action="store_true", help="skip the fresh-process checks")
     units = sub.add_parser("units", parents=[common], help="list the blocks and units quantsense finds (no data needed)")
     units.set_defaults(no_data=True)
-    rep = sub.add_parser("report", help="rebuild report.html (and the figures) of a results folder from its results.json")
+    rep = sub.add_parser("report", help="rebuild report.html of a results folder from its results.json")
     rep.add_argument("folder", metavar="DIR")
     rep.add_argument("--tolerance", type=_positive_float, help="also name the smallest plan whose loss is within this")
     return parser

@@ -738,7 +738,7 @@ def render_html(results: dict, tolerance: float | None = None) -> str:
 
 def write_html_report(results: dict, path: str | Path, tolerance: float | None = None) -> Path:
     """Write the self-contained report page for ``results`` to ``path`` (atomically); returns the path."""
-    from quantsense.visualization.report import write_atomic
+    from quantsense.io import write_atomic
 
     path = Path(path)
     write_atomic(path, render_html(results, tolerance))
