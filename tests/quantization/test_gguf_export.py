@@ -184,3 +184,16 @@ def test_llama_cpp_perplexity_matches_transformers(written, token_ids, hf_result
     assert len(cpp["token_logprob"]) == len(hf["token_logprob"]) == TOKENS - 1
     assert math.isclose(cpp["perplexity"], math.exp(-np.mean(cpp["token_logprob"])), rel_tol=1e-9)
     assert abs(cpp["perplexity"] - hf["perplexity"]) <= 0.02 * hf["perplexity"]
+
+
+def test_default_none_keeps_source_bytes(smollm2, tmp_path):
+    plan = {"blk.0.ffn_up.weight": "q5_0"}
+    result = write_gguf(smollm2, plan, tmp_path / "keep.gguf", default_type=None)
+    assert result["types"] == {"q8_0": 1, "f32": 61, "q4_1": 209, "q5_0": 1}
+    assert result["bytes"] == predicted_gguf_bytes(smollm2, plan, None)["file_bytes"]
+    source, out = gguf.GGUFReader(smollm2), gguf.GGUFReader(tmp_path / "keep.gguf")
+    for before, after in zip(source.tensors, out.tensors):
+        assert before.name == after.name
+        if before.name not in plan:
+            assert after.tensor_type == before.tensor_type and np.array_equal(after.data, before.data), before.name
+    assert out.get_field("general.file_type").contents() == gguf.LlamaFileType.MOSTLY_Q4_1

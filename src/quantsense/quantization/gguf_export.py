@@ -66,7 +66,7 @@ def hf_to_gguf_name(hf_module_name: str, num_blocks: int, arch: str = "llama") -
 def tensor_nbytes(shape, qtype_name: str) -> int:
     """Bytes of one tensor of ``shape`` (any order) stored as ``qtype_name``; rows must fill whole blocks."""
     gguf = _gguf()
-    block, type_size = gguf.GGML_QUANT_SIZES[_qtype(qtype_name)]
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype_name.upper()]]
     numel = int(np.prod(shape))
     return numel // block * type_size
 
@@ -101,7 +101,10 @@ def _target_types(reader, tensor_types: Mapping[str, str], default_type: str | N
                 raise QuantsenseError(f"tensor {tensor.name} is 1-D; llama.cpp keeps 1-D tensors in F32, remove it from the plan")
             types[tensor.name] = "f32"
             continue
-        chosen = planned or default_type or tensor.tensor_type.name.lower()
+        if planned is None and default_type is None:
+            types[tensor.name] = tensor.tensor_type.name.lower()  # kept as the source stores it
+            continue
+        chosen = planned or default_type
         block = _gguf().GGML_QUANT_SIZES[_qtype(chosen)][0]
         if int(tensor.shape[0]) % block:
             raise QuantsenseError(f"tensor {tensor.name} has rows of {int(tensor.shape[0])} values, not a multiple of "
@@ -153,16 +156,21 @@ def _copy_metadata(reader, writer) -> None:
 
 
 def _file_type(reader, types: Mapping[str, str]) -> int:
-    """llama.cpp's ``general.file_type`` for the type holding the most weights of the 2-D tensors."""
+    """llama.cpp's ``general.file_type`` for the type holding the most weights of the 2-D tensors.
+
+    A kept source type with no ``MOSTLY_*`` value of its own (k-quants mixes) keeps the source's value.
+    """
     gguf = _gguf()
     weights = Counter()
     for tensor in reader.tensors:
         if len(tensor.shape) >= 2:
             weights[types[tensor.name]] += int(tensor.n_elements)
-    if not weights:
-        return int(gguf.LlamaFileType.ALL_F32)
-    top = weights.most_common(1)[0][0]
-    return int(gguf.LlamaFileType.ALL_F32 if top == "f32" else gguf.LlamaFileType[f"MOSTLY_{top.upper()}"])
+    top = weights.most_common(1)[0][0] if weights else "f32"
+    by_name = {"f32": gguf.LlamaFileType.ALL_F32, **{m.name.removeprefix("MOSTLY_").lower(): m for m in gguf.LlamaFileType}}
+    if top in by_name:
+        return int(by_name[top])
+    field = reader.get_field("general.file_type")
+    return int(field.contents()) if field is not None else int(gguf.LlamaFileType.GUESSED)
 
 
 def _tensor_data(tensor, qtype_name: str) -> np.ndarray:
@@ -215,8 +223,7 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    written = Counter(t.tensor_type.name.lower() if t.name in keep else types[t.name] for t in reader.tensors)
-    return {"path": str(out), "bytes": out.stat().st_size, "tensor_bytes": tensor_bytes, "types": dict(written)}
+    return {"path": str(out), "bytes": out.stat().st_size, "tensor_bytes": tensor_bytes, "types": dict(Counter(types.values()))}
 
 
 _LLAMA_QUANTIZE_FLAGS = {"token_embd.weight": "--token-embedding-type", "output.weight": "--output-tensor-type"}
