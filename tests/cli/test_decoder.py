@@ -26,14 +26,15 @@ def smollm2() -> Path:
 def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["sensitivity", "--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "320",
-                 "--context", "128", "--stride", "64", "--granularity", "linear", "--views", "only", "--blocks", "29",
-                 "--bits", "4", "2", "--no-store", "--quiet", "--out", str(out)])
+                 "--context", "128", "--stride", "64", "--unit", "linear", "--views", "only", "--blocks", "29",
+                 "--formats", "q4_0", "2", "--no-store", "--quiet", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "FP32 perplexity:" in printed
     results = json.loads((out / "results.json").read_text())
     base = results["baseline"]
     assert base["scored_tokens"] == 319 and 5 < base["perplexity"] < 200
+    assert results["workspace"]["task"]["name"] == "wikitext" and results["workspace"]["model"]["dtype"] == "float32"
     rows = results["sensitivity"]["rows"]
     assert sorted({r["unit"] for r in rows}) == sorted(f"model.layers.29.{n}" for n in (
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
@@ -41,5 +42,46 @@ def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     for row in rows:
         assert row["kl_ci_low"] <= row["kl_mean"] <= row["kl_ci_high"]
         assert row["ppl_ratio"] > 0 and 0 <= row["top1_agreement"] <= 100
-    mean_kl = {b: sum(r["kl_mean"] for r in rows if r["bits"] == b) for b in (4, 2)}
-    assert mean_kl[2] > mean_kl[4]
+    mean_kl = {f: sum(r["kl_mean"] for r in rows if r["format"] == f) for f in ("q4_0", "int2")}
+    assert mean_kl["int2"] > mean_kl["q4_0"]
+
+
+def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(smollm2, tmp_path, capsys):
+    """A mixed GGUF plan written as a file: its size as predicted, transformers' loader equal to the simulation,
+    llama.cpp's perplexity within 2 % of it (llama.cpp rounds activations to 8 bits), speed measured against F16."""
+    pytest.importorskip("gguf")
+    plan = tmp_path / "plan.json"
+    blocks = {str(b): {"format": ("q4_0", "q5_0", "q8_0", "q5_1")[b % 4]} for b in range(30)}
+    plan.write_text(json.dumps({"blocks": blocks}))
+    out = tmp_path / "smollm2-mixed.gguf"
+    common = ["--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "384", "--context", "128",
+              "--stride", "64", "--no-store", "--quiet"]
+    assert main(["export", str(plan), "--format", "gguf", "--out", str(out), *common]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "smollm2-mixed-report" / "results.json").read_text())["export"]
+    assert out.stat().st_size == report["file_bytes"]
+    assert abs(report["size_error"]) < 0.01
+    assert report["tensor_types"]["q4_0"] == 8 * 7 and report["tensor_types"]["q5_1"] == 7 * 7
+    assert report["max_token_logprob_difference"] <= 1e-4
+    assert report["quantsense_imported_by_check"] is False
+    if "llama_cpp_perplexity" in report:
+        assert abs(report["llama_cpp_over_simulated"] - 1) < 0.02
+        assert report["gen_tokens_per_s"] > 0 and report["f16_gen_tokens_per_s"] > 0
+        assert "llama.cpp perplexity" in printed
+    else:
+        assert "llama.cpp: not installed" in printed
+    assert (tmp_path / "smollm2-mixed-report" / "report.html").is_file()
+    # the llama-quantize command that reproduces the same plan
+    assert main(["export", str(plan), "--format", "gguf", "--emit", "llama-quantize", *common]) == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    assert command.startswith("llama-quantize --allow-requantize ") and "--tensor-type blk.1.ffn_down=q5_0" in command
+
+
+def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"blocks": {"0": {"bits": 4}}}))
+    code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "x.gguf"), "--task", "wikitext", "--model",
+                 str(smollm2), "--data", str(WIKI), "--max-tokens", "256", "--context", "128", "--no-store", "--quiet"])
+    assert code == 2
+    assert "an integer grid; GGUF export takes GGUF formats" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()

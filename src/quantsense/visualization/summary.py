@@ -114,7 +114,7 @@ def ablation_text(results: dict) -> str:
 
 def export_text(rep: dict) -> str:
     """The export report in lines; each line only where its figures exist."""
-    lines = [f"Exported to {rep['out']} ({rep.get('format', 'torchao')}; plan: {rep['plan_avg_bits']:.3f} bits per block linear weight)"]
+    lines = [f"Exported to {rep['out']} ({rep['format']}; plan: {rep['plan_avg_bits']:.3f} bits per block linear weight)"]
     if "disk_factor" in rep:
         lines.append(f"weights on disk: {rep['disk_bytes'] / 1e6:.2f} MB vs FP32 {rep['fp32_disk_bytes'] / 1e6:.2f} MB: "
                      f"{rep['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout "
