@@ -14,6 +14,10 @@ configuration, blocks from the quantized one on, counted on unpadded tokens) div
 machine's fp32 matmul rate measured on the model's own linear shapes. It checks that (a) and (b)
 give the same accuracies.
 
+Then, because start-up counts for a user, it times both sides again as whole processes (imports,
+model loading and tokenization included): ``python benchmarks/plain_sweep.py --bits 8 4`` against
+``quantsense sensitivity --bits 8 4 --no-store`` (the seed sweep: 12 configurations + FP32).
+
     python benchmarks/sweep_speed.py --model ../shared/assets/models/minilm-l6-sst2 \
         --data ../shared/assets/sst2/validation.tsv
 """
@@ -21,36 +25,21 @@ give the same accuracies.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from quantsense.config import Plan, QuantConfig
-from quantsense.study import StudyOptions, open_workspace
+from plain_sweep import plain_correct
+from quantsense.quantization.formats import QuantConfig
+from quantsense.quantization.plan import Plan
+from quantsense.workspace import open_workspace
 
-
-def plain_quantize_(weight: torch.Tensor, bits: int) -> None:
-    """Symmetric per-output-channel round-to-nearest on torchao's grid, written out independently."""
-    qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-    scale = (weight.abs().amax(dim=1, keepdim=True) / ((qmax - qmin) / 2)).clamp(min=torch.finfo(torch.float32).smallest_normal)
-    weight.copy_(torch.clamp(torch.round(weight * (1.0 / scale)), qmin, qmax) * scale)
-
-
-@torch.inference_mode()
-def plain_correct(model, tokenizer, texts, labels, block_units, block, bits, batch_size=32) -> int:
-    model = copy.deepcopy(model)
-    modules = dict(model.named_modules())
-    for name in block_units[block]:
-        plain_quantize_(modules[name].weight, bits)
-    correct = 0
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=512, return_tensors="pt")
-        preds = model(**enc).logits.argmax(dim=1).numpy()
-        correct += int((preds == labels[start : start + batch_size]).sum())
-    return correct
+HERE = Path(__file__).resolve().parent
 
 
 def matmul_rate(shapes: list[tuple[int, int]], tokens: int = 4096, repeats: int = 10) -> float:
@@ -71,10 +60,9 @@ def matmul_rate(shapes: list[tuple[int, int]], tokens: int = 4096, repeats: int 
 
 def unavoidable_gflop(ws, starts: list[int]) -> float:
     """Matmul GFLOP of the reference pass plus each configuration from its first quantized block, unpadded."""
-    lengths = np.array([int(b.inputs["attention_mask"][i].sum()) for b in ws.engine.evaluator.batches
-                        for i in range(len(b.index))])
+    lengths = np.array([int(b.inputs["attention_mask"][i].sum()) for b in ws.batches for i in range(len(b.index))])
     tokens, attn_pairs = lengths.sum(), (lengths.astype(np.float64) ** 2).sum()
-    hidden = ws.loaded.model.config.hidden_size
+    hidden = ws.model.config.hidden_size
     per_block = []
     for i in range(ws.units.num_blocks):
         params = sum(ws.units.get(n).numel for n in ws.units.block_units(i))
@@ -95,8 +83,8 @@ def main() -> None:
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
-    ws = open_workspace(StudyOptions(model=args.model, data=args.data, limit=args.limit, device="cpu", quiet=True))
-    model, tokenizer = ws.loaded.model, ws.loaded.tokenizer
+    ws = open_workspace(args.model, data=args.data, limit=args.limit, device="cpu", quiet=True)
+    model, tokenizer = ws.model, ws.tokenizer
     texts, labels = ws.data.texts, ws.data.labels
     blocks = ws.units.all_block_units()
     configs = [(block, bits) for bits in args.bits for block in range(len(blocks))]
@@ -104,18 +92,18 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     start = time.perf_counter()
-    plain = {cfg: plain_correct(model, tokenizer, texts, labels, blocks, *cfg) for cfg in configs}
+    plain = {(b, bits): plain_correct(model, tokenizer, texts, labels, blocks[b], bits) for b, bits in configs}
     plain_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    ws = open_workspace(StudyOptions(model=args.model, data=args.data, limit=args.limit, device="cpu", quiet=True))
+    ws = open_workspace(args.model, data=args.data, limit=args.limit, device="cpu", quiet=True)
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
     reference = ws.engine.reference()
     results = ws.engine.evaluate_many(
         [(f"{block}@{bits}", Plan.of({n: QuantConfig(bits) for n in ws.units.block_units(block)})) for block, bits in configs])
     engine_s = time.perf_counter() - start
-    engine = {cfg: int((results[f"{cfg[0]}@{cfg[1]}"].predictions == ws.labels).sum()) for cfg in configs}
+    engine = {cfg: int((results[f"{cfg[0]}@{cfg[1]}"].predictions == ws.data.labels).sum()) for cfg in configs}
     assert reference is not None
 
     rate = matmul_rate(sorted({tuple(ws.units.get(n).shape[::-1]) for names in blocks for n in names}))
@@ -135,6 +123,28 @@ def main() -> None:
     print("accuracies identical: " + ("yes" if not mismatches else f"NO, differ at {mismatches}"))
     if mismatches:
         raise SystemExit(1)
+    whole_process(args)
+
+
+def _timed(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - start, proc.stdout
+
+
+def whole_process(args) -> None:
+    """The seed sweep (bits 8 and 4 over every block) timed as a user sees it: from the shell prompt to the result."""
+    data = ["--model", args.model, "--data", args.data]
+    plain_s, plain_out = _timed([sys.executable, str(HERE / "plain_sweep.py"), *data, "--bits", "8", "4"])
+    ours_s, ours_out = _timed([sys.executable, "-m", "quantsense.cli", "sensitivity", *data, "--bits", "8", "4",
+                               "--no-store", "--quiet"])
+    evaluations = len(plain_out.strip().splitlines())
+    print(f"whole processes (imports, loading, tokenizing included), seed sweep of {evaluations} configurations:")
+    print(f"plain script:            {plain_s:7.1f} s  (python benchmarks/plain_sweep.py ... --bits 8 4)")
+    print(f"quantsense sensitivity:  {ours_s:7.1f} s  (quantsense sensitivity ... --bits 8 4 --no-store)")
+    print(f"whole-process ratio plain/quantsense: {plain_s / ours_s:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import random
 
+from quantsense.tasks import make_task
+
 MINILM_SUBS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                "intermediate.dense", "output.dense")
 LLAMA_SUBS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
@@ -33,11 +35,7 @@ def _classification_workspace() -> dict:
                   "block_path": "bert.encoder.layer", "device": "cpu", "kind": "classification", "dtype": "float32"},
         "data": {"source": "/data/sst2/validation.tsv", "fingerprint": "sha256:a07be4412c", "task": "sst2",
                  "examples": 872},
-        "task": {"name": "sst2",
-                 "metric": {"key": "accuracy", "label": "accuracy %", "higher_is_better": True},
-                 "loss": {"key": "drop", "label": "accuracy drop (points)", "ci_low": "drop_ci_low",
-                          "ci_high": "drop_ci_high"},
-                 "differs_test": "exact McNemar p < 0.05"},
+        "task": make_task("sst2").describe(),  # the real task's description, as a study writes it
         "scheme": {"bits": 8, "symmetric": True, "granularity": "per_channel"}, "seed": 0}
 
 
@@ -47,11 +45,7 @@ def _causal_workspace() -> dict:
                   "block_path": "model.layers", "device": "cpu", "kind": "causal", "dtype": "float32"},
         "data": {"source": "/data/wikitext-2-raw/wiki.test.raw", "fingerprint": "sha256:41c2d8e0b7",
                  "task": "wikitext", "tokens": 4096, "context": 1024, "stride": 512},
-        "task": {"name": "wikitext",
-                 "metric": {"key": "perplexity", "label": "perplexity", "higher_is_better": False},
-                 "loss": {"key": "delta_nll", "label": "NLL increase per token (nats)", "ci_low": "delta_nll_ci_low",
-                          "ci_high": "delta_nll_ci_high"},
-                 "differs_test": "block-bootstrap 95% CI of the NLL increase excludes 0"},
+        "task": make_task("wikitext").describe(),
         "scheme": {"bits": 8, "symmetric": True, "granularity": "per_channel"}, "seed": 0}
 
 

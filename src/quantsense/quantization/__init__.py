@@ -1,11 +1,25 @@
-"""Weight formats, plans, quantize-dequantize primitives, reversible application of a plan, sizes, export."""
+"""Weight formats, plans, quantize-dequantize primitives, reversible application of a plan, sizes, export.
 
-from quantsense.quantization.apply import PlanApplier, apply_plan
-from quantsense.quantization.fake_quant import fake_quantize, quantize_qparams, sqnr_db
-from quantsense.quantization.formats import Format, GGUFFormat, QuantConfig, format_from_dict, parse_format
-from quantsense.quantization.plan import BlockPlan, Plan
-from quantsense.quantization.size import average_bits, model_bytes, storage_bits
+Submodules are imported on first use (``from quantsense.quantization import Plan`` works), so reading
+a plan or a format name does not import torch.
+"""
 
-__all__ = ["BlockPlan", "Format", "GGUFFormat", "Plan", "PlanApplier", "QuantConfig", "apply_plan", "average_bits",
-           "fake_quantize", "format_from_dict", "model_bytes", "parse_format", "quantize_qparams", "sqnr_db",
-           "storage_bits"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PlanApplier": "apply", "apply_plan": "apply",
+    "fake_quantize": "fake_quant", "quantize_qparams": "fake_quant", "sqnr_db": "fake_quant",
+    "Format": "formats", "GGUFFormat": "formats", "QuantConfig": "formats", "format_from_dict": "formats",
+    "parse_format": "formats",
+    "BlockPlan": "plan", "Plan": "plan",
+    "average_bits": "size", "model_bytes": "size", "storage_bits": "size",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"quantsense.quantization.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'quantsense.quantization' has no attribute {name!r}")

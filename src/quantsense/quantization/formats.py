@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Union
-
-import torch
+from typing import TYPE_CHECKING, Union
 
 from quantsense.errors import QuantsenseError
 
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 MIN_BITS, MAX_BITS = 2, 8
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

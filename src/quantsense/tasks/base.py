@@ -57,6 +57,9 @@ class Task:
     sensitivity_columns: ClassVar[list[tuple[str, str]]]
     ranking_columns: ClassVar[list[tuple[str, str]]]
     plan_columns: ClassVar[list[tuple[str, str]]]
+    # (header, explanation, row key or "loss_ci") for report.html, and the task's glossary entries
+    report_columns: ClassVar[list[tuple[str, str, str]]]
+    glossary_terms: ClassVar[list[tuple[str, str]]]
 
     # -- data ---------------------------------------------------------------------------------
     def load(self, source: str | None, tokenizer, id2label: dict[int, str]):
@@ -102,6 +105,8 @@ class Task:
             "metric": {"key": self.metric.key, "label": self.metric.label, "higher_is_better": self.metric.higher_is_better},
             "loss": {"key": self.loss.key, "label": self.loss.label, "ci_low": self.loss.ci_low, "ci_high": self.loss.ci_high},
             "differs_test": self.differs_test,
+            "report_columns": [list(c) for c in self.report_columns],
+            "glossary": [list(t) for t in self.glossary_terms],
             **self.settings(),
         }
 

@@ -20,7 +20,7 @@ class SentenceClassification(Task):
     name = "sst2"
     model_kind = "classification"
     metric = MetricSpec("accuracy", "accuracy %", higher_is_better=True)
-    loss = LossSpec("drop", "accuracy drop vs FP32 (points)")
+    loss = LossSpec("drop", "accuracy drop (points)")
     differs_test = "exact McNemar p < 0.05"
     data_help = ("sst2: a local .tsv/.csv/.jsonl/.parquet with 'sentence' (or 'text') and 'label'; "
                  "default: GLUE SST-2 validation via the datasets package")
@@ -37,6 +37,20 @@ class SentenceClassification(Task):
     plan_columns = [("plan", "plan"), ("accuracy", "acc %"), ("drop", "drop pts"), *_PAIRED, ("flip_rate", "flip %"),
                     ("kl_mean", "KL mean"), ("avg_bits", "avg bits/weight"), ("model_mb", "model MB"),
                     ("compression", "x smaller")]
+
+    report_columns = [("accuracy %", "accuracy of the quantized model", "accuracy"),
+                      ("drop (pts)", "FP32 accuracy minus quantized accuracy", "drop"),
+                      ("drop 95% CI", "paired 95% CI of the drop", "loss_ci"),
+                      ("McNemar p", "exact McNemar test on the flipped examples", "mcnemar_p"),
+                      ("fixed", "examples wrong in FP32, right quantized", "fixed"),
+                      ("broken", "examples right in FP32, wrong quantized", "broken"),
+                      ("flip rate %", "share of examples whose prediction changed", "flip_rate")]
+    glossary_terms = [("accuracy drop", "FP32 accuracy minus the quantized model's, in percentage points "
+                       "(negative: quantization helped on this set)."),
+                      ("McNemar p", "exact McNemar test on the examples whose prediction flipped (fixed vs broken); "
+                       "p < 0.05 means the accuracy difference is unlikely to be noise."),
+                      ("fixed / broken", "examples wrong in FP32 and right quantized / right in FP32 and wrong quantized."),
+                      ("flip rate", "share of examples whose predicted label changed.")]
 
     def __init__(self, limit: int | None = None, max_length: int = 512, batch_tokens: int = 1024):
         if limit is not None and limit < 1:

@@ -86,7 +86,7 @@ class LanguageModelPerplexity(Task):
     name = "wikitext"
     model_kind = "causal"
     metric = MetricSpec("perplexity", "perplexity", higher_is_better=False)
-    loss = LossSpec("delta_nll", "NLL increase per token vs FP32 (nats)")
+    loss = LossSpec("delta_nll", "NLL increase per token (nats)")
     differs_test = f"block-bootstrap 95% CI of the NLL increase (blocks of {BOOTSTRAP_BLOCK_TOKENS} tokens) excludes 0"
     data_help = ("wikitext: a local plain-text file (e.g. wiki.test.raw); default: WikiText-2 raw test via the datasets package")
     default_formats = ("q8_0", "q5_0", "q4_0")
@@ -104,6 +104,16 @@ class LanguageModelPerplexity(Task):
                     ("delta_nll_ci_low", "CI low"), ("delta_nll_ci_high", "CI high"), ("kl_mean", "KL mean"),
                     ("kl_ci_low", "KL CI low"), ("kl_ci_high", "KL CI high"), ("top1_agreement", "top-1 agree %"),
                     ("avg_bits", "avg bits/weight"), ("model_mb", "model MB")]
+
+    report_columns = [("perplexity", "perplexity of the quantized model", "perplexity"),
+                      ("ppl ratio", "quantized / FP32 perplexity", "ppl_ratio"),
+                      ("dNLL", "NLL increase per token (nats)", "delta_nll"),
+                      ("dNLL 95% CI", "block-bootstrap 95% CI", "loss_ci"),
+                      ("top-1 agree %", "tokens whose top-1 prediction matches FP32", "top1_agreement")]
+    glossary_terms = [("dNLL", "increase of the negative log-likelihood per token over FP32, in nats; "
+                       "exp(dNLL) is the perplexity ratio."),
+                      ("ppl ratio", "perplexity of the quantized model divided by FP32's (1 = no change)."),
+                      ("top-1 agreement", "share of tokens whose most likely next token is the same as FP32's.")]
 
     def __init__(self, max_tokens: int = 4096, context: int = 1024, stride: int = 512):
         if context < MIN_CONTEXT:

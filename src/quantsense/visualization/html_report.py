@@ -244,19 +244,8 @@ def _kl_ci(r):
 
 
 def _task_columns(task: Task) -> list:
-    if task.causal:
-        return [("perplexity", "perplexity of the quantized model", "perplexity"),
-                ("ppl ratio", "quantized / FP32 perplexity", "ppl_ratio"),
-                ("dNLL", "NLL increase per token (nats)", "delta_nll"),
-                ("dNLL 95% CI", "block-bootstrap 95% CI", _ci_col(task)),
-                ("top-1 agree %", "tokens whose top-1 prediction matches FP32", "top1_agreement")]
-    return [("accuracy %", "accuracy of the quantized model", "accuracy"),
-            ("drop (pts)", "FP32 accuracy minus quantized accuracy", "drop"),
-            ("drop 95% CI", "paired 95% CI of the drop", _ci_col(task)),
-            ("McNemar p", "exact McNemar test on the flipped examples", "mcnemar_p"),
-            ("fixed", "examples wrong in FP32, right quantized", "fixed"),
-            ("broken", "examples right in FP32, wrong quantized", "broken"),
-            ("flip rate %", "share of examples whose prediction changed", "flip_rate")]
+    """The task's own columns (from results.json); "loss_ci" is the loss's 95 % interval."""
+    return [(header, text, _ci_col(task) if key == "loss_ci" else key) for header, text, key in task.report_columns]
 
 
 def _differs(r):
@@ -328,18 +317,7 @@ def glossary(results: dict, task: Task) -> list[tuple[str, str]]:
               "evaluation set's sampling noise. A loss whose CI includes 0 is indistinguishable from FP32."),
              ("bits/weight", "stored bits per weight including scales (and offsets), e.g. q4_0 is 4.5, int4 per "
               "channel slightly above 4.")]
-    if task.causal:
-        terms += [("dNLL", "increase of the negative log-likelihood per token over FP32, in nats; "
-                   "exp(dNLL) is the perplexity ratio."),
-                  ("ppl ratio", "perplexity of the quantized model divided by FP32's (1 = no change)."),
-                  ("top-1 agreement", "share of tokens whose most likely next token is the same as FP32's.")]
-    else:
-        terms += [("accuracy drop", "FP32 accuracy minus the quantized model's, in percentage points "
-                   "(negative: quantization helped on this set)."),
-                  ("McNemar p", "exact McNemar test on the examples whose prediction flipped (fixed vs broken); "
-                   "p < 0.05 means the accuracy difference is unlikely to be noise."),
-                  ("fixed / broken", "examples wrong in FP32 and right quantized / right in FP32 and wrong quantized."),
-                  ("flip rate", "share of examples whose predicted label changed.")]
+    terms += [tuple(t) for t in task.glossary]
     terms.append(("differs from FP32", f"yes when {task.differs_test}."))
     if results.get("sensitivity"):
         terms += [("rank", "order by mean KL within one view and format, 1 = most sensitive."),

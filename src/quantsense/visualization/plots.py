@@ -36,17 +36,16 @@ class Task:
     ci_low: str
     ci_high: str
     differs_test: str
-
-    @property
-    def causal(self) -> bool:
-        return self.loss == "delta_nll"
+    report_columns: tuple = ()  # (header, explanation, row key or "loss_ci")
+    glossary: tuple = ()  # (term, explanation)
 
 
 def task_of(results: dict) -> Task:
     try:
         t = results["workspace"]["task"]
         return Task(t["name"], t["metric"]["key"], t["metric"]["label"], bool(t["metric"]["higher_is_better"]),
-                    t["loss"]["key"], t["loss"]["label"], t["loss"]["ci_low"], t["loss"]["ci_high"], t["differs_test"])
+                    t["loss"]["key"], t["loss"]["label"], t["loss"]["ci_low"], t["loss"]["ci_high"], t["differs_test"],
+                    tuple(tuple(c) for c in t.get("report_columns", ())), tuple(tuple(g) for g in t.get("glossary", ())))
     except (KeyError, TypeError) as err:
         raise QuantsenseError(f"results have no complete workspace.task (missing {err}): "
                               "re-run the study with this version of quantsense") from None
