@@ -135,3 +135,25 @@ def test_restore_is_bit_exact_for_causal_models(arch):
     assert all(torch.equal(before[k], after[k]) for k in before)  # and restored bit for bit
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, fp32_logits)
+
+
+def test_a_plan_that_changes_no_weight_gives_the_computed_result_without_a_forward_pass():
+    """q4_1 on weights already on a q4_1 grid (SmolLM2's GGUF) is a no-op: the shortcut must equal a real run."""
+    from quantsense.quantization.formats import GGUFFormat
+
+    model = causal_model("llama")
+    units = discover_units(model)
+    names = units.block_units(1)
+    fmt = GGUFFormat("q4_1")
+    with torch.no_grad():  # put block 1's weights on the q4_1 grid, as a Q4_1 GGUF model's are
+        for n in names:
+            units.get(n).weight.copy_(fmt.fake_quantize(units.get(n).weight))
+    ev = Evaluator(model, units, _windows(), torch.device("cpu"), head=CausalLMHead())
+    plan = Plan.of({n: fmt for n in names})
+    assert ev.applier.changes_nothing(plan)
+    shortcut = ev.evaluate(plan).arrays
+    with ev.applier.applied(plan):
+        computed = ev._run(ev.start_block(plan), reference=False).arrays
+    for key in ("token_logprob", "kl", "top1"):
+        assert np.array_equal(shortcut[key], computed[key]), key
+    assert not ev.applier.changes_nothing(Plan.of({n: GGUFFormat("q4_0") for n in names}))

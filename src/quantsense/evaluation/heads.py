@@ -40,6 +40,10 @@ class ClassificationHead:
     def finish(self) -> dict[str, np.ndarray]:
         return {"logits": self.logits}
 
+    def unchanged(self, reference):
+        """What a quantized run whose weights equal FP32's keeps: the reference's outputs."""
+        return reference
+
 
 class CausalLMHead:
     """Turns each window's logits into per-token outputs; keeps FP32 log-probs for KL."""
@@ -101,6 +105,13 @@ class CausalLMHead:
         kl = (ref.exp() * (ref - logp)).sum(dim=1).clamp_min(0)
         self.kl[positions] = kl.cpu().numpy()
         self.top1[positions] = (ref.argmax(dim=1) == logp.argmax(dim=1)).cpu().numpy()
+
+    def unchanged(self, reference):
+        """What a quantized run whose weights equal FP32's keeps: FP32's log-probs, KL 0, full top-1 agreement."""
+        from quantsense.evaluation.metrics import EvalResult
+
+        lp = reference.arrays["token_logprob"]
+        return EvalResult({"token_logprob": lp, "kl": np.zeros_like(lp), "top1": np.ones(lp.shape, dtype=bool)})
 
     def finish(self) -> dict[str, np.ndarray]:
         scored = ~np.isnan(self.token_logprob)

@@ -53,6 +53,10 @@ class PlanApplier:
                 self._cached_bytes -= old.numel() * old.element_size()
         return tensor
 
+    def changes_nothing(self, plan: Plan) -> bool:
+        """True when every planned weight is already on its format's grid (e.g. q4_1 on a Q4_1 GGUF model)."""
+        return all(torch.equal(self.quantized(name, fmt), self.original(name)) for name, fmt in plan.assignments)
+
     @torch.no_grad()
     def apply(self, plan: Plan) -> None:
         if self._active:
