@@ -16,6 +16,7 @@ perplexities.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import json
 import math
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="folder for the two GGUF files (default: a temporary folder)")
+    parser.add_argument("--gguf", type=Path, help="measure this GGUF file (e.g. from 'quantsense export --format gguf') as the plan")
     args = parser.parse_args()
 
     source = args.model or smollm2_path()
@@ -117,7 +119,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         f16 = write_gguf(source, {name: "f16" for name in matrices(source)}, out / "f16.gguf", default_type="f16")
-        mixed = write_gguf(source, plan, out / "plan.gguf", default_type=args.default_type)
+        if args.gguf:
+            types = dict(collections.Counter(t.tensor_type.name.lower() for t in gguf.GGUFReader(args.gguf).tensors))
+            mixed = {"path": str(args.gguf), "bytes": args.gguf.stat().st_size, "types": types}
+        else:
+            mixed = write_gguf(source, plan, out / "plan.gguf", default_type=args.default_type)
         paths = {"f16": Path(f16["path"]), "plan": Path(mixed["path"])}
         speed = interleaved_speed(paths, args.threads, args.prompt_tokens, args.gen_tokens, args.repeats)
         ids = wikitext_ids(source, args.wikitext, args.ppl_tokens)

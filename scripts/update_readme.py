@@ -41,29 +41,40 @@ def _smollm2() -> str:
 
 SMOL = _smollm2()
 CLS = f"--model {MODEL} --data {DATA} --store results/store.sqlite --quiet"
+LM_WINDOWS = "--max-tokens 2048 --context 1024 --stride 1024"
 LM = f"--task wikitext --model {SMOL} --data {WIKI} --store results/smollm2.sqlite --quiet"
 
+# name: (command, [(produced file, copied to)])
 SECTIONS = {
     "study": (f"quantsense run {CLS} --fresh --out results/minilm-sst2",
               [("results/minilm-sst2/sensitivity.png", "docs/figures/sensitivity.png"),
                ("results/minilm-sst2/heatmap.png", "docs/figures/heatmap.png")]),
-    "proxies": (f"quantsense proxies {CLS} --granularity linear --views only --bits 4 --calibration-data {TRAIN} "
-                "--out results/proxies", [("results/proxies/heatmap.png", "docs/figures/linear-heatmap.png")]),
-    "linear-views": (f"quantsense sensitivity {CLS} --granularity linear --bits 4 --views only all_but "
-                     "--out results/linear-int4", []),
-    "frontier": (f"quantsense frontier {CLS} --out results/frontier", [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
+    "proxies": (f"quantsense proxies {CLS} --unit linear --formats 4 --calibration-data {TRAIN} --out results/proxies",
+                [("results/proxies/heatmap.png", "docs/figures/linear-heatmap.png")]),
+    "linear-views": (f"quantsense sensitivity {CLS} --unit linear --formats 4 --views only all_but --out results/linear-int4", []),
+    "frontier": (f"quantsense frontier {CLS} --unit linear --budgets 3 3.5 4 4.5 5 6 7 --out results/frontier",
+                 [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
     "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
-    "decoder-baseline": (f"quantsense baseline {LM} --max-tokens 16384", []),
-    "decoder-blocks": (f"quantsense sensitivity {LM} --max-tokens 4096 --bits 4 3 2 --out results/smollm2-blocks",
+    "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --out results/smollm2-frontier",
+                         [("results/smollm2-frontier/frontier.png", "docs/figures/smollm2-frontier.png")]),
+    "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
-    "decoder-linear": (f"quantsense sensitivity {LM} --max-tokens 4096 --granularity linear --blocks 29 --bits 4 3 2 "
-                       "--views only all_but --out results/smollm2-linear", []),
-    "decoder-allocate": (f"quantsense allocate {LM} --max-tokens 4096 --avg-bits 3.5 --granularity block "
-                         "--candidates 2 3 4 --out results/smollm2-allocate", []),
-    "decoder-export": (f"quantsense export results/smollm2-allocate/plan.json {LM} --max-tokens 4096 "
-                       "--out results/smollm2-export-3.5bits", []),
+    "decoder-export": (f"quantsense export results/smollm2-frontier/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
+                       "--format gguf --out results/smollm2-5.5bits.gguf", []),
+    "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits.gguf --wikitext {WIKI} "
+                   "--ppl-tokens 2048 --context 1024 --stride 1024", []),
 }
+# report pages photographed in headless Chromium for the README
+SCREENSHOTS = {"study": ("results/minilm-sst2/report.html", "docs/figures/report-study.png"),
+               "decoder-frontier": ("results/smollm2-frontier/report.html", "docs/figures/report-smollm2-frontier.png")}
+
+
+def screenshot(html: str, png: str) -> None:
+    """A full-width screenshot of a report page in headless Chromium, network off."""
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--proxy-server=127.0.0.1:9",
+                    "--window-size=1400,2400", "--virtual-time-budget=8000", f"--screenshot={REPO / png}",
+                    (REPO / html).resolve().as_uri()], check=True, capture_output=True, timeout=120)
 
 
 def run_section(name: str) -> None:
@@ -75,24 +86,56 @@ def run_section(name: str) -> None:
     for src, dst in copies:
         (REPO / dst).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / src, REPO / dst)
+    if name in SCREENSHOTS:
+        screenshot(*SCREENSHOTS[name])
     out = REPO / "docs" / "outputs" / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"$ {command}\n{proc.stdout.strip()}\n")
     print(f"ran {name} in {time.time() - start:.0f} s -> {out.relative_to(REPO)}")
 
 
+def excerpt(text: str, starts: tuple[str, ...]) -> str:
+    """The command line, then each line that starts with one of ``starts`` with the table that follows it and
+    the one sentence after that table; "..." marks what was left out."""
+    lines = text.rstrip().splitlines()
+    keep = [lines[0]]
+    i = 1
+    while i < len(lines):
+        if not lines[i].startswith(starts):
+            if keep[-1] != "...":
+                keep.append("...")
+            i += 1
+            continue
+        keep.append(lines[i])
+        i += 1
+        table = False
+        while i < len(lines) and lines[i].startswith("|"):
+            keep.append(lines[i])
+            i, table = i + 1, True
+        if table and i < len(lines) and lines[i].strip() and not lines[i].startswith(starts):
+            keep.append(lines[i])
+            i += 1
+    return "\n".join(keep)
+
+
 def paste() -> None:
+    """Fill ``<!-- BEGIN name -->`` blocks with a saved output; ``<!-- BEGIN name excerpt="A|B" -->`` keeps only
+    the paragraphs starting with A or B (the full output stays in docs/outputs/NAME.txt)."""
     readme = REPO / "README.md"
     text = readme.read_text()
-    for name in SECTIONS:
-        saved = REPO / "docs" / "outputs" / f"{name}.txt"
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-        if not saved.is_file() or not pattern.search(text):
-            continue
-        block = f"```console\n{saved.read_text().rstrip()}\n```"
-        text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
-        print(f"pasted {name}")
-    readme.write_text(text)
+    pattern = re.compile(r'(<!-- BEGIN ([\w-]+)(?: excerpt="([^"]*)")? -->\n).*?(<!-- END \2 -->)', re.S)
+
+    def fill(match):
+        saved = REPO / "docs" / "outputs" / f"{match.group(2)}.txt"
+        if not saved.is_file():
+            return match.group(0)
+        body = saved.read_text()
+        if match.group(3):
+            body = excerpt(body, tuple(match.group(3).split("|")))
+        print(f"pasted {match.group(2)}")
+        return match.group(1) + f"```console\n{body.rstrip()}\n```\n" + match.group(4)
+
+    readme.write_text(pattern.sub(fill, text))
 
 
 def main() -> None:

@@ -87,3 +87,8 @@ def compare_classification(
         "kl_p95": float(np.percentile(kl, 95)),
         "logit_sqnr_db": logit_sqnr_db(reference.logits, quantized.logits),
     }
+
+
+def perplexity(token_logprob: np.ndarray) -> float:
+    """exp of the mean negative log-likelihood per token."""
+    return float(np.exp(-np.mean(np.asarray(token_logprob, dtype=np.float64))))

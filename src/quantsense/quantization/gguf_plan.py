@@ -126,7 +126,7 @@ def export_gguf(ws, plan: Plan, out: Path, verify: bool = True, speed_repeats: i
 
 
 def _verify(ws, plan: Plan, path: Path, speed_repeats: int) -> dict:
-    from quantsense.tasks.language_model import perplexity
+    from quantsense.evaluation.metrics import perplexity
 
     settings = ws.task.settings()
     simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]

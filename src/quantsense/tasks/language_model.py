@@ -22,6 +22,7 @@ from quantsense.data.text import TextData, load_text
 from quantsense.errors import QuantsenseError
 from quantsense.evaluation.batching import Batch, TokenBatches
 from quantsense.evaluation.heads import CausalLMHead
+from quantsense.evaluation.metrics import perplexity
 from quantsense.evaluation.statistics import block_bootstrap_mean_ci
 from quantsense.tasks.base import LossSpec, MetricSpec, Task, register_task
 
@@ -45,10 +46,6 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
         begin += stride
     settings = {"max_tokens": max_tokens, "context": context, "stride": stride, "tokens": len(ids)}
     return TokenBatches(batches=batches, num_examples=len(ids), settings=settings)
-
-
-def perplexity(token_logprob: np.ndarray) -> float:
-    return float(np.exp(-np.mean(token_logprob.astype(np.float64))))
 
 
 def compare_language_model(reference, quantized, seed: int = 0, block: int = BOOTSTRAP_BLOCK_TOKENS) -> dict:
