@@ -1,6 +1,6 @@
 """The Ray executor gives the local executor's exact arrays, survives dead actors and a killed driver.
 
-Every test runs on a local Ray instance on this machine (started once for the module, 2 CPUs).
+Every test runs on a local Ray instance on this machine (started once for the module).
 Run as ``python -m tests.engine.test_ray STORE MODEL DATA`` it is the driver of the killed-driver test.
 """
 
@@ -96,20 +96,30 @@ def ray_local():
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # 4 logical CPUs on this 2-core machine: the shared 2-actor executor below and one more 2-actor executor fit at once
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield RayExecutor
     ray.shutdown()
 
 
-def test_block_sweep_on_two_actors_equals_local_tiny_model(ray_local):
+@pytest.fixture(scope="module")
+def tiny_on_ray(ray_local):
+    """Two actors on the tiny model, shared by the tests that leave them usable (they are kept between maps)."""
     local_eval = tiny_evaluator()
+    with ray_local(tiny_evaluator, 2, order_key=_first_block(local_eval)) as executor:
+        yield local_eval, executor
+
+
+def test_block_sweep_on_two_actors_equals_local_tiny_model(tiny_on_ray):
+    local_eval, executor = tiny_on_ray
     items = _tiny_items(local_eval, [8, 4, 2])
     want = _local_arrays(local_eval, items)
-    with ray_local(tiny_evaluator, 2, order_key=_first_block(local_eval)) as executor:
-        got = _arrays(executor, items)
-        assert len(set(executor.actor_pids())) == 2 and os.getpid() not in executor.actor_pids()
-        again = _arrays(executor, items[:3])  # actors are kept between maps
+    got = _arrays(executor, items)
+    pids = executor.actor_pids()
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    again = _arrays(executor, items[:3])
+    assert executor.actor_pids() == pids  # the second map ran on the same actors
     _assert_identical(got, want)
     _assert_identical(again, {k: want[k] for k in again})
     assert not np.array_equal(want[items[0].label]["logits"], want[items[-1].label]["logits"])
@@ -128,35 +138,59 @@ def test_block_sweep_on_two_actors_equals_local_standin(ray_local, standin_dir, 
     assert got[items[0].label]["logits"].shape == (STANDIN_LIMIT, 2)
 
 
-def test_killed_actor_is_replaced_and_results_are_unchanged(ray_local):
-    local_eval = tiny_evaluator()
+def test_killed_actor_is_replaced_and_results_are_unchanged(tiny_on_ray):
+    local_eval, executor = tiny_on_ray
     items = _tiny_items(local_eval, [8, 6, 4], "linear")  # 3 blocks x 6 linears x 3 bit-widths
     want = _local_arrays(local_eval, items)
-    with ray_local(tiny_evaluator, 2, order_key=_first_block(local_eval)) as executor:
-        victim = executor.actor_pids()[0]
-        got = {}
-        for item, result in executor.map(items):
-            if not got:
-                os.kill(victim, signal.SIGKILL)
-            got[item.label] = result.arrays
-        assert executor.restarts >= 1
-        assert victim not in executor.actor_pids()
+    victim, restarts = executor.actor_pids()[0], executor.restarts
+    got = {}
+    for item, result in executor.map(items):
+        if not got:
+            os.kill(victim, signal.SIGKILL)
+        got[item.label] = result.arrays
+    assert executor.restarts == restarts + 1
+    assert victim not in executor.actor_pids()
     _assert_identical(got, want)
 
 
-def test_worker_exception_is_raised_once_with_the_item_label(ray_local):
-    local_eval = tiny_evaluator()
+def test_worker_exception_is_raised_once_with_the_item_label(tiny_on_ray):
+    local_eval, executor = tiny_on_ray
     items = _tiny_items(local_eval, [4])
-    bad = WorkItem("bad-unit@int4", Plan.of({"bert.no_such_layer": QuantConfig(4)}).canonical_json(), items[0].model_fp,
-                   items[0].data_fp)
-    with ray_local(tiny_evaluator, 2) as executor:
-        seen = []
-        with pytest.raises(QuantsenseError, match=r"^bad-unit@int4: the evaluation failed on a Ray worker: .*no_such_layer"):
-            for item, _ in executor.map([*items, bad]):
-                seen.append(item.label)
-        assert executor.restarts == 0
-        assert set(seen) <= {i.label for i in items}
-        assert executor.actor_pids()  # the actors survived the error
+    uneven = QuantConfig(4, granularity="per_group", group_size=5)  # valid as a config, but 5 does not divide 32 features
+    plan = Plan.of({name: uneven for name in local_eval.unit_map.block_units(1)})
+    bad = WorkItem("block1@int4-g5", plan.canonical_json(), items[0].model_fp, items[0].data_fp)
+    pids, restarts = executor.actor_pids(), executor.restarts
+    seen = []
+    with pytest.raises(QuantsenseError, match=r"^block1@int4-g5: the evaluation failed on a Ray worker: "
+                                              r"ValueError: group_size 5 does not divide the 32 input features$"):
+        for item, _ in executor.map([*items, bad]):
+            seen.append(item.label)
+    assert executor.restarts == restarts
+    assert set(seen) <= {i.label for i in items}
+    assert executor.actor_pids() == pids  # not a crash: the actors live on and are not replaced
+
+
+class CrashingEvaluator(Evaluator):
+    """Dies like a native crash (no Python exception) on any plan at int3."""
+
+    def evaluate(self, plan):
+        if any(config.bits == 3 for config in plan.as_dict().values()):
+            os._exit(1)
+        return super().evaluate(plan)
+
+
+def crashing_evaluator() -> Evaluator:
+    ev = tiny_evaluator()
+    return CrashingEvaluator(ev.model, ev.unit_map, ev.batches, ev.device)
+
+
+def test_an_item_that_keeps_killing_workers_stops_after_max_retries(ray_local):
+    local_eval = tiny_evaluator()
+    items = _tiny_items(local_eval, [3])[:1]
+    with ray_local(crashing_evaluator, 1, max_retries=1) as executor:
+        with pytest.raises(QuantsenseError, match=rf"^{items[0].label}: Ray workers died 2 times while evaluating it"):
+            list(executor.map(items))
+        assert executor.restarts == 1  # the second death ends the run instead of starting another actor
 
 
 def test_factory_error_names_the_problem(ray_local):
@@ -165,6 +199,14 @@ def test_factory_error_names_the_problem(ray_local):
     with ray_local(factory, 1) as executor:
         with pytest.raises(QuantsenseError, match="could not build the evaluator: .*nonexistent"):
             list(executor.map(_tiny_items(local_eval, [4])))
+
+
+def test_more_workers_than_the_cluster_holds_is_refused_before_any_actor_starts(ray_local):
+    local_eval = tiny_evaluator()
+    with ray_local(tiny_evaluator, 8) as executor:
+        with pytest.raises(QuantsenseError, match=r"--workers 8 x 1 CPU each needs 8 CPUs but the Ray cluster has 4"):
+            list(executor.map(_tiny_items(local_eval, [4])))
+        assert executor._slots == []
 
 
 def test_worker_with_other_weights_is_refused(ray_local):

@@ -162,8 +162,20 @@ class RayExecutor:
         actor = self._actor_class.options(**options).remote(self.factory, threads)
         return _Slot(actor, actor.ready.remote())
 
+    def _check_capacity(self) -> None:
+        """Refuse a request the whole cluster cannot hold, instead of waiting forever for the actors."""
+        total = self.ray.cluster_resources()
+        for resource, each in (("CPU", self.num_cpus_per_worker), ("GPU", self.num_gpus_per_worker)):
+            need = self.workers * each
+            if need > total.get(resource, 0):
+                raise QuantsenseError(
+                    f"--workers {self.workers} x {each:g} {resource} each needs {need:g} {resource}s but the Ray cluster "
+                    f"has {total.get(resource, 0):g}; lower --workers or add nodes to the cluster")
+
     def _ensure_actors(self) -> None:
         self._connect()
+        if not self._slots:
+            self._check_capacity()
         while len(self._slots) < self.workers:
             self._slots.append(self._new_slot())
 
