@@ -201,6 +201,14 @@ def test_factory_error_names_the_problem(ray_local):
             list(executor.map(_tiny_items(local_eval, [4])))
 
 
+def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
+    from quantsense.engine.ray_executor import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    with pytest.raises(QuantsenseError, match=r"^--executor ray needs Ray: pip install -c constraints.txt -e '\.\[ray\]'$"):
+        RayExecutor(tiny_evaluator, 2)
+
+
 def test_more_workers_than_the_cluster_holds_is_refused_before_any_actor_starts(ray_local):
     local_eval = tiny_evaluator()
     with ray_local(tiny_evaluator, 8) as executor:

@@ -109,6 +109,13 @@ class RayExecutor:
     ``address=None`` starts a private Ray instance on this machine (stopped by :meth:`close`);
     ``"auto"`` or ``"HOST:PORT"`` connects to a running cluster. Actors start on the first
     :meth:`map` and are reused by later ones.
+
+    Every actor checks that it loaded the driver's weights (``WorkItem.model_fp`` is
+    ``weights_fingerprint(model)``) and token batches (``WorkItem.data_fp`` ends with
+    ``batches.fingerprint()``, as :func:`quantsense.study.open_workspace` builds it). CPU actors run
+    ``num_cpus_per_worker`` torch threads; results are bit-identical to the local executor at that
+    thread count (CPU matmul rounding can change with the thread count). ``seconds`` holds each
+    item's evaluation time on its worker, which the driver's time between results is not.
     """
 
     def __init__(self, factory: Callable[[], Evaluator], workers: int, *, address: str | None = None,
