@@ -35,8 +35,8 @@ import torch
 from quantsense.engine import Evaluator, LocalExecutor, WorkItem
 from quantsense.engine.ray_executor import RayExecutor
 from quantsense.evaluation.heads import ClassificationHead
-from quantsense.sensitivity.sweep import build_entries
-from quantsense.study import StudyOptions, open_workspace
+from quantsense.sweeps.sweep import build_entries
+from quantsense.workspace import StudyOptions, open_workspace
 
 
 def options(args) -> StudyOptions:
@@ -45,12 +45,12 @@ def options(args) -> StudyOptions:
 
 def worker_evaluator(opts: StudyOptions) -> Evaluator:
     """The factory each actor calls once: the same workspace as the driver's, its evaluator."""
-    return open_workspace(opts).engine.evaluator
+    return open_workspace(opts).evaluator
 
 
 def fresh_evaluator(ws, prefix_reuse: bool) -> Evaluator:
     """A new evaluator on the loaded model: empty reference, prefix and quantized-weight caches."""
-    ev = ws.engine.evaluator
+    ev = ws.evaluator
     return Evaluator(ws.loaded.model, ws.units, ev.batches, ws.loaded.device, prefix_reuse=prefix_reuse,
                      head=ClassificationHead())
 
@@ -126,7 +126,7 @@ def main() -> None:
     start = time.perf_counter()
     ws = open_workspace(options(args))
     load = time.perf_counter() - start
-    entries = build_entries(ws.units, args.bits, ws.options.scheme, "block")
+    entries = build_entries(ws.units, [ws.options.scheme.replace(bits=b) for b in args.bits], "block")
     items = [WorkItem(e.label, e.plan.canonical_json(), ws.model_fp, ws.data_fp) for e in entries]
     n = len(items)
 

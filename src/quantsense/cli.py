@@ -94,6 +94,11 @@ def _common() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--out", help="results folder: results.json, CSV tables, PNG figures, summary.md, report.html")
+    x = p.add_argument_group("execution")
+    x.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: Ray actors, each loading the model once (pip install -e '.[ray]')")
+    x.add_argument("--workers", type=_positive, default=2, help="Ray actors (one GPU each with --device cuda)")
+    x.add_argument("--ray-address", help="connect to this Ray cluster (auto or HOST:PORT); default: start one on this machine")
     return p
 
 
@@ -203,7 +208,8 @@ def _options(args):
     return StudyOptions(model=args.model, data=args.data, task=args.task, device=args.device, dtype=args.dtype,
                         blocks_regex=args.blocks_regex, store=_store(args), fresh=args.fresh, quiet=args.quiet,
                         seed=args.seed, scheme=scheme, limit=args.limit, max_length=args.max_length,
-                        batch_tokens=args.batch_tokens, max_tokens=args.max_tokens, context=args.context, stride=args.stride)
+                        batch_tokens=args.batch_tokens, max_tokens=args.max_tokens, context=args.context, stride=args.stride,
+                        executor=args.executor, workers=args.workers, ray_address=args.ray_address)
 
 
 def _check_out(args) -> None:
@@ -405,7 +411,7 @@ def _report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = None
+    store, ws = None, None
     try:
         if args.command == "report":
             return _report(args)
@@ -440,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nquantsense: interrupted. Finished evaluations are kept {where}; "
               "run the same command again to resume.", file=sys.stderr)
         return 130
+    finally:
+        if ws is not None:
+            ws.close()
 
 
 if __name__ == "__main__":

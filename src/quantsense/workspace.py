@@ -9,7 +9,8 @@ memory with its tokenizer; every phase in :mod:`quantsense.study` takes it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 
 import torch
 
@@ -39,6 +40,9 @@ class StudyOptions:
     seed: int = 0
     scheme: QuantConfig = field(default_factory=lambda: QuantConfig(bits=8))  # the integer grid that int<b> names use
     prefix_reuse: bool = True
+    executor: str = "local"  # "local" or "ray"
+    workers: int = 2  # Ray actors
+    ray_address: str | None = None  # None: start a private Ray on this machine; "auto" or HOST:PORT: connect
     # task settings (each task takes the ones it understands)
     limit: int | None = None
     max_length: int = 512
@@ -108,6 +112,12 @@ class Workspace:
         """Formats from names, duplicates dropped (``--formats 8 8`` evaluates once)."""
         return list(dict.fromkeys(self.format(n) for n in names))
 
+    def close(self) -> None:
+        """Release what the workspace started (Ray actors); the store commits as it goes."""
+        close = getattr(self.engine.executor, "close", None)
+        if close is not None:
+            close()
+
     def id2label(self) -> dict[int, str]:
         mapping = getattr(self.model.config, "id2label", None) or {}
         return {int(k): v for k, v in mapping.items()}
@@ -163,5 +173,25 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"
     store = ResultStore(opts.store) if opts.store else None
     engine = Engine(evaluator, model_fp, data_fp, store=store, fresh=opts.fresh, quiet=opts.quiet,
-                    valid=lambda arrays: task.arrays_valid(arrays, batches))
+                    valid=lambda arrays: task.arrays_valid(arrays, batches), executor=_executor(opts, model, units))
     return Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp)
+
+
+def worker_evaluator(options: StudyOptions) -> Evaluator:
+    """What a Ray actor builds once: the same workspace as the driver's, without a store, evaluating locally."""
+    return open_workspace(replace(options, store=None, quiet=True, executor="local")).evaluator
+
+
+def _executor(opts: StudyOptions, model, units: UnitMap):
+    """None for the in-process executor; a RayExecutor whose actors rebuild this workspace from ``opts``."""
+    if opts.executor == "local":
+        return None
+    if opts.executor != "ray":
+        raise QuantsenseError(f"unknown executor {opts.executor!r}; use local or ray")
+    if isinstance(model, torch.nn.Module):
+        raise QuantsenseError("--executor ray needs a model name or path its workers can load, not a model in memory")
+    from quantsense.engine.ray_executor import RayExecutor
+
+    gpus = 1 if resolve_device(opts.device).type == "cuda" else 0
+    return RayExecutor(partial(worker_evaluator, opts), opts.workers, address=opts.ray_address, num_gpus_per_worker=gpus,
+                       order_key=lambda item: units.first_block_of(item.plan().units()))

@@ -25,9 +25,9 @@ from quantsense.errors import QuantsenseError
 from quantsense.evaluation.batching import make_batches
 from quantsense.models.loading import weights_fingerprint
 from quantsense.models.units import discover_units
-from quantsense.sensitivity.sweep import build_entries
+from quantsense.sweeps.sweep import build_entries
 from quantsense.store import ResultStore
-from quantsense.study import StudyOptions, open_workspace
+from quantsense.workspace import StudyOptions, open_workspace
 from tests.conftest import REPO, tiny_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -c constraints.txt -e '.[ray]'")
@@ -51,11 +51,11 @@ def tiny_evaluator(arch: str = "bert") -> Evaluator:
 
 
 def standin_evaluator(model: str, data: str, limit: int) -> Evaluator:
-    return open_workspace(StudyOptions(model=model, data=data, limit=limit, device="cpu", quiet=True, store=None)).engine.evaluator
+    return open_workspace(StudyOptions(model=model, data=data, limit=limit, device="cpu", quiet=True, store=None)).evaluator
 
 
 def _items(evaluator: Evaluator, model_fp: str, data_fp: str, bits: list[int], granularity: str = "block") -> list[WorkItem]:
-    entries = build_entries(evaluator.unit_map, bits, QuantConfig(8), granularity)
+    entries = build_entries(evaluator.unit_map, [QuantConfig(b) for b in bits], granularity)
     return [WorkItem(e.label, e.plan.canonical_json(), model_fp, data_fp) for e in entries]
 
 
@@ -128,7 +128,7 @@ def test_block_sweep_on_two_actors_equals_local_tiny_model(tiny_on_ray):
 def test_block_sweep_on_two_actors_equals_local_standin(ray_local, standin_dir, sst2_validation):
     ws = open_workspace(StudyOptions(model=str(standin_dir), data=str(sst2_validation), limit=STANDIN_LIMIT, device="cpu",
                                      quiet=True, store=None))
-    evaluator = ws.engine.evaluator
+    evaluator = ws.evaluator
     items = _items(evaluator, ws.model_fp, ws.data_fp, [4])
     want = _local_arrays(evaluator, items)
     factory = functools.partial(standin_evaluator, str(standin_dir), str(sst2_validation), STANDIN_LIMIT)
@@ -233,7 +233,7 @@ def _sweep(store: str, model: str, data: str, executor: str) -> dict:
     from quantsense.engine.ray_executor import RayExecutor
 
     ws = open_workspace(StudyOptions(model=model, data=data, limit=STANDIN_LIMIT, device="cpu", quiet=True, store=None))
-    evaluator = ws.engine.evaluator
+    evaluator = ws.evaluator
     if executor == "ray":
         factory = functools.partial(standin_evaluator, model, data, STANDIN_LIMIT)
         chosen = RayExecutor(factory, 2, order_key=_first_block(evaluator))
@@ -241,7 +241,7 @@ def _sweep(store: str, model: str, data: str, executor: str) -> dict:
         torch.set_num_threads(1)  # the actors' thread count: CPU matmul rounding depends on it
         chosen = LocalExecutor(evaluator)
     engine = Engine(evaluator, ws.model_fp, ws.data_fp, store=ResultStore(store), executor=chosen, quiet=True)
-    entries = build_entries(ws.units, [8, 6, 4, 3, 2], QuantConfig(8), "block")
+    entries = build_entries(ws.units, [QuantConfig(b) for b in (8, 6, 4, 3, 2)], "block")
     try:
         engine.evaluate_many([(e.label, e.plan) for e in entries])
     finally:
@@ -314,3 +314,20 @@ def test_killed_driver_then_rerun_computes_only_the_rest(standin_dir, sst2_valid
 
 if __name__ == "__main__":
     print(json.dumps(_sweep(sys.argv[1], sys.argv[2], sys.argv[3], "ray")))
+
+
+def test_cli_sweep_with_the_ray_executor_equals_the_local_one(ray_local, tiny_model_dir, sst2_validation, tmp_path, capsys):
+    """The user's way in: --executor ray --workers 2 gives the rows the local executor gives."""
+    from quantsense.cli import main
+
+    common = ["sensitivity", "--model", str(tiny_model_dir), "--data", str(sst2_validation), "--limit", "40", "--bits", "8", "3",
+              "--no-store", "--quiet", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--executor", "ray", "--workers", "2", "--ray-address", "auto", "--out", str(tmp_path / "ray")]) == 0
+    capsys.readouterr()
+    local = json.loads((tmp_path / "local" / "results.json").read_text())["sensitivity"]["rows"]
+    on_ray = json.loads((tmp_path / "ray" / "results.json").read_text())["sensitivity"]["rows"]
+    assert [(r["unit"], r["format"]) for r in local] == [(r["unit"], r["format"]) for r in on_ray]
+    for a, b in zip(local, on_ray):
+        assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4, abs=1e-9)  # 1 thread per actor vs 2: float rounding only
+        assert a["accuracy"] == b["accuracy"]

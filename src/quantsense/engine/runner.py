@@ -94,12 +94,11 @@ class Engine:
             t0 = time.perf_counter()
             for done, (item, result) in enumerate(self.executor.map(todo), start=1):
                 now = time.perf_counter()
-                self._save(item, result, now - t0)
+                self._save(item, result, getattr(self.executor, "seconds", {}).get(item.key, now - t0))
                 t0 = now
                 results[item.label] = result
                 self.stats.computed += 1
-                if done < len(todo):
-                    bar.set_postfix_str(todo[done].label, refresh=False)  # in-process executors run in order
+                bar.set_postfix_str(item.label, refresh=False)  # the last finished (executors may run out of order)
                 bar.update(1)
         finally:
             bar.close()
