@@ -278,16 +278,24 @@ def _validate(args, ws) -> dict:
     from quantsense.mixed_precision.allocation import build_problem, budget_limit, compile_tie, make_groups
 
     resolved = {}
-    for name in ("formats", "candidates", "rank_format", "ablation_format"):
-        value = getattr(args, name, None)
-        if value:
-            resolved[name] = ws.formats(value) if isinstance(value, list) else ws.format(value)
+    defaults = {"formats": ws.task.default_formats, "candidates": ws.task.default_candidates,
+                "rank_format": ws.task.default_ablation_format, "ablation_format": ws.task.default_ablation_format}
+    for name, default in defaults.items():
+        if hasattr(args, name):  # every format the command will use, checked against every layer's shape now
+            value = getattr(args, name) or default
+            checked = ws.formats(value) if isinstance(value, (list, tuple)) else ws.format(value)
+            if getattr(args, name):
+                resolved[name] = checked
     for index in [getattr(args, "block", None), *(getattr(args, "blocks", None) or [])]:
         if index is not None:
             ws.units.block_units(index)
     resolved["plans"] = [study.load_plan(ws, path) for path in getattr(args, "plan", [])]
     if args.command == "export":
         resolved["plan"] = study.load_plan(ws, args.plan_file)
+        if args.export_format == "gguf" or args.emit:
+            from quantsense.quantization.gguf_plan import gguf_tensor_types
+
+            gguf_tensor_types(ws, resolved["plan"])  # a GGUF source, a mapped architecture, GGUF formats only
     if args.command in ("allocate", "frontier"):
         compile_tie(args.tie)
         candidates = resolved.get("candidates") or ws.formats(ws.task.default_candidates)
@@ -410,7 +418,10 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad flag (already reported in one line)
+        return exc.code
     store, ws = None, None
     try:
         if args.command == "report":

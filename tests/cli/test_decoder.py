@@ -66,7 +66,7 @@ def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"blocks": {"0": {"bits": 4}}}))
     code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "x.gguf"), "--task", "wikitext", "--model",
-                 str(smollm2), "--data", str(WIKI), "--max-tokens", "256", "--context", "128", "--no-store", "--quiet"])
+                 str(smollm2), "--data", str(WIKI), "--max-tokens", "256", "--context", "128", "--stride", "64", "--no-store", "--quiet"])
     assert code == 2
     assert "an integer grid; GGUF export takes GGUF formats" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
