@@ -117,3 +117,48 @@ def smollm2() -> Path:
     if not path.is_file() or not WIKI.is_file():
         pytest.skip("SmolLM2 GGUF or WikiText-2 not found")
     return path
+
+
+WORDS = ("the film was good bad great awful fine dull fun long short plot actors story music ending scene and but "
+         "not very quite really a an it is this that of to in").split()
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer built offline (no hub, no assets), with BERT-style special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
+                                                cls_token="[CLS]", sep_token="[SEP]", eos_token="[SEP]")
+
+
+@pytest.fixture(scope="session")
+def offline_assets(tmp_path_factory):
+    """Tiny models and data made from configs alone: a BERT classifier, a Llama LM, a TSV and a text file."""
+    import random
+
+    root = tmp_path_factory.mktemp("offline")
+    tokenizer = tiny_tokenizer()
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(60)]
+    (root / "data.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences)))
+    (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(1200)))
+    cls = tiny_model("bert", vocab_size=len(tokenizer))
+    cls.config.id2label, cls.config.label2id = {0: "NEGATIVE", 1: "POSITIVE"}, {"NEGATIVE": 0, "POSITIVE": 1}
+    cls.save_pretrained(root / "cls")
+    tokenizer.save_pretrained(root / "cls")
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0))
+    with torch.no_grad():
+        for p in lm.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    lm.eval().save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    return {"cls": root / "cls", "lm": root / "lm", "tsv": root / "data.tsv", "text": root / "text.txt",
+            "cls_model": cls, "lm_model": lm, "tokenizer": tokenizer}

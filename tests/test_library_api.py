@@ -65,3 +65,46 @@ def test_in_memory_model_needs_its_tokenizer(tiny):
         qs.open_workspace(model, data=str(data))
     with pytest.raises(qs.QuantsenseError, match="unknown option"):
         qs.open_workspace(model, tokenizer=object(), data=str(data), limt=3)
+
+
+@pytest.mark.parametrize("task", ["sst2", "wikitext"])
+def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_path, capsys):
+    """Without ../shared/assets: allocate and frontier via the library and via the CLI agree, for both tasks;
+    block plans evaluate through 'mixed --plan'."""
+    a = offline_assets
+    lm = task == "wikitext"
+    model, data = (a["lm_model"], a["text"]) if lm else (a["cls_model"], a["tsv"])
+    settings = {"max_tokens": 512, "context": 128, "stride": 64} if lm else {}
+    flags = ["--max-tokens", "512", "--context", "128", "--stride", "64"] if lm else []
+    candidates = ["q4_0", "q8_0"] if lm else ["int3", "int8"]
+    ws = qs.open_workspace(model, tokenizer=a["tokenizer"], data=str(data), task=task, quiet=True, **settings)
+    assert ws.task.name == task
+    front = qs.frontier(ws, [qs.Budget(avg_bits=6.0)], candidates)
+    allocated = front.rows[0]
+    assert allocated["kind"] == "allocated" and allocated["avg_bits"] <= 6.0 + 1e-9
+    assert allocated[ws.task.loss.key + "_ci_low"] <= allocated[ws.task.loss.key] <= allocated[ws.task.loss.key + "_ci_high"]
+    uniform = {r["plan"]: r for r in front.rows if r["kind"] == "uniform"}
+    low, high = (f"uniform {c}" for c in candidates)
+    assert uniform[low]["kl_mean"] > uniform[high]["kl_mean"]  # fewer bits, more KL
+    assert uniform[low]["avg_bits"] < allocated["avg_bits"] + 1e-9 < uniform[high]["avg_bits"] + 1e-9
+
+    out = tmp_path / "front"
+    path = a["lm"] if lm else a["cls"]
+    assert main(["frontier", "--task", task, "--model", str(path), "--data", str(data), *flags, "--budgets", "6",
+                 "--candidates", *candidates, "--no-store", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    cli = json.loads((out / "results.json").read_text())["frontier"]
+    assert [r["plan"] for r in cli["rows"]] == [r["plan"] for r in front.rows]
+    assert [r["kl_mean"] for r in cli["rows"]] == pytest.approx([r["kl_mean"] for r in front.rows], rel=1e-9)
+    assert cli["plans"] == front.plans
+
+    plan = tmp_path / "blocks.json"
+    plan.write_text(json.dumps({"blocks": {"0": {"format": candidates[0]}, "2": {"format": candidates[1]}}}))
+    assert main(["mixed", "--task", task, "--model", str(path), "--data", str(data), *flags, "--plan", str(plan),
+                 "--no-store", "--quiet", "--out", str(tmp_path / "mixed")]) == 0
+    capsys.readouterr()
+    rows = json.loads((tmp_path / "mixed" / "results.json").read_text())["mixed"]["rows"]
+    by_plan = {r["plan"]: r for r in rows}
+    assert by_plan["file:blocks.json"]["formats"] == {candidates[0]: len(ws.units.block_units(0)),
+                                                      candidates[1]: len(ws.units.block_units(2))}
+    assert len(rows) == 4  # the three strategies and the plan file
