@@ -56,6 +56,7 @@ SECTIONS = {
                  [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
     "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
+    "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
     "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --out results/smollm2-frontier",
                          [("results/smollm2-frontier/frontier.png", "docs/figures/smollm2-frontier.png")]),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
@@ -67,7 +68,8 @@ SECTIONS = {
 }
 # report pages photographed in headless Chromium for the README
 SCREENSHOTS = {"study": ("results/minilm-sst2/report.html", "docs/figures/report-study.png"),
-               "decoder-frontier": ("results/smollm2-frontier/report.html", "docs/figures/report-smollm2-frontier.png")}
+               "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
+    "decoder-frontier": ("results/smollm2-frontier/report.html", "docs/figures/report-smollm2-frontier.png")}
 
 
 def screenshot(html: str, png: str) -> None:

@@ -20,12 +20,21 @@ DATA_HELP = ("sst2: a .tsv/.csv/.jsonl/.parquet with 'sentence' (or 'text') and 
              "the datasets package); wikitext: a plain-text file such as wiki.test.raw (default: WikiText-2 test via datasets)")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default where it has one (not "None" or "False")."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad flags give one line on stderr and exit code 2, never a usage dump or a traceback; no prefix matching."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
