@@ -57,19 +57,21 @@ SECTIONS = {
     "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
     "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
-    "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --out results/smollm2-frontier",
-                         [("results/smollm2-frontier/frontier.png", "docs/figures/smollm2-frontier.png")]),
+    "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --out results/smollm2-frontier", []),
+    "decoder-frontier-without-q4_1": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q5_0 q5_1 q8_0 f16 "
+                                      "--out results/smollm2-frontier-without-q4_1",
+                                      [("results/smollm2-frontier-without-q4_1/frontier.png", "docs/figures/smollm2-frontier.png")]),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
-    "decoder-export": (f"quantsense export results/smollm2-frontier/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
+    "decoder-export": (f"quantsense export results/smollm2-frontier-without-q4_1/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
                        "--format gguf --out results/smollm2-5.5bits.gguf", []),
     "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits.gguf --wikitext {WIKI} "
                    "--ppl-tokens 2048 --context 1024 --stride 1024", []),
 }
 # report pages photographed in headless Chromium for the README
 SCREENSHOTS = {"study": ("results/minilm-sst2/report.html", "docs/figures/report-study.png"),
-               "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
-    "decoder-frontier": ("results/smollm2-frontier/report.html", "docs/figures/report-smollm2-frontier.png")}
+               "decoder-frontier-without-q4_1": ("results/smollm2-frontier-without-q4_1/report.html",
+                                                 "docs/figures/report-smollm2-frontier.png")}
 
 
 def screenshot(html: str, png: str) -> None:

@@ -104,8 +104,11 @@ def provenance(argv: list[str] | None = None) -> dict:
 
     from quantsense import __version__
 
+    argv = list(argv if argv is not None else sys.argv)
+    if argv and argv[0].endswith(("quantsense", "cli.py")):
+        argv[0] = "quantsense"  # the command as a user types it, not where it is installed
     return {
-        "command": " ".join(argv if argv is not None else sys.argv),
+        "command": " ".join(argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"quantsense": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "numpy": numpy.__version__},

@@ -129,7 +129,7 @@ class Workspace:
                       "kind": self.task.model_kind},
             "data": {"task": self.task.name, "fingerprint": self.data_fp, **self.task.describe_data(self.data, self.batches)},
             "task": self.task.describe(),
-            "scheme": self.options.scheme.to_dict(),
+            "scheme": {k: v for k, v in self.options.scheme.to_dict().items() if k != "bits"},  # the grid int<b> names use
             "seed": self.options.seed,
         }
 
