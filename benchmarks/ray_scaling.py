@@ -51,7 +51,7 @@ def worker_evaluator(opts: StudyOptions) -> Evaluator:
 def fresh_evaluator(ws, prefix_reuse: bool) -> Evaluator:
     """A new evaluator on the loaded model: empty reference, prefix and quantized-weight caches."""
     ev = ws.evaluator
-    return Evaluator(ws.loaded.model, ws.units, ev.batches, ws.loaded.device, prefix_reuse=prefix_reuse,
+    return Evaluator(ws.model, ws.units, ev.batches, ws.device, prefix_reuse=prefix_reuse,
                      head=ClassificationHead())
 
 

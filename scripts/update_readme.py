@@ -65,6 +65,12 @@ SECTIONS = {
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
     "decoder-export": (f"quantsense export results/smollm2-frontier-without-q4_1/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
                        "--format gguf --out results/smollm2-5.5bits.gguf", []),
+    "decoder-frontier-q4_0-q8_0": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q8_0 --budgets 5.5 "
+                                   "--out results/smollm2-frontier-q4_0-q8_0", []),
+    "decoder-export-q4_0-q8_0": (f"quantsense export results/smollm2-frontier-q4_0-q8_0/plan.json {LM} {LM_WINDOWS} "
+                                 "--format gguf --out results/smollm2-5.5bits-q4_0-q8_0.gguf", []),
+    "gguf-speed-q4_0-q8_0": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-q4_0-q8_0.gguf --wikitext {WIKI} "
+                             "--ppl-tokens 2048 --context 1024 --stride 1024", []),
     "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits.gguf --wikitext {WIKI} "
                    "--ppl-tokens 2048 --context 1024 --stride 1024", []),
 }

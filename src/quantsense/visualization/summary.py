@@ -47,7 +47,7 @@ def ranking_verdict(ranked: list[dict], results: dict) -> str:
     differs = [r["unit"] for r in ranked if r["distinguishable_from_fp32"]]
     tiers = max((r["tier"] for r in ranked), default=0)
     if not differs:
-        head = f"No unit's {task['metric']['label']} differs measurably from FP32 ({task['differs_test']})"
+        head = f"No unit's {task['metric']['key']} differs measurably from FP32 ({task['differs_test']})"
     else:
         head = f"{len(differs)} of {len(ranked)} units differ measurably from FP32 ({task['differs_test']}): " \
                f"{', '.join(differs[:8])}{' ...' if len(differs) > 8 else ''}"
