@@ -162,7 +162,7 @@ def test_worker_exception_is_raised_once_with_the_item_label(tiny_on_ray):
     pids, restarts = executor.actor_pids(), executor.restarts
     seen = []
     with pytest.raises(QuantsenseError, match=r"^block1@int4-g5: the evaluation failed on a Ray worker: "
-                                              r"ValueError: group_size 5 does not divide the 32 input features$"):
+                                              r"QuantsenseError: --group-size 5 does not divide the 32 input features of \S+layer\.1\."):
         for item, _ in executor.map([*items, bad]):
             seen.append(item.label)
     assert executor.restarts == restarts

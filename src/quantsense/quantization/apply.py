@@ -53,16 +53,22 @@ class PlanApplier:
                 self._cached_bytes -= old.numel() * old.element_size()
         return tensor
 
+    def check(self, plan: Plan) -> None:
+        """Every unit name exists and every weight's shape fits its format (a clear error naming the unit)."""
+        for name, config in plan.assignments:
+            unit = self.unit_map.get(name)
+            config.check_shape(unit.shape, unit.transposed, where=name)
+
     def changes_nothing(self, plan: Plan) -> bool:
         """True when every planned weight is already on its format's grid (e.g. q4_1 on a Q4_1 GGUF model)."""
+        self.check(plan)
         return all(torch.equal(self.quantized(name, fmt), self.original(name)) for name, fmt in plan.assignments)
 
     @torch.no_grad()
     def apply(self, plan: Plan) -> None:
         if self._active:
             raise RuntimeError("a plan is already applied; restore() it first")
-        for name, config in plan.assignments:
-            self.unit_map.get(name)  # validate every name before touching weights
+        self.check(plan)  # every name and shape before touching weights
         try:
             for name, config in plan.assignments:
                 q = self.quantized(name, config)
