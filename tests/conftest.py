@@ -69,6 +69,31 @@ EXPECTED_BLOCK_UNITS = {
 }
 
 
+def random_encoded(n: int = 40, vocab: int = 128, seed: int = 0) -> list[dict]:
+    """Tokenized examples of random lengths 3..19, as tokenize_texts returns them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        length = int(rng.integers(3, 20))
+        rows.append({"input_ids": rng.integers(3, vocab, length).tolist(), "attention_mask": [1] * length})
+    return rows
+
+
+def store_rows(store: Path) -> int:
+    """Rows in a results store, read-only (0 while it does not exist yet or is being created)."""
+    import sqlite3
+
+    if not store.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def random_inputs(batch: int = 4, length: int = 12, vocab: int = 128, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, length), generator=g)

@@ -6,23 +6,14 @@ from quantsense.config import Plan, QuantConfig
 from quantsense.engine import Evaluator
 from quantsense.evaluation.batching import make_batches
 from quantsense.models.units import discover_units
-from tests.conftest import tiny_model
-
-
-def _encoded(n=23, vocab=128, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n):
-        length = int(rng.integers(3, 20))
-        rows.append({"input_ids": rng.integers(3, vocab, length).tolist(), "attention_mask": [1] * length})
-    return rows
+from tests.conftest import random_encoded, tiny_model
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "gpt2", "llama", "opt"])
 def test_prefix_reuse_is_bit_identical_to_full_forward(arch):
     model = tiny_model(arch)
     units = discover_units(model)
-    batches = make_batches(_encoded(), pad_id=0, max_batch_tokens=64)
+    batches = make_batches(random_encoded(23), pad_id=0, max_batch_tokens=64)
     assert len(batches) > 2
     fast = Evaluator(model, units, batches, torch.device("cpu"), prefix_reuse=True)
     plain = Evaluator(model, units, batches, torch.device("cpu"), prefix_reuse=False)
@@ -38,16 +29,16 @@ def test_prefix_reuse_is_bit_identical_to_full_forward(arch):
 def test_plan_with_embedding_starts_at_block_zero_and_head_at_last():
     model = tiny_model("bert")
     units = discover_units(model)
-    ev = Evaluator(model, units, make_batches(_encoded(), 0), torch.device("cpu"))
+    ev = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"))
     assert ev.start_block(Plan.of({"bert.embeddings.word_embeddings": QuantConfig(8)})) == 0
     assert ev.start_block(Plan.of({"classifier": QuantConfig(8)})) == units.num_blocks
     head_plan = Plan.of({"classifier": QuantConfig(2)})
-    plain = Evaluator(model, units, make_batches(_encoded(), 0), torch.device("cpu"), prefix_reuse=False)
+    plain = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"), prefix_reuse=False)
     assert np.array_equal(ev.evaluate(head_plan).logits, plain.evaluate(head_plan).logits)
 
 
 def test_sorted_batches_cover_every_example_once_with_little_padding():
-    encoded = _encoded(200)
+    encoded = random_encoded(200)
     batches = make_batches(encoded, 0, max_batch_tokens=256)
     index = np.concatenate([b.index for b in batches])
     assert sorted(index.tolist()) == list(range(200))

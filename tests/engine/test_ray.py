@@ -28,26 +28,17 @@ from quantsense.models.units import discover_units
 from quantsense.sweeps.sweep import build_entries
 from quantsense.store import ResultStore
 from quantsense.workspace import StudyOptions, open_workspace
-from tests.conftest import REPO, tiny_model
+from tests.conftest import REPO, random_encoded, store_rows, tiny_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -c constraints.txt -e '.[ray]'")
 
 STANDIN_LIMIT = 64
 
 
-def _encoded(n=40, vocab=128, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n):
-        length = int(rng.integers(3, 20))
-        rows.append({"input_ids": rng.integers(3, vocab, length).tolist(), "attention_mask": [1] * length})
-    return rows
-
-
 def tiny_evaluator(arch: str = "bert") -> Evaluator:
     """The same tiny model and token batches in every process (seeded), on CPU."""
     model = tiny_model(arch)
-    return Evaluator(model, discover_units(model), make_batches(_encoded(), pad_id=0, max_batch_tokens=64), torch.device("cpu"))
+    return Evaluator(model, discover_units(model), make_batches(random_encoded(), pad_id=0, max_batch_tokens=64), torch.device("cpu"))
 
 
 def standin_evaluator(model: str, data: str, limit: int) -> Evaluator:
@@ -257,16 +248,6 @@ def _stored(store) -> dict[str, dict[str, np.ndarray]]:
         return {label: _decode(blob) for label, blob in conn.execute("SELECT label, payload FROM evaluations")}
 
 
-def _row_count(store) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _driver(store, model, data) -> list[str]:
     return [sys.executable, "-m", "tests.engine.test_ray", str(store), str(model), str(data)]
 
@@ -284,14 +265,14 @@ def test_killed_driver_then_rerun_computes_only_the_rest(standin_dir, sst2_valid
     proc = subprocess.Popen(_driver(store, standin_dir, sst2_validation), cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while _row_count(store) < at_least:
+    while store_rows(store) < at_least:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.02)
     ray_processes = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    saved = _row_count(store)
+    saved = store_rows(store)
     assert at_least <= saved < total
     # Ray's own agents exit a minute or two later, once they give up reporting to the dead GCS; the
     # processes that hold the model, CPUs and ports (GCS, raylet, actors) must go with the driver.

@@ -2,12 +2,11 @@
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
-from tests.conftest import REPO
+from tests.conftest import REPO, store_rows
 
 
 def _args(model, data, store, out):
@@ -19,20 +18,10 @@ def _cli(args, **kwargs):
     return [sys.executable, "-m", "quantsense.cli", *args]
 
 
-def _rows(store) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _start_and_stop_after(args, store, rows, sig):
     proc = subprocess.Popen(_cli(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while _rows(store) < rows:
+    while store_rows(store) < rows:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.02)
@@ -50,7 +39,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_and_recomputes_only_the_rest(st
     store = tmp_path / "killed.sqlite"
     code, _, _ = _start_and_stop_after(_args(standin_dir, sst2_validation, store, tmp_path / "a"), store, 9, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    saved = _rows(store)
+    saved = store_rows(store)
     assert 9 <= saved < total
     resumed = subprocess.run(_cli(_args(standin_dir, sst2_validation, store, tmp_path / "a")), cwd=REPO,
                              capture_output=True, text=True, timeout=600)
@@ -69,4 +58,4 @@ def test_ctrl_c_says_where_results_are_and_how_to_resume(standin_dir, sst2_valid
     assert code == 130
     assert str(store) in err and "run the same command again to resume" in err
     assert "Traceback" not in err
-    assert _rows(store) >= 4
+    assert store_rows(store) >= 4
