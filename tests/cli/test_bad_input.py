@@ -108,3 +108,14 @@ def test_valid_formats_run(capsys, tiny_model_dir, data):
     assert main(["sensitivity", "--model", str(tiny_model_dir), "--data", str(data), "--no-store", "--quiet",
                  "--formats", "q4_0", "4", "--blocks", "0"]) == 0
     assert "FP32 accuracy" in capsys.readouterr().out
+
+
+def test_report_rebuilds_the_page_from_results_json(capsys, tmp_path):
+    from tests.visualization.fixtures import classification_run
+
+    (tmp_path / "results.json").write_text(json.dumps(classification_run()))
+    assert main(["report", str(tmp_path), "--tolerance", "0.5"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "What to ship" in page and "within your tolerance of 0.5" in page
+    code = main(["report", str(tmp_path / "missing")])
+    assert code == 2 and "no results.json in" in capsys.readouterr().err
