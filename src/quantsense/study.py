@@ -77,9 +77,7 @@ def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None,
 def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans") -> list[dict]:
     """Measure named plans: a row per plan with the task's paired metrics and the plan's size."""
     for plan in named.values():
-        for name, fmt in plan.assignments:
-            unit = ws.units.get(name)
-            fmt.check_shape(unit.shape, unit.transposed, where=name)
+        ws.applier.check(plan)  # every plan's names and shapes before the first evaluation
     reference = ws.reference()
     results = ws.engine.evaluate_many(list(named.items()), desc=desc)
     fp32_bytes = model_bytes(ws.model, ws.units, Plan())

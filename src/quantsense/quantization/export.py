@@ -138,15 +138,21 @@ def share(directory: Path) -> None:
         item.chmod(0o644)
 
 
-def run_verifier(args: list[str], cwd: str | None = None) -> dict:
-    """Run ``verify_export.py`` in a fresh interpreter (no quantsense imported) and parse its JSON line."""
+def run_fresh(script, args: list[str], cwd: str | None = None, what: str = "reloading the export") -> dict:
+    """Run a standalone checker module (``verify_export``, ``verify_gguf``) in a fresh interpreter, where
+    quantsense is not imported, and parse the JSON object on its last output line."""
     import json
     import subprocess
     import sys
 
+    proc = subprocess.run([sys.executable, script.__file__, *args], capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_verifier(args: list[str], cwd: str | None = None) -> dict:
+    """``verify_export.py`` (the torchao checkpoint reloaded by transformers + torchao alone)."""
     from quantsense.quantization import verify_export
 
-    proc = subprocess.run([sys.executable, verify_export.__file__, *args], capture_output=True, text=True, cwd=cwd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"reloading the export failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_fresh(verify_export, args, cwd)

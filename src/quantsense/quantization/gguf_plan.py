@@ -14,8 +14,6 @@ ran them at the source's de-quantized values). Then, unless ``verify=False``:
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -84,13 +82,11 @@ def token_ids(batches) -> list[int]:
 
 
 def _verifier(*args: str) -> dict:
-    """Run ``verify_gguf.py`` in a fresh interpreter (no quantsense) and parse its JSON line."""
+    """``verify_gguf.py`` in a fresh interpreter (transformers' GGUF loader, or llama.cpp)."""
     from quantsense.quantization import verify_gguf
+    from quantsense.quantization.export import run_fresh
 
-    proc = subprocess.run([sys.executable, verify_gguf.__file__, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the GGUF check failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_fresh(verify_gguf, list(args), what="the GGUF check")
 
 
 def llama_cpp_available() -> bool:
