@@ -144,6 +144,20 @@ def smollm2() -> Path:
     return path
 
 
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2, tmp_path_factory) -> Path:
+    """SmolLM2 saved as a Hugging Face directory (fp32 safetensors and tokenizer.json, de-quantized from its GGUF)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
+    path = tmp_path_factory.mktemp("smollm2-hf")
+    model.hf_quantizer = None  # its weights are plain float32 tensors now; transformers refuses to save "gguf-quantized" models
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
 WORDS = ("the film was good bad great awful fine dull fun long short plot actors story music ending scene and but "
          "not very quite really a an it is this that of to in").split()
 

@@ -304,7 +304,7 @@ def _validate(args, ws) -> dict:
         if args.export_format == "gguf" or args.emit:
             from quantsense.quantization.gguf_plan import gguf_tensor_types
 
-            gguf_tensor_types(ws, resolved["plan"])  # a GGUF source, a mapped architecture, GGUF formats only
+            gguf_tensor_types(ws, resolved["plan"])  # a mapped architecture and tokenizer, GGUF formats only
     if args.command in ("allocate", "frontier"):
         compile_tie(args.tie)
         candidates = resolved.get("candidates") or ws.formats(ws.task.default_candidates)

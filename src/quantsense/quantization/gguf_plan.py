@@ -1,8 +1,10 @@
 """A plan as a GGUF file llama.cpp runs, checked in fresh processes in two runtimes.
 
-:func:`export_gguf` writes every planned weight in its GGUF format from the source GGUF file; weights
-the plan leaves alone keep the source's bytes, which is exactly what the simulation measured (it
-ran them at the source's de-quantized values). Then, unless ``verify=False``:
+:func:`export_gguf` writes every planned weight in its GGUF format. The source is the model's own
+GGUF file, or, for a Hugging Face model (a directory, a hub id or an in-memory model), the model
+converted with :mod:`quantsense.quantization.gguf_convert` to a temporary GGUF in its own dtype.
+Weights the plan leaves alone keep the source's bytes, which is exactly what the simulation
+measured (it ran them at the source's de-quantized values). Then, unless ``verify=False``:
 
 (a) transformers' GGUF loader (it de-quantizes) computes the per-token log-probs of the same token
     ids and windows: the largest difference from the simulation is reported (expected <= 1e-4);
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,31 +27,49 @@ from quantsense.errors import QuantsenseError
 from quantsense.quantization.plan import Plan
 
 ARCHITECTURES = ("llama",)  # GGUF architectures whose tensor names the export maps (SmolLM2, Llama, ...)
+_OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per model dtype
 
 
-def _source(ws) -> Path:
+def _gguf_file(ws) -> Path | None:
+    """The model's own GGUF file, or None for a Hugging Face model."""
     path = Path(ws.source)
-    if path.suffix != ".gguf" or not path.is_file():
-        raise QuantsenseError(f"GGUF export reads the model's own GGUF file and {ws.source} is not one; convert a Hugging Face "
-                              "directory with llama.cpp's convert_hf_to_gguf.py first, then pass the .gguf with --model")
-    return path
+    return path if path.suffix == ".gguf" and path.is_file() else None
 
 
-def _architecture(source: Path) -> str:
+def _architecture(ws) -> str:
     import gguf
 
-    field = gguf.GGUFReader(source).get_field("general.architecture")
+    file = _gguf_file(ws)
+    if file is None:
+        from quantsense.quantization.gguf_convert import check_convertible
+
+        check_convertible(ws.model, ws.tokenizer)
+        return "llama"
+    field = gguf.GGUFReader(file).get_field("general.architecture")
     arch = bytes(field.parts[-1]).decode()
     if arch not in ARCHITECTURES:
-        raise QuantsenseError(f"GGUF export maps tensor names for {', '.join(ARCHITECTURES)} models; {source} is {arch}")
+        raise QuantsenseError(f"GGUF export maps tensor names for {', '.join(ARCHITECTURES)} models; {file} is {arch}")
     return arch
+
+
+@contextmanager
+def gguf_source(ws, workdir: Path):
+    """The GGUF file to quantize from: the model's own, or the model converted into ``workdir`` (deleted on exit)."""
+    file = _gguf_file(ws)
+    if file is not None:
+        yield file
+        return
+    from quantsense.quantization.gguf_convert import convert_hf_to_gguf
+
+    with tempfile.TemporaryDirectory(prefix=".quantsense-convert-", dir=workdir) as tmp:
+        yield convert_hf_to_gguf(ws.model, ws.tokenizer, Path(tmp) / "source.gguf", name=Path(ws.source).name)
 
 
 def gguf_tensor_types(ws, plan: Plan) -> dict[str, str]:
     """GGUF tensor name -> type for every planned unit; integer-grid units are refused."""
     from quantsense.quantization.gguf_export import hf_to_gguf_name
 
-    arch = _architecture(_source(ws))
+    arch = _architecture(ws)
     types = {}
     for name, fmt in plan.assignments:
         if fmt.family != "gguf":
@@ -59,15 +80,23 @@ def gguf_tensor_types(ws, plan: Plan) -> dict[str, str]:
 
 
 def llama_quantize_command(ws, plan: Plan) -> str:
-    """The llama-quantize command line that reproduces ``plan`` from the source GGUF (base type: the plan's commonest)."""
+    """The command line that reproduces ``plan`` with llama-quantize (base type: the plan's commonest).
+
+    From a Hugging Face model it starts with llama.cpp's converter, in the model's own dtype.
+    """
     from quantsense.quantization.gguf_export import llama_quantize_args
 
     types = gguf_tensor_types(ws, plan)
     base = Counter(types.values()).most_common(1)[0][0] if types else "q8_0"
     overrides = {name: t for name, t in types.items() if t != base}
-    source = _source(ws)
-    args = ["llama-quantize", "--allow-requantize", *llama_quantize_args(overrides), str(source),
-            f"{source.stem}-quantsense.gguf", base]
+    file = _gguf_file(ws)
+    convert = []
+    if file is None:
+        outtype = _OUTTYPES[ws.dtype]
+        file = Path(f"{Path(ws.source).name}-{outtype}.gguf")
+        convert = ["python", "convert_hf_to_gguf.py", ws.source, "--outtype", outtype, "--outfile", str(file), "&&"]
+    args = [*convert, "llama-quantize", "--allow-requantize", *llama_quantize_args(overrides), str(file),
+            f"{file.stem}-quantsense.gguf", base]
     return " ".join(args)
 
 
@@ -97,31 +126,39 @@ def llama_cpp_available() -> bool:
 
 def export_gguf(ws, plan: Plan, out: Path, verify: bool = True, speed_repeats: int = 3) -> dict:
     """Write ``plan`` as a GGUF file at ``out`` and check it; returns the report."""
-    from quantsense.quantization.gguf_export import predicted_gguf_bytes, write_gguf
-    from quantsense.quantization.size import average_bits
-
-    source = _source(ws)
+    out = Path(out)
     types = gguf_tensor_types(ws, plan)
-    if Path(out).exists():
+    if out.exists():
         raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
-    predicted = predicted_gguf_bytes(source, types, default_type=None)
-    written = write_gguf(source, types, Path(out), default_type=None)
-    report = {"out": str(out), "format": "gguf", "plan_avg_bits": average_bits(ws.units, plan),
-              "file_bytes": written["bytes"], "predicted_file_bytes": predicted["file_bytes"],
-              "source_file_bytes": source.stat().st_size, "tensor_types": written["types"],
-              "llama_quantize": llama_quantize_command(ws, plan)}
-    report["size_error"] = report["file_bytes"] / report["predicted_file_bytes"] - 1
-    lines = [f"file {report['file_bytes'] / 1e6:.2f} MB, predicted {report['predicted_file_bytes'] / 1e6:.2f} MB "
-             f"({100 * report['size_error']:+.3f} %); source {report['source_file_bytes'] / 1e6:.2f} MB; tensor types "
-             + ", ".join(f"{t} x{n}" for t, n in sorted(report["tensor_types"].items()))]
-    if verify:
-        report.update(_verify(ws, plan, Path(out), speed_repeats))
-        lines += _verify_lines(report)
-    report["lines"] = lines
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with gguf_source(ws, out.parent) as source:
+        report = _write(ws, plan, types, source, out)
+        if verify:
+            report.update(_verify(ws, plan, out, source, speed_repeats))
+            report["lines"] += _verify_lines(report)
     return report
 
 
-def _verify(ws, plan: Plan, path: Path, speed_repeats: int) -> dict:
+def _write(ws, plan: Plan, types: dict[str, str], source: Path, out: Path) -> dict:
+    from quantsense.quantization.gguf_export import predicted_gguf_bytes, write_gguf
+    from quantsense.quantization.size import average_bits
+
+    predicted = predicted_gguf_bytes(source, types, default_type=None)
+    written = write_gguf(source, types, out, default_type=None)
+    converted = _gguf_file(ws) is None
+    report = {"out": str(out), "format": "gguf", "plan_avg_bits": average_bits(ws.units, plan),
+              "file_bytes": written["bytes"], "predicted_file_bytes": predicted["file_bytes"],
+              "source_file_bytes": source.stat().st_size, "source_converted": converted, "tensor_types": written["types"],
+              "llama_quantize": llama_quantize_command(ws, plan)}
+    report["size_error"] = report["file_bytes"] / report["predicted_file_bytes"] - 1
+    what = f"converted to a {ws.dtype} GGUF" if converted else "GGUF"
+    report["lines"] = [f"file {report['file_bytes'] / 1e6:.2f} MB, predicted {report['predicted_file_bytes'] / 1e6:.2f} MB "
+                       f"({100 * report['size_error']:+.3f} %); source ({what}) {report['source_file_bytes'] / 1e6:.2f} MB; "
+                       "tensor types " + ", ".join(f"{t} x{n}" for t, n in sorted(report["tensor_types"].items()))]
+    return report
+
+
+def _verify(ws, plan: Plan, path: Path, source: Path, speed_repeats: int) -> dict:
     from quantsense.evaluation.metrics import perplexity
 
     settings = ws.task.settings()
@@ -142,16 +179,16 @@ def _verify(ws, plan: Plan, path: Path, speed_repeats: int) -> dict:
         cpp = _verifier("--runtime", "llama.cpp", str(path.resolve()), *window)
         out["llama_cpp_perplexity"] = cpp["perplexity"]
         out["llama_cpp_over_simulated"] = cpp["perplexity"] / out["simulated_perplexity"]
-        out.update(_speed_against_f16(ws, path, Path(tmp), speed_repeats))
+        out.update(_speed_against_f16(source, path, Path(tmp), speed_repeats))
     return out
 
 
-def _speed_against_f16(ws, path: Path, tmp: Path, repeats: int) -> dict:
+def _speed_against_f16(source: Path, path: Path, tmp: Path, repeats: int) -> dict:
     """llama.cpp tokens/s of the export and of an F16 GGUF of the same model, measured alternately."""
     from quantsense.quantization.gguf_export import write_gguf
 
     f16 = tmp / "f16.gguf"
-    write_gguf(_source(ws), {}, f16, default_type="f16")
+    write_gguf(source, {}, f16, default_type="f16")
     runs = {"plan": [], "f16": []}
     for _ in range(repeats):  # alternate so both see the same machine load; keep each one's best
         for name, file in (("plan", path), ("f16", f16)):

@@ -1,0 +1,199 @@
+"""A Hugging Face Llama-architecture model (in memory) written as a GGUF file llama.cpp loads.
+
+This is the part of llama.cpp's ``convert_hf_to_gguf.py`` that Llama-family models with a GPT-2
+style byte-level BPE tokenizer need (SmolLM2, Llama 3, ...): the hyper-parameters as ``llama.*``
+keys, the vocabulary, merges and special tokens as ``tokenizer.*`` keys, and every weight under its
+GGUF name, with attn_q/attn_k rows permuted into llama.cpp's rotary layout (the inverse of what
+transformers' GGUF loader undoes). Weights are written in the model's own dtype (float32 -> F32,
+bfloat16 -> BF16, float16 -> F16), so the file holds exactly the weights the simulation measured;
+:func:`quantsense.quantization.gguf_export.write_gguf` then quantizes the planned tensors from it.
+
+What this converter does not map is refused in one line naming the llama.cpp converter as the fix:
+other architectures, rope scaling, biases, SentencePiece tokenizers, unknown pre-tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantsense.errors import QuantsenseError
+from quantsense.quantization.gguf_export import _gguf, hf_to_gguf_name
+
+_FIX = "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file with --model"
+_FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_BF16
+_GGUF_DTYPES = {torch.float32: ("F32", np.float32), torch.float16: ("F16", np.float16)}
+# llama.cpp's pre-tokenizer names for the byte-level pre-tokenizers of Llama-family tokenizer.json files
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                 r"|\s+(?!\S)|\s+")
+
+
+def _refuse(what: str) -> QuantsenseError:
+    return QuantsenseError(f"GGUF export from a Hugging Face model: {what}; {_FIX}")
+
+
+def check_config(config) -> None:
+    """Refuse, naming the fix, what this converter does not map."""
+    if getattr(config, "model_type", None) != "llama":
+        raise _refuse(f"model type {getattr(config, 'model_type', None)!r} is not mapped (only 'llama')")
+    rope_type = _rope(config).get("rope_type", _rope(config).get("type", "default"))
+    if rope_type != "default":
+        raise _refuse(f"rope type {rope_type!r} is not mapped (only the default rotary embedding)")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise _refuse("linear biases are not mapped")
+
+
+def _rope(config) -> dict:
+    """The rotary settings (newer transformers keep rope_theta in ``rope_parameters``)."""
+    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def add_hparams(writer, config, name: str) -> None:
+    """The ``general.*`` and ``llama.*`` keys llama.cpp reads for a Llama model."""
+    writer.add_name(name)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    writer.add_rope_freq_base(float(_rope(config).get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(_head_dim(config))
+
+
+def pre_tokenizer_name(tokenizer_json: dict) -> str:
+    """llama.cpp's ``tokenizer.ggml.pre`` for a byte-level BPE ``tokenizer.json`` (gpt-2, smollm, llama-bpe)."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if tokenizer_json.get("normalizer") is None and kinds[-1:] == ["ByteLevel"]:
+        byte_level = steps[-1]
+        if kinds == ["ByteLevel"] and byte_level.get("use_regex", True):
+            return "gpt-2"
+        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and byte_level.get("use_regex", True):
+            return "smollm"
+        if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT \
+                and not byte_level.get("use_regex", True):
+            return "llama-bpe"
+    raise _refuse(f"its tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) is not one of gpt-2, smollm, llama-bpe")
+
+
+def tokenizer_spec(tokenizer) -> dict:
+    """The tokenizer.json of a fast byte-level BPE tokenizer (llama.cpp's ``gpt2`` tokenizer model), checked."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise _refuse("its tokenizer is not a fast (tokenizer.json) tokenizer")
+    spec = json.loads(backend.to_str())
+    if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise _refuse("its tokenizer is not a byte-level BPE tokenizer (SentencePiece tokenizers are not mapped)")
+    pre_tokenizer_name(spec)
+    return spec
+
+
+def check_convertible(model, tokenizer) -> None:
+    """Everything :func:`convert_hf_to_gguf` checks, without writing anything."""
+    check_config(model.config)
+    tokenizer_spec(tokenizer)
+
+
+def add_vocab(writer, tokenizer, vocab_size: int) -> None:
+    """Tokens, token types, merges and special tokens of a fast byte-level BPE tokenizer."""
+    gguf = _gguf()
+    spec = tokenizer_spec(tokenizer)
+    by_id = {i: text for text, i in tokenizer.get_vocab().items()}
+    special = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]"), types.append(gguf.TokenType.UNUSED)
+        elif i in special:
+            tokens.append(by_id[i]), types.append(gguf.TokenType.CONTROL if special[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i]), types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer_name(spec))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    merges = spec["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            getattr(writer, f"add_{kind}_token_id")(int(token_id))
+    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def _rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's row order for attn_q/attn_k: each head's two rotary halves interleaved (convert_hf_to_gguf's permute)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def gguf_tensors(model) -> list[tuple[str, torch.Tensor]]:
+    """(GGUF name, weight in GGUF row layout) for every parameter, in the model's order; a tied lm_head is left out."""
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    out = []
+    for name, weight in model.state_dict().items():
+        if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
+            continue  # llama.cpp reads the output matrix from token_embd when output.weight is absent
+        if name.endswith("self_attn.q_proj.weight"):
+            weight = _rotary_rows(weight, heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            weight = _rotary_rows(weight, kv_heads)
+        out.append((hf_to_gguf_name(name, config.num_hidden_layers), weight))
+    return out
+
+
+def _numpy(weight: torch.Tensor):
+    """(GGUF type name, array) of a weight in its own dtype; 1-D tensors in F32 as llama.cpp expects."""
+    weight = weight.detach().cpu()
+    if weight.dim() < 2:
+        return "F32", weight.float().numpy()
+    if weight.dtype == torch.bfloat16:  # numpy has no bfloat16: the raw 16-bit patterns, as gguf's writer stores them
+        return "BF16", weight.view(torch.int16).numpy().view(np.uint16)
+    if weight.dtype not in _GGUF_DTYPES:
+        raise _refuse(f"weights of dtype {weight.dtype} are not mapped")
+    gguf_type, np_type = _GGUF_DTYPES[weight.dtype]
+    return gguf_type, weight.numpy().astype(np_type, copy=False)
+
+
+def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
+    """Write ``model`` and ``tokenizer`` as a GGUF file at ``out`` (mode 0644, written beside it then moved)."""
+    gguf = _gguf()
+    check_config(model.config)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle)
+    try:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        add_hparams(writer, model.config, name)
+        add_vocab(writer, tokenizer, model.config.vocab_size)
+        for gguf_name, weight in gguf_tensors(model):
+            gguf_type, array = _numpy(weight)
+            writer.add_tensor(gguf_name, array, raw_dtype=gguf.GGMLQuantizationType[gguf_type])
+        writer.add_file_type(int(_FILE_TYPES[_numpy(model.get_input_embeddings().weight)[0]]))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
