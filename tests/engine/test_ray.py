@@ -47,7 +47,7 @@ def standin_evaluator(model: str, data: str, limit: int) -> Evaluator:
 
 def _items(evaluator: Evaluator, model_fp: str, data_fp: str, bits: list[int], granularity: str = "block") -> list[WorkItem]:
     entries = build_entries(evaluator.unit_map, [QuantConfig(b) for b in bits], granularity)
-    return [WorkItem(e.label, e.plan.canonical_json(), model_fp, data_fp) for e in entries]
+    return [WorkItem(e.label, e.plan.canonical_json(), model_fp, data_fp, evaluator.variant) for e in entries]
 
 
 def _tiny_items(evaluator: Evaluator, bits: list[int], granularity: str = "block") -> list[WorkItem]:

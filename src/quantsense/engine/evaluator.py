@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from quantsense.engine import last_block
 from quantsense.engine.prefix import PrefixCache
 from quantsense.evaluation.batching import TokenBatches
 from quantsense.evaluation.heads import ClassificationHead
@@ -20,6 +21,8 @@ class Evaluator:
     each plan at its first quantized block; results are identical to a full forward pass. The
     cache holds at most ``prefix_cache_bytes``: beyond that only every k-th block boundary is
     kept and a plan starts at the nearest kept boundary before its first quantized block.
+    For a classifier that reads only the first position (BERT, DistilBERT), the last block computes
+    that position alone (:mod:`quantsense.engine.last_block`); ``variant`` then names this forward.
     """
 
     def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
@@ -37,6 +40,8 @@ class Evaluator:
             per_boundary = 4 * hidden * sum(b.inputs["input_ids"].numel() for b in batches)
             every = max(1, -(-per_boundary * unit_map.num_blocks // prefix_cache_bytes))
             self.prefix = PrefixCache(unit_map.blocks, every=every)
+        self.first_position = last_block.supported(model)
+        self.variant = last_block.VARIANT if self.first_position else ""
         self._inputs = [{k: v.to(device) for k, v in b.inputs.items()} for b in batches]
         self._reference: EvalResult | None = None
 
@@ -71,7 +76,9 @@ class Evaluator:
     def _run(self, start: int, reference: bool) -> EvalResult:
         self.head.start(self.batches, reference)
         replay = self.prefix.replaying(start) if self.prefix is not None else _null()
-        with replay:
+        last = self.unit_map.blocks[-1]
+        pruned = last_block.first_position_only(self.model, last) if self.first_position and start < len(self.unit_map.blocks) else _null()
+        with replay, pruned:
             for b, (batch, inputs) in enumerate(zip(self.batches, self._inputs)):
                 if self.prefix is not None:
                     self.prefix.current_batch = b

@@ -20,13 +20,12 @@ class WorkItem:
     plan_json: str  # Plan.canonical_json()
     model_fp: str
     data_fp: str
+    variant: str = ""  # a forward that differs from the plain one by float rounding (Evaluator.variant)
 
     @property
     def key(self) -> str:
-        text = json.dumps(
-            {"model": self.model_fp, "data": self.data_fp, "plan": self.plan_json, "metric_version": METRIC_VERSION},
-            sort_keys=True,
-        )
+        fields = {"model": self.model_fp, "data": self.data_fp, "plan": self.plan_json, "metric_version": METRIC_VERSION}
+        text = json.dumps({**fields, "forward": self.variant} if self.variant else fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def plan(self) -> Plan:

@@ -75,6 +75,7 @@ class _Worker:
         if self.evaluator is not None:
             info["model_fp"] = weights_fingerprint(self.evaluator.model)
             info["batches_fp"] = self.evaluator.batches.fingerprint()
+            info["variant"] = self.evaluator.variant
         return info
 
     def evaluate(self, plan_json: str) -> tuple[str, object, float]:
@@ -252,6 +253,10 @@ class _Run:
                 f"the Ray worker on {info['host']} loaded different weights or data (model {info['model_fp']}, "
                 f"batches {info['batches_fp']}) than the driver (model {self.sample.model_fp}, data {self.sample.data_fp}); "
                 "give every node the same model and data files")
+        if info["variant"] != self.sample.variant:
+            raise QuantsenseError(
+                f"the Ray worker on {info['host']} runs forward {info['variant'] or 'plain'!r}, the driver "
+                f"{self.sample.variant or 'plain'!r}; install the same quantsense and transformers on every node")
 
     def _next_run_for(self, slot: _Slot) -> bool:
         """Give an actor with nothing left the next chunk, or the back half of the largest remainder."""

@@ -45,7 +45,8 @@ class Engine:
         self._memo: dict[str, EvalResult] = {}
 
     def item(self, label: str, plan: Plan) -> WorkItem:
-        return WorkItem(label=label, plan_json=plan.canonical_json(), model_fp=self.model_fp, data_fp=self.data_fp)
+        return WorkItem(label=label, plan_json=plan.canonical_json(), model_fp=self.model_fp, data_fp=self.data_fp,
+                        variant=self.evaluator.variant)
 
     def _from_store(self, item: WorkItem) -> EvalResult | None:
         """A finished evaluation from the store (counted in the stats), or None."""

@@ -1,0 +1,42 @@
+"""The last block computing only the classifier's position gives the full forward's logits up to float rounding."""
+
+import pytest
+import torch
+
+from quantsense.engine import last_block
+from tests.conftest import tiny_model
+
+
+def padded_inputs(vocab: int = 128, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (6, 11), generator=g)
+    mask = torch.ones_like(ids)
+    for row, length in enumerate((11, 9, 7, 4, 2, 1)):
+        mask[row, length:] = 0
+        ids[row, length:] = 1  # a pad id
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_first_position_logits_equal_the_full_forward(arch):
+    model = tiny_model(arch)
+    assert last_block.supported(model)
+    inputs, blocks = padded_inputs(), model.base_model.encoder.layer if arch != "distilbert" else model.distilbert.transformer.layer
+    seen = []
+    blocks[-1].register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape)))
+    with torch.inference_mode():
+        full = model(**inputs).logits
+        with last_block.first_position_only(model, blocks[-1]):
+            pruned = model(**inputs).logits
+        again = model(**inputs).logits  # the block's own forward is back
+    assert seen == [(6, 11, 32), (6, 1, 32), (6, 11, 32)]  # the pruned pass computed one position
+    assert torch.allclose(pruned, full, rtol=0, atol=1e-5), (pruned - full).abs().max()
+    assert torch.equal(again, full)
+    assert full.abs().max() > 1e-3  # logits that can differ
+
+
+def test_other_models_run_unchanged():
+    assert not last_block.supported(tiny_model("gpt2"))  # reads the last non-pad token
+    assert not last_block.supported(tiny_model("llama"))
+    training = tiny_model("bert").train()
+    assert not last_block.supported(training)
