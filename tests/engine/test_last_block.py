@@ -17,9 +17,11 @@ def padded_inputs(vocab: int = 128, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # a boolean mask, an additive float mask
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
-def test_first_position_logits_equal_the_full_forward(arch):
+def test_first_position_logits_equal_the_full_forward(arch, attention):
     model = tiny_model(arch)
+    model.set_attn_implementation(attention)
     assert last_block.supported(model)
     inputs, blocks = padded_inputs(), model.base_model.encoder.layer if arch != "distilbert" else model.distilbert.transformer.layer
     seen = []

@@ -1,43 +1,56 @@
 """The last block computes only the position the classifier reads.
 
 A BERT, RoBERTa or DistilBERT sequence classifier reads one position of the last block's output: the first
-(``[CLS]``). Attention is the only step that mixes positions, so the last block needs keys and values
-for every position but queries, the attention output projection, the residual, the layer norms and
-the feed-forward network for the first position alone: about a sixth of the block's work. The block
+(``[CLS]``). Attention is the only step that mixes positions, so the last block needs the query, the
+attention output projection, the residual, the layer norms and the feed-forward network for the
+first position alone, and its attention over every position costs two matrix-vector products per
+head (:func:`_attend_first`) instead of projecting every position to keys and values. The block
 then returns a sequence of length one, which the classifier reads exactly as before.
 
-The numbers equal the full forward pass up to float rounding (the same operations on fewer rows;
-a matrix kernel may sum in another order), so results computed this way are stored under their own
-key. Other architectures (or any model whose head is not one of these classes) run unchanged.
+The numbers equal the full forward pass up to float rounding (the same sums, in another order), so
+results computed this way are stored under their own key. Other architectures (or any model whose head is not one of these classes) run unchanged.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 VARIANT = "last-block-first-position"  # names this forward in the results store's key
 
 
-def _attend(query, key, value, mask, heads: int) -> torch.Tensor:
-    """Multi-head attention of ``query`` positions over all ``key``/``value`` positions, heads merged back."""
+def _attend_first(query, hidden, key: nn.Linear, value: nn.Linear, mask, heads: int) -> torch.Tensor:
+    """Multi-head attention of one query position per sentence over every position of ``hidden``.
+
+    The keys and values are never formed: per head, q . (W_k h + b_k) = (W_k^T q) . h + q . b_k and
+    sum_l p_l (W_v h_l + b_v) = W_v (sum_l p_l h_l) + b_v (the weights sum to 1). That is two
+    matrix-vector products per sentence and head instead of projecting every position.
+    """
     batch, dim = query.shape[0], query.shape[-1]
-    split = lambda x: x.view(batch, x.shape[1], heads, dim // heads).transpose(1, 2)  # noqa: E731
-    if mask is not None and mask.dim() == 4 and mask.shape[-2] > 1:
-        mask = mask[..., :1, :]
-    out = F.scaled_dot_product_attention(split(query), split(key), split(value), attn_mask=mask,
-                                         scale=1 / math.sqrt(dim // heads))
-    return out.transpose(1, 2).reshape(batch, query.shape[1], dim)
+    head_dim = dim // heads
+    q = query.reshape(batch, heads, head_dim)
+    w_k, w_v = key.weight.view(heads, head_dim, -1), value.weight.view(heads, head_dim, -1)
+    scores = torch.einsum("bli,bhi->bhl", hidden, torch.einsum("bhd,hdi->bhi", q, w_k))
+    if key.bias is not None:
+        scores = scores + (q * key.bias.view(heads, head_dim)).sum(-1, keepdim=True)
+    scores = scores * head_dim**-0.5
+    if mask is not None:  # transformers passes [batch, 1, queries or 1, keys]: keep the first query's row
+        row = mask[:, :, 0, :] if mask.dim() == 4 else mask[:, None, :]
+        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row
+    weights = torch.softmax(scores, dim=-1)
+    context = torch.einsum("bhi,hdi->bhd", torch.einsum("bhl,bli->bhi", weights, hidden), w_v)
+    if value.bias is not None:
+        context = context + value.bias.view(heads, head_dim)
+    return context.reshape(batch, 1, dim)
 
 
 def _bert_layer(layer, hidden_states, attention_mask=None, *args, **kwargs):
     """transformers' BertLayer or RobertaLayer (self-attention encoder) for the first position only."""
     attention, first = layer.attention.self, hidden_states[:, :1]
-    context = _attend(attention.query(first), attention.key(hidden_states), attention.value(hidden_states),
-                      attention_mask, attention.num_attention_heads)
+    context = _attend_first(attention.query(first), hidden_states, attention.key, attention.value, attention_mask,
+                            attention.num_attention_heads)
     attended = layer.attention.output(context, first)
     return layer.output(layer.intermediate(attended), attended)
 
@@ -45,8 +58,8 @@ def _bert_layer(layer, hidden_states, attention_mask=None, *args, **kwargs):
 def _distilbert_block(block, hidden_states, attention_mask=None, *args, **kwargs):
     """transformers' DistilBERT TransformerBlock for the first position only."""
     attention, first = block.attention, hidden_states[:, :1]
-    context = _attend(attention.q_lin(first), attention.k_lin(hidden_states), attention.v_lin(hidden_states),
-                      attention_mask, attention.n_heads)
+    context = _attend_first(attention.q_lin(first), hidden_states, attention.k_lin, attention.v_lin, attention_mask,
+                            attention.n_heads)
     attended = block.sa_layer_norm(attention.out_lin(context) + first)
     return block.output_layer_norm(block.ffn(attended) + attended)
 
