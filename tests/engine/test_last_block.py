@@ -42,3 +42,17 @@ def test_other_models_run_unchanged():
     assert not last_block.supported(tiny_model("llama"))
     training = tiny_model("bert").train()
     assert not last_block.supported(training)
+
+
+def test_the_variant_has_its_own_store_key_and_the_plain_key_is_unchanged():
+    import hashlib
+    import json
+
+    from quantsense.engine.executor import WorkItem
+    from quantsense.evaluation.metrics import METRIC_VERSION
+
+    plain = WorkItem("x", '{"units": {}}', "m", "d")
+    pruned = WorkItem("x", '{"units": {}}', "m", "d", last_block.VARIANT)
+    old = json.dumps({"model": "m", "data": "d", "plan": '{"units": {}}', "metric_version": METRIC_VERSION}, sort_keys=True)
+    assert plain.key == hashlib.sha256(old.encode()).hexdigest()  # rows stored before the variant existed stay valid
+    assert pruned.key != plain.key
