@@ -41,7 +41,7 @@ def _smollm2() -> str:
 
 SMOL = _smollm2()
 CLS = f"--model {MODEL} --data {DATA} --store results/store.sqlite --quiet"
-LM_WINDOWS = "--max-tokens 2048 --context 1024 --stride 1024"
+LM_WINDOWS = "--max-tokens 4096 --context 1024 --stride 1024"
 LM = f"--task wikitext --model {SMOL} --data {WIKI} --store results/smollm2.sqlite --quiet"
 
 # name: (command, [(produced file, copied to)])
@@ -63,16 +63,16 @@ SECTIONS = {
                                       [("results/smollm2-frontier-without-q4_1/frontier.png", "docs/figures/smollm2-frontier.png")]),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
-    "decoder-export": (f"quantsense export results/smollm2-frontier-without-q4_1/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
-                       "--format gguf --out results/smollm2-5.5bits.gguf", []),
+    "decoder-export": (f"quantsense export results/smollm2-frontier-without-q4_1/plans/allocated_5.75bits.json {LM} {LM_WINDOWS} "
+                       "--format gguf --out results/smollm2-5.75bits.gguf", []),
     "decoder-frontier-q4_0-q8_0": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q8_0 --budgets 5.5 "
                                    "--out results/smollm2-frontier-q4_0-q8_0", []),
     "decoder-export-q4_0-q8_0": (f"quantsense export results/smollm2-frontier-q4_0-q8_0/plan.json {LM} {LM_WINDOWS} "
                                  "--format gguf --out results/smollm2-5.5bits-q4_0-q8_0.gguf", []),
     "gguf-speed-q4_0-q8_0": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-q4_0-q8_0.gguf --wikitext {WIKI} "
-                             "--ppl-tokens 2048 --context 1024 --stride 1024", []),
-    "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits.gguf --wikitext {WIKI} "
-                   "--ppl-tokens 2048 --context 1024 --stride 1024", []),
+                             "--ppl-tokens 4096 --context 1024 --stride 1024", []),
+    "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.75bits.gguf --wikitext {WIKI} "
+                   "--ppl-tokens 4096 --context 1024 --stride 1024", []),
 }
 # report pages photographed in headless Chromium for the README
 SCREENSHOTS = {"study": ("results/minilm-sst2/report.html", "docs/figures/report-study.png"),
