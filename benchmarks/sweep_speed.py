@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import subprocess
 import sys
 import time
@@ -62,8 +61,8 @@ def matmul_rate(shapes: list[tuple[int, int]], tokens: int = 4096, repeats: int 
 def unavoidable_gflop(ws, starts: list[int]) -> float:
     """Matmul GFLOP of the reference pass plus each configuration from its first quantized block, unpadded.
 
-    When the engine runs the last block for the classifier's position only, that block's keys and
-    values still cover every token, the rest one position per sentence.
+    When the engine runs the last block for the classifier's position only, that block's linears act
+    on one position per sentence and its attention reads every token once per head.
     """
     lengths = np.array([int(b.inputs["attention_mask"][i].sum()) for b in ws.batches for i in range(len(b.index))])
     tokens, attn_pairs = lengths.sum(), (lengths.astype(np.float64) ** 2).sum()
@@ -72,8 +71,8 @@ def unavoidable_gflop(ws, starts: list[int]) -> float:
     for i in range(ws.units.num_blocks):
         params = sum(ws.units.get(n).numel for n in ws.units.block_units(i))
         if i == last and ws.evaluator.first_position:
-            kv = sum(ws.units.get(n).numel for n in ws.units.block_units(i) if re.search(r"(key|value|k_lin|v_lin)$", n))
-            per_block.append(2.0 * kv * tokens + 2.0 * (params - kv) * len(lengths) + 2 * 2.0 * lengths.sum() * hidden)
+            heads = ws.model.config.num_attention_heads if hasattr(ws.model.config, "num_attention_heads") else ws.model.config.n_heads
+            per_block.append(2.0 * params * len(lengths) + 2 * 2.0 * tokens * hidden * heads)
             continue
         per_block.append(2.0 * params * tokens + 2 * 2.0 * attn_pairs * hidden)  # linears + QK^T and AV
     head = sum(2.0 * ws.units.get(n).numel * len(lengths) for n in ws.units.extra_units() if ws.units.get(n).kind == "head")

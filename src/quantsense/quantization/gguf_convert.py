@@ -26,7 +26,8 @@ from quantsense.errors import QuantsenseError
 from quantsense.quantization.gguf_export import _gguf, hf_to_gguf_name
 
 _FIX = "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file with --model"
-_FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32}  # llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_BF16
+# llama.cpp's general.file_type for the model's dtype: ALL_F32, MOSTLY_F16, MOSTLY_BF16
+_FILE_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 32}
 _GGUF_DTYPES = {torch.float32: ("F32", np.float32), torch.float16: ("F16", np.float16)}
 # llama.cpp's pre-tokenizer names for the byte-level pre-tokenizers of Llama-family tokenizer.json files
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -104,6 +105,9 @@ def tokenizer_spec(tokenizer) -> dict:
 def check_convertible(model, tokenizer) -> None:
     """Everything :func:`convert_hf_to_gguf` checks, without writing anything."""
     check_config(model.config)
+    dtype = model.get_input_embeddings().weight.dtype
+    if dtype not in _FILE_TYPES:
+        raise _refuse(f"weights of dtype {dtype} are not mapped (float32, float16, bfloat16 are)")
     tokenizer_spec(tokenizer)
 
 
@@ -112,19 +116,20 @@ def add_vocab(writer, tokenizer, vocab_size: int) -> None:
     gguf = _gguf()
     spec = tokenizer_spec(tokenizer)
     by_id = {i: text for text, i in tokenizer.get_vocab().items()}
-    special = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
-    tokens, types = [], []
-    for i in range(vocab_size):
+    added = dict(tokenizer.added_tokens_decoder)
+
+    def entry(i: int):  # (text, type) as llama.cpp's converter writes them
         if i not in by_id:
-            tokens.append(f"[PAD{i}]"), types.append(gguf.TokenType.UNUSED)
-        elif i in special:
-            tokens.append(by_id[i]), types.append(gguf.TokenType.CONTROL if special[i].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[i]), types.append(gguf.TokenType.NORMAL)
+            return f"[PAD{i}]", gguf.TokenType.UNUSED
+        if i in added:
+            return by_id[i], gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED
+        return by_id[i], gguf.TokenType.NORMAL
+
+    tokens, types = zip(*(entry(i) for i in range(vocab_size)))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre_tokenizer_name(spec))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
+    writer.add_token_list(list(tokens))
+    writer.add_token_types(list(types))
     merges = spec["model"]["merges"]
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     for kind in ("bos", "eos", "unk", "pad"):
@@ -164,8 +169,6 @@ def _numpy(weight: torch.Tensor):
         return "F32", weight.float().numpy()
     if weight.dtype == torch.bfloat16:  # numpy has no bfloat16: the raw 16-bit patterns, as gguf's writer stores them
         return "BF16", weight.view(torch.int16).numpy().view(np.uint16)
-    if weight.dtype not in _GGUF_DTYPES:
-        raise _refuse(f"weights of dtype {weight.dtype} are not mapped")
     gguf_type, np_type = _GGUF_DTYPES[weight.dtype]
     return gguf_type, weight.numpy().astype(np_type, copy=False)
 
@@ -173,7 +176,7 @@ def _numpy(weight: torch.Tensor):
 def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
     """Write ``model`` and ``tokenizer`` as a GGUF file at ``out`` (mode 0644, written beside it then moved)."""
     gguf = _gguf()
-    check_config(model.config)
+    check_convertible(model, tokenizer)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -185,7 +188,7 @@ def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
         for gguf_name, weight in gguf_tensors(model):
             gguf_type, array = _numpy(weight)
             writer.add_tensor(gguf_name, array, raw_dtype=gguf.GGMLQuantizationType[gguf_type])
-        writer.add_file_type(int(_FILE_TYPES[_numpy(model.get_input_embeddings().weight)[0]]))
+        writer.add_file_type(_FILE_TYPES[model.get_input_embeddings().weight.dtype])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
