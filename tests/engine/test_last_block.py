@@ -1,5 +1,6 @@
 """The last block computing only the classifier's position gives the full forward's logits up to float rounding."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +57,23 @@ def test_the_variant_has_its_own_store_key_and_the_plain_key_is_unchanged():
     old = json.dumps({"model": "m", "data": "d", "plan": '{"units": {}}', "metric_version": METRIC_VERSION}, sort_keys=True)
     assert plain.key == hashlib.sha256(old.encode()).hexdigest()  # rows stored before the variant existed stay valid
     assert pruned.key != plain.key
+
+
+def test_the_evaluator_prunes_the_models_last_layer_and_matches_the_full_forward():
+    from quantsense.engine.evaluator import Evaluator
+    from quantsense.evaluation.batching import make_batches
+    from quantsense.models.units import discover_units
+    from tests.conftest import random_encoded
+
+    model = tiny_model("bert")
+    assert last_block.last_layer(model) is model.bert.encoder.layer[-1]
+    batches = make_batches(random_encoded(), pad_id=0)
+    widths = {i: set() for i in range(3)}
+    for i, layer in enumerate(model.bert.encoder.layer):
+        layer.register_forward_hook(lambda module, args, output, i=i: widths[i].add(output.shape[1]))
+    evaluator = Evaluator(model, discover_units(model), batches, torch.device("cpu"))
+    reference = evaluator.reference().logits
+    assert widths[2] == {1} and min(widths[0]) > 1 and min(widths[1]) > 1
+    with torch.inference_mode():
+        full = {int(j): row for b in batches for j, row in zip(b.index, model(**b.inputs).logits)}
+    assert np.allclose(reference, torch.stack([full[j] for j in range(len(full))]).numpy(), rtol=0, atol=1e-5)

@@ -21,8 +21,9 @@ class Evaluator:
     each plan at its first quantized block; results are identical to a full forward pass. The
     cache holds at most ``prefix_cache_bytes``: beyond that only every k-th block boundary is
     kept and a plan starts at the nearest kept boundary before its first quantized block.
-    For a classifier that reads only the first position (BERT, DistilBERT), the last block computes
-    that position alone (:mod:`quantsense.engine.last_block`); ``variant`` then names this forward.
+    For a classifier that reads only the first position (BERT, RoBERTa, DistilBERT), the model's last
+    layer computes that position alone, equal up to float rounding (:mod:`quantsense.engine.last_block`);
+    ``variant`` then names this forward.
     """
 
     def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
@@ -76,8 +77,9 @@ class Evaluator:
     def _run(self, start: int, reference: bool) -> EvalResult:
         self.head.start(self.batches, reference)
         replay = self.prefix.replaying(start) if self.prefix is not None else _null()
-        last = self.unit_map.blocks[-1]
-        pruned = last_block.first_position_only(self.model, last) if self.first_position and start < len(self.unit_map.blocks) else _null()
+        last = last_block.last_layer(self.model) if self.first_position else None
+        replayed = any(block is last for block in self.unit_map.blocks[:start])  # its stored output is used instead
+        pruned = last_block.first_position_only(self.model, last) if last is not None and not replayed else _null()
         with replay, pruned:
             for b, (batch, inputs) in enumerate(zip(self.batches, self._inputs)):
                 if self.prefix is not None:

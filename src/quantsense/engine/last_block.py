@@ -76,9 +76,16 @@ def supported(model) -> bool:
     return type(model).__name__ in _FORWARDS and not is_decoder and not model.training
 
 
+def last_layer(model):
+    """The model's own last encoder layer (whatever blocks a sweep chose to treat as units)."""
+    base = model.base_model
+    layers = base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer
+    return layers[-1]
+
+
 @contextmanager
 def first_position_only(model, last_block):
-    """Within the context, ``last_block`` computes only the first position (``model`` must be :func:`supported`)."""
+    """Within the context, ``last_block`` (the model's :func:`last_layer`) computes only the first position."""
     forward = _FORWARDS[type(model).__name__]
     last_block.forward = lambda *args, **kwargs: forward(last_block, *args, **kwargs)
     try:
