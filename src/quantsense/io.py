@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 FILE_MODE = 0o644
@@ -24,21 +25,29 @@ def json_safe(value):
     return value
 
 
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path`` to write to; on success it becomes ``path`` (mode 0644) in one
+    rename, on any error it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as handle:
-            handle.write(data)
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as handle:
+            handle.write(data)
+    return Path(path)
 
 
 def write_json(path: Path, data) -> Path:

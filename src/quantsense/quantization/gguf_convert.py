@@ -15,14 +15,13 @@ other architectures, rope scaling, biases, SentencePiece tokenizers, unknown pre
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from quantsense.errors import QuantsenseError
+from quantsense.io import atomic_output
 from quantsense.quantization.gguf_export import _gguf, hf_to_gguf_name
 
 _FIX = "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file with --model"
@@ -177,11 +176,7 @@ def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
     """Write ``model`` and ``tokenizer`` as a GGUF file at ``out`` (mode 0644, written beside it then moved)."""
     gguf = _gguf()
     check_convertible(model, tokenizer)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
+    with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         add_hparams(writer, model.config, name)
         add_vocab(writer, tokenizer, model.config.vocab_size)
@@ -194,9 +189,4 @@ def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return Path(out)

@@ -19,9 +19,7 @@ GGUF-layout tensor gives exactly the permuted version of quantizing the Hugging 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from quantsense.errors import QuantsenseError
+from quantsense.io import atomic_output
 
 GGUF_TYPES = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f16", "bf16", "f32")
 # keys this module sets itself; every other source key is copied unchanged
@@ -192,11 +191,8 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
     types = _target_types(reader, tensor_types, default_type)
     keep = {t.name for t in reader.tensors if default_type is None and t.name not in tensor_types and len(t.shape) >= 2}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     arch = bytes(reader.get_field("general.architecture").parts[-1]).decode()
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
+    with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.data_alignment = _alignment(reader)
         _copy_metadata(reader, writer)
@@ -218,11 +214,6 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
             writer.write_tensor_data(data, tensor_endianess=reader.endianess)
             tensor_bytes += data.nbytes
         writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"path": str(out), "bytes": out.stat().st_size, "tensor_bytes": tensor_bytes, "types": dict(Counter(types.values()))}
 
 
