@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from quantsense.errors import QuantsenseError
+
 FILE_MODE = 0o644
 
 
@@ -48,6 +50,17 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         with open(tmp, "wb" if isinstance(data, bytes) else "w") as handle:
             handle.write(data)
     return Path(path)
+
+
+def read_json(path: Path, missing: str, fix: str):
+    """The JSON value in ``path``. Absent: a QuantsenseError saying ``missing``; not JSON: one naming the file and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise QuantsenseError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise QuantsenseError(f"{path} is not valid JSON ({err}): {fix}") from None
 
 
 def write_json(path: Path, data) -> Path:

@@ -94,13 +94,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan | BlockPlan":
-        path = Path(path)
-        if not path.is_file():
-            raise QuantsenseError(f"plan file {path} does not exist; write one with 'quantsense allocate' or by hand")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise QuantsenseError(f"plan file {path} is not valid JSON: {exc}") from None
+        from quantsense.io import read_json
+
+        data = read_json(path, f"plan file {path} does not exist; write one with 'quantsense allocate' or by hand",
+                         "fix the plan file or write it again with 'quantsense allocate'")
         return cls.from_json_dict(data, where=f"plan file {path}")
 
 

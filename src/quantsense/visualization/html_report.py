@@ -726,13 +726,11 @@ def write_html_report(results: dict, path: str | Path, tolerance: float | None =
 def rebuild_report(results_dir: str | Path, tolerance: float | None = None) -> Path:
     """Re-create ``results_dir/report.html`` from ``results_dir/results.json``."""
     results_dir = Path(results_dir)
+    from quantsense.io import read_json
+
     source = results_dir / "results.json"
-    if not source.is_file():
-        raise QuantsenseError(f"no results.json in {results_dir}: point at a folder written by a quantsense study")
-    try:
-        results = json.loads(source.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise QuantsenseError(f"{source} is not valid JSON ({err}): re-run the study to write it again") from None
+    results = read_json(source, f"no results.json in {results_dir}: point at a folder written by a quantsense study",
+                        "re-run the study to write it again")
     if not isinstance(results, dict):
         raise QuantsenseError(f"{source} does not hold a results object: re-run the study to write it again")
     return write_html_report(results, results_dir / "report.html", tolerance)
