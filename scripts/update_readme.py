@@ -61,17 +61,20 @@ SECTIONS = {
     "decoder-frontier-without-q4_1": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q5_0 q5_1 q8_0 f16 "
                                       "--out results/smollm2-frontier-without-q4_1",
                                       [("results/smollm2-frontier-without-q4_1/frontier.png", "docs/figures/smollm2-frontier.png")]),
+    "decoder-frontier-linear": (f"quantsense frontier {LM} {LM_WINDOWS} --unit linear --candidates q4_0 q5_0 q8_0 "
+                                "--budgets 5 5.5 6 7 --out results/smollm2-frontier-linear",
+                                [("results/smollm2-frontier-linear/frontier.png", "docs/figures/smollm2-frontier-linear.png")]),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
-    "decoder-export": (f"quantsense export results/smollm2-frontier-without-q4_1/plans/allocated_5.75bits.json {LM} {LM_WINDOWS} "
-                       "--format gguf --out results/smollm2-5.75bits.gguf", []),
+    "decoder-export": (f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
+                       "--format gguf --out results/smollm2-5.5bits-linear.gguf", []),
     "decoder-frontier-q4_0-q8_0": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q8_0 --budgets 5.5 "
                                    "--out results/smollm2-frontier-q4_0-q8_0", []),
     "decoder-export-q4_0-q8_0": (f"quantsense export results/smollm2-frontier-q4_0-q8_0/plan.json {LM} {LM_WINDOWS} "
                                  "--format gguf --out results/smollm2-5.5bits-q4_0-q8_0.gguf", []),
     "gguf-speed-q4_0-q8_0": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-q4_0-q8_0.gguf --wikitext {WIKI} "
                              "--ppl-tokens 4096 --context 1024 --stride 1024", []),
-    "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.75bits.gguf --wikitext {WIKI} "
+    "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-linear.gguf --wikitext {WIKI} "
                    "--ppl-tokens 4096 --context 1024 --stride 1024", []),
 }
 # report pages photographed in headless Chromium for the README
@@ -105,8 +108,8 @@ def run_section(name: str) -> None:
 
 
 def excerpt(text: str, starts: tuple[str, ...]) -> str:
-    """The command line, then each line that starts with one of ``starts`` with the table that follows it and
-    the one sentence after that table; "..." marks what was left out."""
+    """The command line, then each line that starts with one of ``starts`` with its indented continuation lines,
+    the table that follows it and the one sentence after that table; "..." marks what was left out."""
     lines = text.rstrip().splitlines()
     keep = [lines[0]]
     i = 1
@@ -118,6 +121,9 @@ def excerpt(text: str, starts: tuple[str, ...]) -> str:
             continue
         keep.append(lines[i])
         i += 1
+        while i < len(lines) and lines[i].startswith("  ") and lines[i].strip():  # indented: continues the line above
+            keep.append(lines[i])
+            i += 1
         table = False
         while i < len(lines) and lines[i].startswith("|"):
             keep.append(lines[i])

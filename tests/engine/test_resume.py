@@ -9,8 +9,8 @@ import time
 from tests.conftest import REPO, store_rows
 
 
-def _args(model, data, store, out):
-    return ["sensitivity", "--model", str(model), "--data", str(data), "--limit", "160", "--bits", "8", "6", "4", "3", "2",
+def _args(model, data, store, out, limit=160):
+    return ["sensitivity", "--model", str(model), "--data", str(data), "--limit", str(limit), "--bits", "8", "6", "4", "3", "2",
             "--store", str(store), "--out", str(out), "--quiet"]
 
 
@@ -25,6 +25,7 @@ def _start_and_stop_after(args, store, rows, sig):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.02)
+    assert proc.poll() is None, "the sweep finished before the signal could be sent: give it more work"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
@@ -54,7 +55,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_and_recomputes_only_the_rest(st
 
 def test_ctrl_c_says_where_results_are_and_how_to_resume(standin_dir, sst2_validation, tmp_path):
     store = tmp_path / "int.sqlite"
-    code, _, err = _start_and_stop_after(_args(standin_dir, sst2_validation, store, tmp_path / "c"), store, 4, signal.SIGINT)
+    # all 872 sentences: seconds of work remain after the 4th row, so the signal lands mid-sweep even on a loaded machine
+    args = _args(standin_dir, sst2_validation, store, tmp_path / "c", limit=872)
+    code, _, err = _start_and_stop_after(args, store, 4, signal.SIGINT)
     assert code == 130
     assert str(store) in err and "run the same command again to resume" in err
     assert "Traceback" not in err

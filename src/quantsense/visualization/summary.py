@@ -96,14 +96,31 @@ def frontier_text(results: dict) -> str:
              f"single-unit {objective}); every plan measured:",
              markdown_table(fr["rows"], _task(results).plan_columns + FRONTIER_EXTRA, digits=4)]
     for name, choice in fr["choices"].items():
-        counts: dict = {}
-        for fmt in choice.values():
-            counts[fmt or "fp32"] = counts.get(fmt or "fp32", 0) + 1
-        detail = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
         if len(choice) <= 12:
-            detail = ", ".join(f"{g}: {f or 'fp32'}" for g, f in choice.items())
-        lines.append(f"{name}: {detail}")
+            lines.append(f"{name}: " + ", ".join(f"{g}: {f or 'fp32'}" for g, f in choice.items()))
+            continue
+        lines.append(f"{name}: {_count_text(choice.values())}")
+        if fr["unit"] == "linear":
+            kinds: dict[str, list] = {}
+            for group, fmt in choice.items():
+                kinds.setdefault(_layer_kind(group), []).append(fmt)
+            lines.append("  by layer kind: " + "; ".join(f"{k} {_count_text(f)}" for k, f in sorted(kinds.items())))
     return "\n".join(lines)
+
+
+def _count_text(formats) -> str:
+    """'q4_0 x3, q8_0 x1' for formats (None is FP32)."""
+    counts: dict[str, int] = {}
+    for fmt in formats:
+        counts[fmt or "fp32"] = counts.get(fmt or "fp32", 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+
+def _layer_kind(group: str) -> str:
+    """A linear group's kind across blocks: 'down_proj' for model.layers.3.mlp.down_proj, 'tied[q|k]' for a tied group."""
+    if group.startswith("block "):
+        return group.split(" ", 2)[-1]
+    return group.rsplit(".", 1)[-1]
 
 
 def ablation_text(results: dict) -> str:
