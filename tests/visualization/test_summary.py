@@ -21,7 +21,7 @@ def test_linear_frontier_lines_count_every_unit_by_format_and_by_layer_kind():
         assert kinds_line.startswith("  by layer kind: ")
         for part in kinds_line[len("  by layer kind: "):].split("; "):
             kind, counts = part.split(" ", 1)
-            expected = Counter(fmt for unit, fmt in choice.items() if unit.rsplit(".", 1)[-1] == kind)
+            expected = Counter(fmt for unit, fmt in choice.items() if unit.split(".", 3)[3] == kind)
             assert _parse_counts(counts) == expected and sum(expected.values()) == 30
 
 

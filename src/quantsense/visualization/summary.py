@@ -120,7 +120,9 @@ def _layer_kind(group: str) -> str:
     """A linear group's kind across blocks: 'down_proj' for model.layers.3.mlp.down_proj, 'tied[q|k]' for a tied group."""
     if group.startswith("block "):
         return group.split(" ", 2)[-1]
-    return group.rsplit(".", 1)[-1]
+    import re
+
+    return re.sub(r"^.*?\.\d+\.", "", group)  # after the layer index: mlp.down_proj, attention.output.dense
 
 
 def ablation_text(results: dict) -> str:
