@@ -6,6 +6,7 @@ registry; none guesses the task from row keys.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from quantsense.io import write_atomic, write_csv, write_json
@@ -120,8 +121,6 @@ def _layer_kind(group: str) -> str:
     """A linear group's kind across blocks: 'down_proj' for model.layers.3.mlp.down_proj, 'tied[q|k]' for a tied group."""
     if group.startswith("block "):
         return group.split(" ", 2)[-1]
-    import re
-
     return re.sub(r"^.*?\.\d+\.", "", group)  # after the layer index: mlp.down_proj, attention.output.dense
 
 
