@@ -17,7 +17,7 @@ import torch
 from quantsense.config import DEFAULT_TASK, REFERENCE_MODEL
 from quantsense.engine import Engine, Evaluator
 from quantsense.errors import QuantsenseError
-from quantsense.models.loading import load_model, resolve_device, weights_fingerprint
+from quantsense.models.loading import check_tokenizer, load_model, resolve_device, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
 from quantsense.quantization.formats import Format, QuantConfig, parse_format
 from quantsense.store import ResultStore
@@ -157,6 +157,7 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise QuantsenseError("open_workspace on a model in memory needs its tokenizer: open_workspace(model, tokenizer=tok, ...)")
+        check_tokenizer(model, tokenizer, opts.model)
         device = resolve_device(opts.device)
         net, dtype = model.to(device).eval(), str(next(model.parameters()).dtype).replace("torch.", "")
     else:

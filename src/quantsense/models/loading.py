@@ -1,13 +1,16 @@
 """Model loading from a Hugging Face hub id, a local directory or a GGUF file, safetensors only.
 
 A model is refused, in one line, when its files cannot be read, when its weights are pickled
-(pickle files can execute code), or when it has no trained head for the task: transformers would
-silently initialise that head at random and every number measured with it would mean nothing.
+(pickle files can execute code), when it asks to run its own Python code (``auto_map``: quantsense
+passes ``trust_remote_code=False`` everywhere and never prompts), when its tokenizer is missing, or
+when it has no trained head for the task: transformers would silently initialise that head at random
+and every number measured with it would mean nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,8 @@ HEAD_NAMES = {"classification": "classification head", "causal": "language-model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SHOWN_KEYS = 4
+CODE_FILES = ("config.json", "tokenizer_config.json")  # where transformers reads auto_map (custom code) from
+MIN_VOCAB_SHARE = 0.5  # a tokenizer with fewer tokens than this share of the embedding rows is not the model's
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -66,7 +71,10 @@ def _auto_class(kind: str):
 
 
 def _source_kwargs(gguf_file: str | None, local_only: bool) -> dict:
-    kwargs = {"local_files_only": True} if local_only else {}
+    """from_pretrained's keyword arguments: never run a model's own code, never ask on the terminal."""
+    kwargs = {"trust_remote_code": False}
+    if local_only:
+        kwargs["local_files_only"] = True
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     return kwargs
@@ -138,6 +146,29 @@ def _check_weight_files(path: Path, source: str) -> None:
     raise QuantsenseError(f"model directory {source} has no model.safetensors; point --model at a saved Hugging Face model")
 
 
+def _check_no_custom_code(path: Path, source: str) -> None:
+    """Refuse a folder whose config asks transformers to import Python files from it (``auto_map``)."""
+    for name in CODE_FILES:
+        try:
+            config = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # absent or unreadable: the loader reports it
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if auto_map:
+            classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
+            raise QuantsenseError(
+                f"model directory {source} asks to run its own Python code (auto_map in {name}: {classes}); quantsense never "
+                "runs code from a model folder: use a model whose architecture transformers implements, without auto_map"
+            )
+
+
+def _custom_code_error(source: str) -> QuantsenseError:
+    return QuantsenseError(
+        f"model {source} needs its own Python code (auto_map, trust_remote_code); quantsense never runs code from a model: "
+        "use a model whose architecture transformers implements"
+    )
+
+
 def _file_reason(exc: Exception) -> str:
     """The loader's reason in one line, said in terms of the files where transformers' own words do not."""
     text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
@@ -162,6 +193,8 @@ def _hub_reachable() -> bool:
 
 
 def _hub_error(source: str, exc: Exception) -> QuantsenseError:
+    if "trust_remote_code" in str(exc):
+        return _custom_code_error(source)
     if "safetensors" in str(exc):
         return QuantsenseError(
             f"hub model {source!r} has no safetensors weights; quantsense loads only safetensors (pickle files can execute "
@@ -187,6 +220,7 @@ def _locate(source: str, kind: str) -> tuple[str, dict, bool]:
         if ggufs:
             _check_gguf_kind(source, kind)
         else:
+            _check_no_custom_code(path, source)
             _check_weight_files(path, source)
         return str(path), _source_kwargs(ggufs[0].name if ggufs else None, True), True
     if _looks_like_path(source):
@@ -215,6 +249,8 @@ def load_model(source: str, kind: str = "classification", device: str | torch.de
         torch_dtype = _choose_dtype(dtype, device, load_from, kwargs)
         model, info = _load_weights(load_from, kind, torch_dtype, kwargs)
     except LOAD_ERRORS as exc:
+        if "trust_remote_code" in str(exc):
+            raise _custom_code_error(source) from None
         if local:
             raise QuantsenseError(
                 f"could not load model from {source}: {_file_reason(exc)}; re-save it with save_pretrained or pass another --model"
@@ -227,6 +263,7 @@ def load_model(source: str, kind: str = "classification", device: str | torch.de
         raise QuantsenseError(
             f"could not load the tokenizer of {source}: {_file_reason(exc)}; save the tokenizer with the model (tokenizer.save_pretrained)"
         ) from None
+    check_tokenizer(model, tokenizer, source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
@@ -234,6 +271,18 @@ def load_model(source: str, kind: str = "classification", device: str | torch.de
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=kind, device=device,
                        dtype=str(torch_dtype).removeprefix("torch."))
+
+
+def check_tokenizer(model: torch.nn.Module, tokenizer, source: str) -> None:
+    """Refuse a tokenizer far smaller than the model's vocabulary: transformers builds a few-token one when a
+    folder has no tokenizer files, and every text would become unknown tokens."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    tokens = len(tokenizer)
+    if tokens < MIN_VOCAB_SHARE * rows:
+        raise QuantsenseError(
+            f"the tokenizer of {source} has {tokens} tokens for a model with {rows} token embeddings: its tokenizer files are "
+            "missing or belong to another model; save the model's own tokenizer beside it (tokenizer.save_pretrained(DIR))"
+        )
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

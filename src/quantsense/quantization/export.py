@@ -92,9 +92,9 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
             tokenizer.save_pretrained(fp32_dir)
             source = fp32_dir
         auto = transformers.AutoModelForSequenceClassification if kind == "classification" else transformers.AutoModelForCausalLM
-        model = auto.from_pretrained(source, dtype=torch.float32,
+        model = auto.from_pretrained(source, trust_remote_code=False, dtype=torch.float32,
                                      quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save_pretrained(staging)

@@ -207,9 +207,11 @@ def gguf_format_names() -> tuple[str, ...]:
 def parse_format(text: str | int, base: QuantConfig | None = None) -> Format:
     """``4`` or ``int4`` -> the integer grid ``base`` at 4 bits; ``q4_0``/``f16``... -> that GGUF format."""
     base = base or QuantConfig(bits=8)
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise QuantsenseError(f"a format is a name or a number of bits (e.g. 'int4', 4, 'q4_0'), got {text!r}")
     value = str(text).strip().lower()
     digits = value[3:] if value.startswith("int") else value
-    if digits.isdigit():
+    if digits.isascii() and digits.isdigit():  # '²' is a digit to str.isdigit but not to int()
         return base.replace(bits=int(digits))
     if value in gguf_format_names():
         return GGUFFormat(value)

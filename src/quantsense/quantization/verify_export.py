@@ -52,8 +52,8 @@ def latency(model, enc, repeats=15):
 
 @torch.inference_mode()
 def causal_main(export_dir, text_file, max_tokens, context, stride):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)
+    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=False).eval()
     with open(text_file, encoding="utf-8") as handle:
         ids = tokenizer(handle.read(), add_special_tokens=False)["input_ids"][:max_tokens]
     logprobs, scored_until, begin = [], 1, 0
@@ -61,7 +61,7 @@ def causal_main(export_dir, text_file, max_tokens, context, stride):
         end = min(begin + context, len(ids))
         window = torch.tensor([ids[begin:end]])
         logp = torch.log_softmax(model(window, use_cache=False).logits[0].float(), dim=-1)
-        for position in range(scored_until, end):
+        for position in range(max(scored_until, begin + 1), end):  # a window's first token has no context in it
             logprobs.append(logp[position - begin - 1, ids[position]].item())
         scored_until = end
         if end == len(ids):
@@ -80,9 +80,9 @@ def main():
         return causal_main(export_dir, text_file, int(max_tokens), int(context), int(stride))
     export_dir, fp32_dir, data = sys.argv[1:4]
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
-    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir).eval()
-    fp32 = transformers.AutoModelForSequenceClassification.from_pretrained(fp32_dir, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir, trust_remote_code=False).eval()
+    fp32 = transformers.AutoModelForSequenceClassification.from_pretrained(fp32_dir, trust_remote_code=False, dtype=torch.float32).eval()
     texts = read_texts(data, limit)
     enc = tokenizer(texts[:32], padding=True, return_tensors="pt")
     exported_s, fp32_s = [], []

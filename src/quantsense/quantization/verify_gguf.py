@@ -6,7 +6,8 @@
 
 Prints one JSON object. TOKEN_IDS.json holds a list of token ids (or {"token_ids": [...]}) so both
 runtimes score exactly the same ids. Windows: the first covers tokens [0, CONTEXT), each later one
-starts STRIDE later and scores only tokens no earlier window scored; token 0 is never scored.
+starts STRIDE later and scores only tokens no earlier window scored; a window's own first token (token 0 too)
+is never scored, as it has no context inside the window.
 ``token_logprob`` is the natural-log probability of each scored token given its window.
 """
 
@@ -27,7 +28,7 @@ def windows(n_tokens, context, stride):
     scored_until, begin = 1, 0
     while scored_until < n_tokens:
         end = min(begin + context, n_tokens)
-        yield begin, end, scored_until
+        yield begin, end, max(scored_until, begin + 1)  # a window's first token has no context in it: never scored
         scored_until = end
         if end == n_tokens:
             break
@@ -49,7 +50,7 @@ def transformers_logprobs(path, ids, context, stride):
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), trust_remote_code=False, gguf_file=path.name, dtype=torch.float32).eval()
     logprobs = []
     with torch.inference_mode():
         for begin, end, first in windows(len(ids), context, stride):

@@ -4,7 +4,8 @@ per-token KL(FP32 || quantized) and top-1 agreement; intervals by a block bootst
 Token selection is reproducible: the text is tokenized whole and the first ``max_tokens`` tokens
 are used. Windows of ``context`` tokens start every ``stride`` tokens; each window scores only the
 tokens no earlier window scored (the usual sliding-window perplexity), so every token after the
-first is predicted exactly once, with up to ``context - stride`` tokens of extra context.
+first is predicted at most once, with up to ``context - stride`` tokens of extra context; a window's own first
+token is never scored (with ``stride == context``, one token per later window goes unscored).
 
 Neighbouring tokens' losses are strongly correlated, so intervals resample consecutive blocks of
 :data:`BOOTSTRAP_BLOCK_TOKENS` scored tokens rather than single tokens
@@ -31,7 +32,12 @@ MIN_CONTEXT = 2
 
 
 def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: int) -> TokenBatches:
-    """One batch per window; ``Batch.index`` holds the positions (in the token stream) it scores."""
+    """One batch per window; ``Batch.index`` holds the positions (in the token stream) it scores.
+
+    A window scores only tokens with at least one token of context inside it: its first token is
+    never scored (with ``stride == context`` that token is left unscored, as in the Hugging Face
+    recipe and llama.cpp's perplexity, rather than predicted from a row that belongs to the next one).
+    """
     ids = token_ids[:max_tokens]
     batches = []
     scored_until = 1  # token 0 has no prediction
@@ -39,7 +45,7 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
     while scored_until < len(ids):
         end = min(begin + context, len(ids))
         window = torch.tensor([ids[begin:end]], dtype=torch.long)
-        batches.append(Batch(index=np.arange(scored_until, end), inputs={"input_ids": window}))
+        batches.append(Batch(index=np.arange(max(scored_until, begin + 1), end), inputs={"input_ids": window}))
         scored_until = end
         if end == len(ids):
             break
