@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import subprocess
 import sys
 import time
@@ -87,7 +88,10 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4, 3, 2])
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--pairs", type=int, default=3, help="alternating whole-process pairs (at least 3)")
     args = parser.parse_args()
+    if args.pairs < 3:
+        parser.error("--pairs must be at least 3: a median needs three")
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
@@ -131,7 +135,7 @@ def main() -> None:
     print("accuracies identical: " + ("yes" if not mismatches else f"NO, differ at {mismatches}"))
     if mismatches:
         raise SystemExit(1)
-    whole_process(args)
+    whole_process(args, args.pairs)
 
 
 def _timed(command: list[str]) -> tuple[float, str]:
@@ -142,26 +146,31 @@ def _timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, proc.stdout
 
 
-def whole_process(args, repeats: int = 2) -> None:
+def whole_process(args, pairs: int = 3) -> None:
     """The seed sweep (bits 8 and 4 over every block) timed as a user sees it: from the shell prompt to the result.
 
-    The two commands alternate ``repeats`` times so that both see the same machine load; each side's best counts.
+    The two commands alternate ``pairs`` times so that both see the same machine load; the figures are the medians
+    over the pairs with their ranges, and the ratio is the median of the per-pair ratios.
     """
     data = ["--model", args.model, "--data", args.data]
     commands = {"plain": [sys.executable, str(HERE / "plain_sweep.py"), *data, "--bits", "8", "4"],
                 "quantsense": [sys.executable, "-m", "quantsense.cli", "sensitivity", *data, "--bits", "8", "4",
                                "--no-store", "--quiet"]}
     runs = {name: [] for name in commands}
-    for _ in range(repeats):
+    for _ in range(pairs):
         for name, command in commands.items():
             runs[name].append(_timed(command))
-    plain_s, ours_s = (min(seconds for seconds, _ in runs[name]) for name in commands)
+    seconds = {name: [s for s, _ in runs[name]] for name in commands}
+    ratios = [p / q for p, q in zip(seconds["plain"], seconds["quantsense"])]
     evaluations = len(runs["plain"][0][1].strip().splitlines())
     print(f"whole processes (imports, loading, tokenizing included), seed sweep of {evaluations} configurations, "
-          f"best of {repeats} alternating runs:")
-    print(f"plain script:            {plain_s:7.1f} s  (python benchmarks/plain_sweep.py ... --bits 8 4)")
-    print(f"quantsense sensitivity:  {ours_s:7.1f} s  (quantsense sensitivity ... --bits 8 4 --no-store)")
-    print(f"whole-process ratio plain/quantsense: {plain_s / ours_s:.2f}x")
+          f"median of {pairs} alternating pairs [range]:")
+    for name, shown in (("plain", "plain script:          "), ("quantsense", "quantsense sensitivity:")):
+        what = "python benchmarks/plain_sweep.py ... --bits 8 4" if name == "plain" else \
+            "quantsense sensitivity ... --bits 8 4 --no-store"
+        print(f"{shown} {statistics.median(seconds[name]):7.1f} s  [{min(seconds[name]):.1f}, {max(seconds[name]):.1f}]  ({what})")
+    print(f"whole-process ratio plain/quantsense: {statistics.median(ratios):.2f}x "
+          f"[{min(ratios):.2f}, {max(ratios):.2f}] over the {pairs} pairs")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -100,7 +110,7 @@ def _common() -> argparse.ArgumentParser:
                    help=f"SQLite results store (default: {DEFAULT_STORE}, or OUT/store.sqlite for 'run')")
     r.add_argument("--no-store", action="store_true", help="keep nothing between runs")
     r.add_argument("--fresh", action="store_true", help="recompute even what the store already holds")
-    r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    r.add_argument("--seed", type=_non_negative, default=0, help="bootstrap seed")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--out", help="results folder: results.json, CSV tables, PNG figures, summary.md, report.html")
     x = p.add_argument_group("execution")
@@ -227,6 +237,9 @@ def _check_out(args) -> None:
     if not out:
         return
     path = Path(out)
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise QuantsenseError(f"--out {out}: {parent} is a file, so nothing can be written under it; choose a folder path")
     if args.command == "export" and args.export_format == "gguf":
         if path.is_dir():
             raise QuantsenseError(f"--out {out} is a folder; a GGUF export writes one file: pass e.g. --out {out}/model.gguf")
@@ -237,7 +250,7 @@ def _check_out(args) -> None:
         raise QuantsenseError(f"--out {out} is an existing file; pass a folder path")
     if args.command == "export" and path.is_dir() and any(path.iterdir()):
         raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
-    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    parent = path if path.exists() else parent
     if not os.access(parent, os.W_OK):
         raise QuantsenseError(f"--out {out}: cannot write in {parent}; choose a writable folder")
 
@@ -284,7 +297,6 @@ def _budgets(args) -> list | None:
 def _validate(args, ws) -> dict:
     """Everything that can be checked before the first evaluation; returns what it resolved."""
     from quantsense import study
-    from quantsense.mixed_precision.allocation import build_problem, budget_limit, compile_tie, make_groups
 
     resolved = {}
     defaults = {"formats": ws.task.default_formats, "candidates": ws.task.default_candidates,
@@ -299,6 +311,8 @@ def _validate(args, ws) -> dict:
         if index is not None:
             ws.units.block_units(index)
     resolved["plans"] = [study.load_plan(ws, path) for path in getattr(args, "plan", [])]
+    if getattr(args, "calibration_data", None):
+        study.calibration(ws, args.calibration_data, args.calibration_size)
     if args.command == "export":
         resolved["plan"] = study.load_plan(ws, args.plan_file)
         if args.export_format == "gguf" or args.emit:
@@ -306,14 +320,9 @@ def _validate(args, ws) -> dict:
 
             gguf_tensor_types(ws, resolved["plan"])  # a mapped architecture and tokenizer, GGUF formats only
     if args.command in ("allocate", "frontier"):
-        compile_tie(args.tie)
         candidates = resolved.get("candidates") or ws.formats(ws.task.default_candidates)
-        budgets = _budgets(args)
-        problem = build_problem(ws.units, ws.model, make_groups(ws.units, args.unit, args.tie),
-                                {(n, f.name): 0.0 for n in ws.units.linear_units() for f in candidates}, candidates)
-        for budget in budgets or []:
-            budget_limit(problem, budget, candidates)  # an impossible budget fails now, from sizes alone
-        resolved["budgets"] = budgets
+        resolved["budgets"] = _budgets(args)
+        study.check_allocation(ws, resolved["budgets"] or [], candidates, args.unit, args.tie)  # from sizes alone
     return resolved
 
 
@@ -323,7 +332,7 @@ def _list_units(args) -> None:
     from quantsense.tasks import make_task
 
     task = make_task(args.task, max_tokens=args.max_tokens, context=args.context, stride=args.stride)
-    loaded = load_model(args.model, task.model_kind, args.device, dtype=args.dtype)
+    loaded = load_model(args.model, task.model_kind, args.device, dtype=args.dtype, quiet=args.quiet)
     units = discover_units(loaded.model, args.blocks_regex)
     total = sum(u.numel for u in units.units.values())
     _say(f"{units.num_blocks} blocks under {units.block_prefix}; {len(units.units)} units, {total:,} weights")

@@ -32,8 +32,11 @@ def atomic_output(path: Path):
     """Yield a temporary path beside ``path`` to write to; on success it becomes ``path`` (mode 0644) in one
     rename, on any error it is removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # a read-only folder, a file where a folder should be, a full disk
+        raise QuantsenseError(f"cannot write {path} ({err.strerror or err}); choose a writable folder") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -55,12 +58,18 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
 def read_json(path: Path, missing: str, fix: str):
     """The JSON value in ``path``. Absent: a QuantsenseError saying ``missing``; not JSON: one naming the file and ``fix``."""
     path = Path(path)
+    if path.is_dir():
+        raise QuantsenseError(f"{path} is a folder, not a JSON file: {fix}")
     if not path.is_file():
         raise QuantsenseError(missing)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise QuantsenseError(f"{path} is not valid JSON ({err}): {fix}") from None
+    except RecursionError:
+        raise QuantsenseError(f"{path} is nested too deeply to be read as JSON: {fix}") from None
+    except OSError as err:
+        raise QuantsenseError(f"{path} cannot be read ({err.strerror or err}): {fix}") from None
 
 
 def write_json(path: Path, data) -> Path:

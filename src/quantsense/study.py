@@ -16,7 +16,16 @@ from pathlib import Path
 
 from quantsense.config import LOSS_METRICS, UNIT_KINDS, VIEWS
 from quantsense.errors import QuantsenseError
-from quantsense.mixed_precision.allocation import Allocation, Budget, allocate as solve_allocation, make_groups
+from quantsense.mixed_precision.allocation import (
+    Allocation,
+    Budget,
+    Group,
+    allocate as solve_allocation,
+    budget_limit,
+    build_problem,
+    compile_tie,
+    make_groups,
+)
 from quantsense.mixed_precision.strategies import Levels, blocks_plan, strategy_plans, uniform_plan
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import BlockPlan, Plan
@@ -59,12 +68,18 @@ def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",
     return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings)
 
 
+def calibration(ws: Workspace, calibration_data: str, size: int = 128):
+    """(calibration examples, their batches): a seeded sample of ``size`` from the file, none in the evaluation data.
+    Cheap (no evaluation), so commands call it first to refuse a bad file before any work."""
+    return ws.task.calibration_batches(calibration_data, size, ws.tokenizer, ws.id2label(), ws.data, ws.options.seed)
+
+
 def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None, unit: str = "block") -> dict:
     """Cheap proxies per unit and their Spearman correlation with the measured sweep."""
     from quantsense.engine import Evaluator
     from quantsense.sweeps.proxies import fisher_diagonal, proxy_correlations, proxy_rows
 
-    calib, batches = ws.task.calibration_batches(calibration_data, size, ws.tokenizer, ws.id2label(), ws.data, ws.options.seed)
+    calib, batches = calibration(ws, calibration_data, size)
     calib_eval = Evaluator(ws.model, ws.units, batches, ws.device, applier=ws.applier, head=ws.task.head())
     measured = sensitivity(ws, formats, unit)
     fisher = fisher_diagonal(ws.model, ws.units, calib_eval.device_batches(), calib.labels)
@@ -92,13 +107,21 @@ def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans") -
 def load_plan(ws: Workspace, path: str) -> Plan:
     """A plan file resolved against this model (block plans to units), every unit name checked."""
     plan = Plan.load(path)
+    try:
+        return as_plan(ws, plan)  # every unit name and every weight's shape against its format
+    except QuantsenseError as exc:
+        raise QuantsenseError(f"plan file {path}: {exc}") from None
+
+
+def as_plan(ws: Workspace, plan: Plan | BlockPlan | str | Path) -> Plan:
+    """A plan given as a :class:`Plan`, a :class:`BlockPlan` or a plan file, resolved and checked against this model."""
+    if isinstance(plan, (str, Path)):
+        return load_plan(ws, str(plan))
     if isinstance(plan, BlockPlan):
         plan = plan.resolve(ws.units.all_block_units())
-    for unit in plan.units():
-        try:
-            ws.units.get(unit)
-        except QuantsenseError as exc:
-            raise QuantsenseError(f"plan file {path}: {exc}") from None
+    if not isinstance(plan, Plan):
+        raise QuantsenseError(f"a plan is a Plan, a BlockPlan or a plan file path, got {type(plan).__name__}")
+    ws.applier.check(plan)
     return plan
 
 
@@ -108,15 +131,30 @@ def block_ranking(ws: Workspace, fmt: str | Format | None = None) -> list[int]:
     return sensitivity(ws, [fmt]).block_ranking(fmt.name)
 
 
+def check_ranking(ws: Workspace, ranking) -> list[int]:
+    """A block ranking lists every block index exactly once (the strategies split it into thirds); as plain ints."""
+    import numbers
+
+    blocks = list(range(ws.units.num_blocks))
+    items = list(ranking) if not isinstance(ranking, (str, bytes, dict)) and hasattr(ranking, "__iter__") else None
+    whole = items is not None and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in items)
+    if not whole or sorted(int(b) for b in items) != blocks:
+        raise QuantsenseError(f"a block ranking lists every block 0..{len(blocks) - 1} exactly once, most sensitive first "
+                              f"(e.g. sens.block_ranking()), got {ranking!r}")
+    return [int(b) for b in items]
+
+
 def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_format: str | None = None) -> PlanRows:
     """Phase 3: the reference's three strategies, derived from ``ranking`` (default: measured), plus plan files."""
     rank_fmt = ws.format(rank_format or ws.task.default_ablation_format)
+    if ranking is not None:
+        ranking = check_ranking(ws, ranking)
+    plan_paths = {f"file:{Path(path).name}": load_plan(ws, path) for path in plan_files}  # checked before any evaluation
     ranking = ranking if ranking is not None else block_ranking(ws, rank_fmt)
     named, by_block = {}, {}
     for name, (plan, formats) in strategy_plans(ws.units, ranking, Levels.for_family(rank_fmt, ws.options.scheme)).items():
         named[name], by_block[name] = plan, formats
-    for path in plan_files:
-        named[f"file:{Path(path).name}"] = load_plan(ws, path)
+    named.update(plan_paths)
     rows = evaluate_plans(ws, named, desc="mixed precision")
     for row in rows:
         row["formats_by_block"] = by_block.get(row["plan"])
@@ -126,6 +164,10 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
 def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = None, block: int | None = None) -> dict:
     """Only the least sensitive block (or ``block``) quantized to ``fmt``, all others FP32."""
     fmt = ws.format(fmt or ws.task.default_ablation_format)
+    if ranking is not None:
+        ranking = check_ranking(ws, ranking)
+    if block is not None:
+        ws.units.block_units(block)  # range check before any evaluation
     if block is None:
         block = (ranking if ranking is not None else block_ranking(ws, fmt))[-1]
     ws.units.block_units(block)  # range check
@@ -148,18 +190,33 @@ def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: s
 
 def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block", tie: str | None = None,
              objective: str = "kl") -> Allocation:
-    """The optimal plan under one budget, from measured single-unit losses (not yet measured itself: see :func:`frontier`)."""
+    """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from measured single-unit
+    losses (not yet measured itself: see :func:`frontier`)."""
     return allocations(ws, [budget], candidates, unit, tie, objective)[0][1]
 
 
 def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
                 objective: str = "kl") -> list[tuple[str, Allocation]]:
     """The optimal plan under each budget (exact MILP over the measured single-unit losses)."""
-    _check_choice(unit, UNIT_KINDS, "unit")
+    budgets = [Budget.of(b) for b in budgets]
     fmts = ws.formats(candidates or ws.task.default_candidates)
-    groups = make_groups(ws.units, unit, tie)
+    groups = check_allocation(ws, budgets, fmts, unit, tie)
+    metric_key(ws, objective)
     losses = unit_losses(ws, fmts, unit, objective)
     return [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b)) for b in budgets]
+
+
+def check_allocation(ws: Workspace, budgets: list[Budget], candidates: list[Format], unit: str = "block",
+                     tie: str | None = None) -> list[Group]:
+    """The allocation groups, after checking from sizes alone (no evaluation) that every budget is feasible."""
+    _check_choice(unit, UNIT_KINDS, "unit")
+    compile_tie(tie)  # a bad regex is refused even where --unit block leaves it unused
+    groups = make_groups(ws.units, unit, tie)
+    zero = {(name, f.name): 0.0 for name in ws.units.linear_units() for f in candidates}
+    problem = build_problem(ws.units, ws.model, groups, zero, candidates)
+    for budget in budgets:
+        budget_limit(problem, budget, candidates)
+    return groups
 
 
 def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
@@ -174,7 +231,7 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
              tie: str | None = None, objective: str = "kl") -> FrontierResult:
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
-    budgets = budgets or default_budgets(ws, fmts)
+    budgets = [Budget.of(b) for b in budgets] if budgets else default_budgets(ws, fmts)
     allocated = allocations(ws, budgets, fmts, unit, tie, objective)
     named: dict[str, Plan] = {name: a.plan for name, a in allocated}
     kinds = dict.fromkeys(named, "allocated")
@@ -197,15 +254,17 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
                           {name: dict(a.choices) for name, a in allocated})
 
 
-def export(ws: Workspace, plan: Plan, out: str | Path, target: str = "torchao", verify: bool = True) -> dict:
-    """Write ``plan`` as a real quantized model (torchao checkpoint, or a GGUF file) and check it in a fresh process."""
+def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True) -> dict:
+    """Write ``plan`` (a :class:`Plan` or a plan file) as a real quantized model (torchao checkpoint, or a GGUF
+    file) and check it in a fresh process."""
     from quantsense.quantization.export import export_bytes, export_plan, weights_file_bytes
 
+    _check_choice(target, ("torchao", "gguf"), "export format")
+    plan = as_plan(ws, plan)
     if target == "gguf":
         from quantsense.quantization.gguf_plan import export_gguf
 
         return export_gguf(ws, plan, Path(out), verify=verify)
-    _check_choice(target, ("torchao", "gguf"), "export format")
     path = export_plan(ws.source, ws.task.model_kind, ws.units, plan, out, ws.model, ws.tokenizer)
     fp32_bytes = model_bytes(ws.model, ws.units, Plan())
     report = {
@@ -233,6 +292,12 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
               rank_by: str = "kl", blocks: list[int] | None = None, plan_files=(), calibration_data: str | None = None,
               calibration_size: int = 128, argv: list[str] | None = None) -> StudyResult:
     """The reference study end to end: baseline, sensitivity, (proxies), mixed strategies, ablation."""
+    ws.formats(formats or ws.task.default_formats)  # every input checked before the first evaluation
+    build_entries(ws.units, [], unit, views, include_extra, blocks)
+    for path in plan_files:
+        load_plan(ws, path)
+    if calibration_data:
+        calibration(ws, calibration_data, calibration_size)
     result = StudyResult(provenance(argv), ws.describe(), baseline(ws))
     result.sensitivity = sensitivity(ws, formats, unit, views, include_extra, rank_by, blocks)
     if calibration_data:

@@ -19,9 +19,26 @@ from quantsense.engine import Engine, Evaluator
 from quantsense.errors import QuantsenseError
 from quantsense.models.loading import check_tokenizer, load_model, resolve_device, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
-from quantsense.quantization.formats import Format, QuantConfig, parse_format
+from quantsense.quantization.formats import Format, GGUFFormat, QuantConfig, parse_format
 from quantsense.store import ResultStore
 from quantsense.tasks import Task, make_task
+
+
+POSITIVE_OPTIONS = ("workers", "limit", "max_length", "batch_tokens", "max_tokens", "context", "stride")
+CHOICE_OPTIONS = {"dtype": ("auto", "float32", "bfloat16", "float16"), "executor": ("local", "ray")}
+
+
+def _flag(name: str) -> str:
+    """An option as both spellings: the keyword argument and the command-line flag."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _check_int(name: str, value, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+        raise QuantsenseError(f"{_flag(name)} must be {kind}, got {value!r}")
 
 
 @dataclass
@@ -50,6 +67,18 @@ class StudyOptions:
     max_tokens: int = 4096
     context: int = 1024
     stride: int = 512
+
+    def __post_init__(self):
+        """The same checks, and the same one-line messages, as the command line's flags."""
+        for name in POSITIVE_OPTIONS:
+            _check_int(name, getattr(self, name), minimum=1, optional=name == "limit")
+        _check_int("seed", self.seed, minimum=0)
+        for name, allowed in CHOICE_OPTIONS.items():
+            if getattr(self, name) not in allowed:
+                raise QuantsenseError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.scheme, QuantConfig):
+            raise QuantsenseError(f"scheme must be a QuantConfig, the integer grid that int<b> names use "
+                                  f"(e.g. QuantConfig(bits=8, symmetric=False)), got {self.scheme!r}")
 
     def task_settings(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -101,11 +130,15 @@ class Workspace:
 
     def format(self, text: str | int | Format) -> Format:
         """A format from a name (``int4`` on this workspace's integer grid, ``q4_0``...), checked against every block unit."""
-        fmt = text if not isinstance(text, (str, int)) else parse_format(text, self.options.scheme)
+        named = not isinstance(text, (QuantConfig, GGUFFormat))
+        fmt = parse_format(text, self.options.scheme) if named else text
         if fmt.family == "int":
             for name in self.units.linear_units():
                 unit = self.units.get(name)
-                fmt.check_shape(unit.shape, unit.transposed, where=name)
+                try:
+                    fmt.check_shape(unit.shape, unit.transposed, where=name)
+                except QuantsenseError as exc:
+                    raise QuantsenseError(f"{exc} (the grid set by --group-size)" if named else str(exc)) from None
         return fmt
 
     def formats(self, names) -> list[Format]:
@@ -161,7 +194,7 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
         device = resolve_device(opts.device)
         net, dtype = model.to(device).eval(), str(next(model.parameters()).dtype).replace("torch.", "")
     else:
-        loaded = load_model(opts.model, task.model_kind, opts.device, dtype=opts.dtype)
+        loaded = load_model(opts.model, task.model_kind, opts.device, dtype=opts.dtype, quiet=opts.quiet)
         net, tokenizer, device, dtype = loaded.model, loaded.tokenizer, loaded.device, loaded.dtype
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,6 +202,7 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
         net.config.pad_token_id = tokenizer.pad_token_id
     units = discover_units(net, opts.blocks_regex)
     data, batches = task.load(opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()})
+    task.check_model(net, batches, opts.model)
     evaluator = Evaluator(net, units, batches, device, prefix_reuse=opts.prefix_reuse, head=task.head())
     model_fp = weights_fingerprint(net)
     data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"

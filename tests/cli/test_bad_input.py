@@ -29,7 +29,7 @@ def _fails_before_computing(capsys, argv, expect: str) -> str:
 def test_group_size_is_checked_against_every_layer(capsys, tiny_model_dir, data):
     _fails_before_computing(capsys, ["sensitivity", "--model", str(tiny_model_dir), "--data", str(data), "--no-store",
                                      "--quiet", "--weight-granularity", "per_group", "--group-size", "5"],
-                            "--group-size 5 does not divide the 32 input features of bert.")
+                            "group size 5 does not divide the 32 input features of bert.")
 
 
 @pytest.mark.parametrize("argv, expect", [

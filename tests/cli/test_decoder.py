@@ -81,3 +81,34 @@ def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):
     assert code == 2
     assert "an integer grid; GGUF export takes GGUF formats" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_smollm2_perplexity_equals_the_hugging_face_recipe_with_stride_equal_to_context(smollm2):
+    """Windows of 1,024 every 1,024 tokens over the first 4,096: 4 x 1,023 tokens scored (each window's first token has
+    no context in it), and the perplexity equals the Hugging Face recipe (labels -100 outside a window's new tokens)."""
+    import math
+
+    import torch
+    import transformers
+
+    import quantsense as qs
+
+    ws = qs.open_workspace(str(smollm2), data=str(WIKI), task="wikitext", max_tokens=4096, context=1024, stride=1024,
+                           quiet=True)
+    base = qs.baseline(ws)
+    assert base["scored_tokens"] == 4092
+    ids = ws.tokenizer(WIKI.read_text(), add_special_tokens=False, return_tensors="pt").input_ids[:, :4096]
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32,
+                                                              trust_remote_code=False).eval()
+    nll_sum, counted, prev_end = 0.0, 0, 0
+    with torch.no_grad():
+        for begin in range(0, ids.shape[1], 1024):
+            end = min(begin + 1024, ids.shape[1])
+            inputs = ids[:, begin:end]
+            labels = inputs.clone()
+            labels[:, :-(end - prev_end)] = -100
+            scored = int((labels[:, 1:] != -100).sum())  # the model shifts labels: the window's first token is never scored
+            nll_sum += model(inputs, labels=labels).loss.item() * scored
+            counted, prev_end = counted + scored, end
+    assert counted == 4092
+    assert abs(base["perplexity"] - math.exp(nll_sum / counted)) / base["perplexity"] < 1e-4

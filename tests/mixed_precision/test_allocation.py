@@ -149,5 +149,5 @@ def test_parse_size_and_budget_checks():
     with pytest.raises(QuantsenseError, match="exactly one budget"):
         Budget()
     for bad in (-1.0, 0.0, float("nan"), float("inf")):
-        with pytest.raises(QuantsenseError, match="--avg-bits must be a positive number"):
+        with pytest.raises(QuantsenseError, match="avg_bits \\(--avg-bits\\) must be a positive number"):
             Budget(avg_bits=bad)

@@ -235,7 +235,7 @@ def test_rebuild_report_errors_name_the_problem(tmp_path):
     with pytest.raises(QuantsenseError, match="is not valid JSON"):
         rebuild_report(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"baseline": {}}))
-    with pytest.raises(QuantsenseError, match="workspace.task"):
+    with pytest.raises(QuantsenseError, match=r"is not a quantsense results file \(no provenance, workspace\)"):
         rebuild_report(tmp_path)
 
 

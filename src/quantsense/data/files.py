@@ -13,13 +13,13 @@ SUPPORTED = (".tsv", ".csv", ".jsonl", ".parquet")
 FIELD_LIMIT = 32 << 20  # characters in one field: far beyond any sentence, small enough to catch an unclosed quote
 
 
-def check_data_path(path: str | Path, what: str, expected: str) -> Path:
+def check_data_path(path: str | Path, what: str, expected: str, flag: str = "--data") -> Path:
     """``path`` as a Path when it is a file; otherwise one line saying it is missing or a directory."""
     path = Path(path)
     if path.is_dir():
-        raise QuantsenseError(f"{what} {path} is a directory; pass {expected} with --data")
+        raise QuantsenseError(f"{what} {path} is a directory; pass {expected} with {flag}")
     if not path.is_file():
-        raise QuantsenseError(f"{what} {path} does not exist; pass {expected} with --data")
+        raise QuantsenseError(f"{what} {path} does not exist; pass {expected} with {flag}")
     return path
 
 
@@ -70,6 +70,10 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict]:
         raise QuantsenseError(f"data file {path}, line 1: {exc}") from None
     if not fieldnames:
         raise QuantsenseError(f"data file {path} is empty; it needs a header row naming the text column and 'label'")
+    repeated = sorted({name for name in fieldnames if fieldnames.count(name) > 1})
+    if repeated:
+        raise QuantsenseError(f"data file {path}, line 1: column(s) {', '.join(map(repr, repeated))} appear more than once "
+                              "in the header; keep one column of each name")
     rows = []
     for line_no, row in _records(reader, path):
         if None in row or any(v is None for v in row.values()):
@@ -108,8 +112,8 @@ def _read_parquet(path: Path) -> list[dict]:
         raise QuantsenseError(f"data file {path} is not a readable parquet file: {reason}") from None
 
 
-def read_table(path: str | Path) -> list[dict]:
-    path = check_data_path(path, "data file", "a .tsv/.csv/.jsonl/.parquet file")
+def read_table(path: str | Path, flag: str = "--data") -> list[dict]:
+    path = check_data_path(path, "data file", "a .tsv/.csv/.jsonl/.parquet file", flag)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED:
         raise QuantsenseError(f"data file {path} has unsupported type {suffix!r}; use one of {', '.join(SUPPORTED)}")

@@ -139,6 +139,23 @@ class RayExecutor:
         self._started_ray = False
         self._slots: list[_Slot] = []
         self._actor_class = None
+        if address is None and not self.ray.is_initialized():
+            self._check_machine()
+
+    def _check_machine(self) -> None:
+        """A private Ray holds one worker per CPU (or GPU) of this machine: refuse more now, before any work,
+        rather than start actors that queue for cores and each load the model."""
+        if self.num_gpus_per_worker:
+            import torch
+
+            have, each, kind = torch.cuda.device_count(), self.num_gpus_per_worker, "GPU"
+        else:
+            have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            each, kind = self.num_cpus_per_worker, "CPU"
+        most = int(have // each)
+        if self.workers > most:
+            raise QuantsenseError(f"--workers {self.workers} needs {self.workers * each:g} {kind}s but this machine has {have}; "
+                                  f"use --workers {max(most, 1)} or less, or a Ray cluster with --ray-address")
 
     # -- cluster and actors -------------------------------------------------------------------------
 

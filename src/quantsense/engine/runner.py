@@ -89,9 +89,19 @@ class Engine:
         started = time.perf_counter()
         bar = tqdm(total=len(todo), desc=desc, unit="eval", disable=self.quiet, leave=False, dynamic_ncols=True)
         bar.set_postfix_str(todo[0].label, refresh=False)
+        def still_to_do():
+            """Each item as its turn comes, unless another process committed it to the store meanwhile."""
+            for item in todo:
+                found = self._from_store(item)
+                if found is None:
+                    yield item
+                    continue
+                results[item.label] = self._memo[item.key] = found
+                bar.update(1)
+
         try:
             t0 = time.perf_counter()
-            for done, (item, result) in enumerate(self.executor.map(todo), start=1):
+            for item, result in self.executor.map(still_to_do()):
                 now = time.perf_counter()
                 self._save(item, result, getattr(self.executor, "seconds", {}).get(item.key, now - t0))
                 t0 = now

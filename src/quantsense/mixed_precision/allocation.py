@@ -52,11 +52,26 @@ class Budget:
     def __post_init__(self):
         if (self.avg_bits is None) == (self.max_bytes is None):
             raise QuantsenseError("give exactly one budget: --avg-bits or --max-size")
-        if self.avg_bits is not None and not (math.isfinite(self.avg_bits) and self.avg_bits > 0):
-            raise QuantsenseError(f"--avg-bits must be a positive number of bits per weight, got {self.avg_bits}")
+        if self.avg_bits is not None and not (_is_number(self.avg_bits) and math.isfinite(self.avg_bits) and self.avg_bits > 0):
+            raise QuantsenseError(f"avg_bits (--avg-bits) must be a positive number of bits per weight, got {self.avg_bits!r}")
+        if self.max_bytes is not None and not (_is_number(self.max_bytes) and math.isfinite(self.max_bytes) and self.max_bytes > 0):
+            raise QuantsenseError(f"max_bytes (--max-size) must be a positive number of bytes, got {self.max_bytes!r}")
+
+    @classmethod
+    def of(cls, value) -> "Budget":
+        """A budget as given: a :class:`Budget`, or a number meaning average bits per weight (``4.5``)."""
+        if isinstance(value, Budget):
+            return value
+        if _is_number(value):
+            return cls(avg_bits=value)
+        raise QuantsenseError(f"a budget is a number of bits per weight (e.g. 4.5) or a Budget(...), got {value!r}")
 
     def label(self) -> str:
         return f"{self.avg_bits:g} bits/weight" if self.avg_bits is not None else f"{self.max_bytes / 1e6:.2f} MB"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass

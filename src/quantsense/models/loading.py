@@ -9,6 +9,7 @@ and every number measured with it would mean nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -228,15 +229,46 @@ def _locate(source: str, kind: str) -> tuple[str, dict, bool]:
     return source, _source_kwargs(None, not _hub_reachable()), False  # offline: a cached copy still loads, nothing retries
 
 
+@contextlib.contextmanager
+def _progress_bars(shown: bool):
+    """transformers' loading bars on or off; its GGUF de-quantizing bar is a plain tqdm, switched off by name."""
+    if shown:
+        yield
+        return
+    import functools
+
+    import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from tqdm.auto import tqdm
+
+    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    original = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+        if was_enabled:
+            transformers.utils.logging.enable_progress_bar()
+
+
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)  # what transformers raises for bad files
 
 
-def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto", dtype: str = "auto",
+               quiet: bool = False) -> LoadedModel:
     """Load ``source`` (hub id, local directory, or ``.gguf`` file) for ``kind`` in eval mode.
 
     ``dtype`` is float32, bfloat16, float16 or auto (float32 on CPU; on CUDA the dtype the model's
     config declares, float32 if none). A model without trained weights for the task's head is refused.
+    ``quiet`` hides transformers' loading bars.
     """
+    with _progress_bars(not quiet):
+        return _load_model(source, kind, device, dtype)
+
+
+def _load_model(source: str, kind: str, device: str | torch.device, dtype: str) -> LoadedModel:
     import transformers
 
     if kind not in TASK_KINDS:
@@ -271,6 +303,19 @@ def load_model(source: str, kind: str = "classification", device: str | torch.de
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=kind, device=device,
                        dtype=str(torch_dtype).removeprefix("torch."))
+
+
+POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")  # position ids start after the padding index
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The longest input the model has position embeddings (or a trained rotary range) for; None if unknown."""
+    config = getattr(model, "config", None)
+    limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(config, a, None), int)), None)
+    if limit is not None and getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
 
 
 def check_tokenizer(model: torch.nn.Module, tokenizer, source: str) -> None:

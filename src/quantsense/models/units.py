@@ -9,6 +9,8 @@ Units are named by their module path, so names survive into plans and exported c
 
 from __future__ import annotations
 
+import numbers
+
 import re
 from dataclasses import dataclass, field
 
@@ -74,6 +76,9 @@ class UnitMap:
         return len(self.blocks)
 
     def block_units(self, index: int) -> list[str]:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise QuantsenseError(f"a block index is an integer 0..{self.num_blocks - 1}, got {index!r}")
+        index = int(index)
         if not 0 <= index < self.num_blocks:
             raise QuantsenseError(f"block index {index} is out of range: the model has blocks 0..{self.num_blocks - 1}")
         return [u.name for u in self.units.values() if u.block == index and u.kind == "linear"]

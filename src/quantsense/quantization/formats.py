@@ -96,7 +96,7 @@ class QuantConfig:
             return
         in_features = shape[0] if transposed else shape[-1]
         if in_features % self.group_size:
-            raise QuantsenseError(f"--group-size {self.group_size} does not divide the {in_features} input features of {where}; "
+            raise QuantsenseError(f"group size {self.group_size} does not divide the {in_features} input features of {where}; "
                                   "choose a divisor of every layer's input size (e.g. 32)")
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:

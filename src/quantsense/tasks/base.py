@@ -69,6 +69,22 @@ class Task:
     def describe_data(self, data, batches) -> dict:
         raise NotImplementedError
 
+    def length_setting(self) -> tuple[str, int]:
+        """The flag that bounds one input's length and its value (e.g. ``("--max-length", 512)``)."""
+        raise NotImplementedError
+
+    def check_model(self, model, batches, source: str) -> None:
+        """Refuse, before any evaluation, inputs longer than the model has positions for (an index error, or
+        position embeddings extrapolated past training: numbers that mean nothing)."""
+        from quantsense.models.loading import max_positions
+
+        limit = max_positions(model)
+        longest = max((b.inputs["input_ids"].shape[1] for b in batches), default=0)
+        if limit is not None and longest > limit:
+            flag, value = self.length_setting()
+            raise QuantsenseError(f"{flag} {value} gives inputs of {longest} tokens but model {source} has {limit} positions; "
+                                  f"use {flag} {limit} or less")
+
     def head(self):
         """A fresh head (see :mod:`quantsense.evaluation.heads`) for the evaluator."""
         raise NotImplementedError

@@ -70,6 +70,9 @@ class SentenceClassification(Task):
         data = load_classification_data(source, id2label, self.limit)
         return data, self._batches(tokenizer, data.texts)
 
+    def length_setting(self) -> tuple[str, int]:
+        return "--max-length", self.max_length
+
     def describe_data(self, data: ClassificationData, batches) -> dict:
         return {"source": data.source, "examples": len(data), "limit": self.limit}
 
@@ -98,12 +101,16 @@ class SentenceClassification(Task):
 
     def calibration_batches(self, path, size, tokenizer, id2label, exclude, seed):
         """A seeded sample of ``size`` labelled examples from ``path``, none of them in ``exclude``."""
-        pool = load_classification_data(path, id2label)
+        if not path:
+            raise QuantsenseError("proxies need calibration examples: pass --calibration-data FILE (e.g. SST-2 train.tsv)")
+        pool = load_classification_data(path, id2label, flag="--calibration-data")
         held_out = set(exclude.texts)
         order = np.random.default_rng(seed).permutation(len(pool))
         chosen = [i for i in order.tolist() if pool.texts[i] not in held_out][:size]
         if len(chosen) < size:
-            raise QuantsenseError(f"calibration file {path} has only {len(chosen)} examples not in the evaluation set; need {size}")
+            raise QuantsenseError(f"calibration file {path} has only {len(chosen)} examples not in the evaluation set; need "
+                                  f"{size}: pass a file with more examples outside the evaluation data (e.g. SST-2 train.tsv) "
+                                  "or lower --calibration-size")
         calib = ClassificationData([pool.texts[i] for i in chosen], pool.labels[chosen], f"{path} (sample of {size})")
         return calib, self._batches(tokenizer, calib.texts)
 

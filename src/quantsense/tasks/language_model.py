@@ -142,6 +142,9 @@ class LanguageModelPerplexity(Task):
                                   "window; use a longer text or a shorter --context")
         return data, make_windows(ids, self.max_tokens, self.context, self.stride)
 
+    def length_setting(self) -> tuple[str, int]:
+        return "--context", self.context
+
     def describe_data(self, data: TextData, batches) -> dict:
         return {"source": data.source, **batches.settings}
 

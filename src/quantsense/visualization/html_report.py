@@ -41,6 +41,7 @@ from quantsense.visualization.plots import (
 VIEW_TEXT = {"only": "only this unit quantized", "all_but": "everything but this unit quantized",
              "all": "everything quantized"}
 SHADES = [[0.0, "#fcfdbf"], [0.25, "#feb078"], [0.5, "#f1605d"], [0.75, "#9e2f7f"], [1.0, "#2d1160"]]  # magma, light->dark
+RESULTS_KEYS = ("provenance", "workspace", "baseline")  # what every results.json written by a study holds
 FRONTIER_PLOT_PX = (620.0, 400.0)  # nominal plot-area size the frontier labels are placed for
 
 
@@ -731,6 +732,11 @@ def rebuild_report(results_dir: str | Path, tolerance: float | None = None) -> P
     source = results_dir / "results.json"
     results = read_json(source, f"no results.json in {results_dir}: point at a folder written by a quantsense study",
                         "re-run the study to write it again")
-    if not isinstance(results, dict):
-        raise QuantsenseError(f"{source} does not hold a results object: re-run the study to write it again")
-    return write_html_report(results, results_dir / "report.html", tolerance)
+    missing = [key for key in RESULTS_KEYS if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise QuantsenseError(f"{source} is not a quantsense results file (no {', '.join(missing)}): "
+                              "re-run the study to write it again")
+    try:
+        return write_html_report(results, results_dir / "report.html", tolerance)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a results file edited or truncated by hand
+        raise QuantsenseError(f"{source} is damaged ({type(exc).__name__}: {exc}): re-run the study to write it again") from None

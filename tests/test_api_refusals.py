@@ -1,0 +1,80 @@
+"""The library refuses what the command line refuses, with a QuantsenseError of one line, before any evaluation;
+and the forms its own docstrings show (budgets as numbers, a plan file path) work."""
+
+import json
+
+import numpy as np
+import pytest
+
+import quantsense as qs
+from quantsense import study
+from quantsense.errors import QuantsenseError
+
+
+@pytest.fixture(scope="module")
+def ws(offline_assets):
+    workspace = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"],
+                                  data=str(offline_assets["tsv"]), quiet=True)
+    yield workspace
+    workspace.close()
+
+
+def _refused(call, expect: str) -> None:
+    with pytest.raises(QuantsenseError) as info:
+        call()
+    assert expect in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("call, expect", [
+    (lambda ws: qs.sensitivity(ws, [4.5]), "a format is a name or a number of bits (e.g. 'int4', 4, 'q4_0'), got 4.5"),
+    (lambda ws: qs.sensitivity(ws, [None]), "got None"),
+    (lambda ws: qs.sensitivity(ws, blocks=["0"]), "a block index is an integer 0..2, got '0'"),
+    (lambda ws: qs.mixed(ws, [0, 1]), "a block ranking lists every block 0..2 exactly once"),
+    (lambda ws: qs.mixed(ws, [0, 0, 1]), "got [0, 0, 1]"),
+    (lambda ws: qs.ablation(ws, [2, 1]), "a block ranking lists every block 0..2 exactly once"),
+    (lambda ws: qs.allocate(ws, "4.5", ["int4", "int8"]), "a budget is a number of bits per weight"),
+    (lambda ws: qs.allocate(ws, 1.0, ["int4", "int8"]), "the smallest feasible is --avg-bits"),
+    (lambda ws: qs.frontier(ws, [6.0], ["int4", "int8"], unit="linear", tie="(query"), "is not a valid regular expression"),
+    (lambda ws: qs.export(ws, "missing-plan.json", "out"), "plan file missing-plan.json does not exist"),
+    (lambda ws: qs.export(ws, qs.Plan(), "out", target="onnx"), "unknown export format 'onnx'"),
+])
+def test_api_refuses_before_any_evaluation(ws, call, expect):
+    before = ws.engine.stats.computed
+    _refused(lambda: call(ws), expect)
+    assert ws.engine.stats.computed == before
+
+
+@pytest.mark.parametrize("call, expect", [
+    (lambda: qs.Budget(avg_bits="4"), "avg_bits (--avg-bits) must be a positive number of bits per weight, got '4'"),
+    (lambda: qs.Budget(max_bytes=-5), "max_bytes (--max-size) must be a positive number of bytes, got -5"),
+    (lambda: qs.parse_format("int²"), "unknown format 'int²'"),
+    (lambda: qs.parse_format(4.5), "a format is a name or a number of bits"),
+])
+def test_values_are_checked_where_they_are_made(call, expect):
+    _refused(call, expect)
+
+
+@pytest.mark.parametrize("option, expect", [
+    ({"scheme": "int4"}, "scheme must be a QuantConfig"),
+    ({"seed": "x"}, "seed (--seed) must be a non-negative integer, got 'x'"),
+    ({"seed": -1}, "seed (--seed) must be a non-negative integer, got -1"),
+    ({"batch_tokens": 0}, "batch_tokens (--batch-tokens) must be a positive integer, got 0"),
+    ({"max_length": 0}, "max_length (--max-length) must be a positive integer, got 0"),
+    ({"workers": 0}, "workers (--workers) must be a positive integer, got 0"),
+    ({"executor": "dask"}, "executor (--executor) must be one of local, ray, got 'dask'"),
+])
+def test_workspace_options_are_checked_before_the_model_loads(offline_assets, option, expect):
+    _refused(lambda: qs.open_workspace(str(offline_assets["cls"]), data=str(offline_assets["tsv"]), **option), expect)
+
+
+def test_the_documented_forms_work(ws, tmp_path):
+    """Budgets as plain numbers (study.py's own docstring), rankings as numpy arrays, plans as file paths."""
+    allocation = qs.allocate(ws, 6.0, ["int4", "int8"])
+    assert allocation.plan.format_counts() and allocation.avg_bits <= 6.0
+    front = qs.frontier(ws, [6.0], ["int4", "int8"])
+    assert front.rows[0]["plan"] == "allocated@6 bits/weight" and front.rows[0]["avg_bits"] <= 6.0
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(allocation.plan.to_json_dict()))
+    assert study.as_plan(ws, str(plan_file)) == allocation.plan
+    ranking = np.array(qs.sensitivity(ws, ["int4"]).block_ranking())
+    assert len(qs.mixed(ws, ranking).rows) == 3
