@@ -78,3 +78,34 @@ def test_the_documented_forms_work(ws, tmp_path):
     assert study.as_plan(ws, str(plan_file)) == allocation.plan
     ranking = np.array(qs.sensitivity(ws, ["int4"]).block_ranking())
     assert len(qs.mixed(ws, ranking).rows) == 3
+
+
+def test_token_ids_beyond_the_embedding_are_refused(offline_assets):
+    from tests.conftest import tiny_model
+
+    small = tiny_model("bert", vocab_size=len(offline_assets["tokenizer"]) - 10)
+    _refused(lambda: qs.open_workspace(small, tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]), quiet=True),
+             "token embeddings: the tokenizer belongs to another model")
+
+
+def test_export_checks_its_output_before_any_work(ws, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me")
+    _refused(lambda: qs.export(ws, qs.Plan(), blocker / "out"), "is a file, so nothing can be written under it")
+    assert blocker.read_text() == "keep me"
+
+
+def test_numpy_numbers_are_numbers(offline_assets):
+    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]),
+                           quiet=True, batch_tokens=np.int64(512), seed=np.int64(3))
+    assert ws.options.batch_tokens == 512
+    assert qs.Budget(avg_bits=np.float64(4.5)).avg_bits == 4.5
+
+
+def test_positions_of_roberta_style_embeddings_exclude_the_padding_offset():
+    from quantsense.models.loading import max_positions
+    from tests.conftest import tiny_model
+
+    roberta = tiny_model("roberta")  # 512 position rows, padding index 1: positions 2..511
+    assert max_positions(roberta) == 510
+    assert max_positions(tiny_model("bert")) == 512 and max_positions(tiny_model("gpt2")) == 64

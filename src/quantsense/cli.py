@@ -233,26 +233,11 @@ def _options(args):
 
 def _check_out(args) -> None:
     """--out must be a folder we can write (or, for a GGUF export, a file path that does not exist yet)."""
-    out = getattr(args, "out", None)
-    if not out:
-        return
-    path = Path(out)
-    parent = next((p for p in path.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise QuantsenseError(f"--out {out}: {parent} is a file, so nothing can be written under it; choose a folder path")
-    if args.command == "export" and args.export_format == "gguf":
-        if path.is_dir():
-            raise QuantsenseError(f"--out {out} is a folder; a GGUF export writes one file: pass e.g. --out {out}/model.gguf")
-        if path.exists():
-            raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
-        return
-    if path.exists() and not path.is_dir():
-        raise QuantsenseError(f"--out {out} is an existing file; pass a folder path")
-    if args.command == "export" and path.is_dir() and any(path.iterdir()):
-        raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
-    parent = path if path.exists() else parent
-    if not os.access(parent, os.W_OK):
-        raise QuantsenseError(f"--out {out}: cannot write in {parent}; choose a writable folder")
+    from quantsense.io import check_output
+
+    if getattr(args, "out", None):
+        export = args.command == "export"
+        check_output(args.out, single_file=export and args.export_format == "gguf", empty_folder=export)
 
 
 def _quiet_third_party(quiet: bool) -> None:

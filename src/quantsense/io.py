@@ -41,10 +41,36 @@ def atomic_output(path: Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a folder in the way
+            raise QuantsenseError(f"cannot write {path} ({err.strerror or err}); move what is there or choose another folder") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output(out: str | Path, single_file: bool = False, empty_folder: bool = False) -> Path:
+    """Where a command will write (``--out``), checked before any work: a folder we can write in (``empty_folder``: empty
+    or new), or with ``single_file`` a file path that does not exist yet."""
+    path = Path(out)
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise QuantsenseError(f"--out {out}: {parent} is a file, so nothing can be written under it; choose a folder path")
+    if single_file:
+        if path.is_dir():
+            raise QuantsenseError(f"--out {out} is a folder; a GGUF export writes one file: pass e.g. --out {out}/model.gguf")
+        if path.exists():
+            raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
+        return path
+    if path.exists() and not path.is_dir():
+        raise QuantsenseError(f"--out {out} is an existing file; pass a folder path")
+    if empty_folder and path.is_dir() and any(path.iterdir()):
+        raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
+    writable = path if path.exists() else parent
+    if not os.access(writable, os.W_OK):
+        raise QuantsenseError(f"--out {out}: cannot write in {writable}; choose a writable folder")
+    return path
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:

@@ -71,7 +71,9 @@ def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",
 def calibration(ws: Workspace, calibration_data: str, size: int = 128):
     """(calibration examples, their batches): a seeded sample of ``size`` from the file, none in the evaluation data.
     Cheap (no evaluation), so commands call it first to refuse a bad file before any work."""
-    return ws.task.calibration_batches(calibration_data, size, ws.tokenizer, ws.id2label(), ws.data, ws.options.seed)
+    calib, batches = ws.task.calibration_batches(calibration_data, size, ws.tokenizer, ws.id2label(), ws.data, ws.options.seed)
+    ws.task.check_model(ws.model, batches, ws.source)
+    return calib, batches
 
 
 def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None, unit: str = "block") -> dict:
@@ -259,7 +261,10 @@ def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str 
     file) and check it in a fresh process."""
     from quantsense.quantization.export import export_bytes, export_plan, weights_file_bytes
 
+    from quantsense.io import check_output
+
     _check_choice(target, ("torchao", "gguf"), "export format")
+    check_output(out, single_file=target == "gguf", empty_folder=True)
     plan = as_plan(ws, plan)
     if target == "gguf":
         from quantsense.quantization.gguf_plan import export_gguf
@@ -293,6 +298,10 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
               calibration_size: int = 128, argv: list[str] | None = None) -> StudyResult:
     """The reference study end to end: baseline, sensitivity, (proxies), mixed strategies, ablation."""
     ws.formats(formats or ws.task.default_formats)  # every input checked before the first evaluation
+    _check_choice(unit, UNIT_KINDS, "unit")
+    for view in views:
+        _check_choice(view, VIEWS, "view")
+    metric_key(ws, rank_by)
     build_entries(ws.units, [], unit, views, include_extra, blocks)
     for path in plan_files:
         load_plan(ws, path)

@@ -9,6 +9,7 @@ memory with its tokenizer; every phase in :mod:`quantsense.study` takes it.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 
@@ -36,7 +37,7 @@ def _flag(name: str) -> str:
 def _check_int(name: str, value, minimum: int, optional: bool = False) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         kind = "a positive integer" if minimum == 1 else "a non-negative integer"
         raise QuantsenseError(f"{_flag(name)} must be {kind}, got {value!r}")
 
@@ -138,7 +139,8 @@ class Workspace:
                 try:
                     fmt.check_shape(unit.shape, unit.transposed, where=name)
                 except QuantsenseError as exc:
-                    raise QuantsenseError(f"{exc} (the grid set by --group-size)" if named else str(exc)) from None
+                    raise QuantsenseError(f"the integer grid (--group-size, or scheme= in the API): {exc}" if named
+                                          else str(exc)) from None
         return fmt
 
     def formats(self, names) -> list[Format]:
@@ -229,4 +231,5 @@ def _executor(opts: StudyOptions, model, units: UnitMap):
 
     gpus = 1 if resolve_device(opts.device).type == "cuda" else 0
     return RayExecutor(partial(worker_evaluator, opts), opts.workers, address=opts.ray_address, num_gpus_per_worker=gpus,
+                       quiet=opts.quiet,
                        order_key=lambda item: units.first_block_of(item.plan().units()))

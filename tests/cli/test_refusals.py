@@ -173,3 +173,39 @@ def test_more_ray_workers_than_this_machine_has_cpus_are_refused(capsys, cls_arg
     cpus = len(os.sched_getaffinity(0))
     _refused(capsys, ["sensitivity", *cls_args, "--executor", "ray", "--workers", str(cpus + 48)],
              f"--workers {cpus + 48} needs {cpus + 48} CPUs but this machine has {cpus}; use --workers {cpus} or less")
+
+
+def test_auto_map_in_the_tokenizer_config_is_refused_too_and_native_types_get_a_fix(capsys, offline_assets, tmp_path):
+    folder = tmp_path / "tok-code"
+    shutil.copytree(offline_assets["cls"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    line = _refused(capsys, ["baseline", "--model", str(folder), "--data", str(offline_assets["tsv"]), "--no-store", "--quiet"],
+                    "asks to run its own Python code (auto_map in tokenizer_config.json: AutoTokenizer)")
+    assert "without auto_map in tokenizer_config.json" in line
+    folder = tmp_path / "native"
+    shutil.copytree(offline_assets["cls"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    _refused(capsys, ["baseline", "--model", str(folder), "--data", str(offline_assets["tsv"]), "--no-store", "--quiet"],
+             "its model_type 'bert' is built into transformers, so remove auto_map from config.json")
+
+
+def test_a_jsonl_row_with_a_repeated_key_is_refused(capsys, offline_assets, tmp_path):
+    table = tmp_path / "rows.jsonl"
+    table.write_text('{"sentence": "the film was good", "label": 1}\n{"sentence": "bad", "label": 0, "label": 1}\n')
+    _refused(capsys, ["baseline", "--model", str(offline_assets["cls"]), "--data", str(table), "--no-store", "--quiet"],
+             f"data file {table}, line 2: key 'label' appears more than once")
+
+
+def test_report_that_cannot_be_written_is_one_line(capsys, tmp_path):
+    from tests.visualization.fixtures import classification_run
+
+    (tmp_path / "results.json").write_text(json.dumps(classification_run()))
+    (tmp_path / "report.html").mkdir()  # something in the way (as root, a read-only folder would not stop a write)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'report.html'}" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

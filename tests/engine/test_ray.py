@@ -22,6 +22,7 @@ import torch
 from quantsense.config import Plan, QuantConfig
 from quantsense.engine import Engine, Evaluator, LocalExecutor, WorkItem
 from quantsense.errors import QuantsenseError
+from quantsense.evaluation.metrics import EvalResult
 from quantsense.evaluation.batching import make_batches
 from quantsense.models.loading import weights_fingerprint
 from quantsense.models.units import discover_units
@@ -153,7 +154,7 @@ def test_worker_exception_is_raised_once_with_the_item_label(tiny_on_ray):
     pids, restarts = executor.actor_pids(), executor.restarts
     seen = []
     with pytest.raises(QuantsenseError, match=r"^block1@int4-g5: the evaluation failed on a Ray worker: "
-                                              r"QuantsenseError: --group-size 5 does not divide the 32 input features of \S+layer\.1\."):
+                                              r"QuantsenseError: group size 5 does not divide the 32 input features of \S+layer\.1\."):
         for item, _ in executor.map([*items, bad]):
             seen.append(item.label)
     assert executor.restarts == restarts
@@ -312,3 +313,44 @@ def test_cli_sweep_with_the_ray_executor_equals_the_local_one(ray_local, tiny_mo
     for a, b in zip(local, on_ray):
         assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4, abs=1e-9)  # 1 thread per actor vs 2: float rounding only
         assert a["accuracy"] == b["accuracy"]
+
+
+def test_quiet_drops_rays_cluster_error_messages_but_not_worker_output(capsys, monkeypatch):
+    import ray._private.worker as ray_worker
+
+    from quantsense.engine.ray_executor import silence_ray_error_messages
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored after the test
+    died = {"lines": ["A worker died or was killed while executing a task"], "pid": "raylet", "is_err": False}
+    silence_ray_error_messages(True)
+    silence_ray_error_messages(True)  # two quiet executors: wrapped once
+    ray_worker.print_to_stdstream(died, ignore_prefix=True)
+    assert "worker died" not in capsys.readouterr().out
+    ray_worker.print_to_stdstream({"lines": ["a worker's own line"], "pid": 4242, "ip": "127.0.0.1", "is_err": False,
+                                   "actor_name": "", "task_name": "", "job": "01"}, ignore_prefix=True)
+    assert "a worker's own line" in capsys.readouterr().out
+    silence_ray_error_messages(False)
+    ray_worker.print_to_stdstream(died, ignore_prefix=True)
+    assert "worker died" not in capsys.readouterr().out  # one quiet executor is still open
+    silence_ray_error_messages(False)
+    ray_worker.print_to_stdstream(died, ignore_prefix=True)
+    assert "worker died" in capsys.readouterr().out  # none is: Ray's messages are back
+
+
+def test_the_lookup_is_asked_before_each_item_goes_to_an_actor(tiny_on_ray):
+    """What another writer committed meanwhile is yielded as found, not evaluated on an actor."""
+    local_eval, executor = tiny_on_ray
+    items = _tiny_items(local_eval, [5])
+    known = {items[1].key: _local_arrays(local_eval, [items[1]])[items[1].label]}
+    asked = []
+
+    def lookup(item):
+        asked.append(item.label)
+        return EvalResult(known[item.key]) if item.key in known else None
+
+    executor.seconds.clear()
+    got = {item.label: result.arrays for item, result in executor.map(items, lookup=lookup)}
+    assert sorted(asked) == sorted(item.label for item in items)
+    assert items[1].key not in executor.seconds and all(item.key in executor.seconds for item in items if item is not items[1])
+    assert np.array_equal(got[items[1].label]["logits"], known[items[1].key]["logits"])
+    assert set(got) == {item.label for item in items}

@@ -20,13 +20,12 @@ class _OtherWriterFirst(LocalExecutor):
         super().__init__(evaluator)
         self.other, self.steal, self.evaluated = other, steal, []
 
-    def map(self, items):
-        for item in items:
-            if self.steal:
-                self.other.evaluate_many(self.steal)
-                self.steal = []
-            self.evaluated.append(item.label)
-            yield item, self.evaluator.evaluate(item.plan())
+    def run(self, item):
+        if self.steal:
+            self.other.evaluate_many(self.steal)
+            self.steal = []
+        self.evaluated.append(item.label)
+        return super().run(item)
 
 
 def test_a_row_committed_by_another_writer_meanwhile_is_reused(tmp_path):

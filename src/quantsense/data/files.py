@@ -82,6 +82,20 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict]:
     return rows
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key given twice (json keeps the last one silently)."""
+    row = {}
+    for key, value in pairs:
+        if key in row:
+            raise _RepeatedKey(key)
+        row[key] = value
+    return row
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     text = read_text_file(path, "data file")
     if not text.strip():
@@ -91,9 +105,12 @@ def _read_jsonl(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_no_repeated_keys)
         except json.JSONDecodeError as exc:
             raise QuantsenseError(f"data file {path}, line {line_no}: not valid JSON ({exc.msg})") from None
+        except _RepeatedKey as exc:
+            raise QuantsenseError(f"data file {path}, line {line_no}: key {exc.args[0]!r} appears more than once; "
+                                  "keep one of each") from None
         if not isinstance(row, dict):
             raise QuantsenseError(f"data file {path}, line {line_no}: expected a JSON object per line")
         rows.append(row)

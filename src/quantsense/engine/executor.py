@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from quantsense.engine.evaluator import Evaluator
 from quantsense.evaluation.metrics import METRIC_VERSION, EvalResult
@@ -32,9 +32,13 @@ class WorkItem:
         return Plan.from_json_dict(json.loads(self.plan_json))
 
 
+Lookup = Callable[[WorkItem], "EvalResult | None"]  # a finished result from elsewhere (the store), or None
+
+
 class Executor(Protocol):
-    def map(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, EvalResult]]:
-        """Run items, yielding each as it finishes (in any order)."""
+    def map(self, items: Iterable[WorkItem], lookup: Lookup | None = None) -> Iterator[tuple[WorkItem, EvalResult]]:
+        """Run items, yielding each as it finishes (in any order). ``lookup`` is asked just before an item would
+        start; what it returns is yielded instead of computing the item."""
 
 
 class LocalExecutor:
@@ -43,6 +47,10 @@ class LocalExecutor:
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
 
-    def map(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, EvalResult]]:
+    def map(self, items: Iterable[WorkItem], lookup: Lookup | None = None) -> Iterator[tuple[WorkItem, EvalResult]]:
         for item in items:
-            yield item, self.evaluator.evaluate(item.plan())
+            found = lookup(item) if lookup is not None else None
+            yield item, (found if found is not None else self.run(item))
+
+    def run(self, item: WorkItem) -> EvalResult:
+        return self.evaluator.evaluate(item.plan())

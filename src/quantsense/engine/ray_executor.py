@@ -30,7 +30,7 @@ import numpy as np
 
 from quantsense.config import Plan
 from quantsense.engine.evaluator import Evaluator
-from quantsense.engine.executor import WorkItem
+from quantsense.engine.executor import Lookup, WorkItem
 from quantsense.errors import QuantsenseError
 from quantsense.evaluation.metrics import EvalResult
 
@@ -102,6 +102,41 @@ class _Slot:
     in_flight: dict = field(default_factory=dict)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 quota (containers started with --cpus)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+    except (OSError, ValueError):
+        return count
+    return count if quota == "max" else max(1, min(count, math.ceil(int(quota) / int(period))))
+
+
+_QUIET = {"active": 0}  # quiet executors alive; while any is, Ray's cluster error messages are dropped
+
+
+def silence_ray_error_messages(on: bool = True) -> None:
+    """Drop (``on``) or show again the error messages Ray's driver prints for the cluster's events ("A worker died or
+    was killed ...", several lines each); workers' own output is untouched. Ray has no switch for them: its listener
+    calls the module's ``print_to_stdstream``, which is wrapped here once and filters only while a quiet executor is open."""
+    _QUIET["active"] = max(0, _QUIET["active"] + (1 if on else -1))
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "quantsense_filtered", False):
+        return
+
+    def without_cluster_errors(data, *args, **kwargs):
+        if _QUIET["active"] and data.get("pid") == "raylet":  # listen_error_messages' messages; worker logs carry a pid
+            return None
+        return original(data, *args, **kwargs)
+
+    without_cluster_errors.quantsense_filtered = True
+    ray_worker.print_to_stdstream = without_cluster_errors
+
+
 class RayExecutor:
     """Executes work items on ``workers`` Ray actors, each built once by ``factory``.
 
@@ -121,7 +156,8 @@ class RayExecutor:
 
     def __init__(self, factory: Callable[[], Evaluator], workers: int, *, address: str | None = None,
                  num_cpus_per_worker: int = 1, num_gpus_per_worker: float = 0,
-                 order_key: Callable[[WorkItem], int] | None = None, max_retries: int = 2, chunks_per_worker: int = 4):
+                 order_key: Callable[[WorkItem], int] | None = None, max_retries: int = 2, chunks_per_worker: int = 4,
+                 quiet: bool = False):
         if workers < 1:
             raise QuantsenseError(f"--workers {workers} must be at least 1")
         self.ray = import_ray()
@@ -133,6 +169,8 @@ class RayExecutor:
         self.order_key = order_key
         self.max_retries = max_retries
         self.chunks_per_worker = chunks_per_worker
+        self.quiet = quiet  # hide Ray's own worker-death messages (this executor retries and reports them itself)
+        self._silenced = False
         self.seconds: dict[str, float] = {}  # item key -> seconds its evaluation took on the worker
         self.startup_seconds = 0.0  # connecting to or starting Ray
         self.restarts = 0
@@ -150,8 +188,7 @@ class RayExecutor:
 
             have, each, kind = torch.cuda.device_count(), self.num_gpus_per_worker, "GPU"
         else:
-            have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            each, kind = self.num_cpus_per_worker, "CPU"
+            have, each, kind = available_cpus(), self.num_cpus_per_worker, "CPU"
         most = int(have // each)
         if self.workers > most:
             raise QuantsenseError(f"--workers {self.workers} needs {self.workers * each:g} {kind}s but this machine has {have}; "
@@ -161,6 +198,9 @@ class RayExecutor:
 
     def _connect(self) -> None:
         ray = self.ray
+        if self.quiet and not self._silenced:
+            silence_ray_error_messages(True)
+            self._silenced = True
         if ray.is_initialized():
             return
         start = time.perf_counter()
@@ -226,6 +266,9 @@ class RayExecutor:
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
         self._started_ray = False
+        if self._silenced:
+            silence_ray_error_messages(False)
+            self._silenced = False
 
     def __enter__(self):
         return self
@@ -236,23 +279,26 @@ class RayExecutor:
 
     # -- scheduling ---------------------------------------------------------------------------------
 
-    def map(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, EvalResult]]:
+    def map(self, items: Iterable[WorkItem], lookup: Lookup | None = None) -> Iterator[tuple[WorkItem, EvalResult]]:
+        """``lookup`` is asked for each item just before it goes to an actor (another writer may have finished it)."""
         items = list(items)
         if not items:
             return
         if self.order_key is not None:
             items.sort(key=self.order_key)
         self._ensure_actors()
-        run = _Run(self, contiguous_chunks(items, self.workers, self.chunks_per_worker), items[0])
+        run = _Run(self, contiguous_chunks(items, self.workers, self.chunks_per_worker), items[0], lookup)
         yield from run.results(len(items))
 
 
 class _Run:
     """The state of one ``map``: the chunk queue, the refs in flight, retries per item."""
 
-    def __init__(self, executor: RayExecutor, chunks: list[list[WorkItem]], sample: WorkItem):
+    def __init__(self, executor: RayExecutor, chunks: list[list[WorkItem]], sample: WorkItem, lookup: Lookup | None = None):
         self.ex = executor
         self.ray = executor.ray
+        self.lookup = lookup
+        self.found: deque[tuple[WorkItem, EvalResult]] = deque()  # items the lookup answered, to yield next
         self.queue = deque(deque(chunk) for chunk in chunks)
         self.sample = sample
         self.attempts: dict[str, int] = {}
@@ -292,6 +338,10 @@ class _Run:
             if not slot.pending and not self._next_run_for(slot):
                 return
             item = slot.pending.popleft()
+            found = self.lookup(item) if self.lookup is not None else None
+            if found is not None:
+                self.found.append((item, found))
+                continue
             slot.in_flight[slot.actor.evaluate.remote(item.plan_json)] = item
 
     def _owner(self, ref) -> _Slot | None:
@@ -329,6 +379,11 @@ class _Run:
         while done < total:
             for slot in self.ex._slots:
                 self._feed(slot)
+            while self.found:
+                done += 1
+                yield self.found.popleft()
+            if done >= total:
+                return
             waiting = [r for s in self.ex._slots for r in ([s.ready_ref] if s.ready_ref is not None else [*s.in_flight])]
             if not waiting:
                 raise RuntimeError(f"Ray scheduler stalled with {total - done} item(s) unassigned")

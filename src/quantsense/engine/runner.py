@@ -89,19 +89,22 @@ class Engine:
         started = time.perf_counter()
         bar = tqdm(total=len(todo), desc=desc, unit="eval", disable=self.quiet, leave=False, dynamic_ncols=True)
         bar.set_postfix_str(todo[0].label, refresh=False)
-        def still_to_do():
-            """Each item as its turn comes, unless another process committed it to the store meanwhile."""
-            for item in todo:
-                found = self._from_store(item)
-                if found is None:
-                    yield item
-                    continue
-                results[item.label] = self._memo[item.key] = found
-                bar.update(1)
+        taken: set[str] = set()
+
+        def lookup(item: WorkItem) -> EvalResult | None:
+            """Just before an item starts: another process may have committed it to the store meanwhile."""
+            found = self._from_store(item)
+            if found is not None:
+                taken.add(item.key)
+            return found
 
         try:
             t0 = time.perf_counter()
-            for item, result in self.executor.map(still_to_do()):
+            for item, result in self.executor.map(todo, lookup=lookup):
+                if item.key in taken:
+                    results[item.label] = self._memo[item.key] = result
+                    bar.update(1)
+                    continue
                 now = time.perf_counter()
                 self._save(item, result, getattr(self.executor, "seconds", {}).get(item.key, now - t0))
                 t0 = now

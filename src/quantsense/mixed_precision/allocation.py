@@ -18,6 +18,7 @@ allocation scope (the block linear weights) or a size in bytes of the whole mode
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ class Budget:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass

@@ -159,8 +159,18 @@ def _check_no_custom_code(path: Path, source: str) -> None:
             classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
             raise QuantsenseError(
                 f"model directory {source} asks to run its own Python code (auto_map in {name}: {classes}); quantsense never "
-                "runs code from a model folder: use a model whose architecture transformers implements, without auto_map"
+                f"runs code from a model folder: {_native_hint(config, name)}"
             )
+
+
+def _native_hint(config: dict, name: str) -> str:
+    """What to do about auto_map: transformers may implement the architecture itself."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if name == "config.json" and isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return f"its model_type {model_type!r} is built into transformers, so remove auto_map from {name} to load it with that code"
+    return f"use a model whose architecture transformers implements, without auto_map in {name}"
 
 
 def _custom_code_error(source: str) -> QuantsenseError:
@@ -292,6 +302,8 @@ def _load_model(source: str, kind: str, device: str | torch.device, dtype: str) 
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, **kwargs)
     except LOAD_ERRORS as exc:
+        if "trust_remote_code" in str(exc):
+            raise _custom_code_error(source) from None
         raise QuantsenseError(
             f"could not load the tokenizer of {source}: {_file_reason(exc)}; save the tokenizer with the model (tokenizer.save_pretrained)"
         ) from None
@@ -305,16 +317,18 @@ def _load_model(source: str, kind: str, device: str | torch.device, dtype: str) 
                        dtype=str(torch_dtype).removeprefix("torch."))
 
 
-POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")  # position ids start after the padding index
-
-
 def max_positions(model: torch.nn.Module) -> int | None:
-    """The longest input the model has position embeddings (or a trained rotary range) for; None if unknown."""
+    """The longest input the model has position embeddings (or a trained rotary range) for; None if unknown.
+
+    RoBERTa-style position embeddings with a padding index number positions from ``padding_idx + 1``, so
+    ``padding_idx + 1`` of their rows are never an input's position."""
     config = getattr(model, "config", None)
     limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions")
                   if isinstance(getattr(config, a, None), int)), None)
-    if limit is not None and getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:
-        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+            usable = module.num_embeddings - (module.padding_idx + 1)
+            limit = usable if limit is None else min(limit, usable)
     return limit
 
 

@@ -28,7 +28,9 @@ def windows(n_tokens, context, stride):
     scored_until, begin = 1, 0
     while scored_until < n_tokens:
         end = min(begin + context, n_tokens)
-        yield begin, end, max(scored_until, begin + 1)  # a window's first token has no context in it: never scored
+        first = max(scored_until, begin + 1)  # a window's first token has no context in it: never scored
+        if first < end:
+            yield begin, end, first
         scored_until = end
         if end == n_tokens:
             break

@@ -84,6 +84,11 @@ class Task:
             flag, value = self.length_setting()
             raise QuantsenseError(f"{flag} {value} gives inputs of {longest} tokens but model {source} has {limit} positions; "
                                   f"use {flag} {limit} or less")
+        rows = model.get_input_embeddings().weight.shape[0]
+        largest = max((int(b.inputs["input_ids"].max()) for b in batches if b.inputs["input_ids"].numel()), default=-1)
+        if largest >= rows:
+            raise QuantsenseError(f"the tokenizer gives token id {largest} but model {source} has {rows} token embeddings: "
+                                  "the tokenizer belongs to another model; save the model's own tokenizer beside it")
 
     def head(self):
         """A fresh head (see :mod:`quantsense.evaluation.heads`) for the evaluator."""

@@ -44,8 +44,10 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
     begin = 0
     while scored_until < len(ids):
         end = min(begin + context, len(ids))
-        window = torch.tensor([ids[begin:end]], dtype=torch.long)
-        batches.append(Batch(index=np.arange(max(scored_until, begin + 1), end), inputs={"input_ids": window}))
+        first = max(scored_until, begin + 1)
+        if first < end:  # a last window of one token has nothing to score
+            window = torch.tensor([ids[begin:end]], dtype=torch.long)
+            batches.append(Batch(index=np.arange(first, end), inputs={"input_ids": window}))
         scored_until = end
         if end == len(ids):
             break
