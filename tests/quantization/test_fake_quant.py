@@ -75,7 +75,7 @@ def test_transposed_quantizes_columns():
 def test_bad_group_size_is_an_error():
     from quantsense.errors import QuantsenseError
 
-    with pytest.raises(QuantsenseError, match="--group-size 16 does not divide the 30 input features"):
+    with pytest.raises(QuantsenseError, match="group size 16 does not divide the 30 input features"):
         fake_quantize(torch.randn(4, 30), QuantConfig(4, granularity="per_group", group_size=16))
 
 
