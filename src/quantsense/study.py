@@ -55,17 +55,23 @@ def baseline(ws: Workspace) -> dict:
 def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
                 rank_by: str = "kl", blocks: list[int] | None = None) -> SensitivityResult:
     """Phase 2: every unit x format x view measured against FP32, and a ranking per (view, format)."""
+    fmts, views, key, entries = sweep_inputs(ws, formats, unit, views, include_extra, rank_by, blocks)
+    rows = run_sweep(ws.engine, ws.applier, ws.units, entries, ws.compare, ws.task.loss.key, desc=f"{unit} sweep")
+    rankings = {f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
+                for f in fmts for view in views}
+    return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings)
+
+
+def sweep_inputs(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
+                 rank_by: str = "kl", blocks: list[int] | None = None):
+    """A sweep's formats, views, ranking key and entries, every argument checked (no evaluation)."""
     _check_choice(unit, UNIT_KINDS, "unit")
     for view in views:
         _check_choice(view, VIEWS, "view")
     fmts = ws.formats(formats or ws.task.default_formats)
     views = tuple(dict.fromkeys(views))
     key = metric_key(ws, rank_by)
-    entries = build_entries(ws.units, fmts, unit, views, include_extra, blocks)
-    rows = run_sweep(ws.engine, ws.applier, ws.units, entries, ws.compare, ws.task.loss.key, desc=f"{unit} sweep")
-    rankings = {f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
-                for f in fmts for view in views}
-    return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings)
+    return fmts, views, key, build_entries(ws.units, fmts, unit, views, include_extra, blocks)
 
 
 def calibration(ws: Workspace, calibration_data: str, size: int = 128):
@@ -170,9 +176,8 @@ def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = 
         ranking = check_ranking(ws, ranking)
     if block is not None:
         ws.units.block_units(block)  # range check before any evaluation
-    if block is None:
+    else:
         block = (ranking if ranking is not None else block_ranking(ws, fmt))[-1]
-    ws.units.block_units(block)  # range check
     row = evaluate_plans(ws, {f"block{block}@{fmt.name}": blocks_plan(ws.units, {block: fmt})}, desc="ablation")[0]
     return {"block": block, "format": fmt.name, **row}
 
@@ -297,12 +302,7 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
               rank_by: str = "kl", blocks: list[int] | None = None, plan_files=(), calibration_data: str | None = None,
               calibration_size: int = 128, argv: list[str] | None = None) -> StudyResult:
     """The reference study end to end: baseline, sensitivity, (proxies), mixed strategies, ablation."""
-    ws.formats(formats or ws.task.default_formats)  # every input checked before the first evaluation
-    _check_choice(unit, UNIT_KINDS, "unit")
-    for view in views:
-        _check_choice(view, VIEWS, "view")
-    metric_key(ws, rank_by)
-    build_entries(ws.units, [], unit, views, include_extra, blocks)
+    sweep_inputs(ws, formats, unit, views, include_extra, rank_by, blocks)  # every input checked before the first evaluation
     for path in plan_files:
         load_plan(ws, path)
     if calibration_data:
