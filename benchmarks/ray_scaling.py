@@ -40,7 +40,7 @@ from quantsense.workspace import StudyOptions, open_workspace
 
 
 def options(args) -> StudyOptions:
-    return StudyOptions(model=args.model, data=args.data, limit=args.limit, device="cpu", quiet=True, store=None)
+    return StudyOptions(model=args.model, data=args.data, settings={"limit": args.limit}, device="cpu", quiet=True, store=None)
 
 
 def worker_evaluator(opts: StudyOptions) -> Evaluator:

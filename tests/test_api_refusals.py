@@ -98,7 +98,7 @@ def test_export_checks_its_output_before_any_work(ws, tmp_path):
 def test_numpy_numbers_are_numbers(offline_assets):
     ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]),
                            quiet=True, batch_tokens=np.int64(512), seed=np.int64(3))
-    assert ws.options.batch_tokens == 512
+    assert ws.options.settings["batch_tokens"] == 512 and ws.task.batch_tokens == 512
     assert qs.Budget(avg_bits=np.float64(4.5)).avg_bits == 4.5
 
 
@@ -109,3 +109,14 @@ def test_positions_of_roberta_style_embeddings_exclude_the_padding_offset():
     roberta = tiny_model("roberta")  # 512 position rows, padding index 1: positions 2..511
     assert max_positions(roberta) == 510
     assert max_positions(tiny_model("bert")) == 512 and max_positions(tiny_model("gpt2")) == 64
+
+
+@pytest.mark.parametrize("settings, expect", [
+    ({"context": 64}, "task sst2 takes no setting context (context belongs to task wikitext); its settings: limit (--limit), "
+                      "max_length (--max-length), batch_tokens (--batch-tokens)"),
+    ({"contxt": 64}, "task sst2 takes no setting contxt (no task takes contxt)"),
+])
+def test_a_setting_the_task_does_not_take_is_an_error(settings, expect):
+    with pytest.raises(QuantsenseError) as info:
+        qs.StudyOptions(task="sst2", settings=settings)
+    assert expect in str(info.value)

@@ -60,6 +60,7 @@ class FrontierResult:
     rows: list[dict]  # allocated, uniform and hand plans, all measured
     plans: dict[str, dict]  # allocated plan name -> plan JSON
     choices: dict[str, dict]  # allocated plan name -> group -> format name (None = FP32)
+    groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,14 +77,17 @@ class StudyResult:
     ablation: dict | None = None
     frontier: FrontierResult | None = None
     export: dict | None = None
-    extra: dict = field(default_factory=dict)
+    ranking: dict | None = None  # {"format": name, "blocks": [...]}: the block ranking the strategies used
+    formats: dict = field(default_factory=dict)  # name -> the format's own description (its registry entry's describe)
 
     def to_dict(self) -> dict:
         out = {"provenance": self.provenance, "workspace": self.workspace, "baseline": self.baseline}
-        for name in ("sensitivity", "proxies", "mixed", "ablation", "frontier", "export"):
+        for name in ("sensitivity", "proxies", "ranking", "mixed", "ablation", "frontier", "export"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.to_dict() if hasattr(value, "to_dict") else value
+        if self.formats:
+            out["formats"] = self.formats
         return out
 
 

@@ -18,14 +18,14 @@ import torch
 from quantsense.config import DEFAULT_TASK, REFERENCE_MODEL
 from quantsense.engine import Engine, Evaluator
 from quantsense.errors import QuantsenseError
-from quantsense.models.loading import check_tokenizer, load_model, resolve_device, weights_fingerprint
+from quantsense.models.loading import check_tokenizer, resolve_device, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
-from quantsense.quantization.formats import Format, GGUFFormat, QuantConfig, parse_format
+from quantsense.quantization.formats import Format, QuantConfig, WeightFormat, parse_format
 from quantsense.store import ResultStore
-from quantsense.tasks import Task, make_task
+from quantsense.tasks import TASKS, Task, make_task
 
 
-POSITIVE_OPTIONS = ("workers", "limit", "max_length", "batch_tokens", "max_tokens", "context", "stride")
+POSITIVE_OPTIONS = ("workers",)
 CHOICE_OPTIONS = {"dtype": ("auto", "float32", "bfloat16", "float16"), "executor": ("local", "ray")}
 
 
@@ -61,13 +61,7 @@ class StudyOptions:
     executor: str = "local"  # "local" or "ray"
     workers: int = 2  # Ray actors
     ray_address: str | None = None  # None: start a private Ray on this machine; "auto" or HOST:PORT: connect
-    # task settings (each task takes the ones it understands)
-    limit: int | None = None
-    max_length: int = 512
-    batch_tokens: int = 1024
-    max_tokens: int = 4096
-    context: int = 1024
-    stride: int = 512
+    settings: dict = field(default_factory=dict)  # the task's own settings (its settings_spec), e.g. {"limit": 100}
 
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
@@ -80,10 +74,12 @@ class StudyOptions:
         if not isinstance(self.scheme, QuantConfig):
             raise QuantsenseError(f"scheme must be a QuantConfig, the integer grid that int<b> names use "
                                   f"(e.g. QuantConfig(bits=8, symmetric=False)), got {self.scheme!r}")
+        if not isinstance(self.settings, dict):
+            raise QuantsenseError(f"settings must be a dict of the task's settings (e.g. {{'limit': 100}}), got {self.settings!r}")
+        make_task(self.task, **self.settings)  # the task refuses a setting it does not take, or a bad value
 
     def task_settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name in ("limit", "max_length", "batch_tokens", "max_tokens", "context", "stride")}
+        return dict(self.settings)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -109,6 +105,7 @@ class Workspace:
     engine: Engine
     model_fp: str
     data_fp: str
+    formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
 
     @property
     def source(self) -> str:
@@ -131,17 +128,20 @@ class Workspace:
 
     def format(self, text: str | int | Format) -> Format:
         """A format from a name (``int4`` on this workspace's integer grid, ``q4_0``...), checked against every block unit."""
-        named = not isinstance(text, (QuantConfig, GGUFFormat))
-        fmt = parse_format(text, self.options.scheme) if named else text
-        if fmt.family == "int":
-            for name in self.units.linear_units():
-                unit = self.units.get(name)
-                try:
-                    fmt.check_shape(unit.shape, unit.transposed, where=name)
-                except QuantsenseError as exc:
-                    raise QuantsenseError(f"the integer grid (--group-size, or scheme= in the API): {exc}" if named
-                                          else str(exc)) from None
+        named = not isinstance(text, WeightFormat)
+        fmt = parse_format(text, self.options.scheme)
+        fmt.check_model(self.units, named)
+        self.formats_used.setdefault(fmt.name, fmt)
         return fmt
+
+    def record_formats(self, formats) -> None:
+        """Note formats that reached a result without a name (plan files, strategies) for :meth:`format_table`."""
+        for fmt in formats:
+            self.formats_used.setdefault(fmt.name, fmt)
+
+    def format_table(self) -> dict[str, dict]:
+        """Every format used so far, described by its own registry entry (what results.json keeps)."""
+        return {name: fmt.describe(self.options.scheme) for name, fmt in sorted(self.formats_used.items())}
 
     def formats(self, names) -> list[Format]:
         """Formats from names, duplicates dropped (``--formats 8 8`` evaluates once)."""
@@ -161,7 +161,7 @@ class Workspace:
         return {
             "model": {"source": self.source, "fingerprint": self.model_fp, "blocks": self.units.num_blocks,
                       "block_path": self.units.block_prefix, "device": str(self.device), "dtype": self.dtype,
-                      "kind": self.task.model_kind},
+                      "head": self.task.model_head.description},
             "data": {"task": self.task.name, "fingerprint": self.data_fp, **self.task.describe_data(self.data, self.batches)},
             "task": self.task.describe(),
             "scheme": {k: v for k, v in self.options.scheme.to_dict().items() if k != "bits"},  # the grid int<b> names use
@@ -170,10 +170,17 @@ class Workspace:
 
 
 def _options(model, kwargs: dict) -> StudyOptions:
+    """StudyOptions from keyword arguments: its own fields, and the task's settings (``limit=100``) given flat."""
     known = {f.name for f in fields(StudyOptions)}
+    task = TASKS.get(kwargs.get("task", DEFAULT_TASK))
+    takes = {s.name for s in task.settings_spec} if task is not None else set()
+    settings = {k: kwargs.pop(k) for k in list(kwargs) if k not in known and k in takes}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise QuantsenseError(f"open_workspace: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        allowed = sorted(known - {"settings"} | takes)
+        raise QuantsenseError(f"open_workspace: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    if settings:
+        kwargs["settings"] = {**kwargs.get("settings", {}), **settings}
     if isinstance(model, str):
         kwargs["model"] = model
     elif "model" not in kwargs:
@@ -196,7 +203,7 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
         device = resolve_device(opts.device)
         net, dtype = model.to(device).eval(), str(next(model.parameters()).dtype).replace("torch.", "")
     else:
-        loaded = load_model(opts.model, task.model_kind, opts.device, dtype=opts.dtype, quiet=opts.quiet)
+        loaded = task.load_model(opts.model, opts.device, dtype=opts.dtype, quiet=opts.quiet)
         net, tokenizer, device, dtype = loaded.model, loaded.tokenizer, loaded.device, loaded.dtype
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

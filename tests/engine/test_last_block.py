@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from quantsense.evaluation.heads import ClassificationHead
 from quantsense.engine import last_block
 from tests.conftest import tiny_model
 
@@ -71,7 +72,7 @@ def test_the_evaluator_prunes_the_models_last_layer_and_matches_the_full_forward
     widths = {i: set() for i in range(3)}
     for i, layer in enumerate(model.bert.encoder.layer):
         layer.register_forward_hook(lambda module, args, output, i=i: widths[i].add(output.shape[1]))
-    evaluator = Evaluator(model, discover_units(model), batches, torch.device("cpu"))
+    evaluator = Evaluator(model, discover_units(model), batches, torch.device("cpu"), head=ClassificationHead())
     reference = evaluator.reference().logits
     assert widths[2] == {1} and min(widths[0]) > 1 and min(widths[1]) > 1
     with torch.inference_mode():

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from quantsense.evaluation.heads import ClassificationHead
 from quantsense.config import Plan, QuantConfig
 from quantsense.engine import Evaluator
 from quantsense.evaluation.batching import make_batches
@@ -15,8 +16,8 @@ def test_prefix_reuse_is_bit_identical_to_full_forward(arch):
     units = discover_units(model)
     batches = make_batches(random_encoded(23), pad_id=0, max_batch_tokens=64)
     assert len(batches) > 2
-    fast = Evaluator(model, units, batches, torch.device("cpu"), prefix_reuse=True)
-    plain = Evaluator(model, units, batches, torch.device("cpu"), prefix_reuse=False)
+    fast = Evaluator(model, units, batches, torch.device("cpu"), prefix_reuse=True, head=ClassificationHead())
+    plain = Evaluator(model, units, batches, torch.device("cpu"), prefix_reuse=False, head=ClassificationHead())
     assert np.array_equal(fast.reference().logits, plain.reference().logits)
     for block in range(units.num_blocks):
         plan = Plan.of({n: QuantConfig(4) for n in units.block_units(block)})
@@ -29,11 +30,11 @@ def test_prefix_reuse_is_bit_identical_to_full_forward(arch):
 def test_plan_with_embedding_starts_at_block_zero_and_head_at_last():
     model = tiny_model("bert")
     units = discover_units(model)
-    ev = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"))
+    ev = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"), head=ClassificationHead())
     assert ev.start_block(Plan.of({"bert.embeddings.word_embeddings": QuantConfig(8)})) == 0
     assert ev.start_block(Plan.of({"classifier": QuantConfig(8)})) == units.num_blocks
     head_plan = Plan.of({"classifier": QuantConfig(2)})
-    plain = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"), prefix_reuse=False)
+    plain = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"), prefix_reuse=False, head=ClassificationHead())
     assert np.array_equal(ev.evaluate(head_plan).logits, plain.evaluate(head_plan).logits)
 
 

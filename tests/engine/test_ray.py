@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from quantsense.evaluation.heads import ClassificationHead
 from quantsense.config import Plan, QuantConfig
 from quantsense.engine import Engine, Evaluator, LocalExecutor, WorkItem
 from quantsense.errors import QuantsenseError
@@ -39,11 +40,11 @@ STANDIN_LIMIT = 64
 def tiny_evaluator(arch: str = "bert") -> Evaluator:
     """The same tiny model and token batches in every process (seeded), on CPU."""
     model = tiny_model(arch)
-    return Evaluator(model, discover_units(model), make_batches(random_encoded(), pad_id=0, max_batch_tokens=64), torch.device("cpu"))
+    return Evaluator(model, discover_units(model), make_batches(random_encoded(), pad_id=0, max_batch_tokens=64), torch.device("cpu"), head=ClassificationHead())
 
 
 def standin_evaluator(model: str, data: str, limit: int) -> Evaluator:
-    return open_workspace(StudyOptions(model=model, data=data, limit=limit, device="cpu", quiet=True, store=None)).evaluator
+    return open_workspace(StudyOptions(model=model, data=data, settings={"limit": limit}, device="cpu", quiet=True, store=None)).evaluator
 
 
 def _items(evaluator: Evaluator, model_fp: str, data_fp: str, bits: list[int], granularity: str = "block") -> list[WorkItem]:
@@ -118,7 +119,7 @@ def test_block_sweep_on_two_actors_equals_local_tiny_model(tiny_on_ray):
 
 
 def test_block_sweep_on_two_actors_equals_local_standin(ray_local, standin_dir, sst2_validation):
-    ws = open_workspace(StudyOptions(model=str(standin_dir), data=str(sst2_validation), limit=STANDIN_LIMIT, device="cpu",
+    ws = open_workspace(StudyOptions(model=str(standin_dir), data=str(sst2_validation), settings={"limit": STANDIN_LIMIT}, device="cpu",
                                      quiet=True, store=None))
     evaluator = ws.evaluator
     items = _items(evaluator, ws.model_fp, ws.data_fp, [4])
@@ -173,7 +174,7 @@ class CrashingEvaluator(Evaluator):
 
 def crashing_evaluator() -> Evaluator:
     ev = tiny_evaluator()
-    return CrashingEvaluator(ev.model, ev.unit_map, ev.batches, ev.device)
+    return CrashingEvaluator(ev.model, ev.unit_map, ev.batches, ev.device, head=ev.head)
 
 
 def test_an_item_that_keeps_killing_workers_stops_after_max_retries(ray_local):
@@ -224,7 +225,7 @@ def _sweep(store: str, model: str, data: str, executor: str) -> dict:
     """A block sweep (6 blocks x 5 bit-widths) through the Engine with a results store; its run statistics."""
     from quantsense.engine.ray_executor import RayExecutor
 
-    ws = open_workspace(StudyOptions(model=model, data=data, limit=STANDIN_LIMIT, device="cpu", quiet=True, store=None))
+    ws = open_workspace(StudyOptions(model=model, data=data, settings={"limit": STANDIN_LIMIT}, device="cpu", quiet=True, store=None))
     evaluator = ws.evaluator
     if executor == "ray":
         factory = functools.partial(standin_evaluator, model, data, STANDIN_LIMIT)

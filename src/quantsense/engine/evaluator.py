@@ -7,7 +7,6 @@ import torch
 from quantsense.engine import last_block
 from quantsense.engine.prefix import PrefixCache
 from quantsense.evaluation.batching import TokenBatches
-from quantsense.evaluation.heads import ClassificationHead
 from quantsense.evaluation.metrics import EvalResult
 from quantsense.models.units import UnitMap
 from quantsense.quantization.apply import PlanApplier
@@ -29,11 +28,13 @@ class Evaluator:
     def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
                  prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30, applier: PlanApplier | None = None,
                  head=None, prefix_cache_bytes: int = 2 << 30):
+        if head is None:
+            raise TypeError("Evaluator needs the task's head (task.head()): it turns logits into the outputs kept")
         self.model = model
         self.unit_map = unit_map
         self.batches = batches
         self.device = device
-        self.head = head or ClassificationHead()  # a task passes its own head
+        self.head = head
         self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
         self.prefix = None
         if prefix_reuse:

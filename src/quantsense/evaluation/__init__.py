@@ -1,6 +1,18 @@
-"""Run a model over tokenized data and compare quantized outputs with the FP32 reference."""
+"""Run a model over tokenized data and compare quantized outputs with the FP32 reference.
 
-from quantsense.evaluation.batching import Batch, TokenBatches, make_batches, tokenize_texts
-from quantsense.evaluation.metrics import EvalResult, compare_classification
+Submodules are imported on first use (``statistics`` needs numpy only, ``batching`` and ``heads`` need torch).
+"""
 
-__all__ = ["Batch", "EvalResult", "TokenBatches", "compare_classification", "make_batches", "tokenize_texts"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"Batch": "batching", "TokenBatches": "batching", "make_batches": "batching", "tokenize_texts": "batching",
+            "EvalResult": "metrics", "compare_classification": "metrics"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"quantsense.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'quantsense.evaluation' has no attribute {name!r}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -70,6 +70,9 @@ class Budget:
     def label(self) -> str:
         return f"{self.avg_bits:g} bits/weight" if self.avg_bits is not None else f"{self.max_bytes / 1e6:.2f} MB"
 
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -79,12 +82,17 @@ def _is_number(value) -> bool:
 class Group:
     name: str
     units: tuple[str, ...]
+    block: int | None = None
+    layer_kind: str = "block"  # what the group is inside its block: "block", "mlp.down_proj", "tied[q|k]"
+
+    def describe(self) -> dict:
+        return {"block": self.block, "layer_kind": self.layer_kind}
 
 
 def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None) -> list[Group]:
     """Allocation groups: one per block, or one per linear unit with ``tie`` regex matches merged per block."""
     if unit_kind == "block":
-        return [Group(f"block {i}", tuple(unit_map.block_units(i))) for i in range(unit_map.num_blocks)]
+        return [Group(f"block {i}", tuple(unit_map.block_units(i)), i) for i in range(unit_map.num_blocks)]
     pattern = compile_tie(tie)
     groups: list[Group] = []
     tied: dict[int, Group] = {}
@@ -92,11 +100,11 @@ def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None) -> li
         unit = unit_map.get(name)
         if pattern and pattern.search(unit.short_name(unit_map.block_prefix)):
             if unit.block not in tied:
-                tied[unit.block] = Group(f"block {unit.block} tied[{tie}]", ())
+                tied[unit.block] = Group(f"block {unit.block} tied[{tie}]", (), unit.block, f"tied[{tie}]")
                 groups.append(tied[unit.block])
             tied[unit.block].units += (name,)
         else:
-            groups.append(Group(name, (name,)))
+            groups.append(Group(name, (name,), unit.block, unit.short_name(unit_map.block_prefix)))
     return groups
 
 
@@ -116,6 +124,7 @@ class Allocation:
     predicted_loss: float
     avg_bits: float
     model_bytes: int
+    groups: dict = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
 
 
 def _fits(unit_map: UnitMap, group: Group, fmt: Format | None) -> bool:
@@ -217,4 +226,5 @@ def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[s
     total_bits = float(problem.cost[rows, chosen].sum())
     return Allocation(plan=Plan.of(mapping), choices=choices, predicted_loss=float(problem.loss[rows, chosen].sum()),
                       avg_bits=total_bits / problem.scope_numel,
-                      model_bytes=int((total_bits + problem.outside_bits) // 8))
+                      model_bytes=int((total_bits + problem.outside_bits) // 8),
+                      groups={g.name: g.describe() for g in groups})

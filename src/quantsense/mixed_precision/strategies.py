@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantsense.models.units import UnitMap
-from quantsense.quantization.formats import Format, QuantConfig, parse_format
+from quantsense.quantization.formats import Format, QuantConfig, format_levels
 from quantsense.quantization.plan import Plan
 
 
@@ -24,10 +24,10 @@ class Levels:
     low: Format
 
     @classmethod
-    def for_family(cls, fmt: Format, scheme: QuantConfig) -> "Levels":
-        """The reference's three levels in ``fmt``'s family (integer grid ``scheme``, or GGUF)."""
-        names = ("q8_0", "q5_0", "q4_0") if fmt.family == "gguf" else ("int8", "int6", "int4")
-        return cls(*(parse_format(n, scheme) for n in names))
+    def for_family(cls, fmt: Format, scheme: QuantConfig) -> "Levels | None":
+        """The reference's three levels in ``fmt``'s family (its entry's ``levels``), None where it defines none."""
+        levels = format_levels(fmt, scheme)
+        return cls(*levels) if levels is not None else None
 
 
 def blocks_plan(unit_map: UnitMap, by_block: dict[int, Format]) -> Plan:

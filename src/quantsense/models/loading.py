@@ -20,10 +20,8 @@ import torch
 from safetensors import SafetensorError
 
 from quantsense.errors import QuantsenseError
+from quantsense.models.head import ModelHead
 
-TASK_KINDS = ("classification", "causal")
-TASK_FOR_KIND = {"classification": "sst2", "causal": "wikitext"}  # the CLI --task that uses each kind
-HEAD_NAMES = {"classification": "classification head", "causal": "language-model head"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SHOWN_KEYS = 4
@@ -49,7 +47,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     source: str
-    kind: str
+    head: ModelHead
     device: torch.device
     dtype: str = "float32"  # the parameters' dtype: float32, bfloat16 or float16
 
@@ -61,14 +59,6 @@ class LoadedModel:
 
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or source.endswith(".gguf")
-
-
-def _auto_class(kind: str):
-    import transformers
-
-    if kind == "classification":
-        return transformers.AutoModelForSequenceClassification
-    return transformers.AutoModelForCausalLM
 
 
 def _source_kwargs(gguf_file: str | None, local_only: bool) -> dict:
@@ -99,17 +89,15 @@ def _choose_dtype(dtype: str, device: torch.device, load_from: str, kwargs: dict
     return _config_dtype(load_from, kwargs)
 
 
-def _head_check(model: torch.nn.Module, missing: list[str], source: str, kind: str) -> None:
+def _head_check(model: torch.nn.Module, missing: list[str], source: str, head: ModelHead, hint: str) -> None:
     """Refuse a model for which transformers had to initialise weights at random (a head it lacks, or an incomplete file)."""
     if not missing:
         return
     shown = ", ".join(sorted(missing)[:SHOWN_KEYS]) + (f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else "")
     prefix = f"{model.base_model_prefix}."
     if any(not key.startswith(prefix) for key in missing):
-        other = next(k for k in TASK_KINDS if k != kind)
         raise QuantsenseError(
-            f"model {source} has no trained {HEAD_NAMES[kind]} (these weights would be randomly initialised: {shown}); "
-            f"use --task {TASK_FOR_KIND[other]} if it has a {HEAD_NAMES[other]}, or a model trained for --task {TASK_FOR_KIND[kind]}"
+            f"model {source} has no trained {head.description} (these weights would be randomly initialised: {shown}); {hint}"
         )
     raise QuantsenseError(
         f"model {source} is incomplete (these weights are missing from its files and would be randomly initialised: {shown}); "
@@ -117,21 +105,18 @@ def _head_check(model: torch.nn.Module, missing: list[str], source: str, kind: s
     )
 
 
-def _load_weights(load_from: str, kind: str, dtype: torch.dtype, kwargs: dict):
+def _load_weights(load_from: str, head: ModelHead, dtype: torch.dtype, kwargs: dict):
     """The model with its loading report; never unpickles (safetensors only), GGUF dequantized to float32 then cast."""
     if "gguf_file" in kwargs:
-        model, info = _auto_class(kind).from_pretrained(load_from, dtype=torch.float32, output_loading_info=True, **kwargs)
+        model, info = head.auto().from_pretrained(load_from, dtype=torch.float32, output_loading_info=True, **kwargs)
         return model.to(dtype), info
-    return _auto_class(kind).from_pretrained(load_from, dtype=dtype, use_safetensors=True, output_loading_info=True, **kwargs)
+    return head.auto().from_pretrained(load_from, dtype=dtype, use_safetensors=True, output_loading_info=True, **kwargs)
 
 
-def _check_gguf_kind(source: str, kind: str) -> None:
-    """GGUF files hold language models: transformers maps no classification head from them."""
-    if kind == "classification":
-        raise QuantsenseError(
-            f"model {source} is a GGUF language model with no trained {HEAD_NAMES[kind]}; "
-            f"use --task {TASK_FOR_KIND['causal']}, or a Hugging Face classifier directory for --task {TASK_FOR_KIND[kind]}"
-        )
+def _check_gguf_head(source: str, head: ModelHead, hint: str) -> None:
+    """GGUF files hold language models: transformers maps no other head from them."""
+    if not head.from_gguf:
+        raise QuantsenseError(f"model {source} is a GGUF language model with no trained {head.description}; {hint}")
 
 
 def _check_weight_files(path: Path, source: str) -> None:
@@ -217,11 +202,11 @@ def _hub_error(source: str, exc: Exception) -> QuantsenseError:
     )
 
 
-def _locate(source: str, kind: str) -> tuple[str, dict, bool]:
+def _locate(source: str, head: ModelHead, hint: str) -> tuple[str, dict, bool]:
     """Where to load from, the from_pretrained keyword arguments, and whether it is a local path."""
     path = Path(os.path.expanduser(source))
     if path.is_file() and path.suffix == ".gguf":
-        _check_gguf_kind(source, kind)
+        _check_gguf_head(source, head, hint)
         return str(path.parent), _source_kwargs(path.name, True), True
     if path.is_dir():
         has_config = (path / "config.json").is_file()
@@ -229,7 +214,7 @@ def _locate(source: str, kind: str) -> tuple[str, dict, bool]:
         if not has_config and not ggufs:
             raise QuantsenseError(f"model directory {source} has no config.json; point --model at a saved Hugging Face model")
         if ggufs:
-            _check_gguf_kind(source, kind)
+            _check_gguf_head(source, head, hint)
         else:
             _check_no_custom_code(path, source)
             _check_weight_files(path, source)
@@ -266,30 +251,30 @@ def _progress_bars(shown: bool):
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)  # what transformers raises for bad files
 
 
-def load_model(source: str, kind: str = "classification", device: str | torch.device = "auto", dtype: str = "auto",
-               quiet: bool = False) -> LoadedModel:
-    """Load ``source`` (hub id, local directory, or ``.gguf`` file) for ``kind`` in eval mode.
+def load_model(source: str, head: ModelHead, device: str | torch.device = "auto", dtype: str = "auto",
+               quiet: bool = False, hint: str = "use a model trained for this task") -> LoadedModel:
+    """Load ``source`` (hub id, local directory, or ``.gguf`` file) ending in ``head`` (a task's), in eval mode.
 
     ``dtype`` is float32, bfloat16, float16 or auto (float32 on CPU; on CUDA the dtype the model's
     config declares, float32 if none). A model without trained weights for the task's head is refused.
-    ``quiet`` hides transformers' loading bars.
+    ``quiet`` hides transformers' loading bars; ``hint`` says what to do when the model lacks the head.
     """
+    if not isinstance(head, ModelHead):
+        raise QuantsenseError(f"load_model needs a task's ModelHead (e.g. make_task('sst2').model_head), got {head!r}")
     with _progress_bars(not quiet):
-        return _load_model(source, kind, device, dtype)
+        return _load_model(source, head, device, dtype, hint)
 
 
-def _load_model(source: str, kind: str, device: str | torch.device, dtype: str) -> LoadedModel:
+def _load_model(source: str, head: ModelHead, device: str | torch.device, dtype: str, hint: str) -> LoadedModel:
     import transformers
 
-    if kind not in TASK_KINDS:
-        raise QuantsenseError(f"unknown model kind {kind!r}; use one of {', '.join(TASK_KINDS)}")
     if dtype not in (*DTYPES, "auto"):
         raise QuantsenseError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    load_from, kwargs, local = _locate(source, kind)
+    load_from, kwargs, local = _locate(source, head, hint)
     try:
         torch_dtype = _choose_dtype(dtype, device, load_from, kwargs)
-        model, info = _load_weights(load_from, kind, torch_dtype, kwargs)
+        model, info = _load_weights(load_from, head, torch_dtype, kwargs)
     except LOAD_ERRORS as exc:
         if "trust_remote_code" in str(exc):
             raise _custom_code_error(source) from None
@@ -298,7 +283,7 @@ def _load_model(source: str, kind: str, device: str | torch.device, dtype: str) 
                 f"could not load model from {source}: {_file_reason(exc)}; re-save it with save_pretrained or pass another --model"
             ) from None
         raise _hub_error(source, exc) from None
-    _head_check(model, list(info.get("missing_keys", [])), source, kind)
+    _head_check(model, list(info.get("missing_keys", [])), source, head, hint)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, **kwargs)
     except LOAD_ERRORS as exc:
@@ -313,7 +298,7 @@ def _load_model(source: str, kind: str, device: str | torch.device, dtype: str) 
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, kind=kind, device=device,
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, head=head, device=device,
                        dtype=str(torch_dtype).removeprefix("torch."))
 
 

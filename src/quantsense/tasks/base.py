@@ -10,12 +10,14 @@ the task; none of them asks "which task is this?". Adding a task is one module p
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from quantsense.errors import QuantsenseError
+from quantsense.models.head import ModelHead
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,34 @@ class LossSpec:
         return f"{self.key}_ci_high"
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One task setting: a keyword of the task's constructor, and the command-line flag built from it."""
+
+    name: str
+    default: int | None  # None: optional, unset by default
+    help: str
+    minimum: int = 1
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name.replace('_', '-')}"
+
+    def check(self, value) -> None:
+        if value is None and self.default is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.minimum:
+            kind = "a positive integer" if self.minimum == 1 else f"an integer of at least {self.minimum}"
+            raise QuantsenseError(f"{self.name} ({self.flag}) must be {kind}, got {value!r}")
+
+
 class Task:
     """Base class; subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str]
-    model_kind: ClassVar[str]  # "classification" or "causal": which model head the task needs
+    summary: ClassVar[str]  # one line for --task's help
+    model_head: ClassVar[ModelHead]  # which head the model must have, and how transformers builds it
+    settings_spec: ClassVar[tuple[Setting, ...]] = ()  # the constructor's keywords, each a CLI flag
     metric: ClassVar[MetricSpec]
     loss: ClassVar[LossSpec]
     differs_test: ClassVar[str]  # what "differs from FP32" means, in words
@@ -61,12 +86,27 @@ class Task:
     report_columns: ClassVar[list[tuple[str, str, str]]]
     glossary_terms: ClassVar[list[tuple[str, str]]]
 
+    # -- model --------------------------------------------------------------------------------
+    def load_model(self, source: str, device="auto", dtype: str = "auto", quiet: bool = False):
+        """The model ``source`` with this task's head (refused in one line when it has none)."""
+        from quantsense.models.loading import load_model
+
+        return load_model(source, self.model_head, device, dtype=dtype, quiet=quiet, hint=self.head_hint())
+
+    @classmethod
+    def head_hint(cls) -> str:
+        """What to do when a model lacks this task's head: the tasks whose head it may have instead."""
+        others = [t for t in TASKS.values() if t.model_head != cls.model_head]
+        alternatives = "".join(f"use --task {t.name} if it has a {t.model_head.description}, or " for t in others)
+        return f"{alternatives}a model trained for --task {cls.name}"
+
     # -- data ---------------------------------------------------------------------------------
     def load(self, source: str | None, tokenizer, id2label: dict[int, str]):
         """(data, TokenBatches) for this task from a local file or the hub."""
         raise NotImplementedError
 
     def describe_data(self, data, batches) -> dict:
+        """Plain data for results.json's ``data``, including ``description`` (its size in words)."""
         raise NotImplementedError
 
     def length_setting(self) -> tuple[str, int]:
@@ -122,25 +162,31 @@ class Task:
         """Plain data for results.json: reports and plots read the task's names and keys from here."""
         return {
             "name": self.name,
-            "model_kind": self.model_kind,
+            "head": self.model_head.description,
             "metric": {"key": self.metric.key, "label": self.metric.label, "higher_is_better": self.metric.higher_is_better},
             "loss": {"key": self.loss.key, "label": self.loss.label, "ci_low": self.loss.ci_low, "ci_high": self.loss.ci_high},
             "differs_test": self.differs_test,
             "report_columns": [list(c) for c in self.report_columns],
+            "sensitivity_columns": [list(c) for c in self.sensitivity_columns],
+            "ranking_columns": [list(c) for c in self.ranking_columns],
+            "plan_columns": [list(c) for c in self.plan_columns],
             "glossary": [list(t) for t in self.glossary_terms],
             **self.settings(),
         }
 
     def settings(self) -> dict:
-        return {}
+        """The settings this task was built with (recorded in results.json)."""
+        return {s.name: getattr(self, s.name) for s in self.settings_spec}
 
     # -- optional abilities -------------------------------------------------------------------
     def calibration_batches(self, path: str, size: int, tokenizer, id2label: dict[int, str], exclude, seed: int):
         raise QuantsenseError(f"proxies need a labelled calibration set; task {self.name!r} has none "
                               "(they are implemented for sentence classification)")
 
-    def verify_torchao_export(self, export_dir, source: str, data, simulated, batches) -> dict:
-        raise QuantsenseError(f"task {self.name!r} has no export check")
+    def export_check(self, target: str, source: str, data, simulated, batches):
+        """The fresh-process check of an export to ``target`` on this task's data: a callable the target's
+        ``write`` calls with the written path (and, for GGUF, the source file), returning figures."""
+        raise QuantsenseError(f"task {self.name!r} has no check for a {target} export; pass --no-verify to write it unchecked")
 
 
 TASKS: dict[str, type[Task]] = {}
@@ -152,11 +198,17 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def make_task(name: str, **settings) -> Task:
-    """The registered task ``name`` built with the settings it understands (others are ignored)."""
-    import inspect
-
+    """The registered task ``name`` built with ``settings``; a setting the task does not take is an error."""
     if name not in TASKS:
         raise QuantsenseError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
     cls = TASKS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in settings.items() if k in accepted and v is not None})
+    spec = {s.name: s for s in cls.settings_spec}
+    unknown = [k for k in settings if k not in spec]
+    if unknown:
+        takes = ", ".join(f"{s.name} ({s.flag})" for s in cls.settings_spec) or "none"
+        owners = {k: [t.name for t in TASKS.values() if any(s.name == k for s in t.settings_spec)] for k in unknown}
+        said = "; ".join(f"{k} belongs to task {', '.join(o)}" if o else f"no task takes {k}" for k, o in owners.items())
+        raise QuantsenseError(f"task {name} takes no setting {', '.join(unknown)} ({said}); its settings: {takes}")
+    for key, value in settings.items():
+        spec[key].check(value)
+    return cls(**settings)

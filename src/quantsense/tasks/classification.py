@@ -7,10 +7,8 @@ import numpy as np
 
 from quantsense.data.classification import ClassificationData, load_classification_data
 from quantsense.errors import QuantsenseError
-from quantsense.evaluation.batching import make_batches, tokenize_texts
-from quantsense.evaluation.heads import ClassificationHead
-from quantsense.evaluation.metrics import compare_classification
-from quantsense.tasks.base import LossSpec, MetricSpec, Task, register_task
+from quantsense.models.head import ModelHead
+from quantsense.tasks.base import LossSpec, MetricSpec, Setting, Task, register_task
 
 _PAIRED = [("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p", "McNemar p")]
 
@@ -18,7 +16,12 @@ _PAIRED = [("drop_ci_low", "CI low"), ("drop_ci_high", "CI high"), ("mcnemar_p",
 @register_task
 class SentenceClassification(Task):
     name = "sst2"
-    model_kind = "classification"
+    summary = "sentence classification accuracy"
+    model_head = ModelHead("AutoModelForSequenceClassification", "classification head")
+    settings_spec = (Setting("limit", None, "use only the first N examples (quick runs)"),
+                     Setting("max_length", 512, "truncate inputs to this many tokens"),
+                     Setting("batch_tokens", 1024, "padded tokens per length-sorted batch (1024 keeps activations "
+                                                   "in cache on small CPUs)"))
     metric = MetricSpec("accuracy", "accuracy %", higher_is_better=True)
     loss = LossSpec("drop", "accuracy drop (points)")
     differs_test = "exact McNemar p < 0.05"
@@ -59,10 +62,9 @@ class SentenceClassification(Task):
         self.max_length = max_length
         self.batch_tokens = batch_tokens
 
-    def settings(self) -> dict:
-        return {"limit": self.limit, "max_length": self.max_length, "batch_tokens": self.batch_tokens}
-
     def _batches(self, tokenizer, texts: list[str]):
+        from quantsense.evaluation.batching import make_batches, tokenize_texts
+
         encoded = tokenize_texts(tokenizer, texts, self.max_length)
         return make_batches(encoded, tokenizer.pad_token_id, max_batch_tokens=self.batch_tokens)
 
@@ -74,9 +76,11 @@ class SentenceClassification(Task):
         return "--max-length", self.max_length
 
     def describe_data(self, data: ClassificationData, batches) -> dict:
-        return {"source": data.source, "examples": len(data), "limit": self.limit}
+        return {"source": data.source, "examples": len(data), "limit": self.limit, "description": f"{len(data)} examples"}
 
     def head(self):
+        from quantsense.evaluation.heads import ClassificationHead
+
         return ClassificationHead()
 
     def baseline(self, reference, data: ClassificationData) -> dict:
@@ -84,6 +88,8 @@ class SentenceClassification(Task):
         return {"accuracy": 100 * correct / len(data.labels), "correct": correct, "n": len(data.labels)}
 
     def compare(self, reference, quantized, data: ClassificationData, seed: int = 0) -> dict:
+        from quantsense.evaluation.metrics import compare_classification
+
         return compare_classification(reference, quantized, data.labels, seed=seed)
 
     def arrays_valid(self, arrays, batches) -> bool:
@@ -114,18 +120,23 @@ class SentenceClassification(Task):
         calib = ClassificationData([pool.texts[i] for i in chosen], pool.labels[chosen], f"{path} (sample of {size})")
         return calib, self._batches(tokenizer, calib.texts)
 
-    def verify_torchao_export(self, export_dir, source, data: ClassificationData, simulated, batches) -> dict:
+    def export_check(self, target, source, data: ClassificationData, simulated, batches):
+        if target != "torchao":
+            return super().export_check(target, source, data, simulated, batches)
+        return lambda export_dir: self._check_torchao(export_dir, source, data, simulated)
+
+    def _check_torchao(self, export_dir, source, data: ClassificationData, simulated) -> dict:
         """Reload in a fresh process: predictions against the simulation, and latency against FP32."""
         import tempfile
         from pathlib import Path
 
-        from quantsense.quantization.export import run_verifier
+        from quantsense.exporters.torchao_writer import run_check
 
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "data.tsv"
             table.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(data.texts, data.labels.tolist())))
             fp32 = str(Path(source).resolve()) if Path(source).exists() else source
-            check = run_verifier([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
+            check = run_check([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
         exported = np.asarray(check["predictions"])
         return {
             "exported_accuracy": 100 * float((exported == data.labels).mean()),

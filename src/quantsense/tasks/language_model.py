@@ -17,27 +17,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from quantsense.data.text import TextData, load_text
 from quantsense.errors import QuantsenseError
-from quantsense.evaluation.batching import Batch, TokenBatches
-from quantsense.evaluation.heads import CausalLMHead
-from quantsense.evaluation.metrics import perplexity
 from quantsense.evaluation.statistics import block_bootstrap_mean_ci
-from quantsense.tasks.base import LossSpec, MetricSpec, Task, register_task
+from quantsense.models.head import ModelHead
+from quantsense.tasks.base import LossSpec, MetricSpec, Setting, Task, register_task
 
 BOOTSTRAP_BLOCK_TOKENS = 128
 MIN_CONTEXT = 2
 
 
-def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: int) -> TokenBatches:
+def perplexity(token_logprob: np.ndarray) -> float:
+    from quantsense.evaluation.metrics import perplexity as compute
+
+    return compute(token_logprob)
+
+
+def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: int):
     """One batch per window; ``Batch.index`` holds the positions (in the token stream) it scores.
 
     A window scores only tokens with at least one token of context inside it: its first token is
     never scored (with ``stride == context`` that token is left unscored, as in the Hugging Face
     recipe and llama.cpp's perplexity, rather than predicted from a row that belongs to the next one).
     """
+    import torch
+
+    from quantsense.evaluation.batching import Batch, TokenBatches
+
     ids = token_ids[:max_tokens]
     batches = []
     scored_until = 1  # token 0 has no prediction
@@ -54,6 +61,16 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
         begin += stride
     settings = {"max_tokens": max_tokens, "context": context, "stride": stride, "tokens": len(ids)}
     return TokenBatches(batches=batches, num_examples=len(ids), settings=settings)
+
+
+def token_ids(batches) -> list[int]:
+    """The token stream the windows were cut from (every window's tokens at their stream positions)."""
+    ids: dict[int, int] = {}
+    for batch in batches:
+        window = batch.inputs["input_ids"][0].tolist()
+        start = int(batch.index[-1]) + 1 - len(window)
+        ids.update({start + j: t for j, t in enumerate(window)})
+    return [ids[i] for i in range(len(ids))]
 
 
 def compare_language_model(reference, quantized, seed: int = 0, block: int = BOOTSTRAP_BLOCK_TOKENS) -> dict:
@@ -89,7 +106,11 @@ def compare_language_model(reference, quantized, seed: int = 0, block: int = BOO
 @register_task
 class LanguageModelPerplexity(Task):
     name = "wikitext"
-    model_kind = "causal"
+    summary = "causal-LM perplexity and per-token KL"
+    model_head = ModelHead("AutoModelForCausalLM", "language-model head", from_gguf=True)
+    settings_spec = (Setting("max_tokens", 4096, "first N tokens of the text"),
+                     Setting("context", 1024, "window length in tokens"),
+                     Setting("stride", 512, "tokens between window starts"))
     metric = MetricSpec("perplexity", "perplexity", higher_is_better=False)
     loss = LossSpec("delta_nll", "NLL increase per token (nats)")
     differs_test = f"block-bootstrap 95% CI of the NLL increase (blocks of {BOOTSTRAP_BLOCK_TOKENS} tokens) excludes 0"
@@ -133,8 +154,7 @@ class LanguageModelPerplexity(Task):
         self.stride = stride
 
     def settings(self) -> dict:
-        return {"max_tokens": self.max_tokens, "context": self.context, "stride": self.stride,
-                "bootstrap_block_tokens": BOOTSTRAP_BLOCK_TOKENS}
+        return {**super().settings(), "bootstrap_block_tokens": BOOTSTRAP_BLOCK_TOKENS}
 
     def load(self, source, tokenizer, id2label):
         data = load_text(source)
@@ -148,9 +168,13 @@ class LanguageModelPerplexity(Task):
         return "--context", self.context
 
     def describe_data(self, data: TextData, batches) -> dict:
-        return {"source": data.source, **batches.settings}
+        settings = batches.settings
+        return {"source": data.source, **settings, "description": f"first {settings['tokens']} tokens, context "
+                f"{settings['context']}, stride {settings['stride']}"}
 
     def head(self):
+        from quantsense.evaluation.heads import CausalLMHead
+
         return CausalLMHead()
 
     def baseline(self, reference, data) -> dict:
@@ -178,13 +202,23 @@ class LanguageModelPerplexity(Task):
         return (f"perplexity {row['perplexity']:.3f} (x{row['ppl_ratio']:.4f}), dNLL {row['delta_nll']:.4f} "
                 f"[95% CI {row['delta_nll_ci_low']:.4f}, {row['delta_nll_ci_high']:.4f}], KL {row['kl_mean']:.2e}")
 
-    def verify_torchao_export(self, export_dir, source, data: TextData, simulated, batches) -> dict:
-        """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
-        from quantsense.quantization.export import run_verifier
+    def export_check(self, target, source, data: TextData, simulated, batches):
+        if target == "gguf":
+            from quantsense.exporters.gguf_writer import verify
 
+            sim = simulated.arrays["token_logprob"]
+            return lambda path, source_file: verify(path, source_file, token_ids(batches), self.context, self.stride, sim)
+        if target != "torchao":
+            return super().export_check(target, source, data, simulated, batches)
         if not Path(data.source).is_file():
-            raise QuantsenseError("verifying a causal export needs a local --data text file")
-        check = run_verifier(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
+            raise QuantsenseError("verifying a language-model export needs a local --data text file")
+        return lambda export_dir: self._check_torchao(export_dir, data, simulated)
+
+    def _check_torchao(self, export_dir, data: TextData, simulated) -> dict:
+        """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
+        from quantsense.exporters.torchao_writer import run_check
+
+        check = run_check(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
                               str(self.max_tokens), str(self.context), str(self.stride)])
         exported = np.asarray(check["token_logprob"], dtype=np.float64)
         sim = simulated.arrays["token_logprob"].astype(np.float64)

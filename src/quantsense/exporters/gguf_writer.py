@@ -1,10 +1,11 @@
-"""A plan as a GGUF file llama.cpp runs, checked in fresh processes in two runtimes.
+"""Export target ``gguf``: a plan as a GGUF file llama.cpp runs, checked in fresh processes in two runtimes.
 
-:func:`export_gguf` writes every planned weight in its GGUF format. The source is the model's own
+:func:`write` writes every planned weight in its GGUF format. The source is the model's own
 GGUF file, or, for a Hugging Face model (a directory, a hub id or an in-memory model), the model
-converted with :mod:`quantsense.quantization.gguf_convert` to a temporary GGUF in its own dtype.
+converted with :mod:`quantsense.exporters.gguf_convert` to a temporary GGUF in its own dtype.
 Weights the plan leaves alone keep the source's bytes, which is exactly what the simulation
-measured (it ran them at the source's de-quantized values). Then, unless ``verify=False``:
+measured (it ran them at the source's de-quantized values). Then :func:`verify` (called by the language-model
+task with its token ids and windows):
 
 (a) transformers' GGUF loader (it de-quantizes) computes the per-token log-probs of the same token
     ids and windows: the largest difference from the simulation is reported (expected <= 1e-4);
@@ -24,26 +25,21 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.errors import QuantsenseError
+from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh
 from quantsense.quantization.plan import Plan
 
 ARCHITECTURES = ("llama",)  # GGUF architectures whose tensor names the export maps (SmolLM2, Llama, ...)
 _OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per model dtype
 
 
-def _gguf_file(ws) -> Path | None:
-    """The model's own GGUF file, or None for a Hugging Face model."""
-    path = Path(ws.source)
-    return path if path.suffix == ".gguf" and path.is_file() else None
-
-
-def _architecture(ws) -> str:
+def _architecture(source: ExportSource) -> str:
     import gguf
 
-    file = _gguf_file(ws)
+    file = source.gguf_file
     if file is None:
-        from quantsense.quantization.gguf_convert import check_convertible
+        from quantsense.exporters.gguf_convert import check_convertible
 
-        check_convertible(ws.model, ws.tokenizer)
+        check_convertible(source.model, source.tokenizer)
         return "llama"
     field = gguf.GGUFReader(file).get_field("general.architecture")
     arch = bytes(field.parts[-1]).decode()
@@ -53,69 +49,58 @@ def _architecture(ws) -> str:
 
 
 @contextmanager
-def gguf_source(ws, workdir: Path):
+def gguf_source(source: ExportSource, workdir: Path):
     """The GGUF file to quantize from: the model's own, or the model converted into ``workdir`` (deleted on exit)."""
-    file = _gguf_file(ws)
+    file = source.gguf_file
     if file is not None:
         yield file
         return
-    from quantsense.quantization.gguf_convert import convert_hf_to_gguf
+    from quantsense.exporters.gguf_convert import convert_hf_to_gguf
 
     with tempfile.TemporaryDirectory(prefix=".quantsense-convert-", dir=workdir) as tmp:
-        yield convert_hf_to_gguf(ws.model, ws.tokenizer, Path(tmp) / "source.gguf", name=Path(ws.source).name)
+        yield convert_hf_to_gguf(source.model, source.tokenizer, Path(tmp) / "source.gguf", name=Path(source.name).name)
 
 
-def gguf_tensor_types(ws, plan: Plan) -> dict[str, str]:
-    """GGUF tensor name -> type for every planned unit; integer-grid units are refused."""
-    from quantsense.quantization.gguf_export import hf_to_gguf_name
+def gguf_tensor_types(source: ExportSource, plan: Plan) -> dict[str, str]:
+    """GGUF tensor name -> type for every planned unit; formats GGUF cannot store are refused by their entry."""
+    from quantsense.exporters.gguf_file import hf_to_gguf_name
 
-    arch = _architecture(ws)
-    types = {}
-    for name, fmt in plan.assignments:
-        if fmt.family != "gguf":
-            raise QuantsenseError(f"unit {name} is planned as {fmt.name}, an integer grid; GGUF export takes GGUF formats "
-                                  "(q8_0 q5_1 q5_0 q4_1 q4_0 f16 bf16): allocate with --candidates q4_0 ... or use --format torchao")
-        types[hf_to_gguf_name(name, ws.units.num_blocks, arch)] = fmt.name
-    return types
+    check_plan_formats(plan, "gguf")
+    arch = _architecture(source)
+    return {hf_to_gguf_name(name, source.units.num_blocks, arch): fmt.name for name, fmt in plan.assignments}
 
 
-def llama_quantize_command(ws, plan: Plan) -> str:
+def check_plan(source: ExportSource, plan: Plan) -> None:
+    """Everything checkable before writing: a mapped architecture (or a convertible tokenizer), GGUF formats only."""
+    gguf_tensor_types(source, plan)
+
+
+def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
     """The command line that reproduces ``plan`` with llama-quantize (base type: the plan's commonest).
 
     From a Hugging Face model it starts with llama.cpp's converter, in the model's own dtype.
     """
-    from quantsense.quantization.gguf_export import llama_quantize_args
+    from quantsense.exporters.gguf_file import llama_quantize_args
 
-    types = gguf_tensor_types(ws, plan)
+    types = gguf_tensor_types(source, plan)
     base = Counter(types.values()).most_common(1)[0][0] if types else "q8_0"
     overrides = {name: t for name, t in types.items() if t != base}
-    file = _gguf_file(ws)
+    file = source.gguf_file
     convert = []
     if file is None:
-        outtype = _OUTTYPES[ws.dtype]
-        file = Path(f"{Path(ws.source).name}-{outtype}.gguf")
-        convert = ["python", "convert_hf_to_gguf.py", ws.source, "--outtype", outtype, "--outfile", str(file), "&&"]
+        outtype = _OUTTYPES[source.dtype]
+        file = Path(f"{Path(source.name).name}-{outtype}.gguf")
+        convert = ["python", "convert_hf_to_gguf.py", source.name, "--outtype", outtype, "--outfile", str(file), "&&"]
     args = [*convert, "llama-quantize", "--allow-requantize", *llama_quantize_args(overrides), str(file),
             f"{file.stem}-quantsense.gguf", base]
     return " ".join(args)
 
 
-def token_ids(batches) -> list[int]:
-    """The token stream the windows were cut from (every window's tokens at their stream positions)."""
-    ids: dict[int, int] = {}
-    for batch in batches:
-        window = batch.inputs["input_ids"][0].tolist()
-        start = int(batch.index[-1]) + 1 - len(window)
-        ids.update({start + j: t for j, t in enumerate(window)})
-    return [ids[i] for i in range(len(ids))]
-
-
 def _verifier(*args: str) -> dict:
-    """``verify_gguf.py`` in a fresh interpreter (transformers' GGUF loader, or llama.cpp)."""
-    from quantsense.quantization import verify_gguf
-    from quantsense.quantization.export import run_fresh
+    """``gguf_check.py`` in a fresh interpreter (transformers' GGUF loader, or llama.cpp)."""
+    from quantsense.exporters import gguf_check
 
-    return run_fresh(verify_gguf, list(args), what="the GGUF check")
+    return run_fresh(gguf_check, list(args), what="the GGUF check")
 
 
 def llama_cpp_available() -> bool:
@@ -124,51 +109,60 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def export_gguf(ws, plan: Plan, out: Path, verify: bool = True, speed_repeats: int = 3) -> dict:
-    """Write ``plan`` as a GGUF file at ``out`` and check it; returns the report."""
+def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict:
+    """Write ``plan`` as a GGUF file at ``out``; ``check(path, source_file)`` (the task's, e.g. :func:`verify`) runs
+    while the source GGUF still exists and adds its figures. Returns the report."""
     out = Path(out)
-    types = gguf_tensor_types(ws, plan)
+    types = gguf_tensor_types(source, plan)
     if out.exists():
         raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with gguf_source(ws, out.parent) as source:
-        report = _write(ws, plan, types, source, out)
-        if verify:
-            report.update(_verify(ws, plan, out, source, speed_repeats))
-            report["lines"] += _verify_lines(report)
+    with gguf_source(source, out.parent) as source_file:
+        report = _write(source, plan, types, source_file, out)
+        if check is not None:
+            checked = check(out, source_file)
+            report["lines"] += checked.pop("lines", [])
+            report.update(checked)
     return report
 
 
-def _write(ws, plan: Plan, types: dict[str, str], source: Path, out: Path) -> dict:
-    from quantsense.quantization.gguf_export import predicted_gguf_bytes, write_gguf
+def _write(src: ExportSource, plan: Plan, types: dict[str, str], source: Path, out: Path) -> dict:
+    from quantsense.exporters.gguf_file import predicted_gguf_bytes, write_gguf
     from quantsense.quantization.size import average_bits
 
     predicted = predicted_gguf_bytes(source, types, default_type=None)
     written = write_gguf(source, types, out, default_type=None)
-    converted = _gguf_file(ws) is None
-    report = {"out": str(out), "format": "gguf", "plan_avg_bits": average_bits(ws.units, plan),
+    converted = src.gguf_file is None
+    report = {"out": str(out), "format": "gguf", "plan_avg_bits": average_bits(src.units, plan),
               "file_bytes": written["bytes"], "predicted_file_bytes": predicted["file_bytes"],
               "source_file_bytes": source.stat().st_size, "source_converted": converted, "tensor_types": written["types"],
-              "llama_quantize": llama_quantize_command(ws, plan)}
+              "llama_quantize": llama_quantize_command(src, plan)}
     report["size_error"] = report["file_bytes"] / report["predicted_file_bytes"] - 1
-    what = f"converted to a {ws.dtype} GGUF" if converted else "GGUF"
+    what = f"converted to a {src.dtype} GGUF" if converted else "GGUF"
     report["lines"] = [f"file {report['file_bytes'] / 1e6:.2f} MB, predicted {report['predicted_file_bytes'] / 1e6:.2f} MB "
                        f"({100 * report['size_error']:+.3f} %); source ({what}) {report['source_file_bytes'] / 1e6:.2f} MB; "
                        "tensor types " + ", ".join(f"{t} x{n}" for t, n in sorted(report["tensor_types"].items()))]
     return report
 
 
-def _verify(ws, plan: Plan, path: Path, source: Path, speed_repeats: int) -> dict:
+def verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, simulated_logprob,
+           speed_repeats: int = 3) -> dict:
+    """The written file against the simulation (per-token log-probs of ``token_ids`` in windows of ``context`` every
+    ``stride`` tokens) in transformers and llama.cpp, and llama.cpp's speed against an F16 file of ``source``."""
+    report = _verify(path, source, token_ids, context, stride, np.asarray(simulated_logprob, dtype=np.float64),
+                     speed_repeats)
+    report["lines"] = _verify_lines(report)
+    return report
+
+
+def _verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, sim_lp, speed_repeats: int) -> dict:
     from quantsense.evaluation.metrics import perplexity
 
-    settings = ws.task.settings()
-    simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
-    sim_lp = simulated.arrays["token_logprob"].astype(np.float64)
     out = {"simulated_perplexity": perplexity(sim_lp)}
     with tempfile.TemporaryDirectory() as tmp:
         ids = Path(tmp) / "ids.json"
-        ids.write_text(json.dumps(token_ids(ws.batches)))
-        window = [str(ids), str(settings["context"]), str(settings["stride"])]
+        ids.write_text(json.dumps(token_ids))
+        window = [str(ids), str(context), str(stride)]
         hf = _verifier("--runtime", "transformers", str(path.resolve()), *window)
         out["transformers_perplexity"] = hf["perplexity"]
         out["max_token_logprob_difference"] = float(np.abs(np.asarray(hf["token_logprob"]) - sim_lp).max())
@@ -185,7 +179,7 @@ def _verify(ws, plan: Plan, path: Path, source: Path, speed_repeats: int) -> dic
 
 def _speed_against_f16(source: Path, path: Path, tmp: Path, repeats: int) -> dict:
     """llama.cpp tokens/s of the export and of an F16 GGUF of the same model, measured alternately."""
-    from quantsense.quantization.gguf_export import write_gguf
+    from quantsense.exporters.gguf_file import write_gguf
 
     f16 = tmp / "f16.gguf"
     write_gguf(source, {}, f16, default_type="f16")

@@ -1,7 +1,7 @@
 """Reload an exported checkpoint in a fresh process with transformers + torchao only, no quantsense.
 
-    python verify_export.py EXPORT_DIR FP32_DIR DATA.tsv [LIMIT]
-    python verify_export.py --causal EXPORT_DIR TEXT_FILE MAX_TOKENS CONTEXT STRIDE
+    python torchao_check.py EXPORT_DIR FP32_DIR DATA.tsv [LIMIT]
+    python torchao_check.py --causal EXPORT_DIR TEXT_FILE MAX_TOKENS CONTEXT STRIDE
 
 Prints one JSON object. Classification: per-example predictions of the exported model (data
 file order) and CPU latency per batch of 32 for the exported and the FP32 model, side by side.

@@ -1,4 +1,4 @@
-"""Export a plan as a real quantized Hugging Face checkpoint with torchao, and predict its size.
+"""Export target ``torchao``: a plan as a real quantized Hugging Face checkpoint, its size predicted and measured.
 
 Each planned linear unit gets a torchao ``IntxWeightOnlyConfig`` with the plan's bit-width,
 symmetry and granularity (``PerAxis(0)`` for per-channel, ``PerGroup(g)``), keyed by the weight's
@@ -23,17 +23,17 @@ from pathlib import Path
 import torch
 
 from quantsense.errors import QuantsenseError
+from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, share
 from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import QuantConfig
 from quantsense.quantization.plan import Plan
-from quantsense.quantization.size import model_bytes
+from quantsense.quantization.size import average_bits, model_bytes
 
 PLAN_FILE = "quantsense_plan.json"
 
 
 def torchao_config(config: QuantConfig, unit: str = "a unit"):
-    if not isinstance(config, QuantConfig):
-        raise QuantsenseError(f"{unit} is planned as {config.name}, a GGUF format: export it with --format gguf")
+    config.check_export("torchao", unit)
     try:
         from torchao.quantization import IntxWeightOnlyConfig, MappingType
         from torchao.quantization.granularity import PerAxis, PerGroup
@@ -44,6 +44,12 @@ def torchao_config(config: QuantConfig, unit: str = "a unit"):
     granularity = PerAxis(0) if config.granularity == "per_channel" else PerGroup(config.group_size)
     mapping = MappingType.SYMMETRIC if config.symmetric else MappingType.ASYMMETRIC
     return IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{config.bits}"), granularity=granularity, mapping_type=mapping)
+
+
+def check_plan(source: ExportSource, plan: Plan) -> None:
+    """Everything checkable before writing: torchao can store every planned format and unit."""
+    check_plan_formats(plan, "torchao")
+    check_exportable(source.units, plan)
 
 
 def check_exportable(unit_map: UnitMap, plan: Plan) -> None:
@@ -67,16 +73,39 @@ def export_bytes(model: torch.nn.Module, unit_map: UnitMap, plan: Plan) -> int:
     return model_bytes(model, unit_map, plan, unit_bits=_torchao_unit_bits)
 
 
-def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str | Path,
-                fp32_model=None, tokenizer=None) -> Path:
+def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict:
+    """Write the checkpoint and report its sizes; ``check(path)`` (the task's fresh-process check) adds its figures."""
+    path = export_plan(source, plan, out)
+    fp32_bytes = model_bytes(source.model, source.units, Plan())
+    report = {
+        "out": str(path), "format": "torchao",
+        "plan_avg_bits": average_bits(source.units, plan),
+        "disk_bytes": weights_file_bytes(path),
+        "predicted_export_bytes": export_bytes(source.model, source.units, plan),
+        "predicted_packed_bytes": model_bytes(source.model, source.units, plan),
+        "fp32_param_bytes": fp32_bytes,
+    }
+    local = Path(source.name)
+    report["fp32_disk_bytes"] = weights_file_bytes(local) if local.is_dir() else fp32_bytes
+    if source.gguf_file is not None:
+        report["note"] = "GGUF source: FP32 size is the de-quantized fp32 parameters, not the GGUF file"
+    report["disk_factor"] = report["fp32_disk_bytes"] / report["disk_bytes"]
+    report["predicted_factor"] = fp32_bytes / report["predicted_export_bytes"]
+    report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
+    if check is not None:
+        report.update(check(path))
+    return report
+
+
+def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:
     """Write the quantized checkpoint, tokenizer and plan to ``out`` (which must not exist or be empty).
 
-    A GGUF source is first written as an ordinary fp32 checkpoint from ``fp32_model`` and
-    ``tokenizer`` (the de-quantized weights quantsense measured), then quantized from there.
+    A GGUF source is first written as an ordinary fp32 checkpoint from the loaded model and tokenizer
+    (the de-quantized weights quantsense measured), then quantized from there.
     """
     import transformers
 
-    check_exportable(unit_map, plan)
+    check_plan(source, plan)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
@@ -85,16 +114,14 @@ def export_plan(source: str, kind: str, unit_map: UnitMap, plan: Plan, out: str 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp32.") as fp32_dir:
-        if str(source).endswith(".gguf"):
-            if fp32_model is None or tokenizer is None:
-                raise QuantsenseError("exporting a GGUF model needs the loaded fp32 model and tokenizer")
-            _save_plain_fp32(fp32_model, fp32_dir)
-            tokenizer.save_pretrained(fp32_dir)
-            source = fp32_dir
-        auto = transformers.AutoModelForSequenceClassification if kind == "classification" else transformers.AutoModelForCausalLM
-        model = auto.from_pretrained(source, trust_remote_code=False, dtype=torch.float32,
-                                     quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        load_from = source.name
+        if source.gguf_file is not None or str(source.name).endswith(".gguf"):
+            _save_plain_fp32(source.model, fp32_dir)
+            source.tokenizer.save_pretrained(fp32_dir)
+            load_from = fp32_dir
+        model = source.head.auto().from_pretrained(load_from, trust_remote_code=False, dtype=torch.float32,
+                                                   quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, trust_remote_code=False)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save_pretrained(staging)
@@ -131,28 +158,8 @@ def weights_file_bytes(directory: str | Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def share(directory: Path) -> None:
-    """mkdtemp makes folders private; an export is meant to be shared (0755 folder, 0644 files)."""
-    directory.chmod(0o755)
-    for item in directory.iterdir():
-        item.chmod(0o644)
+def run_check(args: list[str], cwd: str | None = None) -> dict:
+    """``torchao_check.py`` (the torchao checkpoint reloaded by transformers + torchao alone) in a fresh process."""
+    from quantsense.exporters import torchao_check
 
-
-def run_fresh(script, args: list[str], cwd: str | None = None, what: str = "reloading the export") -> dict:
-    """Run a standalone checker module (``verify_export``, ``verify_gguf``) in a fresh interpreter, where
-    quantsense is not imported, and parse the JSON object on its last output line."""
-    import json
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, script.__file__, *args], capture_output=True, text=True, cwd=cwd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def run_verifier(args: list[str], cwd: str | None = None) -> dict:
-    """``verify_export.py`` (the torchao checkpoint reloaded by transformers + torchao alone)."""
-    from quantsense.quantization import verify_export
-
-    return run_fresh(verify_export, args, cwd)
+    return run_fresh(torchao_check, args, cwd)

@@ -1,8 +1,8 @@
 """Evaluate a GGUF file in a fresh process with transformers or llama.cpp alone, no quantsense.
 
-    python verify_gguf.py --runtime transformers GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE
-    python verify_gguf.py --runtime llama.cpp GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE [--threads N]
-    python verify_gguf.py --speed GGUF_FILE [--threads N] [--prompt-tokens 512] [--gen-tokens 64] [--repeats 3]
+    python gguf_check.py --runtime transformers GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE
+    python gguf_check.py --runtime llama.cpp GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE [--threads N]
+    python gguf_check.py --speed GGUF_FILE [--threads N] [--prompt-tokens 512] [--gen-tokens 64] [--repeats 3]
 
 Prints one JSON object. TOKEN_IDS.json holds a list of token ids (or {"token_ids": [...]}) so both
 runtimes score exactly the same ids. Windows: the first covers tokens [0, CONTEXT), each later one

@@ -1,0 +1,5 @@
+import sys
+
+from quantsense.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""What every export target takes (explicit inputs, never the workspace) and how its fresh-process check runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantsense.errors import QuantsenseError
+
+
+@dataclass
+class ExportSource:
+    """The measured model as an export target needs it.
+
+    name: what the user passed as the model (hub id, folder, ``.gguf`` file); model/tokenizer: the loaded
+    fp32 (or float) model the simulation measured; units: its unit map; dtype: its parameters' dtype;
+    head: the task's :class:`~quantsense.models.head.ModelHead` (which Auto class rebuilds it)."""
+
+    name: str
+    model: object
+    tokenizer: object
+    units: object
+    dtype: str
+    head: object
+
+    @property
+    def gguf_file(self) -> Path | None:
+        """The model's own GGUF file, or None for a Hugging Face model."""
+        path = Path(self.name)
+        return path if path.suffix == ".gguf" and path.is_file() else None
+
+
+def check_plan_formats(plan, target: str) -> None:
+    """Every planned format's registry entry must list ``target`` among the writers that can store it."""
+    for name, fmt in plan.assignments:
+        fmt.check_export(target, name)
+
+
+def run_fresh(script, args: list[str], cwd: str | None = None, what: str = "reloading the export") -> dict:
+    """Run a standalone checker module (``torchao_check``, ``gguf_check``) in a fresh interpreter, where
+    quantsense is not imported, and parse the JSON object on its last output line."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script.__file__, *args], capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def share(directory: Path) -> None:
+    """mkdtemp makes folders private; an export is meant to be shared (0755 folder, 0644 files)."""
+    directory.chmod(0o755)
+    for item in directory.iterdir():
+        item.chmod(0o644)
+
+
+def refuse_unknown_target(target: str, known) -> None:
+    if target not in known:
+        raise QuantsenseError(f"unknown export format {target!r}; use one of {', '.join(known)}")

@@ -1,0 +1,170 @@
+"""The format registry: one entry per format family, modelled on ggml's type traits and torchao's handlers.
+
+A family is a frozen dataclass subclassing :class:`WeightFormat`, registered with :func:`register_format`.
+Its class answers everything the rest of quantsense asks about a format, so nothing outside the entry
+asks which kind of format it holds:
+
+- parsing: :meth:`WeightFormat.parse` (a name a user types) and :meth:`WeightFormat.claims` /
+  ``from_dict`` (a plan file entry);
+- numerics: ``fake_quantize`` (weights), ``storage_bits`` (its own cost, scales included);
+- shape rules: ``check_shape`` per weight, ``check_model`` for rules that hold for every layer;
+- needs: ``needs`` (optional packages or calibration data) and ``export_targets`` (the writers that
+  can store it: ``torchao``, ``gguf``);
+- words: ``label()``, ``glossary()``, ``describe()`` (what results.json keeps, with ``to_dict``);
+- strategies: ``levels()``, the reference study's (high, mid, low) formats in this family, or None.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from quantsense.errors import QuantsenseError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class WeightFormat:
+    """Base of every format family; instances are immutable and hashable (equal formats are one key)."""
+
+    family: ClassVar[str]  # registry key, e.g. "int" or "gguf"
+    vocabulary: ClassVar[str]  # what a user may type for this family, for error messages and --help
+    export_targets: ClassVar[tuple[str, ...]] = ()  # writers that can store it ("torchao", "gguf")
+    needs: ClassVar[tuple[str, ...]] = ()  # what using it requires beyond quantsense (a package, an imatrix)
+
+    # -- parsing ------------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, text: str, scheme) -> "WeightFormat | None":
+        """The format ``text`` (lower-cased, stripped) names in this family, else None."""
+        raise NotImplementedError
+
+    @classmethod
+    def claims(cls, data: dict) -> bool:
+        """Whether a plan file entry without a 'format' name is this family's own fields (e.g. 'bits')."""
+        return False
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "WeightFormat":
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """The plan file entry; by default the name (``{"format": "q4_0"}``), read back by :func:`format_from_dict`."""
+        return {"format": self.name}
+
+    # -- identity and words -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def nominal_bits(self) -> float:
+        """Bits per weight for ordering formats and naming strategies."""
+        raise NotImplementedError
+
+    @property
+    def code_bits(self) -> int:
+        """Bits of one weight's code, scales not counted (int4 and q4_0: 4, f16: 16): picks a plot colour."""
+        raise NotImplementedError
+
+    @property
+    def variant(self) -> str:
+        """A shade within one code width ('' for the plain variant, '1' for q4_1...): picks a plot shade."""
+        return ""
+
+    @classmethod
+    def glossary(cls, scheme=None) -> tuple[str, str]:
+        """(term, explanation) for this family in report glossaries."""
+        raise NotImplementedError
+
+    def describe(self, scheme=None) -> dict:
+        """Plain data for results.json: everything summaries, plots and reports need about this format."""
+        term, text = self.glossary(scheme)
+        return {"name": self.name, "family": self.family, "spec": self.to_dict(), "label": self.label(),
+                "bits_per_weight": self.nominal_bits, "code_bits": self.code_bits, "variant": self.variant,
+                "export_targets": list(self.export_targets), "glossary": [term, text]}
+
+    # -- numerics and shapes ------------------------------------------------------------------
+    def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def storage_bits(self, shape: tuple[int, ...], transposed: bool = False) -> int:
+        raise NotImplementedError
+
+    def check_shape(self, shape: tuple[int, ...], transposed: bool = False, where: str = "weight") -> None:
+        """Refuse a weight this format cannot store (the allocator then leaves it out for that unit)."""
+
+    def check_model(self, units, named: bool) -> None:
+        """Refuse, before any work, a format that must fit every block linear weight and does not.
+        ``named``: the format came from a name (so the message can point at the flag that shaped it)."""
+
+    # -- strategies ---------------------------------------------------------------------------
+    @classmethod
+    def levels(cls, scheme) -> "tuple[WeightFormat, WeightFormat, WeightFormat] | None":
+        """The reference study's (high, mid, low) formats in this family (int8/int6/int4 for the integer grid)."""
+        return None
+
+    def check_export(self, target: str, unit: str) -> None:
+        """Refuse writing this format with ``target`` when its entry does not list that writer."""
+        if target not in self.export_targets:
+            where = (f"export it with --format {self.export_targets[0]}" if self.export_targets
+                     else "no export target writes it yet; plan that unit in another format")
+            raise QuantsenseError(f"unit {unit} is planned as {self.name}, which the {target} export cannot write: {where}")
+
+
+FORMAT_FAMILIES: dict[str, type[WeightFormat]] = {}
+
+
+def register_format(cls: type[WeightFormat]) -> type[WeightFormat]:
+    """Add a family to the registry (a decorator); later families are asked after earlier ones."""
+    FORMAT_FAMILIES[cls.family] = cls
+    return cls
+
+
+def _vocabulary() -> str:
+    words = [cls.vocabulary for cls in FORMAT_FAMILIES.values()]
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def parse_format(text, scheme=None) -> WeightFormat:
+    """A format from what a user types (``4``, ``int4``, ``q4_0``...), asking each registered family in turn.
+
+    ``scheme`` is the integer grid ``int<b>`` names use (default: symmetric per-channel)."""
+    if isinstance(text, WeightFormat):
+        return text
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise QuantsenseError(f"a format is a name or a number of bits (e.g. 'int4', 4, 'q4_0'), got {text!r}")
+    value = str(text).strip().lower()
+    for cls in FORMAT_FAMILIES.values():
+        fmt = cls.parse(value, scheme)
+        if fmt is not None:
+            return fmt
+    raise QuantsenseError(f"unknown format {text!r}; use {_vocabulary()}")
+
+
+def format_from_dict(data, where: str = "config") -> WeightFormat:
+    """A plan file entry: ``{"format": NAME}`` (any registered name), or a family's own fields
+    (``{"bits": 4, "symmetric": true, ...}``) read by the family that claims them."""
+    if isinstance(data, dict) and "format" in data:
+        extra = sorted(set(data) - {"format"})
+        if extra:
+            raise QuantsenseError(f"{where}: unknown key(s) {', '.join(extra)} beside 'format'")
+        try:
+            return parse_format(data["format"])
+        except QuantsenseError as exc:
+            raise QuantsenseError(f"{where}: {exc}") from None
+    if isinstance(data, dict):
+        for cls in FORMAT_FAMILIES.values():
+            if cls.claims(data):
+                return cls.from_dict(data, where)
+    raise QuantsenseError(f"{where}: expected an object with 'bits' or 'format', got {data!r}")
+
+
+def format_levels(fmt: WeightFormat, scheme) -> tuple[WeightFormat, WeightFormat, WeightFormat] | None:
+    """The reference strategies' three levels in ``fmt``'s family, or None where the family defines none."""
+    return type(fmt).levels(scheme)
+
+
+Format = WeightFormat  # the type every format is (kept as the name the rest of the code uses)
