@@ -1,37 +1,80 @@
-"""The shape of the code: folders import downwards only, and only task modules know which task is which."""
+"""The shape of the code: folders import downwards only; only a task module knows which task it is; only a format
+family's module knows which kind of format it holds; export targets take explicit inputs; no module grows past
+what a reader can hold. Each rule is an AST check that names the offending line.
+
+``QUANTSENSE_ARCH_ROOT`` points the checks at another checkout's ``src/quantsense`` (to show they catch old code)."""
 
 import ast
+import os
 import re
 from pathlib import Path
 
-import quantsense
-from quantsense.cli import TASK_NAMES
-from quantsense.tasks import TASKS
+import pytest
 
-PACKAGE = Path(quantsense.__file__).resolve().parent
+import quantsense
+
+PACKAGE = Path(os.environ.get("QUANTSENSE_ARCH_ROOT") or Path(quantsense.__file__).resolve().parent)
+MAX_MODULE_LINES = 400
+MAX_CLI_LINES = 250
+TASK_WORDS = {"causal", "classification", "sst2", "wikitext"}  # task names and model kinds
+TASK_KEYS = {"drop", "perplexity", "delta_nll", "correct", "scored_tokens", "examples", "tokens", "accuracy"}
+HEAD_CLASSES = {"ClassificationHead", "CausalLMHead"}
+FORMAT_CLASSES = {"QuantConfig", "GGUFFormat"}
+GGUF_NAMES = {"q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f16", "bf16"}
+LABEL_FIELDS = {"plan", "unit", "format", "label", "name", "group"}  # names for people, never parsed back
+CHECK_SCRIPTS = ("verify_export.py", "verify_gguf.py", "torchao_check.py", "gguf_check.py")  # standalone, no quantsense
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text())
+
+
+def _inside(rel: str, *folders: str) -> bool:
+    return any(rel == f or rel.startswith(f"{f}/") for f in folders)
+
+
+def _where(rel: str, node: ast.AST, source: list[str]) -> str:
+    return f"{rel}:{node.lineno}: {source[node.lineno - 1].strip()}"
+
+
+def _offenders(rule, skip=lambda rel: False) -> list[str]:
+    found = []
+    for path, rel, tree in _modules():
+        if skip(rel) or rel.endswith(CHECK_SCRIPTS):
+            continue
+        source = path.read_text().splitlines()
+        found += [_where(rel, node, source) for node in ast.walk(tree) if rule(node, rel)]
+    return found
+
+
+def _strings(node: ast.AST) -> set[str]:
+    return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
+        {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
 
 
 def _part(module: str) -> str:
-    """The folder (or top-level module) a quantsense module belongs to."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
 
 def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE.parent).with_suffix("")
-        here = _part(".".join(rel.parts))
-        for node in ast.walk(ast.parse(path.read_text())):
+    for _, rel, tree in _modules():
+        here = _part("quantsense." + rel.removesuffix(".py").replace("/", "."))
+        for node in ast.walk(tree):
             names = []
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("quantsense."):
                 names = [node.module]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.startswith("quantsense.")]
             for name in names:
-                there = _part(name)
-                if there != here:
-                    graph.setdefault(here, set()).add(there)
+                if _part(name) != here:
+                    graph.setdefault(here, set()).add(_part(name))
     return graph
 
 
@@ -54,18 +97,105 @@ def test_folder_import_graph_has_no_cycles():
     assert "config" in graph  # the graph was really built
 
 
-def test_no_task_branches_outside_the_task_modules():
-    """Nothing outside tasks/ asks which task it is or guesses it from a row's keys."""
-    pattern = re.compile(r'\b(causal|is_lm|lm)\b\s*(?:=|\)|:|and|or|if)|"(drop|perplexity|delta_nll)" in |\.causal\b')
-    offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        if path.parent.name == "tasks" or path.name in ("verify_export.py", "verify_gguf.py"):
-            continue  # the fresh-process verifiers are standalone scripts, one mode per model kind
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if pattern.search(line):
-                offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+# ------------------------------------------------------------------ tasks
+
+
+def _task_branch(node, rel) -> bool:
+    """A comparison with a task name or model kind, a table keyed by them, a task's row key tested for presence,
+    the retired model_kind / TASK_FOR_KIND / .causal names, a concrete output head, or a second Task class."""
+    if isinstance(node, ast.Compare):
+        literals = _strings(node)
+        if literals & TASK_WORDS:
+            return True
+        return any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) and \
+            isinstance(node.left, ast.Constant) and node.left.value in TASK_KEYS
+    if isinstance(node, (ast.Dict, ast.Tuple, ast.List, ast.Set)):
+        keys = node.keys if isinstance(node, ast.Dict) else node.elts
+        return len({k.value for k in keys if isinstance(k, ast.Constant)} & TASK_WORDS) >= 2
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        name = node.id if isinstance(node, ast.Name) else node.attr
+        return name in ("model_kind", "TASK_FOR_KIND", "TASK_KINDS", "causal", "is_lm") or \
+            (name in HEAD_CLASSES and not _inside(rel, "evaluation"))
+    return isinstance(node, ast.ClassDef) and node.name == "Task"
+
+
+def test_only_task_modules_know_which_task_it_is():
+    offenders = _offenders(_task_branch, skip=lambda rel: _inside(rel, "tasks"))
+    assert not offenders, "task decided outside tasks/:\n" + "\n".join(offenders)
+
+
+# ------------------------------------------------------------------ formats
+
+
+def _format_branch(node, rel) -> bool:
+    """``.family`` asked, an isinstance on a format class, a closed Union of them, a format name's prefix or regex
+    tested, a second list of GGUF names, or a family's shape rule ("blocks of 32") written down elsewhere."""
+    if isinstance(node, ast.Attribute) and node.attr == "family":
+        return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+        checks_scheme = "scheme" in _names(node.args[0])  # the integer grid option is a QuantConfig by definition
+        return len(node.args) == 2 and bool(_names(node.args[1]) & FORMAT_CLASSES) and not checks_scheme
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Union":
+        return bool(_names(node.slice) & FORMAT_CLASSES)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "startswith":
+        return bool(_strings(node) & {"q", "int", "iq"})
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return "blocks of 32" in node.value or bool(re.search(r"\bint\|", node.value) and "q" in node.value)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)):
+        keys = node.keys if isinstance(node, ast.Dict) else node.elts
+        return len({k.value for k in keys if isinstance(k, ast.Constant)} & GGUF_NAMES) >= 3
+    return False
+
+
+def test_only_a_format_family_knows_which_format_it_is():
+    offenders = _offenders(_format_branch, skip=lambda rel: _inside(rel, "quantization/formats", "tasks")
+                           or rel == "quantization/gguf_quants.py")
+    assert not offenders, "format kind decided outside its registry entry:\n" + "\n".join(offenders)
+
+
+# ------------------------------------------------------------------ exports, results, sizes
+
+
+def test_export_targets_take_explicit_inputs():
+    """Writers never reach into a workspace (``ws``) or its engine; quantization/ writes no files."""
+    def rule(node, rel):
+        if isinstance(node, ast.arg) and node.arg == "ws":
+            return True
+        return isinstance(node, ast.ImportFrom) and node.module == "quantsense.workspace"
+    offenders = _offenders(rule, skip=lambda rel: not _inside(rel, "exporters", "quantization"))
     assert not offenders, "\n".join(offenders)
 
 
-def test_cli_task_choices_are_the_registry():
-    assert set(TASK_NAMES) == set(TASKS)
+def test_reports_read_fields_not_labels():
+    """summary, plots and report.html read the results' typed fields: no regex over names, no label split apart."""
+    def rule(node, rel):
+        if isinstance(node, ast.Import):
+            return any(a.name == "re" for a in node.names)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if isinstance(func, ast.Attribute) and func.attr in ("split", "rsplit", "partition"):
+                return bool((_strings(func.value) | _names(func.value)) & LABEL_FIELDS)
+        return False
+    offenders = _offenders(rule, skip=lambda rel: not _inside(rel, "visualization"))
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("limit, pick", [(MAX_MODULE_LINES, lambda rel: True),
+                                          (MAX_CLI_LINES, lambda rel: rel in ("cli.py", "cli/main.py"))])
+def test_modules_stay_small(limit, pick):
+    sizes = {rel: len(path.read_text().splitlines()) for path, rel, _ in _modules() if pick(rel)}
+    assert sizes, "no module matched"
+    big = {rel: n for rel, n in sizes.items() if n > limit}
+    assert not big, f"modules over {limit} lines: {big}"
+
+
+def test_cli_task_choices_and_flags_are_the_registry():
+    from quantsense.cli import build_parser
+    from quantsense.tasks import TASKS
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    actions = {a.dest: a for a in run._actions}
+    assert set(actions["task"].choices) == set(TASKS)
+    for task in TASKS.values():
+        for setting in task.settings_spec:
+            assert setting.flag in actions[setting.name].option_strings

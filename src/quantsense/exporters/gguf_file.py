@@ -29,7 +29,13 @@ import numpy as np
 from quantsense.errors import QuantsenseError
 from quantsense.io import atomic_output
 
-GGUF_TYPES = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f16", "bf16", "f32")
+
+def gguf_types() -> tuple[str, ...]:
+    """The tensor types this writer stores: the GGUF format family's names (one list, in gguf_quants) and f32."""
+    from quantsense.quantization.formats import gguf_format_names
+
+    return (*gguf_format_names(), "f32")
+
 # keys this module sets itself; every other source key is copied unchanged
 _OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
 
@@ -43,8 +49,8 @@ def _gguf():
 
 
 def _qtype(name: str):
-    if name.lower() not in GGUF_TYPES:
-        raise QuantsenseError(f"unknown GGUF tensor type {name!r}; use one of {', '.join(GGUF_TYPES)}")
+    if name.lower() not in gguf_types():
+        raise QuantsenseError(f"unknown GGUF tensor type {name!r}; use one of {', '.join(gguf_types())}")
     return _gguf().GGMLQuantizationType[name.upper()]
 
 
