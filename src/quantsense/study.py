@@ -77,12 +77,14 @@ def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans", k
     reference = ws.reference()
     results = ws.engine.evaluate_many(list(named.items()), desc=desc)
     fp32_bytes = model_bytes(ws.model, ws.units, Plan())
+    linear = ws.units.linear_units()
     rows = []
     for name, plan in named.items():
         size = model_bytes(ws.model, ws.units, plan)
+        planned = set(plan.units())
         rows.append({"plan": name, "kind": kind, "format": None, "budget": None, **ws.compare(reference, results[name]),
                      "avg_bits": average_bits(ws.units, plan), "model_mb": size / 1e6, "compression": fp32_bytes / size,
-                     "formats": plan.format_counts()})
+                     "formats": plan.format_counts(), "fp32_units": sum(n not in planned for n in linear)})
     return rows
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from quantsense.errors import QuantsenseError
-from quantsense.visualization.html_report import rebuild_report, render_html, ship_advice, write_html_report
-from quantsense.visualization.plots import num, task_of
+from quantsense.visualization.html_report import glossary, rebuild_report, render_html, ship_advice, write_html_report
+from quantsense.visualization.plots import TaskInfo, num, plan_label
+from quantsense.visualization.report_figures import frontier_fig
 from tests.visualization import fixtures
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -182,7 +183,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
 
 
 def _loss(results, row):
-    task = task_of(results)
+    task = TaskInfo.from_results(results)
     return num(row[task.loss]), num(row[task.ci_low]), num(row[task.ci_high])
 
 
@@ -201,7 +202,7 @@ def test_ship_advice_names_the_smallest_plan_whose_interval_includes_zero():
 
 def test_ship_advice_says_so_when_no_plan_is_indistinguishable():
     results = fixtures.llm_frontier()
-    task = task_of(results)
+    task = TaskInfo.from_results(results)
     results["frontier"]["rows"] = [r for r in results["frontier"]["rows"] if num(r[task.ci_low]) > 0]
     assert len(results["frontier"]["rows"]) == 11
     first, within = ship_advice(results, tolerance=0.001)
@@ -247,3 +248,73 @@ def test_plotting_libraries_are_imported_only_when_drawing():
             "print(sorted(m for m in ('plotly', 'matplotlib', 'selenium') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _frontier_labels(results) -> list[str]:
+    layout = frontier_fig(results, TaskInfo.from_results(results))["layout"]
+    return [a["text"] for a in layout["annotations"] if a["text"] != "FP32"]
+
+
+def test_plan_labels_come_from_kind_format_and_budget_not_the_plan_name():
+    assert plan_label({"plan": "uniform anything", "kind": "uniform", "format": "q8_0", "budget": None}) == "q8_0"
+    assert plan_label({"plan": "allocated whatever", "kind": "allocated", "format": None,
+                       "budget": {"avg_bits": 4.5}}) == "@4.5"
+    assert plan_label({"plan": "allocated@x", "kind": "allocated", "format": None,
+                       "budget": {"max_bytes": 20_000_000}}) == "@20.00MB"
+    assert plan_label({"plan": "first_last q8_0", "kind": "hand", "format": None, "budget": None}) == "first_last q8_0"
+    assert plan_label({"plan": "uniform q4_0", "kind": "uniform", "format": None, "budget": None}) == "uniform q4_0"
+
+    results = fixtures.llm_frontier()
+    uniform = next(r for r in results["frontier"]["rows"] if r["format"] == "q8_0")
+    uniform["plan"] = "uniform anything"
+    allocated = next(r for r in results["frontier"]["rows"] if r["kind"] == "allocated")
+    allocated["plan"], allocated["budget"] = "allocated plan one", {"max_bytes": 123_450_000}
+    labels = _frontier_labels(results)
+    assert "q8_0" in labels and "@123.45MB" in labels
+    assert not any("anything" in t or "plan one" in t for t in labels)
+    series = [t["name"] for t in frontier_fig(results, TaskInfo.from_results(results))["data"]]
+    assert "uniform q8_0" in series and "uniform anything" not in series
+
+
+def test_glossary_has_one_line_per_format_family_from_the_table():
+    results = fixtures.llm_frontier()  # six GGUF formats, one family
+    terms = [t for t, _ in glossary(results)]
+    assert terms.count(fixtures.GGUF_GLOSSARY[0]) == 1 and fixtures.INT_GLOSSARY[0] not in terms
+    results["formats"]["zz9"] = {**fixtures.format_entry("q4_0"), "name": "zz9", "family": "zz",
+                                 "glossary": ["zz formats", "a family named like nothing known"]}
+    assert dict(glossary(results))["zz formats"] == "a family named like nothing known"
+    del results["formats"]  # older results: no format lines at all, whatever the names
+    terms = [t for t, _ in glossary(results)]
+    assert fixtures.GGUF_GLOSSARY[0] not in terms and "zz formats" not in terms
+    both = fixtures.classification_run()
+    both["formats"].update(fixtures.format_table("q4_0"))
+    terms = [t for t, _ in glossary(both)]
+    assert terms.count(fixtures.INT_GLOSSARY[0]) == 1 and terms.count(fixtures.GGUF_GLOSSARY[0]) == 1
+
+
+def test_headline_reads_the_baseline_sentence_head_and_data_description():
+    results = fixtures.llm_frontier()
+    results["baseline"]["summary"] = "FP32 perplexity: 20.470 (a sentence only the producer writes)"
+    results["workspace"]["data"]["description"] = "seven windows of text"
+    results["workspace"]["model"]["head"] = "a very particular head"
+    text = render_html(results)
+    assert "<p class=lede>FP32 perplexity: 20.470 (a sentence only the producer writes)</p>" in text
+    assert "seven windows of text" in text and "a very particular head" in text
+    assert "4095 scored tokens" not in text.split("<main>", 1)[1].split("</header>", 1)[0]
+
+
+def test_a_task_this_process_has_not_registered_still_renders():
+    results = fixtures.classification_frontier()
+    task = results["workspace"]["task"]
+    task["name"] = results["workspace"]["data"]["task"] = "made_up_task"
+    task["report_columns"] = [["my score", "a column only this task has", "accuracy"], ["my CI", "its CI", "loss_ci"]]
+    text = render_html(results)
+    assert '<th scope=col title="a column only this task has">my score</th>' in text
+    assert "made_up_task" in text
+
+
+def test_formats_column_counts_units_from_the_row():
+    results = fixtures.classification_run()
+    results["mixed"]["rows"][2]["formats"] = {"zz9": 30, "int8": 6}
+    text = render_html(results)
+    assert "zz9 ×30, int8 ×6" in text and "int8 ×36" in text

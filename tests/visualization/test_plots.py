@@ -7,15 +7,18 @@ import pytest
 
 from quantsense.errors import QuantsenseError
 from quantsense.visualization.plots import (
+    FormatInfo,
+    TaskInfo,
     bar_units,
+    color_of,
     format_color,
     frontier_plot,
     loss_range,
     place_labels,
     plan_rows,
     sensitivity_bars,
+    sensitivity_formats,
     sensitivity_heatmap,
-    task_of,
     unit_grid,
 )
 from tests.visualization import fixtures
@@ -53,25 +56,63 @@ def test_plots_need_their_sections(tmp_path):
         frontier_plot(results, tmp_path / "f.png")
 
 
+ALL_FORMATS = ["int2", "int3", "int4", "int5", "int6", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16"]
+
+
+def _described(*extra: dict) -> dict:
+    """A results dict whose format table holds every fixture format, plus ``extra`` entries."""
+    return {"formats": {**fixtures.format_table(*ALL_FORMATS), **{e["name"]: e for e in extra}}}
+
+
+def _entry(name: str, code_bits: int, variant: str = "", bits: float | None = None) -> dict:
+    return {"name": name, "family": "test", "spec": {"format": name}, "label": name,
+            "bits_per_weight": float(code_bits) if bits is None else bits, "code_bits": code_bits, "variant": variant,
+            "export_targets": [], "glossary": ["test formats", "formats made up for a test"]}
+
+
 def test_format_color_is_fixed_and_families_share_a_hue():
-    assert format_color("int4") == format_color("int4") == format_color("q4_0")
-    assert format_color("int8") == format_color("q8_0")
-    formats = ["int2", "int3", "int4", "int5", "int6", "int8", "q4_0", "q4_1", "q4_K", "q5_0", "q5_1", "q8_0", "f16"]
-    colours = {f: format_color(f) for f in formats}
+    results = _described(_entry("q4_k", 4, "K"))
+    colours = {f: color_of(results, f) for f in [*ALL_FORMATS, "q4_k"]}
+    assert colours["int4"] == color_of(results, "int4") == colours["q4_0"]
+    assert colours["int8"] == colours["q8_0"]
     assert all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colours.values())
     assert len({colours[f] for f in ["int2", "int3", "int4", "int5", "int6", "int8", "f16"]}) == 7
-    assert len({colours[f] for f in ["q4_0", "q4_1", "q4_K"]}) == 3  # variants: distinct shades
-    assert format_color("fp32") == format_color(None)
-    assert format_color("mystery_fmt") == format_color("mystery_fmt")  # hash-picked, but stable (crc32, not hash())
+    assert len({colours[f] for f in ["q4_0", "q4_1", "q4_k"]}) == 3  # variants: distinct shades
+    assert color_of(results, None) == format_color(None) == format_color(FormatInfo("f32", code_bits=32))
+    assert color_of(results, "mystery_fmt") == color_of(results, "mystery_fmt")  # hash-picked, but stable (crc32)
+
+
+def test_format_colour_comes_from_the_table_not_the_name():
+    zz9 = _entry("zz9", 4, "0", bits=4.5)
+    results = _described(zz9, _entry("int8_lookalike", 2), _entry("q4_0_wide", 16, "bf16"))
+    assert color_of(results, "zz9") == color_of(results, "q4_0") == color_of(results, "int4")  # 4-bit hue, plain shade
+    assert color_of(results, "zz9") != color_of(_described(_entry("zz9", 8)), "zz9")
+    assert color_of(results, "int8_lookalike") == color_of(results, "int2") != color_of(results, "int8")
+    assert color_of(results, "q4_0_wide") not in (color_of(results, "q4_0"), color_of(results, "f16"))
+    # no table (results written by an older version): every format is unknown, even a familiar name
+    assert color_of({}, "int4") == color_of({}, "int4") != color_of(results, "int4")
+    assert color_of({}, "int4") != color_of({}, "int8")
 
 
 def test_format_color_is_the_same_in_another_process():
     import subprocess
 
-    code = "from quantsense.visualization.plots import format_color as f; print(f('q4_K'), f('something'))"
+    code = ("from quantsense.visualization.plots import FormatInfo, format_color as f; "
+            "print(f(FormatInfo('q4_K', code_bits=4, variant='K')), f(FormatInfo('something')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", **__import__("os").environ})
-    assert out.stdout.split() == [format_color("q4_K"), format_color("something")]
+    assert out.stdout.split() == [format_color(FormatInfo("q4_K", code_bits=4, variant="K")),
+                                  format_color(FormatInfo("something"))]
+
+
+def test_sensitivity_formats_are_ordered_by_the_tables_widths():
+    results = fixtures.llm_blocks()
+    assert sensitivity_formats(results) == ["q8_0", "q5_0", "q4_0"]
+    results["sensitivity"]["formats"] = ["q4_0", "zz9", "q8_0", "aa3"]
+    results["formats"]["zz9"] = _entry("zz9", 4, bits=12.0)  # named like nothing, but the widest
+    assert sensitivity_formats(results) == ["zz9", "q8_0", "q4_0", "aa3"]  # aa3 is unknown: last
+    del results["formats"]
+    assert sensitivity_formats(results) == ["q4_0", "zz9", "q8_0", "aa3"]  # all unknown: as given
 
 
 def _overlap(a, b):
@@ -104,7 +145,7 @@ def test_place_labels_keeps_a_free_label_next_to_its_point():
 
 def test_loss_range_zooms_on_the_allocated_plans_and_leaves_far_points_outside():
     results = fixtures.classification_frontier()
-    task = task_of(results)
+    task = TaskInfo.from_results(results)
     rows = plan_rows(results)
     lo, hi = loss_range(rows, task)
     int2 = next(r for r in rows if r["plan"] == "uniform int2")
@@ -116,12 +157,13 @@ def test_loss_range_zooms_on_the_allocated_plans_and_leaves_far_points_outside()
 
 
 def test_bar_units_show_the_most_sensitive_of_many_linear_units():
-    sens = fixtures.llm_linear()["sensitivity"]
-    units, note = bar_units(sens, "only")
+    results = fixtures.llm_linear()
+    sens = results["sensitivity"]
+    units, note = bar_units(results, "only")
     assert len(units) == 40 and note.startswith("the 40 most sensitive of 210 units at q4_0")
     kl = {r["unit"]: r["kl_mean"] for r in sens["rows"] if r["format"] == "q4_0"}
     assert [kl[u] for u in units] == sorted(kl.values(), reverse=True)[:40]
-    assert bar_units(fixtures.llm_blocks()["sensitivity"], "only") == ([f"block {b}" for b in range(30)], "")
+    assert bar_units(fixtures.llm_blocks(), "only") == ([f"block {b}" for b in range(30)], "")
 
 
 def test_unit_grid_places_linear_units():
@@ -130,3 +172,11 @@ def test_unit_grid_places_linear_units():
     assert blocks == list(range(6)) and subs == list(fixtures.MINILM_SUBS)
     assert cells[(3, "intermediate.dense")]["unit"] == "bert.encoder.layer.3.intermediate.dense"
     assert unit_grid([{"unit": "block 0", "block": 0, "sub": None}]) is None
+
+
+def test_unit_grid_reads_block_and_sub_not_the_unit_name():
+    rows = [{"unit": "encoder.layer.3.mlp.fc1", "block": None, "sub": None},  # a name that looks like a grid cell
+            {"unit": "x", "block": 1, "sub": "mlp.fc1"}]
+    assert unit_grid(rows) is None
+    blocks, subs, cells = unit_grid([{"unit": "whatever", "block": 7, "sub": "attn"}, {"unit": "w2", "block": 2, "sub": "mlp"}])
+    assert blocks == [2, 7] and subs == ["attn", "mlp"] and cells[(7, "attn")]["unit"] == "whatever"

@@ -1,9 +1,18 @@
-"""The frontier's printed plan lines: format counts per plan and, for linear units, per layer kind."""
+"""Printed text and summary.md: plan lines per format and layer kind, sentences and columns from the results."""
 
 import re
 from collections import Counter
 
-from quantsense.visualization.summary import frontier_text
+from quantsense.visualization.summary import (
+    ablation_text,
+    baseline_text,
+    block_ranking_text,
+    frontier_text,
+    plans_text,
+    sensitivity_text,
+    summary_markdown,
+)
+from tests.visualization import fixtures
 from tests.visualization.fixtures import llm_frontier
 
 
@@ -14,6 +23,8 @@ def _parse_counts(text: str) -> Counter:
 def test_linear_frontier_lines_count_every_unit_by_format_and_by_layer_kind():
     results = llm_frontier()
     text = frontier_text(results)
+    groups = results["frontier"]["groups"]
+    assert results["frontier"]["choices"]
     for name, choice in results["frontier"]["choices"].items():
         line = next(l for l in text.splitlines() if l.startswith(f"{name}: "))
         assert _parse_counts(line[len(name) + 2:]) == Counter(choice.values())
@@ -21,8 +32,23 @@ def test_linear_frontier_lines_count_every_unit_by_format_and_by_layer_kind():
         assert kinds_line.startswith("  by layer kind: ")
         for part in kinds_line[len("  by layer kind: "):].split("; "):
             kind, counts = part.split(" ", 1)
-            expected = Counter(fmt for unit, fmt in choice.items() if unit.split(".", 3)[3] == kind)
+            expected = Counter(fmt for unit, fmt in choice.items() if groups[unit]["layer_kind"] == kind)
             assert _parse_counts(counts) == expected and sum(expected.values()) == 30
+
+
+def test_layer_kinds_come_from_the_frontier_groups_not_the_unit_names():
+    results = llm_frontier()
+    fr = results["frontier"]
+    for i, info in enumerate(fr["groups"].values()):
+        info["layer_kind"] = "tied[q|k]" if i % 2 else "custom_kind"
+    name, choice = next(iter(fr["choices"].items()))
+    lines = frontier_text(results).splitlines()
+    kinds_line = lines[lines.index(next(l for l in lines if l.startswith(f"{name}: "))) + 1]
+    kinds = dict(part.split(" ", 1) for part in kinds_line[len("  by layer kind: "):].split("; "))
+    assert sorted(kinds) == ["custom_kind", "tied[q|k]"]
+    assert sum(sum(_parse_counts(c).values()) for c in kinds.values()) == len(choice)
+    del fr["groups"]  # results written before groups were recorded: no kind line rather than a guess from names
+    assert "by layer kind" not in frontier_text(results)
 
 
 def test_block_frontier_lists_each_block_and_has_no_kind_line():
@@ -30,6 +56,46 @@ def test_block_frontier_lists_each_block_and_has_no_kind_line():
     fr = results["frontier"]
     fr["unit"] = "block"
     fr["choices"] = {"allocated@5 bits/weight": {f"block {b}": ("q8_0" if b == 0 else "q5_0") for b in range(3)}}
+    fr["groups"] = {f"block {b}": {"block": b, "layer_kind": "block"} for b in range(3)}
     text = frontier_text(results)
     assert "allocated@5 bits/weight: block 0: q8_0, block 1: q5_0, block 2: q5_0" in text
     assert "by layer kind" not in text
+
+
+def test_sentences_are_the_ones_the_results_carry():
+    results = fixtures.classification_run()
+    results["baseline"]["summary"] = "FP32 accuracy: as the producer says"
+    results["ablation"]["summary"] = "an effect sentence from the producer"
+    assert baseline_text(results) == "FP32 accuracy: as the producer says"
+    assert ablation_text(results) == ("Ablation: only block 5 (least sensitive) at int4, all others FP32: "
+                                      "an effect sentence from the producer")
+
+
+def test_tables_use_the_columns_the_results_carry_for_an_unregistered_task():
+    results = fixtures.classification_run()
+    task = results["workspace"]["task"]
+    task["name"] = "made_up_task"
+    task["sensitivity_columns"] = [["unit", "unit"], ["accuracy", "my accuracy"]]
+    task["ranking_columns"] = [["rank", "my rank"], ["unit", "unit"]]
+    task["plan_columns"] = [["plan", "my plan"], ["drop", "my drop"]]
+    text = sensitivity_text(results)
+    assert "| unit | my accuracy | KL recovered | loss recovered |" in text and "| my rank | unit |" in text
+    assert plans_text(results, results["mixed"]["rows"]).splitlines()[0] == "| my plan | my drop | formats |"
+    markdown = summary_markdown(results)
+    assert "task made_up_task" in markdown and "(872 examples)" in markdown
+    assert "FP32 accuracy: 89.45 % (780/872)" in markdown
+
+
+def test_summary_glossary_has_the_tasks_terms_and_one_line_per_format_family():
+    markdown = summary_markdown(fixtures.llm_frontier())
+    glossary = markdown.split("## Glossary", 1)[1]
+    assert glossary.count(f"**{fixtures.GGUF_GLOSSARY[0]}**") == 1 and fixtures.INT_GLOSSARY[0] not in glossary
+    assert "**dNLL**" in glossary and "McNemar" not in glossary
+    assert "first 4096 tokens, context 1024, stride 512" in markdown
+
+
+def test_block_ranking_is_the_narrowest_format_by_the_table():
+    results = fixtures.llm_blocks()
+    assert block_ranking_text(results).startswith("Block ranking (only@q4_0), most sensitive first: ")
+    results["formats"]["q8_0"]["bits_per_weight"] = 2.0  # the table, not the name, says which is narrowest
+    assert block_ranking_text(results).startswith("Block ranking (only@q8_0)")

@@ -151,7 +151,7 @@ def verify(path: Path, source: Path, token_ids: list[int], context: int, stride:
     ``stride`` tokens) in transformers and llama.cpp, and llama.cpp's speed against an F16 file of ``source``."""
     report = _verify(path, source, token_ids, context, stride, np.asarray(simulated_logprob, dtype=np.float64),
                      speed_repeats)
-    report["lines"] = _verify_lines(report)
+    report["lines"] = _verify_lines({**report, "file_bytes": Path(path).stat().st_size})
     return report
 
 

@@ -92,9 +92,22 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
     report["disk_factor"] = report["fp32_disk_bytes"] / report["disk_bytes"]
     report["predicted_factor"] = fp32_bytes / report["predicted_export_bytes"]
     report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
+    report["lines"] = [f"weights on disk: {report['disk_bytes'] / 1e6:.2f} MB vs FP32 {report['fp32_disk_bytes'] / 1e6:.2f} MB: "
+                       f"{report['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout "
+                       f"{report['predicted_factor']:.3f}x (packed sub-byte storage would give {report['packed_factor']:.3f}x)"]
     if check is not None:
-        report.update(check(path))
+        checked = check(path)
+        report["lines"] += checked.pop("lines", [])
+        report.update(checked)
+    if "note" in report:
+        report["lines"].append(report["note"])
     return report
+
+
+def reload_line(check: dict) -> str:
+    """What the fresh-process reload used, in words (the tasks' checks start with it)."""
+    return (f"reloaded in a fresh process with transformers + torchao only (weights: {check['weight_class']}, "
+            f"quantsense imported: {check['quantsense_imported']})")
 
 
 def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:

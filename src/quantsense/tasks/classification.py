@@ -130,7 +130,7 @@ class SentenceClassification(Task):
         import tempfile
         from pathlib import Path
 
-        from quantsense.exporters.torchao_writer import run_check
+        from quantsense.exporters.torchao_writer import reload_line, run_check
 
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "data.tsv"
@@ -138,7 +138,7 @@ class SentenceClassification(Task):
             fp32 = str(Path(source).resolve()) if Path(source).exists() else source
             check = run_check([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
         exported = np.asarray(check["predictions"])
-        return {
+        rep = {
             "exported_accuracy": 100 * float((exported == data.labels).mean()),
             "simulated_accuracy": 100 * float((simulated.predictions == data.labels).mean()),
             "predictions_differing": int((exported != simulated.predictions).sum()),
@@ -148,3 +148,9 @@ class SentenceClassification(Task):
             "reloaded_weight_class": check["weight_class"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
         }
+        rep["lines"] = [reload_line(check),
+                        f"accuracy: exported {rep['exported_accuracy']:.2f} %, simulated {rep['simulated_accuracy']:.2f} %, "
+                        f"{rep['predictions_differing']} predictions differ",
+                        f"CPU latency per batch {tuple(rep['latency_batch_shape'])}: exported {rep['latency_exported_ms']:.1f} ms, "
+                        f"FP32 {rep['latency_fp32_ms']:.1f} ms ({rep['latency_exported_ms'] / rep['latency_fp32_ms']:.2f}x)"]
+        return rep

@@ -216,16 +216,20 @@ class LanguageModelPerplexity(Task):
 
     def _check_torchao(self, export_dir, data: TextData, simulated) -> dict:
         """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
-        from quantsense.exporters.torchao_writer import run_check
+        from quantsense.exporters.torchao_writer import reload_line, run_check
 
         check = run_check(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
                               str(self.max_tokens), str(self.context), str(self.stride)])
         exported = np.asarray(check["token_logprob"], dtype=np.float64)
         sim = simulated.arrays["token_logprob"].astype(np.float64)
-        return {
+        rep = {
             "exported_perplexity": perplexity(exported),
             "simulated_perplexity": perplexity(sim),
             "max_token_logprob_difference": float(np.abs(exported - sim).max()),
             "reloaded_weight_class": check["weight_class"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
         }
+        rep["lines"] = [reload_line(check),
+                        f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
+                        f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}"]
+        return rep

@@ -1,15 +1,23 @@
 """Turn a study's results (the results.json dict) into printed text, CSV files, plots, summary.md and report.html.
 
-Every function reads the task's names and columns from ``results["workspace"]["task"]`` and the task
-registry; none guesses the task from row keys.
+Every function reads the task's names, columns and sentences from the results themselves (through
+:mod:`.schema`): none asks the task registry, parses a name or guesses the task from row keys.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from quantsense.io import write_atomic, write_csv, write_json
+from quantsense.visualization.schema import (
+    FP32,
+    TaskInfo,
+    baseline_summary,
+    data_description,
+    effect_summary,
+    format_glossary,
+    widest_first,
+)
 from quantsense.visualization.tables import markdown_table
 
 PROXY_COLUMNS = [("unit", "unit"), ("format", "format"), ("weight_error", "weight error"), ("calib_kl", "calib KL"),
@@ -19,38 +27,36 @@ CORR_COLUMNS = [("format", "format"), ("proxy", "proxy"), ("units", "units"), ("
 FRONTIER_EXTRA = [("kind", "kind"), ("predicted_loss", "predicted loss"), ("measured_over_predicted", "measured/predicted")]
 RECOVERY_COLUMNS = [("kl_recovered", "KL recovered"), ("loss_recovered", "loss recovered")]
 
-GLOSSARY = [
+GLOSSARY = [  # every study's terms; the task's and the formats' own come from the results (see glossary_terms)
     ("KL mean", "mean KL(FP32 || quantized) of the output distribution per example (or token), nats; 0 = unchanged. "
                 "The default ranking metric: it separates units long before accuracy moves."),
     ("CI low / CI high", "95 % bootstrap interval (paired, seeded): examples resampled for classification, "
                          "blocks of consecutive tokens for language models."),
-    ("drop pts", "FP32 accuracy minus quantized accuracy, in points; McNemar p tests it exactly on the flipped examples."),
-    ("dNLL/token", "mean increase of the negative log-likelihood per token (ln of the perplexity ratio)."),
     ("tier", "units chained by overlapping KL intervals share a tier; different tiers do not overlap (1 = most sensitive)."),
-    ("differs from FP32", "the task's test: McNemar p < 0.05, or an NLL-increase interval that excludes 0."),
     ("avg bits/weight", "stored bits per block linear weight, scales and zero points included (FP32 = 32)."),
 ]
 
 
-def _task(results: dict):
-    from quantsense.tasks import TASKS
-
-    return TASKS[results["workspace"]["task"]["name"]]
+def glossary_terms(results: dict) -> list[tuple[str, str]]:
+    """summary.md's glossary: the general terms, the task's own and its test, one line per format family."""
+    task = TaskInfo.from_results(results)
+    return [*GLOSSARY, *task.glossary, ("differs from FP32", f"the task's test: {task.differs_test}."),
+            *format_glossary(results)]
 
 
 def baseline_text(results: dict) -> str:
-    return _task(results).baseline_text(results["baseline"])
+    return baseline_summary(results, TaskInfo.from_results(results))
 
 
 def ranking_verdict(ranked: list[dict], results: dict) -> str:
     """One sentence a reader can act on: which units measurably differ from FP32, how many tiers."""
-    task = results["workspace"]["task"]
+    task = TaskInfo.from_results(results)
     differs = [r["unit"] for r in ranked if r["distinguishable_from_fp32"]]
     tiers = max((r["tier"] for r in ranked), default=0)
     if not differs:
-        head = f"No unit's {task['metric']['key']} differs measurably from FP32 ({task['differs_test']})"
+        head = f"No unit's {task.metric} differs measurably from FP32 ({task.differs_test})"
     else:
-        head = f"{len(differs)} of {len(ranked)} units differ measurably from FP32 ({task['differs_test']}): " \
+        head = f"{len(differs)} of {len(ranked)} units differ measurably from FP32 ({task.differs_test}): " \
                f"{', '.join(differs[:8])}{' ...' if len(differs) > 8 else ''}"
     if tiers <= 1:
         return f"{head}; by KL all units form one tier (their intervals overlap in a chain): none is ranked apart."
@@ -58,8 +64,8 @@ def ranking_verdict(ranked: list[dict], results: dict) -> str:
 
 
 def sensitivity_text(results: dict) -> str:
-    sens, task = results["sensitivity"], _task(results)
-    columns = task.sensitivity_columns + (RECOVERY_COLUMNS if "all_but" in sens["views"] else [])
+    sens, task = results["sensitivity"], TaskInfo.from_results(results)
+    columns = [*task.sensitivity_columns, *(RECOVERY_COLUMNS if "all_but" in sens["views"] else [])]
     parts = [markdown_table(sens["rows"], columns, digits=3)]
     for key, ranked in sens["rankings"].items():
         parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tier = not ranked apart):")
@@ -69,9 +75,11 @@ def sensitivity_text(results: dict) -> str:
 
 
 def block_ranking_text(results: dict) -> str:
-    ranked = results["sensitivity"]["rankings"]
-    key = min(k for k in ranked if k.startswith("only@")) if ranked else None
-    return "" if key is None else f"Block ranking ({key}), most sensitive first: {[r['unit'] for r in ranked[key]]}"
+    """The only-view ranking at the narrowest format with one, most sensitive first ('' when there is none)."""
+    sens = results["sensitivity"]
+    ranked = sens["rankings"]
+    keys = [f"only@{f}" for f in widest_first(results, sens["formats"]) if f"only@{f}" in ranked]
+    return f"Block ranking ({keys[-1]}), most sensitive first: {[r['unit'] for r in ranked[keys[-1]]]}" if keys else ""
 
 
 def proxies_text(results: dict) -> str:
@@ -86,25 +94,23 @@ def proxies_text(results: dict) -> str:
 
 
 def plans_text(results: dict, rows: list[dict]) -> str:
-    return markdown_table(rows, _task(results).plan_columns + [("formats", "formats")], digits=3)
+    return markdown_table(rows, [*TaskInfo.from_results(results).plan_columns, ("formats", "formats")], digits=3)
 
 
 def frontier_text(results: dict) -> str:
     fr = results["frontier"]
-    task = results["workspace"]["task"]
-    objective = "mean KL" if fr["objective"] == "kl" else task["loss"]["label"]
+    task = TaskInfo.from_results(results)
+    objective = "mean KL" if fr["objective"] == "kl" else task.loss_label
     lines = [f"Allocation ({fr['unit']} units, candidates {' '.join(fr['candidates'])} + FP32, objective: sum of "
              f"single-unit {objective}); every plan measured:",
-             markdown_table(fr["rows"], _task(results).plan_columns + FRONTIER_EXTRA, digits=4)]
+             markdown_table(fr["rows"], [*task.plan_columns, *FRONTIER_EXTRA], digits=4)]
     for name, choice in fr["choices"].items():
         if len(choice) <= 12:
-            lines.append(f"{name}: " + ", ".join(f"{g}: {f or 'fp32'}" for g, f in choice.items()))
+            lines.append(f"{name}: " + ", ".join(f"{g}: {f or FP32}" for g, f in choice.items()))
             continue
         lines.append(f"{name}: {_count_text(choice.values())}")
-        if fr["unit"] == "linear":
-            kinds: dict[str, list] = {}
-            for group, fmt in choice.items():
-                kinds.setdefault(_layer_kind(group), []).append(fmt)
+        kinds = _by_layer_kind(choice, fr.get("groups") or {}) if fr["unit"] == "linear" else None
+        if kinds:
             lines.append("  by layer kind: " + "; ".join(f"{k} {_count_text(f)}" for k, f in sorted(kinds.items())))
     return "\n".join(lines)
 
@@ -113,60 +119,40 @@ def _count_text(formats) -> str:
     """'q4_0 x3, q8_0 x1' for formats (None is FP32)."""
     counts: dict[str, int] = {}
     for fmt in formats:
-        counts[fmt or "fp32"] = counts.get(fmt or "fp32", 0) + 1
+        counts[fmt or FP32] = counts.get(fmt or FP32, 0) + 1
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
-def _layer_kind(group: str) -> str:
-    """A linear group's kind across blocks: 'down_proj' for model.layers.3.mlp.down_proj, 'tied[q|k]' for a tied group."""
-    if group.startswith("block "):
-        return group.split(" ", 2)[-1]
-    return re.sub(r"^.*?\.\d+\.", "", group)  # after the layer index: mlp.down_proj, attention.output.dense
+def _by_layer_kind(choice: dict, groups: dict) -> dict[str, list] | None:
+    """A plan's formats by each group's ``layer_kind`` (from the frontier's ``groups``); None when a group is not
+    described there (results written before groups were recorded)."""
+    if any(not (groups.get(g) or {}).get("layer_kind") for g in choice):
+        return None
+    kinds: dict[str, list] = {}
+    for group, fmt in choice.items():
+        kinds.setdefault(groups[group]["layer_kind"], []).append(fmt)
+    return kinds
 
 
 def ablation_text(results: dict) -> str:
     abl = results["ablation"]
     return (f"Ablation: only block {abl['block']} (least sensitive) at {abl['format']}, all others FP32: "
-            f"{_task(results).effect_text(abl)}")
+            f"{effect_summary(abl, TaskInfo.from_results(results))}")
 
 
 def export_text(rep: dict) -> str:
-    """The export report in lines; each line only where its figures exist."""
-    lines = [f"Exported to {rep['out']} ({rep['format']}; plan: {rep['plan_avg_bits']:.3f} bits per block linear weight)"]
-    if "disk_factor" in rep:
-        lines.append(f"weights on disk: {rep['disk_bytes'] / 1e6:.2f} MB vs FP32 {rep['fp32_disk_bytes'] / 1e6:.2f} MB: "
-                     f"{rep['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout "
-                     f"{rep['predicted_factor']:.3f}x (packed sub-byte storage would give {rep['packed_factor']:.3f}x)")
-    for line in rep.get("lines", []):
-        lines.append(line)
-    if "reloaded_weight_class" in rep:
-        lines.append(f"reloaded in a fresh process with transformers + torchao only (weights: {rep['reloaded_weight_class']}, "
-                     f"quantsense imported: {rep['quantsense_imported_by_reload']})")
-    if "exported_perplexity" in rep:
-        lines.append(f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
-                     f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}")
-    if "exported_accuracy" in rep:
-        lines += [f"accuracy: exported {rep['exported_accuracy']:.2f} %, simulated {rep['simulated_accuracy']:.2f} %, "
-                  f"{rep['predictions_differing']} predictions differ",
-                  f"CPU latency per batch {tuple(rep['latency_batch_shape'])}: exported {rep['latency_exported_ms']:.1f} ms, "
-                  f"FP32 {rep['latency_fp32_ms']:.1f} ms ({rep['latency_exported_ms'] / rep['latency_fp32_ms']:.2f}x)"]
-    if "note" in rep:
-        lines.append(rep["note"])
-    return "\n".join(lines)
-
-
-def _data_size(data: dict) -> str:
-    if "examples" in data:
-        return f"{data['examples']} examples"
-    return f"first {data['tokens']} tokens, context {data['context']}, stride {data['stride']}"
+    """The export report: its heading and the lines the writer and the task's check wrote beside their figures."""
+    head = f"Exported to {rep['out']} ({rep['format']}; plan: {rep['plan_avg_bits']:.3f} bits per block linear weight)"
+    return "\n".join([head, *rep.get("lines", [])])
 
 
 def summary_markdown(results: dict) -> str:
     ws = results["workspace"]
+    size = data_description(results)
     lines = ["# quantsense results", "",
              f"Model `{ws['model']['source']}` ({ws['model']['blocks']} blocks, {ws['model'].get('dtype', 'float32')}, "
-             f"weights {ws['model']['fingerprint']}), task {ws['task']['name']}, data `{ws['data']['source']}` "
-             f"({_data_size(ws['data'])}); int formats use the grid {_scheme_text(ws['scheme'])}.",
+             f"weights {ws['model']['fingerprint']}), task {ws['task']['name']}, data `{ws['data']['source']}`"
+             + (f" ({size})" if size else "") + f"; int formats use the grid {_scheme_text(ws['scheme'])}.",
              f"Command: `{results['provenance']['command']}`", "",
              "Open `report.html` for the interactive report.", "",
              "## Phase 1: FP32 baseline", "", baseline_text(results)]
@@ -183,7 +169,7 @@ def summary_markdown(results: dict) -> str:
         lines += ["", "## Ablation", "", ablation_text(results)]
     if "export" in results:
         lines += ["", "## Export", "", export_text(results["export"])]
-    lines += ["", "## Glossary", ""] + [f"- **{term}**: {text}" for term, text in GLOSSARY]
+    lines += ["", "## Glossary", ""] + [f"- **{term}**: {text}" for term, text in glossary_terms(results)]
     return "\n".join(lines) + "\n"
 
 
