@@ -79,7 +79,7 @@ def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):
     code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "x.gguf"), "--task", "wikitext", "--model",
                  str(smollm2), "--data", str(WIKI), "--max-tokens", "256", "--context", "128", "--stride", "64", "--no-store", "--quiet"])
     assert code == 2
-    assert "an integer grid; GGUF export takes GGUF formats" in capsys.readouterr().err
+    assert "is planned as int4, which the gguf export cannot write: export it with --format torchao" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
 
 
