@@ -120,3 +120,26 @@ def test_a_setting_the_task_does_not_take_is_an_error(settings, expect):
     with pytest.raises(QuantsenseError) as info:
         qs.StudyOptions(task="sst2", settings=settings)
     assert expect in str(info.value)
+
+
+def test_a_grid_torchao_cannot_store_is_refused_before_any_evaluation(ws, tmp_path):
+    plan = qs.Plan.of({ws.units.linear_units()[0]: qs.QuantConfig(bits=4, granularity="per_tensor")})
+    before = ws.engine.stats.computed
+    _refused(lambda: qs.run_export(ws, plan, tmp_path / "out"), "torchao's IntxWeightOnlyConfig has no per-tensor granularity")
+    assert ws.engine.stats.computed == before
+
+
+def test_a_bad_grid_for_the_strategies_is_refused_before_the_baseline(offline_assets):
+    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]),
+                           quiet=True, scheme=qs.QuantConfig(bits=8, granularity="per_group", group_size=48))
+    _refused(lambda: qs.run_study(ws, phases=("baseline", "mixed")), "group size 48 does not divide")
+    assert ws.engine.stats.computed == 0 and ws.engine.evaluator._reference is None
+
+
+@pytest.mark.parametrize("views, rank_by", [(("all_but",), "kl"), (("only",), "loss")])
+def test_the_strategies_rank_blocks_by_kl_alone_whatever_the_sweep(ws, views, rank_by):
+    """The reference ranking is each block alone at the ranking format, by mean KL: a sweep of another view or ranked
+    by the loss is not reused for it (an all_but sweep has no such ranking at all)."""
+    result = qs.run_study(ws, views=views, rank_by=rank_by)
+    assert result.ranking == {"format": "int4", "blocks": qs.block_ranking(ws, "int4")}
+    assert result.ablation["block"] == result.ranking["blocks"][-1]

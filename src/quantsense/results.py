@@ -109,7 +109,7 @@ def provenance(argv: list[str] | None = None) -> dict:
     from quantsense import __version__
 
     argv = list(argv if argv is not None else sys.argv)
-    if argv and argv[0].endswith(("quantsense", "cli.py")):
+    if argv and argv[0].endswith(("quantsense", "cli.py", "__main__.py")):
         argv[0] = "quantsense"  # the command as a user types it, not where it is installed
     return {
         "command": " ".join(argv),

@@ -82,9 +82,9 @@ def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans", k
     for name, plan in named.items():
         size = model_bytes(ws.model, ws.units, plan)
         planned = set(plan.units())
-        rows.append({"plan": name, "kind": kind, "format": None, "budget": None, **ws.compare(reference, results[name]),
-                     "avg_bits": average_bits(ws.units, plan), "model_mb": size / 1e6, "compression": fp32_bytes / size,
-                     "formats": plan.format_counts(), "fp32_units": sum(n not in planned for n in linear)})
+        rows.append({"plan": name, **ws.compare(reference, results[name]), "avg_bits": average_bits(ws.units, plan),
+                     "model_mb": size / 1e6, "compression": fp32_bytes / size, "formats": plan.format_counts(),
+                     "kind": kind, "format": None, "budget": None, "fp32_units": sum(n not in planned for n in linear)})
     return rows
 
 
@@ -126,7 +126,8 @@ def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = 
         block = (ranking if ranking is not None else block_ranking(ws, fmt))[-1]
     row = evaluate_plans(ws, {f"block{block}@{fmt.name}": blocks_plan(ws.units, {block: fmt})}, desc="ablation",
                          kind="ablation")[0]
-    return {**row, "block": block, "format": fmt.name, "summary": ws.task.effect_text(row)}
+    return {"block": block, "format": fmt.name, **{k: v for k, v in row.items() if k != "format"},
+            "summary": ws.task.effect_text(row)}
 
 
 def low_level(ws: Workspace, fmt: Format) -> Format:
@@ -216,7 +217,7 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
 
     writer = export_target(target)
     if out is not None:
-        check_output(out, single_file=target == "gguf", empty_folder=True)
+        check_output(out, single_file=writer.SINGLE_FILE, empty_folder=True)
     plan = as_plan(ws, plan)
     writer.check_plan(export_source(ws), plan)
     return plan
@@ -229,9 +230,10 @@ def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str 
 
     plan = check_export(ws, plan, out, target)
     check = None
-    if verify:
-        simulated = ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
-        check = ws.task.export_check(target, ws.source, ws.data, simulated, ws.batches)
+    if verify:  # the task's check is asked for first (it may refuse); the plan is simulated when the check runs
+        def simulate():
+            return ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
+        check = ws.task.export_check(target, ws.source, ws.data, simulate, ws.batches)
     return export_target(target).write(export_source(ws), plan, out, check=check)
 
 
@@ -259,6 +261,9 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
         ws.units.block_units(ablation_block)
     for path in plan_files:
         load_plan(ws, path)
+    if {"mixed", "ablation"} & wanted:  # the strategies' formats, for every format the ranking may use
+        candidates = [rank_fmt] if rank_fmt else fmts or [ws.format(ws.task.default_ablation_format)]
+        _check_strategy_formats(ws, candidates, "mixed" in wanted and not plan_files)
     if calibration_data and "proxies" in wanted:
         calibration(ws, calibration_data, calibration_size)
     notify = on_phase or (lambda name, result: None)
@@ -273,7 +278,8 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
     if {"mixed", "ablation"} & wanted:
         rank_fmt = rank_fmt or ws.format(result.sensitivity.lowest_format() if result.sensitivity
                                          else ws.task.default_ablation_format)
-        swept = result.sensitivity is not None and unit == "block" and blocks is None and rank_fmt.name in result.sensitivity.formats
+        swept = (result.sensitivity is not None and unit == "block" and blocks is None and "only" in views
+                 and rank_by == "kl" and rank_fmt.name in result.sensitivity.formats)  # else the default ranking sweep
         ranking = result.sensitivity.block_ranking(rank_fmt.name) if swept else block_ranking(ws, rank_fmt)
         result.ranking = {"format": rank_fmt.name, "blocks": ranking}
         notify("ranking", result)
@@ -285,6 +291,18 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
             notify("ablation", result)
     result.formats = ws.format_table()
     return result
+
+
+def _check_strategy_formats(ws: Workspace, candidates, need_levels: bool) -> None:
+    """Each candidate ranking format's strategy levels fit the model (checked like any named format); a family
+    without levels is refused when the strategies are all there is to evaluate."""
+    for fmt in candidates:
+        levels = Levels.for_family(fmt, ws.options.scheme)
+        if levels is None and need_levels:
+            raise QuantsenseError(f"format {fmt.name} has no reference strategy levels (its family defines none): "
+                                  "rank with another format (--rank-format) or pass --plan files")
+        for level in (levels.high, levels.mid, levels.low) if levels else ():
+            ws.format(level)
 
 
 def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
@@ -307,6 +325,8 @@ def run_export(ws: Workspace, plan, out: str | Path, target: str = "torchao", ve
                argv: list[str] | None = None, on_phase=None) -> StudyResult:
     """Baseline and the export report, everything about the export checked first."""
     plan = check_export(ws, plan, out, target)
+    if verify:
+        ws.task.export_check(target, ws.source, ws.data, lambda: None, ws.batches)  # refuses a target it cannot check
     notify = on_phase or (lambda name, result: None)
     result = StudyResult(provenance(argv), ws.describe(), baseline(ws))
     result.export = export(ws, plan, out, target, verify)

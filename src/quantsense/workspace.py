@@ -22,7 +22,7 @@ from quantsense.models.loading import check_tokenizer, resolve_device, weights_f
 from quantsense.models.units import UnitMap, discover_units
 from quantsense.quantization.formats import Format, QuantConfig, WeightFormat, parse_format
 from quantsense.store import ResultStore
-from quantsense.tasks import TASKS, Task, make_task
+from quantsense.tasks import Task, make_task
 
 
 POSITIVE_OPTIONS = ("workers",)
@@ -66,7 +66,7 @@ class StudyOptions:
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
         for name in POSITIVE_OPTIONS:
-            _check_int(name, getattr(self, name), minimum=1, optional=name == "limit")
+            _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
         for name, allowed in CHOICE_OPTIONS.items():
             if getattr(self, name) not in allowed:
@@ -172,8 +172,7 @@ class Workspace:
 def _options(model, kwargs: dict) -> StudyOptions:
     """StudyOptions from keyword arguments: its own fields, and the task's settings (``limit=100``) given flat."""
     known = {f.name for f in fields(StudyOptions)}
-    task = TASKS.get(kwargs.get("task", DEFAULT_TASK))
-    takes = {s.name for s in task.settings_spec} if task is not None else set()
+    takes = {s.name for s in make_task(kwargs.get("task", DEFAULT_TASK)).settings_spec}  # an unknown task is refused here
     settings = {k: kwargs.pop(k) for k in list(kwargs) if k not in known and k in takes}
     unknown = sorted(set(kwargs) - known)
     if unknown:

@@ -52,9 +52,15 @@ def _check_out(args) -> None:
 
     if getattr(args, "out", None):
         export = args.command == "export"
-        check_output(args.out, single_file=export and args.export_format == "gguf", empty_folder=export)
+        check_output(args.out, single_file=export and _writer(args).SINGLE_FILE, empty_folder=export)
     if args.command == "plot" and not args.out and Path("sensitivity.png").exists():
         raise QuantsenseError("sensitivity.png already exists here; pass --out DIR or remove it (plot never overwrites silently)")
+
+
+def _writer(args):
+    from quantsense.exporters import export_target
+
+    return export_target(args.export_format)
 
 
 def _quiet_third_party(quiet: bool) -> None:
@@ -166,8 +172,8 @@ def _write_outputs(args, results: dict) -> None:
     from quantsense.visualization.summary import write_results_folder
 
     folder = Path(args.out)
-    if args.command == "export" and args.export_format == "gguf":
-        folder = folder.parent / f"{folder.stem}-report"  # beside the .gguf file
+    if args.command == "export" and _writer(args).SINGLE_FILE:
+        folder = folder.parent / f"{folder.stem}-report"  # beside the exported file
     written = write_results_folder(folder, results)
     _say(f"Wrote {len(written)} files to {written[0].parent} (open report.html)")
 

@@ -6,8 +6,8 @@ The folder is ``exporters`` (not ``export``) because ``quantsense.export`` is th
 writer modules are ``<target>_writer.py`` because a check script run from this folder must import the real
 ``torchao`` and ``gguf`` packages, not a sibling file of that name.
 
-A target module provides ``write(source, plan, out, check=None) -> report`` and ``check_plan(source, plan)``
-(everything checkable before writing). Modules are imported on first use (torchao and gguf are optional).
+A target module provides ``write(source, plan, out, check=None) -> report``, ``check_plan(source, plan)``
+(everything checkable before writing) and ``SINGLE_FILE`` (``--out`` is a file, else a folder). Modules are imported on first use (torchao and gguf are optional).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from quantsense.errors import QuantsenseError
 from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh
 from quantsense.quantization.plan import Plan
 
+SINGLE_FILE = True  # writes one .gguf file (--out FILE.gguf)
 ARCHITECTURES = ("llama",)  # GGUF architectures whose tensor names the export maps (SmolLM2, Llama, ...)
 _OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per model dtype
 

@@ -30,6 +30,7 @@ from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
 
 PLAN_FILE = "quantsense_plan.json"
+SINGLE_FILE = False  # writes a folder (--out DIR)
 
 
 def torchao_config(config: QuantConfig, unit: str = "a unit"):
@@ -50,6 +51,8 @@ def check_plan(source: ExportSource, plan: Plan) -> None:
     """Everything checkable before writing: torchao can store every planned format and unit."""
     check_plan_formats(plan, "torchao")
     check_exportable(source.units, plan)
+    for name, fmt in plan.assignments:
+        torchao_config(fmt, name)  # a grid torchao has no config for (per-tensor) is refused now, not after the work
 
 
 def check_exportable(unit_map: UnitMap, plan: Plan) -> None:

@@ -183,9 +183,11 @@ class Task:
         raise QuantsenseError(f"proxies need a labelled calibration set; task {self.name!r} has none "
                               "(they are implemented for sentence classification)")
 
-    def export_check(self, target: str, source: str, data, simulated, batches):
+    def export_check(self, target: str, source: str, data, simulate, batches):
         """The fresh-process check of an export to ``target`` on this task's data: a callable the target's
-        ``write`` calls with the written path (and, for GGUF, the source file), returning figures."""
+        ``write`` calls with the written path (and, for GGUF, the source file), returning figures and ``lines``.
+        ``simulate()`` evaluates the plan in simulation (called only when the check runs). Refuses, when asked,
+        a target this task cannot check."""
         raise QuantsenseError(f"task {self.name!r} has no check for a {target} export; pass --no-verify to write it unchecked")
 
 

@@ -120,10 +120,10 @@ class SentenceClassification(Task):
         calib = ClassificationData([pool.texts[i] for i in chosen], pool.labels[chosen], f"{path} (sample of {size})")
         return calib, self._batches(tokenizer, calib.texts)
 
-    def export_check(self, target, source, data: ClassificationData, simulated, batches):
+    def export_check(self, target, source, data: ClassificationData, simulate, batches):
         if target != "torchao":
-            return super().export_check(target, source, data, simulated, batches)
-        return lambda export_dir: self._check_torchao(export_dir, source, data, simulated)
+            return super().export_check(target, source, data, simulate, batches)
+        return lambda export_dir: self._check_torchao(export_dir, source, data, simulate())
 
     def _check_torchao(self, export_dir, source, data: ClassificationData, simulated) -> dict:
         """Reload in a fresh process: predictions against the simulation, and latency against FP32."""

@@ -202,17 +202,17 @@ class LanguageModelPerplexity(Task):
         return (f"perplexity {row['perplexity']:.3f} (x{row['ppl_ratio']:.4f}), dNLL {row['delta_nll']:.4f} "
                 f"[95% CI {row['delta_nll_ci_low']:.4f}, {row['delta_nll_ci_high']:.4f}], KL {row['kl_mean']:.2e}")
 
-    def export_check(self, target, source, data: TextData, simulated, batches):
+    def export_check(self, target, source, data: TextData, simulate, batches):
         if target == "gguf":
             from quantsense.exporters.gguf_writer import verify
 
-            sim = simulated.arrays["token_logprob"]
-            return lambda path, source_file: verify(path, source_file, token_ids(batches), self.context, self.stride, sim)
+            return lambda path, source_file: verify(path, source_file, token_ids(batches), self.context, self.stride,
+                                                    simulate().arrays["token_logprob"])
         if target != "torchao":
-            return super().export_check(target, source, data, simulated, batches)
+            return super().export_check(target, source, data, simulate, batches)
         if not Path(data.source).is_file():
             raise QuantsenseError("verifying a language-model export needs a local --data text file")
-        return lambda export_dir: self._check_torchao(export_dir, data, simulated)
+        return lambda export_dir: self._check_torchao(export_dir, data, simulate())
 
     def _check_torchao(self, export_dir, data: TextData, simulated) -> dict:
         """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""

@@ -91,7 +91,9 @@ def _sections(results: dict, task: TaskInfo, tolerance: float | None, figures: d
         out.append(("plans", "Plans", _plans_section(results, task, figures)))
     for key, title in (("ablation", "Ablation"), ("export", "Export")):
         if results.get(key):
-            out.append((key, title, _section(key, title, kv_table(f"{key}-table", title, results[key]))))
+            lines = "".join(f"<p>{esc(line)}</p>" for line in results[key].get("lines", []))  # the sentences, as text
+            fields = {k: v for k, v in results[key].items() if k != "lines"}
+            out.append((key, title, _section(key, title, lines + kv_table(f"{key}-table", title, fields))))
     reference = kv_table("baseline-table", "Baseline", results.get("baseline") or {})
     out.append(("reference", "Reference", _section("reference", "FP32 reference", reference)))
     return out

@@ -124,8 +124,9 @@ class QuantConfig(WeightFormat):
 
     @classmethod
     def glossary(cls, scheme=None) -> tuple[str, str]:
-        grid = scheme.grid_text() if scheme is not None else "as recorded"
-        return "int8, int4…", f"N-bit integer weights, rounded to nearest on the grid: {grid}."
+        return ("int8, int4…", "N-bit integer weights rounded to nearest, one scale per output channel and symmetric "
+                "unless the name says otherwise (-asym: with a zero point; -tensor: one scale per tensor; -gN: one scale "
+                "per N input features).")
 
     def grid_text(self) -> str:
         """The grid in words, bits left out: 'symmetric per-channel', 'asymmetric per-group (groups of 32)'."""
