@@ -122,7 +122,7 @@ def _facts(results: dict, task: TaskInfo) -> list[tuple[str, str]]:
     scheme = ws.get("scheme") or {}
     return [
         ("Model", f"{model.get('source', '?')} — {model.get('blocks', '?')} blocks ({model.get('block_path', '?')}), "
-                  f"{model.get('head') or task.head or '?'}, {model.get('dtype', '?')} on {model.get('device', '?')}, "
+                  f"{model.get('head') or task.head or model.get('kind') or '?'}, {model.get('dtype', '?')} on {model.get('device', '?')}, "
                   f"fingerprint {model.get('fingerprint', '?')}"),
         ("Data", f"{data.get('source', '?')} — task {data.get('task', task.name)}" + (f", {size}" if size else "")
                  + f", fingerprint {data.get('fingerprint', '?')}"),
