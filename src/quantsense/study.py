@@ -102,10 +102,8 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
     plan_paths = {f"file:{Path(path).name}": load_plan(ws, path) for path in plan_files}  # checked before any evaluation
     ranking = ranking if ranking is not None else block_ranking(ws, rank_fmt)
     named, by_block = {}, {}
+    _check_strategy_formats(ws, [rank_fmt], need_levels=not plan_paths)
     levels = Levels.for_family(rank_fmt, ws.options.scheme)
-    if levels is None and not plan_paths:
-        raise QuantsenseError(f"format {rank_fmt.name} has no reference strategy levels (its family defines none): "
-                              "rank with another format (--rank-format) or pass --plan files")
     for name, (plan, formats) in (strategy_plans(ws.units, ranking, levels).items() if levels else ()):
         named[name], by_block[name] = plan, formats
     named.update(plan_paths)
@@ -223,18 +221,24 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
     return plan
 
 
-def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True) -> dict:
-    """Write ``plan`` (a :class:`Plan` or a plan file) with export target ``target`` (a torchao checkpoint, or a
-    GGUF file) and, unless ``verify=False``, check it in a fresh process with the task's own check."""
+def prepare_export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True):
+    """Every check of an export (the target, --out, the plan, the target's rules, the task's check), before any work;
+    returns the call that writes it (and, unless ``verify=False``, checks it, simulating the plan when the check runs)."""
     from quantsense.exporters import export_target
 
     plan = check_export(ws, plan, out, target)
     check = None
-    if verify:  # the task's check is asked for first (it may refuse); the plan is simulated when the check runs
+    if verify:
         def simulate():
             return ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
-        check = ws.task.export_check(target, ws.source, ws.data, simulate, ws.batches)
-    return export_target(target).write(export_source(ws), plan, out, check=check)
+        check = ws.task.export_check(target, ws.source, ws.data, simulate, ws.batches)  # refuses a target it cannot check
+    return lambda: export_target(target).write(export_source(ws), plan, out, check=check)
+
+
+def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True) -> dict:
+    """Write ``plan`` (a :class:`Plan` or a plan file) with export target ``target`` (a torchao checkpoint, or a
+    GGUF file) and, unless ``verify=False``, check it in a fresh process with the task's own check."""
+    return prepare_export(ws, plan, out, target, verify)()
 
 
 def llama_quantize_command(ws: Workspace, plan: Plan | str | Path) -> str:
@@ -266,8 +270,7 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
         _check_strategy_formats(ws, candidates, "mixed" in wanted and not plan_files)
     if calibration_data and "proxies" in wanted:
         calibration(ws, calibration_data, calibration_size)
-    notify = on_phase or (lambda name, result: None)
-    result = StudyResult(provenance(argv), ws.describe(), baseline(ws))
+    result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
     if "sensitivity" in wanted:
         result.sensitivity = sensitivity(ws, fmts, unit, views, include_extra, rank_by, blocks)
@@ -293,6 +296,11 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
     return result
 
 
+def _begin(ws: Workspace, argv, on_phase):
+    """A whole command's result, started with the FP32 baseline, and its phase callback (a no-op if none)."""
+    return StudyResult(provenance(argv), ws.describe(), baseline(ws)), on_phase or (lambda name, result: None)
+
+
 def _check_strategy_formats(ws: Workspace, candidates, need_levels: bool) -> None:
     """Each candidate ranking format's strategy levels fit the model (checked like any named format); a family
     without levels is refused when the strategies are all there is to evaluate."""
@@ -312,8 +320,7 @@ def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=
     fmts = ws.formats(candidates or ws.task.default_candidates)
     check_allocation(ws, budgets or [], fmts, unit, tie)
     metric_key(ws, objective)
-    notify = on_phase or (lambda name, result: None)
-    result = StudyResult(provenance(argv), ws.describe(), baseline(ws))
+    result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
     result.frontier = frontier(ws, budgets, fmts, unit, tie, objective)
     notify("frontier", result)
@@ -324,12 +331,9 @@ def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=
 def run_export(ws: Workspace, plan, out: str | Path, target: str = "torchao", verify: bool = True,
                argv: list[str] | None = None, on_phase=None) -> StudyResult:
     """Baseline and the export report, everything about the export checked first."""
-    plan = check_export(ws, plan, out, target)
-    if verify:
-        ws.task.export_check(target, ws.source, ws.data, lambda: None, ws.batches)  # refuses a target it cannot check
-    notify = on_phase or (lambda name, result: None)
-    result = StudyResult(provenance(argv), ws.describe(), baseline(ws))
-    result.export = export(ws, plan, out, target, verify)
+    write = prepare_export(ws, plan, out, target, verify)
+    result, notify = _begin(ws, argv, on_phase)
+    result.export = write()
     notify("export", result)
     result.formats = ws.format_table()
     return result

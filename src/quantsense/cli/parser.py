@@ -10,12 +10,8 @@ import os
 from quantsense.config import DEFAULT_STORE, DEFAULT_TASK, GRANULARITIES, LOSS_METRICS, REFERENCE_MODEL, UNIT_KINDS, VIEWS
 from quantsense.errors import QuantsenseError
 from quantsense.exporters import TARGETS
-from quantsense.quantization.formats import FORMAT_FAMILIES
+from quantsense.quantization.formats import format_vocabulary
 from quantsense.tasks import TASKS
-
-
-def _vocabulary() -> str:
-    return "; ".join(family.vocabulary for family in FORMAT_FAMILIES.values())
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -137,7 +133,7 @@ def _unit_flag(p) -> None:
 
 def _sensitivity_flags(p) -> None:
     p.add_argument("--formats", "--bits", dest="formats", type=_format_name, nargs="+",
-                   help=f"formats to sweep: {_vocabulary()}; default: "
+                   help=f"formats to sweep: {format_vocabulary()}; default: "
                         + ", ".join(f"{' '.join(t.default_formats)} for {n}" for n, t in TASKS.items()))
     _unit_flag(p)
     p.add_argument("--views", nargs="+", choices=VIEWS, default=["only"],

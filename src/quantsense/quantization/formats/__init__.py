@@ -14,6 +14,7 @@ from quantsense.quantization.formats.base import (
     WeightFormat,
     format_from_dict,
     format_levels,
+    format_vocabulary,
     parse_format,
     register_format,
 )
@@ -21,4 +22,4 @@ from quantsense.quantization.formats.integer import GRANULARITIES, MAX_BITS, MIN
 from quantsense.quantization.formats.gguf import GGUFFormat, gguf_format_names  # noqa: E402  (registered after int)
 
 __all__ = ["FORMAT_FAMILIES", "Format", "GGUFFormat", "GRANULARITIES", "MAX_BITS", "MIN_BITS", "QuantConfig", "WeightFormat",
-           "format_from_dict", "format_levels", "gguf_format_names", "parse_format", "register_format"]
+           "format_from_dict", "format_levels", "format_vocabulary", "gguf_format_names", "parse_format", "register_format"]

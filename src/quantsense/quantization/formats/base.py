@@ -123,7 +123,8 @@ def register_format(cls: type[WeightFormat]) -> type[WeightFormat]:
     return cls
 
 
-def _vocabulary() -> str:
+def format_vocabulary() -> str:
+    """What a user may type, every registered family's words: for messages and --help."""
     words = [cls.vocabulary for cls in FORMAT_FAMILIES.values()]
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
 
@@ -141,7 +142,7 @@ def parse_format(text, scheme=None) -> WeightFormat:
         fmt = cls.parse(value, scheme)
         if fmt is not None:
             return fmt
-    raise QuantsenseError(f"unknown format {text!r}; use {_vocabulary()}")
+    raise QuantsenseError(f"unknown format {text!r}; use {format_vocabulary()}")
 
 
 def format_from_dict(data, where: str = "config") -> WeightFormat:
