@@ -70,6 +70,14 @@ class Engine:
             meta = {"model_fp": item.model_fp, "data_fp": item.data_fp, "plan": item.plan_json}
             self.store.put(item.key, item.label, meta, result.arrays, seconds)
 
+    def lookup(self, label: str, plan: Plan) -> EvalResult | None:
+        """A finished evaluation of ``plan`` (this run's or the store's), or None; computes nothing."""
+        item = self.item(label, plan)
+        found = self._memo.get(item.key) or self._from_store(item)
+        if found is not None:
+            self._memo[item.key] = found
+        return found
+
     def reference(self) -> EvalResult:
         return self.evaluate_many([("fp32", Plan())], desc="fp32 reference")["fp32"]
 

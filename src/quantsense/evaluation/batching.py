@@ -16,8 +16,9 @@ class Batch:
 
     @property
     def num_tokens(self) -> int:
-        """Real (unpadded) tokens in the batch."""
-        return int(self.inputs["attention_mask"].sum())
+        """Real (unpadded) tokens in the batch (all of them when there is no attention mask: a language model's windows)."""
+        mask = self.inputs.get("attention_mask")
+        return int(mask.sum()) if mask is not None else int(self.inputs["input_ids"].numel())
 
 
 @dataclass

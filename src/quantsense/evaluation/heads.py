@@ -30,15 +30,18 @@ class ClassificationHead:
     def start(self, batches: TokenBatches, reference: bool) -> None:
         self.batches = batches
         self.logits = None
+        self.seen = np.zeros(batches.num_examples, dtype=bool)
 
     def step(self, b: int, batch: Batch, logits: torch.Tensor) -> None:
         out = logits.float().cpu().numpy()
         if self.logits is None:
             self.logits = np.empty((self.batches.num_examples, out.shape[1]), dtype=np.float32)
         self.logits[batch.index] = out
+        self.seen[batch.index] = True
 
     def finish(self) -> dict[str, np.ndarray]:
-        return {"logits": self.logits}
+        """The examples the batches cover, in data order (all of them, unless the batches are one segment)."""
+        return {"logits": self.logits if self.seen.all() else self.logits[self.seen]}
 
     def unchanged(self, reference):
         """What a quantized run whose weights equal FP32's keeps: the reference's outputs."""

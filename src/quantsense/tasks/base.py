@@ -148,6 +148,11 @@ class Task:
         """Whether stored arrays have the shapes this task's evaluation produces (else recompute)."""
         raise NotImplementedError
 
+    def subset(self, data, positions):
+        """The data that :meth:`compare` needs for the examples at ``positions`` (ascending) only; a task whose
+        comparison reads nothing from ``data`` returns it unchanged."""
+        return data
+
     # -- words --------------------------------------------------------------------------------
     @classmethod
     def baseline_text(cls, base: dict) -> str:

@@ -94,7 +94,10 @@ class SentenceClassification(Task):
 
     def arrays_valid(self, arrays, batches) -> bool:
         logits = arrays.get("logits")
-        return logits is not None and logits.ndim == 2 and logits.shape[0] == batches.num_examples
+        return logits is not None and logits.ndim == 2 and logits.shape[0] == sum(len(b.index) for b in batches)
+
+    def subset(self, data: ClassificationData, positions) -> ClassificationData:
+        return ClassificationData([data.texts[i] for i in positions], data.labels[positions], data.source)
 
     @classmethod
     def baseline_text(cls, base: dict) -> str:
