@@ -41,9 +41,9 @@ def test_in_memory_workspace_gives_the_cli_numbers(tiny, tmp_path, capsys):
 
     out = tmp_path / "cli"
     assert main(["sensitivity", "--model", str(model_dir), "--data", str(data), "--bits", "8", "3", "--no-store",
-                 "--quiet", "--out", str(out / "sens")]) == 0
+                 "--quiet", "--exhaustive", "--out", str(out / "sens")]) == 0
     assert main(["allocate", "--model", str(model_dir), "--data", str(data), "--avg-bits", "5", "--candidates", "3", "8",
-                 "--no-store", "--quiet", "--out", str(out / "alloc")]) == 0
+                 "--no-store", "--quiet", "--exhaustive", "--out", str(out / "alloc")]) == 0
     capsys.readouterr()
     cli_sens = json.loads((out / "sens" / "results.json").read_text())["sensitivity"]
     cli_front = json.loads((out / "alloc" / "results.json").read_text())["frontier"]
@@ -91,7 +91,7 @@ def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_p
     out = tmp_path / "front"
     path = a["lm"] if lm else a["cls"]
     assert main(["frontier", "--task", task, "--model", str(path), "--data", str(data), *flags, "--budgets", "6",
-                 "--candidates", *candidates, "--no-store", "--quiet", "--out", str(out)]) == 0
+                 "--candidates", *candidates, "--no-store", "--quiet", "--exhaustive", "--out", str(out)]) == 0
     capsys.readouterr()
     cli = json.loads((out / "results.json").read_text())["frontier"]
     assert [r["plan"] for r in cli["rows"]] == [r["plan"] for r in front.rows]

@@ -22,6 +22,7 @@ class SensitivityResult:
     rank_by: str  # the row key rankings sort by, e.g. "kl_mean"
     rows: list[dict]
     rankings: dict[str, list[dict]]  # "only@int4" -> ranked rows
+    sweep: dict = field(default_factory=dict)  # how the rows were measured: exhaustive, or sequential and its cost
 
     def ranking(self, fmt: str | None = None, view: str = "only") -> list[dict]:
         """Ranked rows of one format (default: the one with the fewest bits per weight) and view."""
@@ -61,6 +62,7 @@ class FrontierResult:
     plans: dict[str, dict]  # allocated plan name -> plan JSON
     choices: dict[str, dict]  # allocated plan name -> group -> format name (None = FP32)
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
+    sweep: dict = field(default_factory=dict)  # how the single-unit losses were obtained (quantsense.reduced)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,6 +11,7 @@ returning a typed result; :func:`run_study`, :func:`run_frontier` and :func:`run
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from quantsense.errors import QuantsenseError
@@ -29,9 +30,10 @@ from quantsense.mixed_precision.strategies import Levels, blocks_plan, strategy_
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
+from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking, sequential_sweep
 from quantsense.results import FrontierResult, PlanRows, SensitivityResult, StudyResult, provenance
 from quantsense.sweeps.ranking import rank_rows
-from quantsense.sweeps.sweep import build_entries, run_sweep
+from quantsense.sweeps.sweep import build_entries, run_sweep, sweep_units
 from quantsense.workspace import Workspace
 
 PHASES = ("baseline", "sensitivity", "proxies", "mixed", "ablation")
@@ -44,13 +46,24 @@ def baseline(ws: Workspace) -> dict:
 
 
 def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
-                rank_by: str = "kl", blocks: list[int] | None = None) -> SensitivityResult:
-    """Phase 2: every unit x format x view measured against FP32, and a ranking per (view, format)."""
+                rank_by: str = "kl", blocks: list[int] | None = None, reduced: bool = False) -> SensitivityResult:
+    """Phase 2: every unit x format x view measured against FP32, and a ranking per (view, format).
+    ``reduced`` (the command line's default): the ``only`` view is measured sequentially
+    (:mod:`quantsense.sweeps.sequential`), each unit on as many data segments as its tier needs."""
+    started = time.perf_counter()
     fmts, views, key, entries = sweep_inputs(ws, formats, unit, views, include_extra, rank_by, blocks)
-    rows = run_sweep(ws.engine, ws.applier, ws.units, entries, ws.compare, ws.task.loss.key, desc=f"{unit} sweep")
+    sequential = [e for e in entries if e.view == "only"] if reduced else []
+    rows = run_sweep(ws.engine, ws.applier, ws.units, [e for e in entries if e not in sequential], ws.compare,
+                     ws.task.loss.key, desc=f"{unit} sweep")
+    record = {"mode": "exhaustive", "evaluations": len(entries), "token_evaluations": len(entries) * ws.batches.num_tokens,
+              "full_token_evaluations": len(entries) * ws.batches.num_tokens}
+    if sequential:
+        seq_rows, record = sequential_sweep(ws, sequential, key, len(entries))
+        rows = seq_rows + rows
+    record["seconds"] = time.perf_counter() - started
     rankings = {f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
                 for f in fmts for view in views}
-    return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings)
+    return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings, record)
 
 
 def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None, unit: str = "block") -> dict:
@@ -148,21 +161,34 @@ def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: s
 
 
 def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block", tie: str | None = None,
-             objective: str = "kl") -> Allocation:
-    """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from measured single-unit
-    losses (not yet measured itself: see :func:`frontier`)."""
-    return allocations(ws, [budget], candidates, unit, tie, objective)[0][1]
+             objective: str = "kl", reduced: bool = False) -> Allocation:
+    """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from single-unit losses
+    (the plan itself is not measured here: see :func:`frontier`)."""
+    return allocations(ws, [budget], candidates, unit, tie, objective, reduced)[0][0][1]
 
 
 def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                objective: str = "kl") -> list[tuple[str, Allocation]]:
-    """The optimal plan under each budget (exact MILP over the measured single-unit losses)."""
+                objective: str = "kl", reduced: bool = False) -> tuple[list[tuple[str, Allocation]], dict]:
+    """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
+
+    By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
+    (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
+    estimated, and measured where a plan hinges on it."""
     budgets = [Budget.of(b) for b in budgets]
     fmts = ws.formats(candidates or ws.task.default_candidates)
     groups = check_allocation(ws, budgets, fmts, unit, tie)
-    metric_key(ws, objective)
-    losses = unit_losses(ws, fmts, unit, objective)
-    return [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b)) for b in budgets]
+    key = metric_key(ws, objective)
+    if not reduced:
+        started, tokens = time.perf_counter(), ws.batches.num_tokens
+        losses = unit_losses(ws, fmts, unit, objective)
+        pairs = len(sweep_units(ws.units, unit)) * len(fmts)
+        record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": pairs * tokens,
+                  "full_token_evaluations": pairs * tokens, "seconds": time.perf_counter() - started}
+    else:
+        sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed)
+        losses, record = sweep.losses, sweep.record
+    plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b)) for b in budgets]
+    return plans, record
 
 
 def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
@@ -174,11 +200,13 @@ def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
 
 
 def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-             tie: str | None = None, objective: str = "kl") -> FrontierResult:
-    """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured."""
+             tie: str | None = None, objective: str = "kl", reduced: bool = False) -> FrontierResult:
+    """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
+    ``reduced``: the single-unit losses come from a reduced sweep (see :func:`allocations`) and the hand strategies'
+    block ranking from the first data segment."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
     budgets = [Budget.of(b) for b in budgets] if budgets else default_budgets(ws, fmts)
-    allocated = allocations(ws, budgets, fmts, unit, tie, objective)
+    allocated, sweep = allocations(ws, budgets, fmts, unit, tie, objective, reduced)
     named: dict[str, Plan] = {name: a.plan for name, a in allocated}
     identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
     for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):
@@ -186,19 +214,22 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
         identity[f"uniform {fmt.name}"] = {"kind": "uniform", "format": fmt.name}
     rank_fmt = min((f for f in fmts if f.nominal_bits >= 4), key=lambda f: f.nominal_bits, default=fmts[0])
     levels = Levels.for_family(rank_fmt, ws.options.scheme)
-    for name, (plan, _) in (strategy_plans(ws.units, block_ranking(ws, rank_fmt), levels).items() if levels else ()):
+    ranking = (lambda: screened_block_ranking(ws, rank_fmt)) if reduced else (lambda: block_ranking(ws, rank_fmt))
+    for name, (plan, _) in (strategy_plans(ws.units, ranking(), levels).items() if levels else ()):
         named[name], identity[name] = plan, {"kind": "hand"}
     rows = evaluate_plans(ws, named, desc="frontier")
     predicted = {name: a.predicted_loss for name, a in allocated}
+    estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}
     key = metric_key(ws, objective)
     for row in rows:
         row.update(identity[row["plan"]])
         row["predicted_loss"] = predicted.get(row["plan"])
+        row["estimated_pairs"] = estimated.get(row["plan"])
         row["measured_over_predicted"] = row[key] / row["predicted_loss"] if row["predicted_loss"] else None
     groups = {name: info for _, a in allocated for name, info in a.groups.items()}
     return FrontierResult(objective, unit, [f.name for f in fmts], rows,
                           {name: a.plan.to_json_dict() for name, a in allocated},
-                          {name: dict(a.choices) for name, a in allocated}, groups)
+                          {name: dict(a.choices) for name, a in allocated}, groups, sweep)
 
 
 def export_source(ws: Workspace):
@@ -251,10 +282,11 @@ def llama_quantize_command(ws: Workspace, plan: Plan | str | Path) -> str:
 def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
               rank_by: str = "kl", blocks: list[int] | None = None, plan_files=(), calibration_data: str | None = None,
               calibration_size: int = 128, argv: list[str] | None = None, phases=PHASES, rank_format=None,
-              ablation_format=None, ablation_block: int | None = None, on_phase=None) -> StudyResult:
+              ablation_format=None, ablation_block: int | None = None, on_phase=None, reduced: bool = False) -> StudyResult:
     """The reference study end to end: baseline, sensitivity, proxies (with ``calibration_data``), the mixed
     strategies and the ablation; ``phases`` picks some of them. Every input is checked before the first
-    evaluation; ``on_phase(name, result)`` is called as each phase finishes (the CLI prints there)."""
+    evaluation; ``on_phase(name, result)`` is called as each phase finishes (the CLI prints there). ``reduced``: the
+    sweep is sequential (see :func:`sensitivity`)."""
     for phase in phases:
         check_choice(phase, PHASES, "phase")
     wanted = set(phases) | ({"sensitivity"} if "proxies" in phases else set())
@@ -273,7 +305,7 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
     if "sensitivity" in wanted:
-        result.sensitivity = sensitivity(ws, fmts, unit, views, include_extra, rank_by, blocks)
+        result.sensitivity = sensitivity(ws, fmts, unit, views, include_extra, rank_by, blocks, reduced)
         notify("sensitivity", result)
     if "proxies" in wanted and calibration_data:
         result.proxies = proxies(ws, calibration_data, calibration_size, result.sensitivity.formats, unit)
@@ -314,7 +346,8 @@ def _check_strategy_formats(ws: Workspace, candidates, need_levels: bool) -> Non
 
 
 def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-                 tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None) -> StudyResult:
+                 tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
+                 reduced: bool = False) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
     budgets = [Budget.of(b) for b in budgets] if budgets else None
     fmts = ws.formats(candidates or ws.task.default_candidates)
@@ -322,7 +355,7 @@ def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=
     metric_key(ws, objective)
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
-    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective)
+    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced)
     notify("frontier", result)
     result.formats = ws.format_table()
     return result

@@ -304,7 +304,7 @@ def test_cli_sweep_with_the_ray_executor_equals_the_local_one(ray_local, tiny_mo
     from quantsense.cli import main
 
     common = ["sensitivity", "--model", str(tiny_model_dir), "--data", str(sst2_validation), "--limit", "40", "--bits", "8", "3",
-              "--no-store", "--quiet", "--device", "cpu"]
+              "--no-store", "--quiet", "--device", "cpu", "--exhaustive"]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--executor", "ray", "--workers", "2", "--ray-address", "auto", "--out", str(tmp_path / "ray")]) == 0
     capsys.readouterr()

@@ -11,7 +11,7 @@ from tests.conftest import REPO, store_rows
 
 def _args(model, data, store, out, limit=160):
     return ["sensitivity", "--model", str(model), "--data", str(data), "--limit", str(limit), "--bits", "8", "6", "4", "3", "2",
-            "--store", str(store), "--out", str(out), "--quiet"]
+            "--store", str(store), "--out", str(out), "--quiet", "--exhaustive"]
 
 
 def _cli(args, **kwargs):

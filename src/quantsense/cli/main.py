@@ -113,6 +113,12 @@ def _printer(command: str):
     return show
 
 
+def _reduced(args) -> bool:
+    """Reduced (sequential) sweeps by default; measured on all the data with --exhaustive, and with --executor ray
+    (its workers evaluate on all the data)."""
+    return not getattr(args, "exhaustive", True) and getattr(args, "executor", "local") != "ray"
+
+
 def _budgets(args) -> list | None:
     from quantsense.mixed_precision.allocation import Budget, parse_size
 
@@ -136,12 +142,14 @@ def _run(args, ws):
             raise QuantsenseError("export needs --out (a folder for torchao, a .gguf file for gguf)")
         return study.run_export(ws, args.plan_file, args.out, args.export_format, not args.no_verify, on_phase=show)
     if args.command in ("allocate", "frontier"):
-        return study.run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show)
+        return study.run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show,
+                                  reduced=_reduced(args))
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (flags a command may lack)
     return study.run_study(ws, get("formats"), get("unit", "block"), get("views", ("only",)), get("include_extra", False),
                            get("rank_by", "kl"), get("blocks"), get("plan", []), get("calibration_data"),
                            get("calibration_size", 128), phases=PHASES_OF[args.command], rank_format=get("rank_format"),
-                           ablation_format=get("ablation_format"), ablation_block=get("block"), on_phase=show)
+                           ablation_format=get("ablation_format"), ablation_block=get("block"), on_phase=show,
+                           reduced=_reduced(args))
 
 
 def _list_units(args) -> None:

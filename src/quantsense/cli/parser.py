@@ -143,6 +143,12 @@ def _sensitivity_flags(p) -> None:
     p.add_argument("--rank-by", choices=LOSS_METRICS, default="kl", help="kl: mean KL; loss: the task's loss")
 
 
+def _sequential_flag(p) -> None:
+    p.add_argument("--exhaustive", action="store_true",
+                   help="measure every unit on all the data, as --executor ray always does (default: each unit on a "
+                        "growing share of the data, stopped once its interval overlaps no other unit's: its tier decided)")
+
+
 def _calibration_flags(p, required: bool) -> None:
     p.add_argument("--calibration-data", required=required,
                    help="file to draw calibration examples from (e.g. SST-2 train.tsv); evaluation sentences are excluded"
@@ -158,6 +164,10 @@ def _allocation_flags(p) -> None:
     p.add_argument("--tie", help="regex over unit names inside a block; matching units share one format (e.g. 'query|key|value')")
     p.add_argument("--objective", choices=LOSS_METRICS, default="kl",
                    help="sum of single-unit mean KL (kl) or of the task's loss (loss)")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="measure every (unit, format) pair on all the data, as --executor ray always does (default: a "
+                        "reduced sweep that measures each unit once on a data segment, estimates the rest and measures "
+                        "where a plan hinges on it)")
 
 
 def _rank_format_flag(p) -> None:
@@ -173,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = _common()
     sub.add_parser("baseline", parents=[common], help="phase 1: the unquantized model's accuracy or perplexity")
-    _sensitivity_flags(sub.add_parser("sensitivity", parents=[common], help="phase 2: each unit alone in each format"))
+    sens = sub.add_parser("sensitivity", parents=[common], help="phase 2: each unit alone in each format")
+    _sensitivity_flags(sens)
+    _sequential_flag(sens)
     mixed = sub.add_parser("mixed", parents=[common], help="phase 3: mixed-precision strategies and plan files")
     mixed.add_argument("--plan", action="append", default=[], help="also evaluate this plan JSON file (repeatable)")
     _rank_format_flag(mixed)
@@ -184,11 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="its format (default: the low level of the ranking format's family, e.g. int4 or q4_0)")
     plot = sub.add_parser("plot", parents=[common], help="per-unit sensitivity bar chart (PNG)")
     _sensitivity_flags(plot)
+    _sequential_flag(plot)
     prox = sub.add_parser("proxies", parents=[common], help="cheap proxies and their rank correlation with the sweep")
     _sensitivity_flags(prox)
     _calibration_flags(prox, required=True)
     run = sub.add_parser("run", parents=[common], help="the whole study into one results folder")
     _sensitivity_flags(run)
+    _sequential_flag(run)
     _calibration_flags(run, required=False)
     run.add_argument("--plan", action="append", default=[], help="also evaluate this plan JSON file (repeatable)")
     alloc = sub.add_parser("allocate", parents=[common], help="best format per unit under a size budget (exact MILP), measured")

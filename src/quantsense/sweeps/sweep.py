@@ -111,18 +111,22 @@ def run_sweep(engine, applier, unit_map: UnitMap, entries: list[SweepEntry], com
     """
     reference = engine.reference()
     results = engine.evaluate_many([(e.label, e.plan) for e in entries], desc=desc)
-    rows = []
-    for entry in entries:
-        rows.append({
-            "unit": entry.unit.display,
-            "block": entry.unit.block,
-            "sub": entry.unit.sub,
-            "format": entry.format.name,
-            "bits_per_weight": bits_per_weight(unit_map, entry.unit.names, entry.format),
-            "view": entry.view,
-            "label": entry.label,
-            **compare(reference, results[entry.label]),
-            "weight_sqnr_db": weight_sqnr_db(applier, entry.unit.names, entry.format),
-        })
+    rows = [sweep_row(entry, compare(reference, results[entry.label]), applier, unit_map) for entry in entries]
     add_recovery(rows, loss_key)
     return rows
+
+
+def sweep_row(entry: SweepEntry, metrics: dict, applier, unit_map: UnitMap, data_pct: float = 100.0) -> dict:
+    """One sweep row: the entry's identity as data, its paired metrics, and the share of the data they cover."""
+    return {
+        "unit": entry.unit.display,
+        "block": entry.unit.block,
+        "sub": entry.unit.sub,
+        "format": entry.format.name,
+        "bits_per_weight": bits_per_weight(unit_map, entry.unit.names, entry.format),
+        "view": entry.view,
+        "label": entry.label,
+        **metrics,
+        "weight_sqnr_db": weight_sqnr_db(applier, entry.unit.names, entry.format),
+        "data_pct": data_pct,  # the share of the data (input tokens) the metrics were measured on, in %
+    }

@@ -20,6 +20,7 @@ from quantsense.visualization.report_glossary import glossary, glossary_html
 from quantsense.visualization.report_tables import kv_table, plan_table, sensitivity_table
 from quantsense.visualization.report_text import VIEW_TEXT, esc, headline, ship_advice
 from quantsense.visualization.schema import TaskInfo, plan_rows
+from quantsense.visualization.summary import sequential_text, sweep_text
 from quantsense.visualization.sensitivity_data import sensitivity_grid, view_of
 
 __all__ = ["glossary", "rebuild_report", "render_html", "ship_advice", "write_html_report"]
@@ -53,6 +54,8 @@ def _sensitivity_section(results: dict, task: TaskInfo, figures: dict) -> str:
         f"Mean KL(FP32 || quantized) per {kind} ({view} view); the value is printed in each cell, colour is a log "
         "scale within each format (darker = more sensitive)."))
     parts.append(sensitivity_table(results, task))
+    sweep = results["sensitivity"].get("sweep") or {}
+    parts.append(f"<p class=note>{esc(sequential_text(sweep))}</p>" if sweep.get("mode") == "sequential" else "")
     return _section("sensitivity", "Sensitivity", "".join(parts))
 
 
@@ -77,6 +80,8 @@ def _plans_section(results: dict, task: TaskInfo, figures: dict) -> str:
     frontier, mixed = (results.get("frontier") or {}).get("rows"), (results.get("mixed") or {}).get("rows")
     if frontier:
         body += plan_table(task, plan_rows(results, ("frontier",)), "frontier-table", "Frontier plans")
+        sweep = results["frontier"].get("sweep")
+        body += f"<p class=note>{esc(sweep_text(sweep))}</p>" if sweep else ""
     if mixed:
         body += plan_table(task, plan_rows(results, ("mixed",)), "mixed-table", "Mixed-precision plans")
     return _section("plans", "Plans: size against loss", body)

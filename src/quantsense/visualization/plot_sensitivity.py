@@ -49,11 +49,12 @@ def _bars(ax, x, chosen: list[dict], keys: tuple[str, str, str], width: float, c
     return hi
 
 
-def _tier_marks(ax, xs, tops, tier_of: list, stacked: bool) -> None:
-    """The tier above each KL bar."""
-    for xi, top, tier in zip(xs, tops, tier_of):
+def _tier_marks(ax, xs, tops, tier_of: list, partial: list[bool], stacked: bool) -> None:
+    """The tier above each KL bar, starred when the bar was measured on part of the data (a sequential sweep)."""
+    for xi, top, tier, star in zip(xs, tops, tier_of, partial):
         if tier is not None and math.isfinite(top):
-            ax.text(xi, top * 1.15, str(tier), ha="center", va="bottom", fontsize=6 if stacked else 8, color="#333333")
+            ax.text(xi, top * 1.15, f"{tier}{'*' if star else ''}", ha="center", va="bottom", fontsize=6 if stacked else 8,
+                    color="#333333")
 
 
 def sensitivity_bars(results: dict, path: str | Path) -> Path:
@@ -76,9 +77,12 @@ def sensitivity_bars(results: dict, path: str | Path) -> Path:
         tops = _bars(kl_ax, xs, chosen, KL_KEYS, width, color_of(results, fmt), fmt, stacked, log=True)
         _bars(loss_ax, xs, chosen, (task.loss, task.ci_low, task.ci_high), width, color_of(results, fmt), fmt,
               stacked, log=False)
-        _tier_marks(kl_ax, xs, tops, [rank.get((u, fmt), (None, None))[1] for u in units], stacked)
+        _tier_marks(kl_ax, xs, tops, [rank.get((u, fmt), (None, None))[1] for u in units],
+                    [num(r.get("data_pct", 100)) < 100 for r in chosen], stacked)
+    partial = any(num(r.get("data_pct", 100)) < 100 for r in rows.values())
     kl_ax.set_yscale("log")
-    kl_ax.set_ylabel(f"{KL_LABEL}\n(95% CI; number above bar = tier)", fontsize=9)
+    kl_ax.set_ylabel(f"{KL_LABEL}\n(95% CI; number above bar = tier" + ("; * = on part of the data" if partial else "") + ")",
+                     fontsize=9)
     kl_ax.set_ylim(top=kl_ax.get_ylim()[1] * 2.5)
     loss_ax.axhline(0, color="black", linewidth=0.8)
     loss_ax.set_ylabel(f"{task.loss_label}\n(95% CI)", fontsize=9)

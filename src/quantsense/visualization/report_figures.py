@@ -161,7 +161,8 @@ def heatmap_fig(results: dict, view: str) -> dict:
 def _plan_hover(row: dict, task: TaskInfo) -> str:
     lines = [str(row["plan"]), *plan_figures(row, task), f"mean KL {fmt_num(row.get('kl_mean'))}"]
     if finite(row.get("predicted_loss")):
-        lines.append(f"predicted loss {fmt_num(row['predicted_loss'])}, measured/predicted "
+        estimated = f" ({row['estimated_pairs']} estimated pairs)" if row.get("estimated_pairs") else ""
+        lines.append(f"predicted loss {fmt_num(row['predicted_loss'])}{estimated}, measured/predicted "
                      f"{fmt_num(row.get('measured_over_predicted'))}")
     if row.get("formats"):
         lines.append(f"formats: {counts_text(row)}")

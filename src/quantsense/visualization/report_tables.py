@@ -77,6 +77,9 @@ def sensitivity_table(results: dict, task: TaskInfo) -> str:
                *_task_columns(task),
                ("differs from FP32", task.differs_test, _differs),
                ("weight SQNR dB", "signal-to-quantization-noise ratio of the weights", "weight_sqnr_db")]
+    if (sens.get("sweep") or {}).get("mode") == "sequential":
+        columns.append(("data %", "share of the data (input tokens) this row was measured on: a sequential sweep stops "
+                        "a unit once its interval overlaps no other unit's", "data_pct"))
     return table("sensitivity-table", f"Sensitivity: {len(sens['rows'])} rows", columns, sens["rows"])
 
 
@@ -93,7 +96,9 @@ def plan_table(task: TaskInfo, rows: list[dict], table_id: str, caption: str) ->
                *_task_columns(task),
                ("KL mean", KL_LABEL, "kl_mean"),
                ("differs from FP32", task.differs_test, _differs),
-               ("predicted loss", "the allocator's predicted loss", "predicted_loss"),
+               ("predicted loss", "the allocator's predicted loss: the sum of its units' single-unit losses", "predicted_loss"),
+               ("estimated pairs", "units whose loss in the predicted sum was estimated by the loss model, not measured",
+                "estimated_pairs"),
                ("measured / predicted", "measured loss / predicted loss", "measured_over_predicted"),
                ("formats (units)", "how many units got each format", lambda r: (counts_text(r),) * 2)]
     return table(table_id, caption, columns, rows)

@@ -24,7 +24,9 @@ PROXY_COLUMNS = [("unit", "unit"), ("format", "format"), ("weight_error", "weigh
                  ("fisher", "Fisher")]
 CORR_COLUMNS = [("format", "format"), ("proxy", "proxy"), ("units", "units"), ("spearman_vs_kl", "Spearman vs KL"),
                 ("spearman_vs_loss", "Spearman vs loss")]
-FRONTIER_EXTRA = [("kind", "kind"), ("predicted_loss", "predicted loss"), ("measured_over_predicted", "measured/predicted")]
+DATA_COLUMN = ("data_pct", "data %")
+FRONTIER_EXTRA = [("kind", "kind"), ("predicted_loss", "predicted loss"), ("estimated_pairs", "estimated pairs"),
+                  ("measured_over_predicted", "measured/predicted")]
 RECOVERY_COLUMNS = [("kl_recovered", "KL recovered"), ("loss_recovered", "loss recovered")]
 
 GLOSSARY = [  # every study's terms; the task's and the formats' own come from the results (see glossary_terms)
@@ -65,13 +67,26 @@ def ranking_verdict(ranked: list[dict], results: dict) -> str:
 
 def sensitivity_text(results: dict) -> str:
     sens, task = results["sensitivity"], TaskInfo.from_results(results)
-    columns = [*task.sensitivity_columns, *(RECOVERY_COLUMNS if "all_but" in sens["views"] else [])]
+    sweep = sens.get("sweep") or {}
+    share = [DATA_COLUMN] if sweep.get("mode") == "sequential" else []
+    columns = [*task.sensitivity_columns, *share, *(RECOVERY_COLUMNS if "all_but" in sens["views"] else [])]
     parts = [markdown_table(sens["rows"], columns, digits=3)]
     for key, ranked in sens["rankings"].items():
         parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tier = not ranked apart):")
-        parts.append(markdown_table(ranked, task.ranking_columns, digits=4))
+        parts.append(markdown_table(ranked, [*task.ranking_columns, *share], digits=4))
         parts.append(ranking_verdict(ranked, results))
+    if sweep.get("mode") == "sequential":
+        parts.append(sequential_text(sweep))
     return "\n".join(parts)
+
+
+def sequential_text(sweep: dict) -> str:
+    """What a sequential sweep measured, against measuring every row on all the data."""
+    share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
+    return (f"Sequential sweep: {sweep['evaluations']} (unit, format) rows, {sweep['stopped_early']} stopped before all "
+            f"{sweep['segments']} data segments once their interval overlapped no other unit's (their tier decided; "
+            f"column 'data %'); {sweep['token_evaluations']:,} of {sweep['full_token_evaluations']:,} token evaluations "
+            f"({share:.1f} %); --exhaustive measures every row on all the data.")
 
 
 def block_ranking_text(results: dict) -> str:
@@ -103,7 +118,9 @@ def frontier_text(results: dict) -> str:
     objective = "mean KL" if fr["objective"] == "kl" else task.loss_label
     lines = [f"Allocation ({fr['unit']} units, candidates {' '.join(fr['candidates'])} + FP32, objective: sum of "
              f"single-unit {objective}); every plan measured:",
-             markdown_table(fr["rows"], [*task.plan_columns, *FRONTIER_EXTRA], digits=4)]
+             markdown_table(fr["rows"], [*task.plan_columns, *_frontier_extra(fr)], digits=4)]
+    if fr.get("sweep"):
+        lines.append(sweep_text(fr["sweep"]))
     for name, choice in fr["choices"].items():
         if len(choice) <= 12:
             lines.append(f"{name}: " + ", ".join(f"{g}: {f or FP32}" for g, f in choice.items()))
@@ -113,6 +130,31 @@ def frontier_text(results: dict) -> str:
         if kinds:
             lines.append("  by layer kind: " + "; ".join(f"{k} {_count_text(f)}" for k, f in sorted(kinds.items())))
     return "\n".join(lines)
+
+
+def _frontier_extra(fr: dict) -> list[tuple[str, str]]:
+    """The frontier's own columns; 'estimated pairs' only when some prediction rests on estimates."""
+    estimated = any(r.get("estimated_pairs") is not None for r in fr["rows"])
+    return [c for c in FRONTIER_EXTRA if c[0] != "estimated_pairs" or estimated]
+
+
+def sweep_text(sweep: dict) -> str:
+    """How the single-unit losses behind the allocation were obtained, with the cost against a full sweep."""
+    share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
+    if sweep["mode"] == "exhaustive":
+        return (f"Single-unit losses: all {sweep['pairs']} (unit, format) pairs measured on all the data "
+                f"({sweep['token_evaluations']:,} token evaluations, {sweep['seconds']:.1f} s).")
+    agree = sweep["agreement"]
+    model = (f"loss model on the {agree['pairs']} pairs it predicted before they were measured: Spearman "
+             f"{agree['spearman']:.3f}, median measured/predicted {agree['median_ratio']:.3f}"
+             if agree.get("spearman") is not None else f"{agree['pairs']} estimate(s) were checked by a measurement")
+    return (f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
+            f"({sweep['deeper']} on more than one of {sweep['segments']} data segments), {sweep['estimated']} estimated "
+            f"(loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}); "
+            f"{sweep['token_evaluations']:,} of a full sweep's {sweep['full_token_evaluations']:,} token evaluations "
+            f"({share:.1f} %), plus {sweep['plan_checks']} plan check(s) on {sweep['screen_tokens']:,} tokens each; "
+            f"{len(sweep['rounds'])} round(s), {sweep['seconds']:.1f} s. {model[0].upper()}{model[1:]}. "
+            "Predicted losses include the estimated pairs (column 'estimated pairs'); --exhaustive measures every pair.")
 
 
 def _count_text(formats) -> str:

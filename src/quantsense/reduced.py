@@ -1,0 +1,164 @@
+"""Reduced sweeps on a workspace. :func:`reduced_sweep`: :func:`quantsense.mixed_precision.refine.refine` wired to the
+workspace's data segments, weight errors and allocator (``quantsense frontier`` and ``allocate`` unless
+``--exhaustive``). :func:`sequential_sweep`: a sensitivity sweep measured on growing data prefixes
+(:mod:`quantsense.sweeps.sequential`; ``quantsense sensitivity`` and ``run`` unless ``--exhaustive``).
+
+What it did is returned as plain data (``sweep`` in results.json): the (unit, format) pairs measured and estimated,
+the input tokens evaluated against a full sweep's, the loss model's exponent and its agreement with the measurements
+of the pairs it had predicted, the plans checked and the wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from quantsense.engine.segments import Segments
+from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, solve
+from quantsense.mixed_precision.refine import Pair, Refinement, refine
+from quantsense.quantization.formats import Format
+from quantsense.quantization.plan import Plan
+from quantsense.sweeps.ranking import interval_keys
+from quantsense.sweeps.sequential import sequential_rows
+from quantsense.sweeps.sweep import build_entries, sweep_row, sweep_units, weight_error
+from quantsense.workspace import Workspace
+
+Z95 = 1.959964
+
+
+@dataclass
+class ReducedSweep:
+    losses: dict[tuple[str, str], float]  # (linear module, format) -> loss, as the allocator takes it
+    refinement: Refinement
+    record: dict  # what was done, for results.json and the printed summary
+
+
+def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Group], budgets: list[Budget],
+                  key: str, seed: int = 0) -> ReducedSweep:
+    """Single-unit losses for every (unit, format): measured where the plans under ``budgets`` hinge, else estimated."""
+    started = time.perf_counter()
+    units = sweep_units(ws.units, unit)
+    by_name = {u.display: u for u in units}
+    pairs = [(u.display, f.name) for f in fmts for u in units]
+    formats = {f.name: f for f in fmts}
+    errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f]) for u, f in pairs}
+    segments = Segments(ws.engine, ws.task, ws.data, seed=ws.options.seed)
+    low, high = interval_keys(key)
+
+    def plan_of(pair: Pair) -> tuple[str, Plan]:
+        u, f = pair
+        return f"only:{u.replace(' ', '')}@{f}", Plan.of({n: formats[f] for n in by_name[u].names})
+
+    def measure(todo: list[tuple[Pair, int]]) -> dict[Pair, tuple[float, float]]:
+        out = {}
+        for depth in sorted({d for _, d in todo}):
+            chosen = [p for p, d in todo if d == depth]
+            labeled = dict(plan_of(p) for p in chosen)
+            metrics = segments.compare(list(labeled.items()), depth, desc=f"reduced sweep, {len(chosen)} pair(s)")
+            for pair, (label, _) in zip(chosen, labeled.items()):
+                row = metrics[label]
+                value = max(row[key], 0.0)
+                out[pair] = (value, (row[high] - row[low]) / (2 * Z95 * value) if value > 0 else 1.0)
+        return out
+
+    problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for n in ws.units.linear_units() for f in fmts}, fmts)
+    limits = [budget_limit(problem, b, fmts) for b in budgets]
+    display_of = {n: u.display for u in units for n in u.names}
+
+    def solve_all(values: dict[Pair, float]) -> list[frozenset[Pair]]:
+        problem.loss = _loss_matrix(problem, values, display_of, by_name)
+        plans = []
+        for limit in limits:
+            chosen = solve(problem, limit)
+            plans.append(frozenset((display_of[n], problem.options[o].name) for g, o in enumerate(chosen)
+                                   if problem.options[o] is not None for n in problem.groups[g].units))
+        return plans
+
+    checked: set[frozenset[Pair]] = set()
+
+    def check(plans: list[frozenset[Pair]]) -> list[tuple[float, float]]:
+        labeled = {f"check {i}": Plan.of({n: formats[f] for u, f in plan for n in by_name[u].names})
+                   for i, plan in enumerate(plans)}
+        checked.update(plans)
+        metrics = segments.compare(list(labeled.items()), 1, desc="plan checks")
+        return [(metrics[label][low], metrics[label][high]) for label in labeled]
+
+    result = refine(pairs, errors, _anchor(fmts).name, _second(fmts), measure, solve_all, check,
+                    max_depth=segments.count, seed=seed)
+    losses = {(n, f): value / len(by_name[u].names) for (u, f), value in result.values.items() for n in by_name[u].names}
+    swept = sum(segments.tokens_upto(d) for d in result.depth.values())
+    record = {
+        "mode": "reduced", "pairs": len(pairs), "measured": len(result.measured), "estimated": len(result.estimated),
+        "token_evaluations": swept, "full_token_evaluations": len(pairs) * segments.total_tokens,
+        "segments": segments.count, "screen_tokens": segments.tokens_upto(1),
+        "deeper": sum(d > 1 for d in result.depth.values()),
+        "plan_checks": len(checked), "plan_check_tokens": len(checked) * segments.tokens_upto(1),
+        "anchor": _anchor(fmts).name, "second": _second(fmts), "alpha": result.model.alpha,
+        "agreement": result.agreement(), "rounds": result.rounds,
+        "estimated_pairs": sorted(f"{u}@{f}" for u, f in result.estimated),
+        "seconds": time.perf_counter() - started,
+    }
+    return ReducedSweep(losses, result, record)
+
+
+def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list[dict], dict]:
+    """Rows of the ``only`` entries, each format's units measured on growing data prefixes until their tiers are
+    decided, and the record of what that cost against measuring every entry on all the data."""
+    segments = Segments(ws.engine, ws.task, ws.data, ws.options.seed)
+    by_label = {e.label: e for e in entries}
+    low, high = interval_keys(key)
+    rows, depths = [], {}
+    for fmt in dict.fromkeys(e.format for e in entries):
+        labels = [e.label for e in entries if e.format == fmt]
+
+        def measure(chosen, depth):
+            return segments.compare([(label, by_label[label].plan) for label in chosen], depth,
+                                    desc=f"sequential sweep at {fmt.name}")
+
+        found, depth = sequential_rows(labels, measure, segments.count, low, high)
+        depths.update(depth)
+        rows += [sweep_row(by_label[label], found[label], ws.applier, ws.units,
+                           100 * segments.tokens_upto(depth[label]) / segments.total_tokens) for label in labels]
+    spent = sum(segments.tokens_upto(d) for d in depths.values())
+    record = {"mode": "sequential", "evaluations": total, "segments": segments.count,
+              "stopped_early": sum(d < segments.count for d in depths.values()),
+              "token_evaluations": spent + (total - len(entries)) * segments.total_tokens,
+              "full_token_evaluations": total * segments.total_tokens}
+    return rows, record
+
+
+def screened_block_ranking(ws: Workspace, fmt: Format) -> list[int]:
+    """Blocks, most sensitive first, by mean KL at ``fmt`` on the first data segment only (the reduced frontier's
+    hand strategies: a comparison, not worth a full block sweep)."""
+    entries = build_entries(ws.units, [fmt], "block")
+    metrics = Segments(ws.engine, ws.task, ws.data, ws.options.seed).compare([(e.label, e.plan) for e in entries], 1,
+                                                                           desc="block ranking (first segment)")
+    return [e.unit.block for e in sorted(entries, key=lambda e: (-metrics[e.label]["kl_mean"], e.unit.block))]
+
+
+def estimated_pairs(ws: Workspace, plan: Plan, unit: str, sweep: dict) -> int:
+    """How many of the (unit, format) losses summed into ``plan``'s prediction were estimated, not measured."""
+    estimated = set(sweep.get("estimated_pairs", ()))
+    display = {n: u.display for u in sweep_units(ws.units, unit) for n in u.names}
+    return len({f"{display[name]}@{fmt.name}" for name, fmt in plan.assignments} & estimated)
+
+
+def _loss_matrix(problem, values: dict[Pair, float], display_of: dict[str, str], by_name) -> "object":
+    """The problem's loss matrix from per-unit values (a block's loss shared by its modules, as groups sum them)."""
+    loss = problem.loss.copy()
+    for g, group in enumerate(problem.groups):
+        for o, fmt in enumerate(problem.options):
+            if fmt is not None and problem.allowed[g, o]:
+                loss[g, o] = sum(values[(display_of[n], fmt.name)] / len(by_name[display_of[n]].names) for n in group.units)
+    return loss
+
+
+def _anchor(fmts: list[Format]) -> Format:
+    """The candidate with the fewest bits: the largest loss, measured best relative to its noise."""
+    return min(fmts, key=lambda f: (f.nominal_bits, f.name))
+
+
+def _second(fmts: list[Format]) -> str | None:
+    """The next candidate up, measured on a few units to fit the loss model's exponent."""
+    ordered = sorted(fmts, key=lambda f: (f.nominal_bits, f.name))
+    return ordered[1].name if len(ordered) > 1 else None
