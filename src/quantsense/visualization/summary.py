@@ -6,6 +6,8 @@ Every function reads the task's names, columns and sentences from the results th
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from quantsense.io import write_atomic, write_csv, write_json
@@ -147,7 +149,8 @@ def sweep_text(sweep: dict) -> str:
     agree = sweep["agreement"]
     model = (f"loss model on the {agree['pairs']} pairs it predicted before they were measured: Spearman "
              f"{agree['spearman']:.3f}, median measured/predicted {agree['median_ratio']:.3f}"
-             if agree.get("spearman") is not None else f"{agree['pairs']} estimate(s) were checked by a measurement")
+             if agree.get("spearman") is not None and agree.get("median_ratio") is not None
+             and math.isfinite(agree["spearman"]) else f"{agree['pairs']} estimate(s) were checked by a measurement")
     return (f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
             f"({sweep['deeper']} on more than one of {sweep['segments']} data segments), {sweep['estimated']} estimated "
             f"(loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}); "
