@@ -28,7 +28,7 @@ import quantsense as qs
 from quantsense.inputs import check_allocation
 from quantsense.mixed_precision.allocation import Budget, allocate as solve_allocation
 from quantsense.reduced import reduced_sweep
-from quantsense.study import allocations, evaluate_plans, metric_key, unit_losses
+from quantsense.study import evaluate_plans, metric_key, sweep_and_allocate, unit_losses
 from quantsense.sweeps.loss_model import agreement, fit_loss_model
 from quantsense.sweeps.sweep import sweep_units, weight_error
 
@@ -69,7 +69,7 @@ def main() -> None:
 
     full_ws = _workspace(args, args.full_store or scratch / "full.sqlite")
     started = time.perf_counter()
-    full_plans, full_record = allocations(full_ws, args.budgets, args.candidates, args.unit, reduced=False)
+    full_plans, full_record = sweep_and_allocate(full_ws, args.budgets, args.candidates, args.unit, reduced=False)
     full_seconds = time.perf_counter() - started
     stats = full_ws.engine.stats
     full_losses = unit_losses(full_ws, full_ws.formats(args.candidates), args.unit, "kl")

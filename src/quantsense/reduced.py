@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from quantsense.engine.segments import Segments
-from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, solve
+from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, loss_matrix, solve
 from quantsense.mixed_precision.refine import Pair, Refinement, refine
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
@@ -42,7 +41,7 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
     pairs = [(u.display, f.name) for f in fmts for u in units]
     formats = {f.name: f for f in fmts}
     errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f]) for u, f in pairs}
-    segments = Segments(ws.engine, ws.task, ws.data, seed=ws.options.seed)
+    segments = ws.segments()
     low, high = interval_keys(key)
 
     def plan_of(pair: Pair) -> tuple[str, Plan]:
@@ -66,7 +65,7 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
     display_of = {n: u.display for u in units for n in u.names}
 
     def solve_all(values: dict[Pair, float]) -> list[frozenset[Pair]]:
-        problem.loss = _loss_matrix(problem, values, display_of, by_name)
+        problem.loss = loss_matrix(problem.groups, problem.options, problem.allowed, _module_losses(values, by_name))
         plans = []
         for limit in limits:
             chosen = solve(problem, limit)
@@ -85,7 +84,7 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
 
     result = refine(pairs, errors, _anchor(fmts).name, _second(fmts), measure, solve_all, check,
                     max_depth=segments.count, seed=seed)
-    losses = {(n, f): value / len(by_name[u].names) for (u, f), value in result.values.items() for n in by_name[u].names}
+    losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
     record = {
         "mode": "reduced", "pairs": len(pairs), "measured": len(result.measured), "estimated": len(result.estimated),
@@ -104,7 +103,7 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
 def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list[dict], dict]:
     """Rows of the ``only`` entries, each format's units measured on growing data prefixes until their tiers are
     decided, and the record of what that cost against measuring every entry on all the data."""
-    segments = Segments(ws.engine, ws.task, ws.data, ws.options.seed)
+    segments = ws.segments()
     by_label = {e.label: e for e in entries}
     low, high = interval_keys(key)
     rows, depths = [], {}
@@ -131,8 +130,7 @@ def screened_block_ranking(ws: Workspace, fmt: Format) -> list[int]:
     """Blocks, most sensitive first, by mean KL at ``fmt`` on the first data segment only (the reduced frontier's
     hand strategies: a comparison, not worth a full block sweep)."""
     entries = build_entries(ws.units, [fmt], "block")
-    metrics = Segments(ws.engine, ws.task, ws.data, ws.options.seed).compare([(e.label, e.plan) for e in entries], 1,
-                                                                           desc="block ranking (first segment)")
+    metrics = ws.segments().compare([(e.label, e.plan) for e in entries], 1, desc="block ranking (first segment)")
     return [e.unit.block for e in sorted(entries, key=lambda e: (-metrics[e.label]["kl_mean"], e.unit.block))]
 
 
@@ -143,14 +141,9 @@ def estimated_pairs(ws: Workspace, plan: Plan, unit: str, sweep: dict) -> int:
     return len({f"{display[name]}@{fmt.name}" for name, fmt in plan.assignments} & estimated)
 
 
-def _loss_matrix(problem, values: dict[Pair, float], display_of: dict[str, str], by_name) -> "object":
-    """The problem's loss matrix from per-unit values (a block's loss shared by its modules, as groups sum them)."""
-    loss = problem.loss.copy()
-    for g, group in enumerate(problem.groups):
-        for o, fmt in enumerate(problem.options):
-            if fmt is not None and problem.allowed[g, o]:
-                loss[g, o] = sum(values[(display_of[n], fmt.name)] / len(by_name[display_of[n]].names) for n in group.units)
-    return loss
+def _module_losses(values: dict[Pair, float], by_name) -> dict[tuple[str, str], float]:
+    """Per-unit values as the allocator takes them: per module, a block's loss shared equally by its modules."""
+    return {(n, f): value / len(by_name[u].names) for (u, f), value in values.items() for n in by_name[u].names}
 
 
 def _anchor(fmts: list[Format]) -> Format:

@@ -164,11 +164,17 @@ def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block"
              objective: str = "kl", reduced: bool = False) -> Allocation:
     """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from single-unit losses
     (the plan itself is not measured here: see :func:`frontier`)."""
-    return allocations(ws, [budget], candidates, unit, tie, objective, reduced)[0][0][1]
+    return allocations(ws, [budget], candidates, unit, tie, objective, reduced)[0][1]
 
 
 def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                objective: str = "kl", reduced: bool = False) -> tuple[list[tuple[str, Allocation]], dict]:
+                objective: str = "kl", reduced: bool = False) -> list[tuple[str, Allocation]]:
+    """The optimal plan under each budget (exact MILP over single-unit losses); see :func:`sweep_and_allocate`."""
+    return sweep_and_allocate(ws, budgets, candidates, unit, tie, objective, reduced)[0]
+
+
+def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
+                       objective: str = "kl", reduced: bool = False) -> tuple[list[tuple[str, Allocation]], dict]:
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
@@ -202,11 +208,11 @@ def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
 def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
              tie: str | None = None, objective: str = "kl", reduced: bool = False) -> FrontierResult:
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
-    ``reduced``: the single-unit losses come from a reduced sweep (see :func:`allocations`) and the hand strategies'
+    ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
     block ranking from the first data segment."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
     budgets = [Budget.of(b) for b in budgets] if budgets else default_budgets(ws, fmts)
-    allocated, sweep = allocations(ws, budgets, fmts, unit, tie, objective, reduced)
+    allocated, sweep = sweep_and_allocate(ws, budgets, fmts, unit, tie, objective, reduced)
     named: dict[str, Plan] = {name: a.plan for name, a in allocated}
     identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
     for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):

@@ -106,6 +106,7 @@ class Workspace:
     model_fp: str
     data_fp: str
     formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
+    _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
 
     @property
     def source(self) -> str:
@@ -121,6 +122,15 @@ class Workspace:
 
     def reference(self):
         return self.engine.reference()
+
+    def segments(self):
+        """The data cut into interleaved segments (:mod:`quantsense.engine.segments`), one set per workspace, so every
+        phase scoring on part of the data shares its segment evaluations and their FP32 references."""
+        if self._segments is None:
+            from quantsense.engine.segments import Segments
+
+            self._segments = Segments(self.engine, self.task, self.data, seed=self.options.seed)
+        return self._segments
 
     def compare(self, reference, quantized) -> dict:
         """Every paired metric of a quantized run against FP32, for this task."""

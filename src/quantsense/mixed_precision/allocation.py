@@ -158,18 +158,27 @@ def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tu
     options: list[Format | None] = sorted(dict.fromkeys(candidates), key=lambda f: (f.nominal_bits, f.name))
     options += [None] if allow_fp32 else []
     shape = (len(groups), len(options))
-    loss, cost, allowed = np.zeros(shape), np.zeros(shape), np.ones(shape, dtype=bool)
+    cost, allowed = np.zeros(shape), np.ones(shape, dtype=bool)
     for g, group in enumerate(groups):
         for o, fmt in enumerate(options):
             allowed[g, o] = _fits(unit_map, group, fmt)
-            if not allowed[g, o]:
-                continue
-            cost[g, o] = sum(storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units)
-            if fmt is not None:
-                loss[g, o] = sum(losses[(name, fmt.name)] for name in group.units)
+            if allowed[g, o]:
+                cost[g, o] = sum(storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units)
+    loss = loss_matrix(groups, options, allowed, losses)
     scope_numel = sum(unit_map.get(n).numel for group in groups for n in group.units)
     outside_bits = 8 * model_bytes(model, unit_map, Plan()) - 32 * scope_numel
     return Problem(groups, options, loss, cost, allowed, scope_numel, outside_bits)
+
+
+def loss_matrix(groups: list[Group], options: list[Format | None], allowed: np.ndarray,
+                losses: dict[tuple[str, str], float]) -> np.ndarray:
+    """The loss of every allowed (group, option): the sum of its units' single-unit losses in that format (FP32: 0)."""
+    loss = np.zeros(allowed.shape)
+    for g, group in enumerate(groups):
+        for o, fmt in enumerate(options):
+            if fmt is not None and allowed[g, o]:
+                loss[g, o] = sum(losses[(name, fmt.name)] for name in group.units)
+    return loss
 
 
 def smallest_budget(problem: Problem) -> tuple[float, int]:
