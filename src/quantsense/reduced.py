@@ -4,7 +4,7 @@ workspace's data segments, weight errors and allocator (``quantsense frontier`` 
 (:mod:`quantsense.sweeps.sequential`; ``quantsense sensitivity`` and ``run`` unless ``--exhaustive``).
 
 What it did is returned as plain data (``sweep`` in results.json): the (unit, format) pairs measured and estimated,
-the input tokens evaluated against a full sweep's, the loss model's exponent and its agreement with the measurements
+the input tokens evaluated against a full sweep's (both counting the FP32 reference's tokens), the loss model's exponent and its agreement with the measurements
 of the pairs it had predicted, the plans checked and the wall time.
 """
 
@@ -56,8 +56,7 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
             metrics = segments.compare(list(labeled.items()), depth, desc=f"reduced sweep, {len(chosen)} pair(s)")
             for pair, (label, _) in zip(chosen, labeled.items()):
                 row = metrics[label]
-                value = max(row[key], 0.0)
-                out[pair] = (value, (row[high] - row[low]) / (2 * Z95 * value) if value > 0 else 1.0)
+                out[pair] = (max(row[key], 0.0), (row[high] - row[low]) / (2 * Z95))
         return out
 
     problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for n in ws.units.linear_units() for f in fmts}, fmts)
@@ -86,9 +85,11 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
                     max_depth=segments.count, seed=seed)
     losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
+    reference = segments.tokens_upto(max(result.depth.values(), default=1))  # FP32 on the segments anything used
     record = {
         "mode": "reduced", "pairs": len(pairs), "measured": len(result.measured), "estimated": len(result.estimated),
-        "token_evaluations": swept, "full_token_evaluations": len(pairs) * segments.total_tokens,
+        "token_evaluations": swept + reference, "reference_tokens": reference,
+        "full_token_evaluations": (len(pairs) + 1) * segments.total_tokens,
         "segments": segments.count, "screen_tokens": segments.tokens_upto(1),
         "deeper": sum(d > 1 for d in result.depth.values()),
         "plan_checks": len(checked), "plan_check_tokens": len(checked) * segments.tokens_upto(1),
@@ -119,10 +120,12 @@ def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list
         rows += [sweep_row(by_label[label], found[label], ws.applier, ws.units,
                            100 * segments.tokens_upto(depth[label]) / segments.total_tokens) for label in labels]
     spent = sum(segments.tokens_upto(d) for d in depths.values())
-    record = {"mode": "sequential", "evaluations": total, "segments": segments.count,
+    others = total - len(entries)  # rows of other views, measured on all the data
+    reference = segments.total_tokens if others else segments.tokens_upto(max(depths.values(), default=1))
+    record = {"mode": "sequential", "evaluations": total, "sequential_rows": len(entries), "segments": segments.count,
               "stopped_early": sum(d < segments.count for d in depths.values()),
-              "token_evaluations": spent + (total - len(entries)) * segments.total_tokens,
-              "full_token_evaluations": total * segments.total_tokens}
+              "token_evaluations": spent + others * segments.total_tokens + reference, "reference_tokens": reference,
+              "full_token_evaluations": (total + 1) * segments.total_tokens}
     return rows, record
 
 

@@ -55,8 +55,8 @@ def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",
     sequential = [e for e in entries if e.view == "only"] if reduced else []
     rows = run_sweep(ws.engine, ws.applier, ws.units, [e for e in entries if e not in sequential], ws.compare,
                      ws.task.loss.key, desc=f"{unit} sweep")
-    record = {"mode": "exhaustive", "evaluations": len(entries), "token_evaluations": len(entries) * ws.batches.num_tokens,
-              "full_token_evaluations": len(entries) * ws.batches.num_tokens}
+    full = (len(entries) + 1) * ws.batches.num_tokens  # every row and the FP32 reference on all the data
+    record = {"mode": "exhaustive", "evaluations": len(entries), "token_evaluations": full, "full_token_evaluations": full}
     if sequential:
         seq_rows, record = sequential_sweep(ws, sequential, key, len(entries))
         rows = seq_rows + rows
@@ -188,8 +188,9 @@ def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, un
         started, tokens = time.perf_counter(), ws.batches.num_tokens
         losses = unit_losses(ws, fmts, unit, objective)
         pairs = len(sweep_units(ws.units, unit)) * len(fmts)
-        record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": pairs * tokens,
-                  "full_token_evaluations": pairs * tokens, "seconds": time.perf_counter() - started}
+        full = (pairs + 1) * tokens  # every pair and the FP32 reference on all the data
+        record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": full,
+                  "full_token_evaluations": full, "seconds": time.perf_counter() - started}
     else:
         sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed)
         losses, record = sweep.losses, sweep.record

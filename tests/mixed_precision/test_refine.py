@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from quantsense.mixed_precision.allocation import Group, Problem, solve
-from quantsense.mixed_precision.refine import refine
+from quantsense.mixed_precision.refine import _contended, refine
 
 FORMATS = {"f3": 3.0, "f4": 4.0, "f6": 6.0}  # name -> bits per weight
 NUMEL = 1000
@@ -43,7 +43,7 @@ def _run(units, errors, truth, budgets, **kwargs):
 
     def measure(todo):
         measured_calls.extend(todo)
-        return {pair: (truth[pair] * (1 + 0.02 * (depth == 1)), 0.05 / depth) for pair, depth in todo}
+        return {pair: (truth[pair] * (1 + 0.02 * (depth == 1)), truth[pair] * 0.05 / depth) for pair, depth in todo}
 
     solve_all = _solver(units, budgets)
 
@@ -85,7 +85,7 @@ def test_an_exact_loss_model_needs_only_the_anchors_and_the_alpha_units():
     exact = {p: v for p, v in truth.items()}
 
     def measure(todo):
-        return {pair: (exact[pair], 0.001) for pair, _ in todo}
+        return {pair: (exact[pair], 0.001 * exact[pair]) for pair, _ in todo}
 
     solve_all = _solver(units, budgets)
     result = refine(list(errors), errors, "f3", "f4", measure, solve_all,
@@ -94,3 +94,28 @@ def test_an_exact_loss_model_needs_only_the_anchors_and_the_alpha_units():
     assert result.model.alpha == pytest.approx(1.2, rel=1e-6)
     assert result.chosen == solve_all(exact)
     assert result.agreement()["median_ratio"] in (None, pytest.approx(1.0, rel=1e-6))
+
+
+def _cheaper_and_dearer(values):
+    """Two budgets over two pairs: the first takes the pair with the smaller value, the second the other one."""
+    low, high = sorted(values, key=lambda p: values[p])
+    return [frozenset({low}), frozenset({high})]
+
+
+def test_a_loss_measured_as_zero_is_still_drawn_within_its_interval():
+    values = {("a", "f3"): 0.0, ("b", "f3"): 0.5}
+    found = {("a", "f3"): (0.0, 1.0), ("b", "f3"): (0.5, 0.01)}  # a: zero, but its interval reaches far above b
+    chosen = _cheaper_and_dearer(values)
+    contended = _contended(values, found, chosen, _cheaper_and_dearer, 0.5, 16, np.random.default_rng(0))
+    assert contended == {("a", "f3"), ("b", "f3")}
+    tight = {("a", "f3"): (0.0, 0.01), ("b", "f3"): (0.5, 0.01)}  # both intervals far apart: nothing can swap
+    assert _contended(values, tight, chosen, _cheaper_and_dearer, 0.5, 16, np.random.default_rng(0)) == set()
+
+
+def test_contention_is_judged_per_budget_not_over_their_union():
+    # whichever way the draws fall, the two budgets' plans together use both pairs; each budget's own choice swaps
+    values = {("a", "f3"): 0.50, ("b", "f3"): 0.51}
+    found = {p: (v, 0.05) for p, v in values.items()}
+    contended = _contended(values, found, _cheaper_and_dearer(values), _cheaper_and_dearer, 0.5, 16,
+                           np.random.default_rng(0))
+    assert contended == set(values)

@@ -37,6 +37,7 @@ class Evaluator:
         self.head = head
         self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
         self.prefix = None
+        self.prefix_cache_bytes = prefix_cache_bytes
         if prefix_reuse:
             hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None) or getattr(model.config, "dim", 1)
             per_boundary = 4 * hidden * sum(b.inputs["input_ids"].numel() for b in batches)

@@ -49,7 +49,8 @@ class Segments:
             full = self.engine.evaluator
             sub = TokenBatches(self.parts[s], full.batches.num_examples, full.batches.settings)
             evaluator = Evaluator(full.model, full.unit_map, sub, full.device, prefix_reuse=full.prefix is not None,
-                                  applier=full.applier, head=self.task.head())
+                                  applier=full.applier, head=self.task.head(),
+                                  prefix_cache_bytes=full.prefix_cache_bytes // self.count)  # all segments: one cap
             self._engines[s] = Engine(evaluator, self.engine.model_fp, f"{self.engine.data_fp}#segment{s}of{self.count}",
                                       store=self.engine.store, fresh=self.engine.fresh, quiet=self.engine.quiet,
                                       valid=lambda arrays, sub=sub: self.task.arrays_valid(arrays, sub))

@@ -5,9 +5,10 @@
    model's exponent is fitted (:mod:`quantsense.sweeps.loss_model`). Every other pair is estimated from its weight
    error, which costs no forward pass.
 2. The allocator solves every budget on these values. It solves again with the values drawn at random within their
-   uncertainty (an estimated pair: the loss model's spread, measured on the pairs it predicted before they were
-   measured; a measured pair: its own interval); a pair that some draw chooses and another does not is one whose error
-   could change the plan. Those pairs are measured (an estimated one on the first segment; a measured one on one more
+   uncertainty (an estimated pair: a log-normal factor with the loss model's spread, measured on the pairs it predicted
+   before they were measured; a measured pair: a normal draw from its own interval, floored at zero, so that a loss
+   measured as zero can still come out above its neighbours); a pair that some draw puts into a budget's plan and
+   another keeps out of that same plan is one whose error could change the plan. Those pairs are measured (an estimated one on the first segment; a measured one on one more
    segment: sequential evaluation), the largest first, and the allocator solves again.
 3. Each round, every budget's plan is itself measured on the first segment. After the first round of measurements
    the sweep stops as soon as each plan's measured interval contains the loss the allocator predicted for it (or after
@@ -29,7 +30,7 @@ import numpy as np
 from quantsense.sweeps.loss_model import LossModel, agreement, fit_loss_model
 
 Pair = tuple[str, str]  # (unit, format name)
-Measurement = tuple[float, float]  # (loss, its relative standard error)
+Measurement = tuple[float, float]  # (loss, its standard error, in the loss's own units)
 Measure = Callable[[list[tuple[Pair, int]]], dict[Pair, Measurement]]  # pairs at a depth (number of segments)
 Solve = Callable[[dict[Pair, float]], list[frozenset[Pair]]]  # values -> the pairs each budget's plan uses
 CheckPlans = Callable[[list[frozenset[Pair]]], list[tuple[float, float]]]  # each plan's measured interval
@@ -111,18 +112,21 @@ def _spread(found: dict[Pair, Measurement], predicted_before: dict[Pair, float])
 
 def _contended(values: dict[Pair, float], found: dict[Pair, Measurement], chosen: list[frozenset[Pair]], solve: Solve,
                spread: float, draws: int, rng) -> set[Pair]:
-    """Pairs that the plans take under some draw of the values within their uncertainty and not under another."""
+    """Pairs that a budget's plan takes under some draw of the values within their uncertainty and not under another
+    (judged plan by plan: a pair that moves from one budget's plan to another's changes both)."""
     keys = list(values)
-    sigma = np.array([found[p][1] if p in found else spread for p in keys])
     base = np.array([values[p] for p in keys])
-    every = [set().union(*chosen)]
-    common = set().union(*chosen)
+    measured = np.array([p in found for p in keys])
+    error = np.array([found[p][1] if p in found else 0.0 for p in keys])
+    taken = [set(plan) for plan in chosen]  # per budget: every pair some draw (or the values themselves) took
+    kept = [set(plan) for plan in chosen]  # per budget: the pairs every draw took
     for _ in range(draws):
-        drawn = base * np.exp(sigma * rng.standard_normal(len(keys)) - sigma**2 / 2)
-        plans = set().union(*solve(dict(zip(keys, drawn.tolist()))))
-        every.append(plans)
-        common &= plans
-    return set().union(*every) - common
+        z = rng.standard_normal(len(keys))
+        drawn = np.where(measured, np.maximum(base + error * z, 0.0), base * np.exp(spread * z - spread**2 / 2))
+        for i, plan in enumerate(solve(dict(zip(keys, drawn.tolist())))):
+            taken[i] |= plan
+            kept[i] &= plan
+    return set().union(*(t - k for t, k in zip(taken, kept)))
 
 
 def _next_measurements(contended: set[Pair], chosen, held, values, found, depth, max_depth: int,

@@ -85,10 +85,14 @@ def sensitivity_text(results: dict) -> str:
 def sequential_text(sweep: dict) -> str:
     """What a sequential sweep measured, against measuring every row on all the data."""
     share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
-    return (f"Sequential sweep: {sweep['evaluations']} (unit, format) rows, {sweep['stopped_early']} stopped before all "
-            f"{sweep['segments']} data segments once their interval overlapped no other unit's (their tier decided; "
-            f"column 'data %'); {sweep['token_evaluations']:,} of {sweep['full_token_evaluations']:,} token evaluations "
-            f"({share:.1f} %); --exhaustive measures every row on all the data.")
+    rows = sweep.get("sequential_rows", sweep["evaluations"])
+    others = sweep["evaluations"] - rows
+    return (f"Sequential sweep: {rows} (unit, format) rows measured on growing data prefixes"
+            + (f" (the {others} rows of other views on all the data)" if others else "")
+            + f", {sweep['stopped_early']} stopped before all {sweep['segments']} data segments once their interval "
+            f"overlapped no other unit's (their tier decided; column 'data %'); {sweep['token_evaluations']:,} of "
+            f"{sweep['full_token_evaluations']:,} token evaluations, FP32 reference included ({share:.1f} %); "
+            "--exhaustive measures every row on all the data.")
 
 
 def block_ranking_text(results: dict) -> str:
@@ -154,10 +158,23 @@ def sweep_text(sweep: dict) -> str:
     return (f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
             f"({sweep['deeper']} on more than one of {sweep['segments']} data segments), {sweep['estimated']} estimated "
             f"(loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}); "
-            f"{sweep['token_evaluations']:,} of a full sweep's {sweep['full_token_evaluations']:,} token evaluations "
-            f"({share:.1f} %), plus {sweep['plan_checks']} plan check(s) on {sweep['screen_tokens']:,} tokens each; "
-            f"{len(sweep['rounds'])} round(s), {sweep['seconds']:.1f} s. {model[0].upper()}{model[1:]}. "
+            f"{sweep['token_evaluations']:,} of a full sweep's {sweep['full_token_evaluations']:,} token evaluations, "
+            f"FP32 reference included ({share:.1f} %), plus {sweep['plan_checks']} plan check(s) on "
+            f"{sweep['screen_tokens']:,} tokens each; {len(sweep['rounds'])} round(s), {sweep['seconds']:.1f} s. "
+            f"{model[0].upper()}{model[1:]}. {_last_check_text(sweep['rounds'])}"
             "Predicted losses include the estimated pairs (column 'estimated pairs'); --exhaustive measures every pair.")
+
+
+def _last_check_text(rounds: list[dict]) -> str:
+    """Whether the last round's plans, measured on the first segment, held their predictions ('' without rounds)."""
+    if not rounds:
+        return ""
+    held = rounds[-1]["plans_held"]
+    if all(held):
+        return "In the last round every plan's measured interval (first segment) contained its predicted loss. "
+    return (f"In the last round {len(held) - sum(held)} of {len(held)} plans' measured intervals (first segment) did not "
+            "contain their predicted loss when the refinement ended (its round limit, or nothing left to measure); "
+            "--exhaustive measures every pair if that matters. ")
 
 
 def _count_text(formats) -> str:
