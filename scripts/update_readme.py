@@ -51,24 +51,26 @@ SECTIONS = {
                ("results/minilm-sst2/heatmap.png", "docs/figures/heatmap.png")]),
     "proxies": (f"quantsense proxies {CLS} --unit linear --formats 4 --calibration-data {TRAIN} --out results/proxies",
                 [("results/proxies/heatmap.png", "docs/figures/linear-heatmap.png")]),
-    "linear-views": (f"quantsense sensitivity {CLS} --unit linear --formats 4 --views only all_but --out results/linear-int4", []),
-    "frontier": (f"quantsense frontier {CLS} --unit linear --budgets 3 3.5 4 4.5 5 6 7 --out results/frontier",
+    "linear-views": (f"quantsense sensitivity {CLS} --exhaustive --unit linear --formats 4 --views only all_but --out results/linear-int4", []),
+    "frontier": (f"quantsense frontier {CLS} --exhaustive --unit linear --budgets 3 3.5 4 4.5 5 6 7 --out results/frontier",
                  [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
     "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
     "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
-    "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --out results/smollm2-frontier", []),
-    "decoder-frontier-without-q4_1": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q5_0 q5_1 q8_0 f16 "
+    "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --out results/smollm2-frontier", []),
+    "decoder-frontier-without-q4_1": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --candidates q4_0 q5_0 q5_1 q8_0 f16 "
                                       "--out results/smollm2-frontier-without-q4_1",
                                       [("results/smollm2-frontier-without-q4_1/frontier.png", "docs/figures/smollm2-frontier.png")]),
-    "decoder-frontier-linear": (f"quantsense frontier {LM} {LM_WINDOWS} --unit linear --candidates q4_0 q5_0 q8_0 "
+    "decoder-frontier-linear": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --unit linear --candidates q4_0 q5_0 q8_0 "
                                 "--budgets 5 5.5 6 7 --out results/smollm2-frontier-linear",
                                 [("results/smollm2-frontier-linear/frontier.png", "docs/figures/smollm2-frontier-linear.png")]),
-    "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
+    "decoder-reduced": (f"python benchmarks/reduced_sweep.py --task wikitext --model {SMOL} --data {WIKI} {LM_WINDOWS} "
+                        "--unit linear --candidates q4_0 q5_0 q8_0 --budgets 5 5.5 6 --full-store results/smollm2.sqlite", []),
+    "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --exhaustive --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
     "decoder-export": (f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
                        "--format gguf --out results/smollm2-5.5bits-linear.gguf", []),
-    "decoder-frontier-q4_0-q8_0": (f"quantsense frontier {LM} {LM_WINDOWS} --candidates q4_0 q8_0 --budgets 5.5 "
+    "decoder-frontier-q4_0-q8_0": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --candidates q4_0 q8_0 --budgets 5.5 "
                                    "--out results/smollm2-frontier-q4_0-q8_0", []),
     "decoder-export-q4_0-q8_0": (f"quantsense export results/smollm2-frontier-q4_0-q8_0/plan.json {LM} {LM_WINDOWS} "
                                  "--format gguf --out results/smollm2-5.5bits-q4_0-q8_0.gguf", []),

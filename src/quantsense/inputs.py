@@ -13,7 +13,7 @@ from quantsense.errors import QuantsenseError
 from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, compile_tie, make_groups
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import BlockPlan, Plan
-from quantsense.sweeps.sweep import build_entries
+from quantsense.sweeps.sweep import build_entries, skipped_pairs
 from quantsense.workspace import Workspace
 
 
@@ -40,6 +40,7 @@ def sweep_inputs(ws: Workspace, formats=None, unit: str = "block", views=("only"
     fmts = ws.formats(formats or ws.task.default_formats)
     views = tuple(dict.fromkeys(views))
     key = metric_key(ws, rank_by)
+    skipped_pairs(ws.units, fmts, unit, include_extra, blocks)  # a format that fits no unit is refused here
     return fmts, views, key, build_entries(ws.units, fmts, unit, views, include_extra, blocks)
 
 

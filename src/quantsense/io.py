@@ -59,7 +59,7 @@ def check_output(out: str | Path, single_file: bool = False, empty_folder: bool 
         raise QuantsenseError(f"--out {out}: {parent} is a file, so nothing can be written under it; choose a folder path")
     if single_file:
         if path.is_dir():
-            raise QuantsenseError(f"--out {out} is a folder; a GGUF export writes one file: pass e.g. --out {out}/model.gguf")
+            raise QuantsenseError(f"--out {out} is a folder; this command writes one file: pass e.g. --out {out}/model.gguf")
         if path.exists():
             raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
         return path

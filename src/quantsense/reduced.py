@@ -19,7 +19,7 @@ from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.sweeps.ranking import interval_keys
 from quantsense.sweeps.sequential import sequential_rows
-from quantsense.sweeps.sweep import build_entries, sweep_row, sweep_units, weight_error
+from quantsense.sweeps.sweep import build_entries, fits, sweep_row, sweep_units, weight_error
 from quantsense.workspace import Workspace
 
 Z95 = 1.959964
@@ -38,8 +38,11 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
     started = time.perf_counter()
     units = sweep_units(ws.units, unit)
     by_name = {u.display: u for u in units}
-    pairs = [(u.display, f.name) for f in fmts for u in units]
+    pairs = [(u.display, f.name) for f in fmts for u in units if fits(ws.units, u.names, f)]  # storable pairs only
     formats = {f.name: f for f in fmts}
+    storable = set(pairs)
+    units = [u for u in units if any((u.display, f.name) in storable for f in fmts)]  # the others can only stay FP32
+    anchors = {u.display: _anchor([f for f in fmts if (u.display, f.name) in storable]).name for u in units}
     errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f]) for u, f in pairs}
     segments = ws.segments()
     low, high = interval_keys(key)
@@ -81,7 +84,7 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
         metrics = segments.compare(list(labeled.items()), 1, desc="plan checks")
         return [(metrics[label][low], metrics[label][high]) for label in labeled]
 
-    result = refine(pairs, errors, _anchor(fmts).name, _second(fmts), measure, solve_all, check,
+    result = refine(pairs, errors, anchors, _second(fmts), measure, solve_all, check,
                     max_depth=segments.count, seed=seed)
     losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())

@@ -33,7 +33,7 @@ from quantsense.quantization.size import average_bits, model_bytes
 from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking, sequential_sweep
 from quantsense.results import FrontierResult, PlanRows, SensitivityResult, StudyResult, provenance
 from quantsense.sweeps.ranking import rank_rows
-from quantsense.sweeps.sweep import build_entries, run_sweep, sweep_units
+from quantsense.sweeps.sweep import build_entries, run_sweep, sweep_units, skipped_pairs
 from quantsense.workspace import Workspace
 
 PHASES = ("baseline", "sensitivity", "proxies", "mixed", "ablation")
@@ -61,6 +61,7 @@ def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",
         seq_rows, record = sequential_sweep(ws, sequential, key, len(entries))
         rows = seq_rows + rows
     record["seconds"] = time.perf_counter() - started
+    record["skipped"] = skipped_pairs(ws.units, fmts, unit, include_extra, blocks)
     rankings = {f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
                 for f in fmts for view in views}
     return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings, record)

@@ -62,6 +62,7 @@ class StudyOptions:
     workers: int = 2  # Ray actors
     ray_address: str | None = None  # None: start a private Ray on this machine; "auto" or HOST:PORT: connect
     settings: dict = field(default_factory=dict)  # the task's own settings (its settings_spec), e.g. {"limit": 100}
+    imatrix: str | None = None  # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
 
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
@@ -106,6 +107,7 @@ class Workspace:
     model_fp: str
     data_fp: str
     formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
+    imatrix: object = None  # quantsense.quantization.imatrix.Imatrix from options.imatrix, bound to every format named
     _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
 
     @property
@@ -139,7 +141,7 @@ class Workspace:
     def format(self, text: str | int | Format) -> Format:
         """A format from a name (``int4`` on this workspace's integer grid, ``q4_0``...), checked against every block unit."""
         named = not isinstance(text, WeightFormat)
-        fmt = parse_format(text, self.options.scheme)
+        fmt = parse_format(text, self.options.scheme).with_imatrix(self.imatrix)
         fmt.check_model(self.units, named)
         self.formats_used.setdefault(fmt.name, fmt)
         return fmt
@@ -176,6 +178,7 @@ class Workspace:
             "task": self.task.describe(),
             "scheme": {k: v for k, v in self.options.scheme.to_dict().items() if k != "bits"},  # the grid int<b> names use
             "seed": self.options.seed,
+            **({"imatrix": {"file": self.options.imatrix, **self.imatrix.describe()}} if self.imatrix is not None else {}),
         }
 
 
@@ -219,15 +222,44 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     if getattr(net.config, "pad_token_id", None) is None:
         net.config.pad_token_id = tokenizer.pad_token_id
     units = discover_units(net, opts.blocks_regex)
+    imatrix = _load_imatrix(opts.imatrix, net, units) if opts.imatrix else None  # before any plan file names it
     data, batches = task.load(opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()})
     task.check_model(net, batches, opts.model)
+    check_held_out(task, data, batches, imatrix)
     evaluator = Evaluator(net, units, batches, device, prefix_reuse=opts.prefix_reuse, head=task.head())
     model_fp = weights_fingerprint(net)
     data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"
     store = ResultStore(opts.store) if opts.store else None
     engine = Engine(evaluator, model_fp, data_fp, store=store, fresh=opts.fresh, quiet=opts.quiet,
                     valid=lambda arrays: task.arrays_valid(arrays, batches), executor=_executor(opts, model, units))
-    return Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp)
+    return Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp,
+                     imatrix=imatrix)
+
+
+def gguf_tensor_names(model, units: UnitMap) -> dict[str, str]:
+    """Each block linear's llama.cpp tensor name (``blk.0.attn_q.weight``): how an imatrix file names it."""
+    from quantsense.exporters.gguf_file import hf_to_gguf_name
+
+    arch = getattr(model.config, "model_type", "")
+    return {name: hf_to_gguf_name(name, units.num_blocks, arch) for name in units.linear_units()}
+
+
+def check_held_out(task: Task, data, batches, imatrix) -> None:
+    """Refuse an evaluation that scores tokens its importance matrix was collected on."""
+    span = task.token_range(batches)
+    shared = imatrix.overlap(data.fingerprint(), *span) if imatrix is not None and span else None
+    if shared:
+        cal = imatrix.calibration
+        end = cal["first_token"] + cal["tokens"]
+        raise QuantsenseError(f"the importance matrix was collected on tokens {cal['first_token']}..{end} of this text "
+                              f"and the evaluation would score tokens {span[0]}..{span[0] + span[1]} (both cover "
+                              f"{shared[0]}..{shared[1]}): score held-out tokens instead, e.g. --first-token {end}")
+
+
+def _load_imatrix(path: str, model, units: UnitMap):
+    from quantsense.quantization.imatrix import load
+
+    return load(path, gguf_tensor_names(model, units))
 
 
 def worker_evaluator(options: StudyOptions) -> Evaluator:

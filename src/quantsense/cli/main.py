@@ -43,7 +43,7 @@ def _options(args):
     return StudyOptions(model=args.model, data=args.data, task=args.task, device=args.device, dtype=args.dtype,
                         blocks_regex=args.blocks_regex, store=_store(args), fresh=args.fresh, quiet=args.quiet,
                         seed=args.seed, scheme=scheme, executor=args.executor, workers=args.workers,
-                        ray_address=args.ray_address, settings=task_settings(args))
+                        ray_address=args.ray_address, settings=task_settings(args), imatrix=args.imatrix)
 
 
 def _check_out(args) -> None:
@@ -52,7 +52,8 @@ def _check_out(args) -> None:
 
     if getattr(args, "out", None):
         export = args.command == "export"
-        check_output(args.out, single_file=export and _writer(args).SINGLE_FILE, empty_folder=export)
+        single = args.command == "imatrix" or (export and _writer(args).SINGLE_FILE)
+        check_output(args.out, single_file=single, empty_folder=export)
     if args.command == "plot" and not args.out and Path("sensitivity.png").exists():
         raise QuantsenseError("sensitivity.png already exists here; pass --out DIR or remove it (plot never overwrites silently)")
 
@@ -134,6 +135,13 @@ def _run(args, ws):
     from quantsense import study
 
     show = _printer(args.command)
+    if args.command == "imatrix":
+        from quantsense.calibrate import imatrix_text, make_imatrix
+
+        if not args.out:
+            raise QuantsenseError("imatrix needs --out FILE.gguf (the importance matrix file to write)")
+        _say(imatrix_text(*make_imatrix(ws, args.out)))
+        return None
     if args.command == "export":
         if args.emit == "llama-quantize":
             _say(study.llama_quantize_command(ws, args.plan_file))

@@ -107,6 +107,8 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="dtype of the unquantized reference model (auto: float32 on CPU, the model's own on CUDA)")
     g.add_argument("--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures")
+    g.add_argument("--imatrix", help="importance matrix file (GGUF, from 'quantsense imatrix' or llama-imatrix): the "
+                   "llama.cpp formats whose quantizer takes one (q4_0..q5_1, K, IQ4) weight their rounding by it")
     q = p.add_argument_group("integer grid (what int<b> formats mean)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric (zero point) instead of symmetric")
     q.add_argument("--weight-granularity", choices=GRANULARITIES, default="per_channel", help="one scale per ...")
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torchao: a transformers checkpoint (int formats); gguf: a llama.cpp file (GGUF formats, Llama models)")
     exp.add_argument("--emit", choices=("llama-quantize",), help="print the llama-quantize --tensor-type arguments for the plan")
     exp.add_argument("--no-verify", action="store_true", help="skip the fresh-process checks")
+    sub.add_parser("imatrix", parents=[common], help="collect llama.cpp's importance matrix on --data into --out FILE.gguf")
     units = sub.add_parser("units", parents=[common], help="list the blocks and units quantsense finds (no data needed)")
     units.set_defaults(no_data=True)
     rep = sub.add_parser("report", help="rebuild report.html of a results folder from its results.json")

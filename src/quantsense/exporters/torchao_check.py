@@ -51,11 +51,11 @@ def latency(model, enc, repeats=15):
 
 
 @torch.inference_mode()
-def causal_main(export_dir, text_file, max_tokens, context, stride):
+def causal_main(export_dir, text_file, max_tokens, context, stride, first_token=0):
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)
     model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=False).eval()
     with open(text_file, encoding="utf-8") as handle:
-        ids = tokenizer(handle.read(), add_special_tokens=False)["input_ids"][:max_tokens]
+        ids = tokenizer(handle.read(), add_special_tokens=False)["input_ids"][first_token:first_token + max_tokens]
     logprobs, scored_until, begin = [], 1, 0
     while scored_until < len(ids):
         end = min(begin + context, len(ids))
@@ -77,7 +77,8 @@ def causal_main(export_dir, text_file, max_tokens, context, stride):
 def main():
     if sys.argv[1] == "--causal":
         export_dir, text_file, max_tokens, context, stride = sys.argv[2:7]
-        return causal_main(export_dir, text_file, int(max_tokens), int(context), int(stride))
+        first = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+        return causal_main(export_dir, text_file, int(max_tokens), int(context), int(stride), first)
     export_dir, fp32_dir, data = sys.argv[1:4]
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)

@@ -58,10 +58,11 @@ class Refinement:
         return agreement({p: self.measured[p] for p in self.predicted_before}, self.predicted_before)
 
 
-def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str, second: str | None, measure: Measure,
+def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str, str], second: str | None, measure: Measure,
            solve: Solve, check: CheckPlans, max_depth: int, alpha_units: int = 8, per_round: int | None = None,
            max_rounds: int = 4, draws: int = 8, seed: int = 0) -> Refinement:
-    """Measure the anchors (and ``alpha_units`` units at ``second``), then refine where the plans hinge (see above)."""
+    """Measure the anchors (``anchor``: one format for every unit, or each unit's own, for units some candidates cannot
+    store) and ``alpha_units`` units at ``second``, then refine where the plans hinge (see above)."""
     units = list(dict.fromkeys(u for u, _ in pairs))
     per_round = per_round or max(4, math.ceil(0.03 * len(pairs)))
     found: dict[Pair, Measurement] = {}
@@ -72,7 +73,8 @@ def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str, second: st
         found.update(measure(todo))
         depth.update(dict(todo))
 
-    take([((u, anchor), 1) for u in units])
+    anchors = anchor if isinstance(anchor, dict) else {u: anchor for u in units}
+    take([((u, anchors[u]), 1) for u in units])
     if second is not None and alpha_units:
         first = fit_loss_model({p: v for p, (v, _) in found.items()}, errors)
         strongest = sorted(units, key=lambda u: -first.scale.get(u, 0.0))[:alpha_units]

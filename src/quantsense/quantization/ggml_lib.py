@@ -20,7 +20,7 @@ import numpy as np
 from quantsense.errors import QuantsenseError
 
 INSTALL_HINT = ('ggml formats need llama.cpp\'s library: install llama-cpp-python '
-                '(CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python, or pip install -e ".[gguf]")')
+                '(CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -c constraints.txt -e ".[llama]")')
 
 # enum ggml_type (ggml.h) for the types quantsense quantizes through ggml
 GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_K": 10, "q3_K": 11,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantsense.errors import QuantsenseError
 from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
@@ -62,6 +63,8 @@ def build_entries(unit_map: UnitMap, formats: list[Format], unit_kind: str = "bl
     for fmt in dict.fromkeys(formats):
         for view in dict.fromkeys(views):
             for unit in units:
+                if view == "only" and not fits(unit_map, unit.names, fmt):
+                    continue  # e.g. q4_K on a 576-wide row: not storable, so not measured (see skipped_pairs)
                 chosen = unit.names if view == "only" else tuple(n for n in every if n not in unit.names)
                 key = unit.display.replace(" ", "")
                 entries.append(SweepEntry(f"{view}:{key}@{fmt.name}", unit, fmt, view, Plan.of({n: fmt for n in chosen})))
@@ -69,6 +72,33 @@ def build_entries(unit_map: UnitMap, formats: list[Format], unit_kind: str = "bl
             everything = SweepUnit("all", every, None, None)
             entries.append(SweepEntry(f"all:{unit_kind}@{fmt.name}", everything, fmt, "all", Plan.of({n: fmt for n in every})))
     return entries
+
+
+def fits(unit_map: UnitMap, names: tuple[str, ...], fmt: Format) -> bool:
+    """Whether ``fmt`` can store every weight of ``names`` (its shape rules)."""
+    try:
+        for name in names:
+            unit = unit_map.get(name)
+            fmt.check_shape(unit.shape, unit.transposed, where=name)
+    except QuantsenseError:
+        return False
+    return True
+
+
+def skipped_pairs(unit_map: UnitMap, formats: list[Format], unit_kind: str, include_extra: bool = False,
+                  blocks: list[int] | None = None) -> list[str]:
+    """'unit@format' for every unit a format cannot store, which a sweep leaves out; a format that fits no unit is
+    refused (there is nothing to measure)."""
+    units = sweep_units(unit_map, unit_kind, include_extra, blocks)
+    skipped = []
+    for fmt in dict.fromkeys(formats):
+        misfits = [u for u in units if not fits(unit_map, u.names, fmt)]
+        if misfits and len(misfits) == len(units):
+            for name in misfits[0].names:  # raises the format's own message for the first weight that does not fit
+                unit = unit_map.get(name)
+                fmt.check_shape(unit.shape, unit.transposed, where=name)
+        skipped += [f"{u.display}@{fmt.name}" for u in misfits]
+    return skipped
 
 
 def add_recovery(rows: list[dict], loss_key: str) -> None:

@@ -109,6 +109,11 @@ class Task:
         """Plain data for results.json's ``data``, including ``description`` (its size in words)."""
         raise NotImplementedError
 
+    def token_range(self, batches) -> tuple[int, int] | None:
+        """(first token, number of tokens) of a text stream the batches cover, for a task that reads one (so that an
+        importance matrix and an evaluation can be kept to disjoint ranges of the same text); None otherwise."""
+        return None
+
     def length_setting(self) -> tuple[str, int]:
         """The flag that bounds one input's length and its value (e.g. ``("--max-length", 512)``)."""
         raise NotImplementedError

@@ -34,18 +34,19 @@ def perplexity(token_logprob: np.ndarray) -> float:
     return compute(token_logprob)
 
 
-def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: int):
+def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: int, first_token: int = 0):
     """One batch per window; ``Batch.index`` holds the positions (in the token stream) it scores.
 
     A window scores only tokens with at least one token of context inside it: its first token is
     never scored (with ``stride == context`` that token is left unscored, as in the Hugging Face
     recipe and llama.cpp's perplexity, rather than predicted from a row that belongs to the next one).
+    ``first_token``: the stream starts that many tokens into the text (a range disjoint from calibration data).
     """
     import torch
 
     from quantsense.evaluation.batching import Batch, TokenBatches
 
-    ids = token_ids[:max_tokens]
+    ids = token_ids[first_token:first_token + max_tokens]
     batches = []
     scored_until = 1  # token 0 has no prediction
     begin = 0
@@ -59,7 +60,7 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
         if end == len(ids):
             break
         begin += stride
-    settings = {"max_tokens": max_tokens, "context": context, "stride": stride, "tokens": len(ids)}
+    settings = {"max_tokens": max_tokens, "context": context, "stride": stride, "tokens": len(ids), "first_token": first_token}
     return TokenBatches(batches=batches, num_examples=len(ids), settings=settings)
 
 
@@ -108,9 +109,11 @@ class LanguageModelPerplexity(Task):
     name = "wikitext"
     summary = "causal-LM perplexity and per-token KL"
     model_head = ModelHead("AutoModelForCausalLM", "language-model head", from_gguf=True)
-    settings_spec = (Setting("max_tokens", 4096, "first N tokens of the text"),
+    settings_spec = (Setting("max_tokens", 4096, "N tokens of the text, from --first-token on"),
                      Setting("context", 1024, "window length in tokens"),
-                     Setting("stride", 512, "tokens between window starts"))
+                     Setting("stride", 512, "tokens between window starts"),
+                     Setting("first_token", 0, "skip the text's first N tokens (e.g. those an imatrix was collected on)",
+                             minimum=0))
     metric = MetricSpec("perplexity", "perplexity", higher_is_better=False)
     loss = LossSpec("delta_nll", "NLL increase per token (nats)")
     differs_test = f"block-bootstrap 95% CI of the NLL increase (blocks of {BOOTSTRAP_BLOCK_TOKENS} tokens) excludes 0"
@@ -141,7 +144,7 @@ class LanguageModelPerplexity(Task):
                       ("ppl ratio", "perplexity of the quantized model divided by FP32's (1 = no change)."),
                       ("top-1 agreement", "share of tokens whose most likely next token is the same as FP32's.")]
 
-    def __init__(self, max_tokens: int = 4096, context: int = 1024, stride: int = 512):
+    def __init__(self, max_tokens: int = 4096, context: int = 1024, stride: int = 512, first_token: int = 0):
         if context < MIN_CONTEXT:
             raise QuantsenseError(f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one")
         if not 1 <= stride <= context:
@@ -152,6 +155,7 @@ class LanguageModelPerplexity(Task):
         self.max_tokens = max_tokens
         self.context = context
         self.stride = stride
+        self.first_token = first_token
 
     def settings(self) -> dict:
         return {**super().settings(), "bootstrap_block_tokens": BOOTSTRAP_BLOCK_TOKENS}
@@ -159,18 +163,24 @@ class LanguageModelPerplexity(Task):
     def load(self, source, tokenizer, id2label):
         data = load_text(source)
         ids = tokenizer(data.text, add_special_tokens=False)["input_ids"]
-        if len(ids) < self.context:
+        if len(ids) - self.first_token < self.context:
             raise QuantsenseError(f"text file {data.source} has {len(ids)} tokens, fewer than one --context {self.context} "
-                                  "window; use a longer text or a shorter --context")
-        return data, make_windows(ids, self.max_tokens, self.context, self.stride)
+                                  f"window after --first-token {self.first_token}; use a longer text, a smaller "
+                                  "--first-token or a shorter --context")
+        return data, make_windows(ids, self.max_tokens, self.context, self.stride, self.first_token)
+
+    def token_range(self, batches) -> tuple[int, int]:
+        return batches.settings["first_token"], batches.settings["tokens"]
 
     def length_setting(self) -> tuple[str, int]:
         return "--context", self.context
 
     def describe_data(self, data: TextData, batches) -> dict:
         settings = batches.settings
-        return {"source": data.source, **settings, "description": f"first {settings['tokens']} tokens, context "
-                f"{settings['context']}, stride {settings['stride']}"}
+        first = settings.get("first_token", 0)
+        where = f"first {settings['tokens']} tokens" if not first else f"tokens {first}..{first + settings['tokens']}"
+        return {"source": data.source, **settings, "description": f"{where}, context {settings['context']}, stride "
+                f"{settings['stride']}"}
 
     def head(self):
         from quantsense.evaluation.heads import CausalLMHead
@@ -180,7 +190,7 @@ class LanguageModelPerplexity(Task):
     def baseline(self, reference, data) -> dict:
         lp = reference.arrays["token_logprob"]
         return {"perplexity": perplexity(lp), "scored_tokens": int(len(lp)), "max_tokens": self.max_tokens,
-                "context": self.context, "stride": self.stride}
+                "context": self.context, "stride": self.stride, "first_token": self.first_token}
 
     def compare(self, reference, quantized, data, seed: int = 0) -> dict:
         return compare_language_model(reference, quantized, seed=seed)
@@ -194,8 +204,10 @@ class LanguageModelPerplexity(Task):
 
     @classmethod
     def baseline_text(cls, base: dict) -> str:
+        first = base.get("first_token", 0)
+        where = f"first {base['max_tokens']} tokens" if not first else f"{base['max_tokens']} tokens from token {first}"
         return (f"FP32 perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
-                f"(first {base['max_tokens']} tokens, context {base['context']}, stride {base['stride']})")
+                f"({where}, context {base['context']}, stride {base['stride']})")
 
     @classmethod
     def effect_text(cls, row: dict) -> str:
@@ -219,7 +231,7 @@ class LanguageModelPerplexity(Task):
         from quantsense.exporters.torchao_writer import reload_line, run_check
 
         check = run_check(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
-                              str(self.max_tokens), str(self.context), str(self.stride)])
+                              str(self.max_tokens), str(self.context), str(self.stride), str(self.first_token)])
         exported = np.asarray(check["token_logprob"], dtype=np.float64)
         sim = simulated.arrays["token_logprob"].astype(np.float64)
         rep = {

@@ -79,7 +79,20 @@ def sensitivity_text(results: dict) -> str:
         parts.append(ranking_verdict(ranked, results))
     if sweep.get("mode") == "sequential":
         parts.append(sequential_text(sweep))
+    if sweep.get("skipped"):
+        parts.append(skipped_text(sweep["skipped"]))
     return "\n".join(parts)
+
+
+def skipped_text(skipped: list[str]) -> str:
+    """The (unit, format) pairs a sweep left out because the format cannot store those weights."""
+    counts: dict[str, int] = {}
+    for pair in skipped:
+        fmt = pair.rsplit("@", 1)[1]
+        counts[fmt] = counts.get(fmt, 0) + 1
+    return (f"Not measured: {len(skipped)} (unit, format) pair(s) whose weights the format cannot store (their shape "
+            f"does not fit it, e.g. rows not a multiple of its block; llama.cpp writes a fallback type there): "
+            + ", ".join(f"{fmt} x{n}" for fmt, n in counts.items()) + ".")
 
 
 def sequential_text(sweep: dict) -> str:

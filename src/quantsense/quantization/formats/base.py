@@ -6,7 +6,8 @@ asks which kind of format it holds:
 
 - parsing: :meth:`WeightFormat.parse` (a name a user types) and :meth:`WeightFormat.claims` /
   ``from_dict`` (a plan file entry);
-- numerics: ``fake_quantize`` (weights), ``storage_bits`` (its own cost, scales included);
+- numerics: ``fake_quantize`` (weights), ``storage_bits`` (its own cost, scales included), ``with_imatrix`` (the
+  same format weighting its rounding by an importance matrix, where its quantizer takes one);
 - shape rules: ``check_shape`` per weight, ``check_model`` for rules that hold for every layer;
 - needs: ``needs`` (optional packages or calibration data) and ``export_targets`` (the writers that
   can store it: ``torchao``, ``gguf``);
@@ -87,8 +88,16 @@ class WeightFormat:
                 "export_targets": list(self.export_targets), "glossary": [term, text]}
 
     # -- numerics and shapes ------------------------------------------------------------------
-    def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False) -> "torch.Tensor":
+    def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False, tensor: str | None = None) -> "torch.Tensor":
+        """``weight`` quantized and read back; ``tensor`` (the module's name) lets a format use per-tensor data such
+        as an importance matrix."""
         raise NotImplementedError
+
+    # -- calibration ----------------------------------------------------------------------------
+    def with_imatrix(self, imatrix) -> "WeightFormat":
+        """This format weighting its rounding by ``imatrix`` (:mod:`quantsense.quantization.imatrix`) where its
+        quantizer takes one (llama.cpp's do), else itself unchanged."""
+        return self
 
     def storage_bits(self, shape: tuple[int, ...], transposed: bool = False) -> int:
         raise NotImplementedError
@@ -149,18 +158,33 @@ def format_from_dict(data, where: str = "config") -> WeightFormat:
     """A plan file entry: ``{"format": NAME}`` (any registered name), or a family's own fields
     (``{"bits": 4, "symmetric": true, ...}``) read by the family that claims them."""
     if isinstance(data, dict) and "format" in data:
-        extra = sorted(set(data) - {"format"})
+        extra = sorted(set(data) - {"format", "imatrix"})
         if extra:
             raise QuantsenseError(f"{where}: unknown key(s) {', '.join(extra)} beside 'format'")
         try:
-            return parse_format(data["format"])
+            fmt = parse_format(data["format"])
         except QuantsenseError as exc:
             raise QuantsenseError(f"{where}: {exc}") from None
+        return _with_named_imatrix(fmt, data["imatrix"], where) if "imatrix" in data else fmt
     if isinstance(data, dict):
         for cls in FORMAT_FAMILIES.values():
             if cls.claims(data):
                 return cls.from_dict(data, where)
     raise QuantsenseError(f"{where}: expected an object with 'bits' or 'format', got {data!r}")
+
+
+def _with_named_imatrix(fmt: WeightFormat, fingerprint, where: str) -> WeightFormat:
+    """A plan entry's ``"imatrix": FINGERPRINT``: the format bound to that imatrix, which must be loaded already."""
+    from quantsense.quantization.imatrix import known
+
+    found = known(str(fingerprint))
+    if found is None:
+        raise QuantsenseError(f"{where}: {fmt.name} was planned with imatrix {fingerprint}; pass --imatrix FILE with the "
+                              "importance matrix it was made with")
+    bound = fmt.with_imatrix(found)
+    if bound is fmt:
+        raise QuantsenseError(f"{where}: {fmt.name} does not use an importance matrix; remove its 'imatrix' key")
+    return bound
 
 
 def format_levels(fmt: WeightFormat, scheme) -> tuple[WeightFormat, WeightFormat, WeightFormat] | None:

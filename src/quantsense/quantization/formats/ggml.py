@@ -11,10 +11,11 @@ is a candidate of its own).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats.base import WeightFormat, register_format
+from quantsense.quantization.formats.weighted import ImatrixWeighted
 
 if TYPE_CHECKING:
     import torch
@@ -32,10 +33,11 @@ _BY_LOWER = {name.lower(): name for name in LAYOUT}
 
 @register_format
 @dataclass(frozen=True)
-class GGMLFormat(WeightFormat):
-    """A llama.cpp K or IQ4 tensor type, quantized by ggml itself."""
+class GGMLFormat(ImatrixWeighted, WeightFormat):
+    """A llama.cpp K or IQ4 tensor type, quantized by ggml itself (weighted by ``imatrix`` when one is bound)."""
 
     format: str
+    imatrix: Any = None  # quantsense.quantization.imatrix.Imatrix
 
     family = "ggml"
     vocabulary = "a ggml K/IQ format (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs)"
@@ -93,12 +95,15 @@ class GGMLFormat(WeightFormat):
             raise QuantsenseError(f"{self.format} needs rows that are multiples of {self.block_size()} weights; "
                                   f"{where} has rows of {row}{instead}")
 
-    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False, tensor: str | None = None) -> torch.Tensor:
         import torch
 
         from quantsense.quantization import ggml_lib
 
         self.check_shape(tuple(weight.shape), transposed)
+        weighted = self.weighted_rows(weight, transposed, tensor)
+        if weighted is not None:
+            return weighted
         rows = (weight.detach().t() if transposed else weight.detach()).to(torch.float32).cpu().numpy()
         out = torch.from_numpy(ggml_lib.fake_quantize(self.format, rows))
         out = out.t() if transposed else out

@@ -5,10 +5,11 @@ quantize/dequantize bit for bit (:mod:`quantsense.quantization.gguf_quants`); ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats.base import WeightFormat, register_format
+from quantsense.quantization.formats.weighted import ImatrixWeighted
 
 if TYPE_CHECKING:
     import torch
@@ -22,10 +23,12 @@ def gguf_format_names() -> tuple[str, ...]:
 
 @register_format
 @dataclass(frozen=True)
-class GGUFFormat(WeightFormat):
-    """A llama.cpp tensor type: ``q8_0 q5_1 q5_0 q4_1 q4_0 f16 bf16``."""
+class GGUFFormat(ImatrixWeighted, WeightFormat):
+    """A llama.cpp tensor type: ``q8_0 q5_1 q5_0 q4_1 q4_0 f16 bf16`` (the q4/q5 ones weighted by ``imatrix`` when one
+    is bound: then quantized by ggml's own library, :mod:`.weighted`)."""
 
     format: str
+    imatrix: Any = None  # quantsense.quantization.imatrix.Imatrix
 
     family = "gguf"
     vocabulary = "a GGUF format (q8_0, q5_1, q5_0, q4_1, q4_0, f16, bf16)"
@@ -73,8 +76,12 @@ class GGUFFormat(WeightFormat):
             raise QuantsenseError(f"{self.format} needs rows that are multiples of {block_size(self.format)} weights "
                                   f"(llama.cpp's block size); {where} has rows of {row}: use f16 or an int format for it")
 
-    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False, tensor: str | None = None) -> torch.Tensor:
         from quantsense.quantization.gguf_quants import fake_quantize_gguf
+
+        weighted = self.weighted_rows(weight, transposed, tensor)
+        if weighted is not None:
+            return weighted
 
         return fake_quantize_gguf(weight, self.format, transposed=transposed)
 

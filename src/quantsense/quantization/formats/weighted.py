@@ -1,0 +1,54 @@
+"""What llama.cpp's two format families share: quantizers that weight their rounding by an importance matrix.
+
+:class:`ImatrixWeighted` is mixed into :class:`~quantsense.quantization.formats.gguf.GGUFFormat` and
+:class:`~quantsense.quantization.formats.ggml.GGMLFormat`. A format bound to an imatrix (``fmt.with_imatrix(m)``,
+done by a workspace given ``--imatrix``) quantizes each tensor that the imatrix covers through ggml's own
+``ggml_quantize_chunk`` with that tensor's weights, as ``llama-quantize --imatrix`` does; its plan entry names the
+imatrix by fingerprint, so a stored result or a plan file never mixes it up with the unweighted format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+# ggml's quantizers that take an importance matrix (q8_0, f16 and bf16 ignore one)
+USES_IMATRIX = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs"})
+
+
+class ImatrixWeighted:
+    """Mixin for a frozen dataclass with fields ``format`` (the ggml type name) and ``imatrix`` (or None)."""
+
+    def with_imatrix(self, imatrix):
+        if imatrix is None or self.format not in USES_IMATRIX or self.imatrix == imatrix:
+            return self
+        return dataclasses.replace(self, imatrix=imatrix)
+
+    def to_dict(self) -> dict:
+        entry = {"format": self.format}
+        return {**entry, "imatrix": self.imatrix.fingerprint} if self.imatrix is not None else entry
+
+    def label(self) -> str:
+        return f"{self.format}+imatrix" if self.imatrix is not None else self.format
+
+    def describe(self, scheme=None) -> dict:
+        found = super().describe(scheme)
+        return {**found, "imatrix": self.imatrix.fingerprint} if self.imatrix is not None else found
+
+    def weighted_rows(self, weight: torch.Tensor, transposed: bool, tensor: str | None) -> torch.Tensor | None:
+        """``weight`` through ggml's quantizer with ``tensor``'s imatrix weights, or None when there are none (no
+        imatrix, or none for this tensor: then the unweighted quantizer applies, as in llama-quantize)."""
+        weights = self.imatrix.weights(tensor) if self.imatrix is not None and tensor is not None else None
+        if weights is None:
+            return None
+        import torch
+
+        from quantsense.quantization import ggml_lib
+
+        rows = (weight.detach().t() if transposed else weight.detach()).to(torch.float32).cpu().numpy()
+        out = torch.from_numpy(ggml_lib.fake_quantize(self.format, rows, weights))
+        out = out.t() if transposed else out
+        return out.to(device=weight.device, dtype=weight.dtype).contiguous()
