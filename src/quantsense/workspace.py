@@ -12,6 +12,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -78,6 +79,9 @@ class StudyOptions:
         if not isinstance(self.settings, dict):
             raise QuantsenseError(f"settings must be a dict of the task's settings (e.g. {{'limit': 100}}), got {self.settings!r}")
         make_task(self.task, **self.settings)  # the task refuses a setting it does not take, or a bad value
+        if self.imatrix is not None and not Path(self.imatrix).is_file():
+            raise QuantsenseError(f"imatrix file {self.imatrix} not found; make one with: quantsense imatrix --model M "
+                                  f"--data TEXT --out {self.imatrix}")
 
     def task_settings(self) -> dict:
         return dict(self.settings)

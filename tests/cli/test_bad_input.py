@@ -38,7 +38,7 @@ def test_group_size_is_checked_against_every_layer(capsys, tiny_model_dir, data)
     (["allocate", "--avg-bits", "1.5", "--candidates", "4", "8"], "impossible with candidates int4 int8: the smallest feasible is --avg-bits 4.875"),
     (["allocate", "--max-size", "1kB", "--candidates", "4"], "the smallest feasible is --max-size"),
     (["allocate", "--avg-bits", "5", "--tie", "(query"], "--tie '(query' is not a valid regular expression"),
-    (["allocate", "--avg-bits", "5", "--candidates", "q4_k"], "unknown format 'q4_k'"),
+    (["allocate", "--avg-bits", "5", "--candidates", "q7_k"], "unknown format 'q7_k'"),
     (["allocate", "--blocks", "0", "--avg-bits", "5"], "unrecognized arguments: --blocks 0"),  # no prefix matching
     (["sensitivity", "--blocks", "0", "9"], "block index 9 is out of range: the model has blocks 0..2"),
     (["ablation", "--block", "3"], "block index 3 is out of range"),

@@ -31,13 +31,19 @@ from quantsense.io import atomic_output
 
 
 def gguf_types() -> tuple[str, ...]:
-    """The tensor types this writer stores: the GGUF format family's names (one list, in gguf_quants) and f32."""
+    """The tensor types this writer stores (lower case): the GGUF format family's names, ggml's K/IQ4 names, f32."""
     from quantsense.quantization.formats import gguf_format_names
+    from quantsense.quantization.formats.ggml import LAYOUT
 
-    return (*gguf_format_names(), "f32")
+    return (*gguf_format_names(), *(name.lower() for name in LAYOUT), "f32")
 
-# keys this module sets itself; every other source key is copied unchanged
+# keys this module sets itself; every other source key is copied unchanged (a source's own imatrix provenance is not:
+# it describes how the source was quantized, not this file)
 _OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
+_OWN_PREFIXES = ("quantize.imatrix.",)
+# llama-quantize's provenance keys for the imatrix a file was quantized with (tools/quantize/quantize.cpp)
+IMATRIX_KEYS = {"file": "quantize.imatrix.file", "dataset": "quantize.imatrix.dataset",
+                "entries": "quantize.imatrix.entries_count", "chunks": "quantize.imatrix.chunks_count"}
 
 
 def _gguf():
@@ -154,7 +160,7 @@ def _field_value(field) -> Any:
 
 def _copy_metadata(reader, writer) -> None:
     for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in _OWN_KEYS:
+        if field.name.startswith(("GGUF.", *_OWN_PREFIXES)) or field.name in _OWN_KEYS:
             continue
         sub_type = field.types[-1] if field.types[0] == _gguf().GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, _field_value(field), field.types[0], sub_type=sub_type)
@@ -178,20 +184,38 @@ def _file_type(reader, types: Mapping[str, str]) -> int:
     return int(field.contents()) if field is not None else int(gguf.LlamaFileType.GUESSED)
 
 
-def _tensor_data(tensor, qtype_name: str) -> np.ndarray:
-    """The tensor's bytes in ``qtype_name``: dequantized to float32, then quantized with gguf.quants."""
+def _tensor_data(tensor, qtype_name: str, importance: np.ndarray | None = None) -> np.ndarray:
+    """The tensor's bytes in ``qtype_name``: dequantized to float32, then quantized with gguf.quants, or by ggml's own
+    quantizer for the types gguf.quants cannot write (K, IQ4) and for an imatrix-weighted tensor (``importance``)."""
     gguf = _gguf()
     weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-    return gguf.quants.quantize(weights, _qtype(qtype_name))
+    if importance is None and qtype_name.lower() in (*_gguf_py_types(), "f32"):
+        return gguf.quants.quantize(weights, _qtype(qtype_name))
+    from quantsense.quantization import ggml_lib
+
+    name = {n.lower(): n for n in ggml_lib.GGML_TYPES}[qtype_name.lower()]
+    rows = weights.reshape(-1, weights.shape[-1])
+    data = ggml_lib.quantize(name, rows, importance)
+    return np.frombuffer(data, dtype=np.uint8).reshape(*weights.shape[:-1], -1)
 
 
-def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default_type: str | None = "f32") -> dict:
+def _gguf_py_types() -> tuple[str, ...]:
+    from quantsense.quantization.formats import gguf_format_names
+
+    return gguf_format_names()
+
+
+def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default_type: str | None = "f32",
+               importance: Mapping[str, np.ndarray] | None = None, provenance: Mapping[str, Any] | None = None) -> dict:
     """Write ``source`` (a GGUF file) with ``tensor_types`` (GGUF tensor name -> type) applied to ``out``.
 
-    Tensors not in the plan get ``default_type`` (``None``: keep the source bytes). The file is
+    Tensors not in the plan get ``default_type`` (``None``: keep the source bytes). ``importance`` (GGUF tensor name ->
+    per-column imatrix weights) weights those tensors' quantization as ``llama-quantize --imatrix`` does, and
+    ``provenance`` (keys of :data:`IMATRIX_KEYS`) writes the imatrix keys llama-quantize writes. The file is
     written to a temporary file beside ``out`` and moved into place, mode 0644. Returns
     ``{"path", "bytes", "tensor_bytes", "types": {type: tensor count}}``.
     """
+    importance = importance or {}
     gguf = _gguf()
     reader = _read(source)
     types = _target_types(reader, tensor_types, default_type)
@@ -204,6 +228,8 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
         _copy_metadata(reader, writer)
         writer.add_file_type(_file_type(reader, types))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for key, value in (provenance or {}).items():
+            (writer.add_string if isinstance(value, str) else writer.add_int32)(IMATRIX_KEYS[key], value)
         for tensor in reader.tensors:
             numpy_shape = tuple(int(d) for d in reversed(tensor.shape))
             if tensor.name in keep:
@@ -216,7 +242,7 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
         writer.write_ti_data_to_file()
         tensor_bytes = 0
         for tensor in reader.tensors:
-            data = tensor.data if tensor.name in keep else _tensor_data(tensor, types[tensor.name])
+            data = tensor.data if tensor.name in keep else _tensor_data(tensor, types[tensor.name], importance.get(tensor.name))
             writer.write_tensor_data(data, tensor_endianess=reader.endianess)
             tensor_bytes += data.nbytes
         writer.close()

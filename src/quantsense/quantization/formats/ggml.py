@@ -41,7 +41,7 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
 
     family = "ggml"
     vocabulary = "a ggml K/IQ format (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs)"
-    export_targets = ()
+    export_targets = ("gguf",)
     needs = ("llama-cpp-python",)
 
     def __post_init__(self):
