@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantsense.quantization.imatrix import Imatrix, collect, save
+from quantsense.exporters.imatrix_file import save
+from quantsense.quantization.imatrix import Imatrix, collect
 from quantsense.workspace import Workspace, gguf_tensor_names
 
 

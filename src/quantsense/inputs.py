@@ -71,6 +71,12 @@ def as_plan(ws: Workspace, plan: Plan | BlockPlan | str | Path) -> Plan:
     if not isinstance(plan, Plan):
         raise QuantsenseError(f"a plan is a Plan, a BlockPlan or a plan file path, got {type(plan).__name__}")
     ws.applier.check(plan)
+    for name, fmt in plan.assignments:  # an imatrix-weighted format must use this workspace's own --imatrix
+        used = fmt.calibration()
+        if used is not None and used != ws.imatrix:
+            raise QuantsenseError(f"{name} is planned as {fmt.label()} with imatrix {used.fingerprint}; pass --imatrix "
+                                  "with that importance matrix file"
+                                  + (f" (this run's is {ws.imatrix.fingerprint})" if ws.imatrix is not None else ""))
     ws.record_formats(f for _, f in plan.assignments)
     return plan
 

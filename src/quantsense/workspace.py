@@ -261,7 +261,7 @@ def check_held_out(task: Task, data, batches, imatrix) -> None:
 
 
 def _load_imatrix(path: str, model, units: UnitMap):
-    from quantsense.quantization.imatrix import load
+    from quantsense.exporters.imatrix_file import load
 
     return load(path, gguf_tensor_names(model, units))
 

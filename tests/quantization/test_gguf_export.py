@@ -114,7 +114,7 @@ def test_llama_quantize_args_exact():
     with pytest.raises(QuantsenseError, match="cannot target"):
         llama_quantize_args({"blk.0.attn_norm": "q8_0"})
     with pytest.raises(QuantsenseError, match="unknown GGUF tensor type"):
-        llama_quantize_args({"blk.0.attn_q.weight": "q3_k"})
+        llama_quantize_args({"blk.0.attn_q.weight": "q7_k"})
 
 
 def test_tensor_nbytes_from_block_sizes():

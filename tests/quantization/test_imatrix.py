@@ -12,7 +12,8 @@ import torch
 from quantsense.cli import main
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats import format_from_dict, parse_format
-from quantsense.quantization.imatrix import Imatrix, collect, known, load, save
+from quantsense.exporters.imatrix_file import load, save
+from quantsense.quantization.imatrix import Imatrix, collect, known
 from quantsense.quantization.plan import Plan
 from tests.conftest import WIKI
 from tests.quantization.test_gguf_quants import _smollm2_weights
@@ -87,10 +88,10 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(name):
     imx = Imatrix({"down": rng.lognormal(0, 1.5, 1536).astype(np.float32)}, {"down": 7})
     plain, bound = parse_format(name), parse_format(name).with_imatrix(imx)
     assert bound != plain and bound.label() == f"{name}+imatrix" and bound.to_dict()["imatrix"] == imx.fingerprint
-    ours = bound.fake_quantize(weight, tensor="down")
+    ours = bound.quantize_weight(weight, False, "down")
     want = ggml_lib.fake_quantize(name, weight.numpy(), imx.weights("down"))
     assert torch.equal(ours, torch.from_numpy(want))
-    assert torch.equal(bound.fake_quantize(weight, tensor="not in the imatrix"), plain.fake_quantize(weight))
+    assert torch.equal(bound.quantize_weight(weight, False, "not in the imatrix"), plain.fake_quantize(weight))
     # what the weighting is for: a smaller activation-weighted error than the plain rounding's
     w = torch.from_numpy(imx.weights("down")).double()
     weighted = lambda q: float(((q.double() - weight.double()) ** 2 * w).sum())  # noqa: E731

@@ -2,13 +2,16 @@
 
     python gguf_check.py --runtime transformers GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE
     python gguf_check.py --runtime llama.cpp GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE [--threads N]
+    python gguf_check.py --runtime llama.cpp GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE --kl-against REFERENCE_GGUF
     python gguf_check.py --speed GGUF_FILE [--threads N] [--prompt-tokens 512] [--gen-tokens 64] [--repeats 3]
 
 Prints one JSON object. TOKEN_IDS.json holds a list of token ids (or {"token_ids": [...]}) so both
 runtimes score exactly the same ids. Windows: the first covers tokens [0, CONTEXT), each later one
 starts STRIDE later and scores only tokens no earlier window scored; a window's own first token (token 0 too)
 is never scored, as it has no context inside the window.
-``token_logprob`` is the natural-log probability of each scored token given its window.
+``token_logprob`` is the natural-log probability of each scored token given its window. With ``--kl-against``
+(llama.cpp only) the reference file runs the same windows too: ``reference_logprob``, ``kl`` (KL(reference ‖ file)
+over the whole vocabulary at each scored position) and ``top1`` (1 where both files' most likely token agree).
 """
 
 import argparse
@@ -80,6 +83,26 @@ def llama_cpp_logprobs(path, ids, context, stride, threads):
     return {"token_logprob": logprobs}
 
 
+def llama_cpp_kl(path, reference, ids, context, stride, threads):
+    """Per scored token: both files' log-probs of the true token, KL(reference || file) and top-1 agreement."""
+    model, ref = llama(path, context, threads, logits_all=True), llama(reference, context, threads, logits_all=True)
+    out = {"token_logprob": [], "reference_logprob": [], "kl": [], "top1": []}
+    for begin, end, first in windows(len(ids), context, stride):
+        rows = slice(first - begin - 1, end - begin - 1)  # the positions that predict ids[first:end]
+        logp = {}
+        for name, runner in (("file", model), ("reference", ref)):
+            runner.reset()
+            runner.eval(ids[begin:end])
+            logp[name] = log_softmax(runner.scores[rows])
+        p_ref = np.exp(logp["reference"])
+        out["kl"] += (p_ref * (logp["reference"] - logp["file"])).sum(axis=-1).tolist()
+        out["top1"] += (logp["reference"].argmax(axis=-1) == logp["file"].argmax(axis=-1)).astype(int).tolist()
+        targets = np.asarray(ids[first:end])
+        out["token_logprob"] += logp["file"][np.arange(len(targets)), targets].tolist()
+        out["reference_logprob"] += logp["reference"][np.arange(len(targets)), targets].tolist()
+    return out
+
+
 def prompt_ids(model, n_tokens):
     """A fixed, tokenizer-independent prompt: ordinary-token ids spread over the vocabulary."""
     n_vocab = model.n_vocab()
@@ -129,6 +152,7 @@ def parse(argv):
     parser.add_argument("context", nargs="?", type=int)
     parser.add_argument("stride", nargs="?", type=int)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--kl-against", type=Path, help="reference GGUF (llama.cpp): per-token KL against its logits")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -137,6 +161,8 @@ def parse(argv):
         parser.error("give exactly one of --runtime and --speed")
     if args.runtime and args.stride is None:
         parser.error("--runtime needs GGUF_FILE TOKEN_IDS.json CONTEXT STRIDE")
+    if args.kl_against and args.runtime != "llama.cpp":
+        parser.error("--kl-against needs --runtime llama.cpp")
     return args
 
 
@@ -146,6 +172,8 @@ def main(argv=None):
         result = speed(args.gguf, args.threads, args.prompt_tokens, args.gen_tokens, args.repeats)
     elif args.runtime == "transformers":
         result = transformers_logprobs(args.gguf, read_ids(args.token_ids), args.context, args.stride)
+    elif args.kl_against:
+        result = llama_cpp_kl(args.gguf, args.kl_against, read_ids(args.token_ids), args.context, args.stride, args.threads)
     else:
         result = llama_cpp_logprobs(args.gguf, read_ids(args.token_ids), args.context, args.stride, args.threads)
     if "token_logprob" in result:

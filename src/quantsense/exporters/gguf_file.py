@@ -124,18 +124,36 @@ def _target_types(reader, tensor_types: Mapping[str, str], default_type: str | N
     return types
 
 
-def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_type: str | None = "f32") -> dict:
+def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_type: str | None = "f32",
+                         provenance: Mapping[str, Any] | None = None) -> dict:
     """Predicted sizes of :func:`write_gguf`'s file from the source's shapes and the planned types.
 
     Returns ``{"tensor_bytes": sum of tensor data, "file_bytes": header + aligned tensor data}``; the
-    header is the source's (the copied metadata and tensor table have the same size).
+    header is the source's (the copied metadata and tensor table have the same size), less the source's own imatrix
+    keys and plus the ``provenance`` keys written in their place.
     """
     reader = _read(source)
     types = _target_types(reader, tensor_types, default_type)
     alignment = _alignment(reader)
     sizes = [tensor_nbytes(t.shape, types[t.name]) for t in reader.tensors]
     padded = sum(-(-size // alignment) * alignment for size in sizes)
-    return {"tensor_bytes": sum(sizes), "file_bytes": int(reader.data_offset) + padded}
+    header = int(reader.data_offset)
+    if provenance or any(f.name.startswith(_OWN_PREFIXES) for f in reader.fields.values()):
+        end = max(f.offset + _field_bytes(f) for f in [*reader.fields.values(), *(t.field for t in reader.tensors)])
+        dropped = sum(_field_bytes(f) for f in reader.fields.values() if f.name.startswith(_OWN_PREFIXES))
+        added = sum(_kv_bytes(IMATRIX_KEYS[key], value) for key, value in (provenance or {}).items())
+        header = -(-(end - dropped + added) // alignment) * alignment
+    return {"tensor_bytes": sum(sizes), "file_bytes": header + padded}
+
+
+def _field_bytes(field) -> int:
+    return sum(int(part.nbytes) for part in field.parts)
+
+
+def _kv_bytes(key: str, value) -> int:
+    """A GGUF key/value's bytes: key length (u64) and key, value type (u32), then a string (u64 length and bytes) or
+    an int32."""
+    return 8 + len(key.encode()) + 4 + (8 + len(value.encode()) if isinstance(value, str) else 4)
 
 
 def _field_value(field) -> Any:
@@ -193,9 +211,8 @@ def _tensor_data(tensor, qtype_name: str, importance: np.ndarray | None = None) 
         return gguf.quants.quantize(weights, _qtype(qtype_name))
     from quantsense.quantization import ggml_lib
 
-    name = {n.lower(): n for n in ggml_lib.GGML_TYPES}[qtype_name.lower()]
     rows = weights.reshape(-1, weights.shape[-1])
-    data = ggml_lib.quantize(name, rows, importance)
+    data = ggml_lib.quantize(qtype_name, rows, importance)
     return np.frombuffer(data, dtype=np.uint8).reshape(*weights.shape[:-1], -1)
 
 

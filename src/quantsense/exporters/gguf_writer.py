@@ -71,6 +71,19 @@ def gguf_tensor_types(source: ExportSource, plan: Plan) -> dict[str, str]:
     return {hf_to_gguf_name(name, source.units.num_blocks, arch): fmt.name for name, fmt in plan.assignments}
 
 
+def gguf_tensor_importance(source: ExportSource, plan: Plan) -> tuple[dict, dict | None]:
+    """(GGUF tensor name -> imatrix weights, for every planned tensor quantized with one; the imatrix provenance
+    llama-quantize writes, or None). A plan may bind one imatrix only, as one llama-quantize run does."""
+    from quantsense.exporters.gguf_file import hf_to_gguf_name
+
+    arch = _architecture(source)
+    weights = {hf_to_gguf_name(name, source.units.num_blocks, arch): fmt.importance(name) for name, fmt in plan.assignments}
+    used = {fmt.calibration() for _, fmt in plan.assignments} - {None}
+    if len(used) > 1:
+        raise QuantsenseError(f"the plan uses {len(used)} different importance matrices; a GGUF file records one")
+    return {k: v for k, v in weights.items() if v is not None}, (next(iter(used)).provenance() if used else None)
+
+
 def check_plan(source: ExportSource, plan: Plan) -> None:
     """Everything checkable before writing: a mapped architecture (or a convertible tokenizer), GGUF formats only."""
     gguf_tensor_types(source, plan)
@@ -131,8 +144,9 @@ def _write(src: ExportSource, plan: Plan, types: dict[str, str], source: Path, o
     from quantsense.exporters.gguf_file import predicted_gguf_bytes, write_gguf
     from quantsense.quantization.size import average_bits
 
-    predicted = predicted_gguf_bytes(source, types, default_type=None)
-    written = write_gguf(source, types, out, default_type=None)
+    importance, provenance = gguf_tensor_importance(src, plan)
+    predicted = predicted_gguf_bytes(source, types, default_type=None, provenance=provenance)
+    written = write_gguf(source, types, out, default_type=None, importance=importance, provenance=provenance)
     converted = src.gguf_file is None
     report = {"out": str(out), "format": "gguf", "plan_avg_bits": average_bits(src.units, plan),
               "file_bytes": written["bytes"], "predicted_file_bytes": predicted["file_bytes"],

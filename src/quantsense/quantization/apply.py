@@ -43,7 +43,7 @@ class PlanApplier:
             self._cache.move_to_end(key)
             return hit
         unit = self.unit_map.get(name)
-        tensor = config.fake_quantize(self.original(name), transposed=unit.transposed, tensor=name)
+        tensor = config.quantize_weight(self.original(name), unit.transposed, name)
         size = tensor.numel() * tensor.element_size()
         if size <= self.cache_bytes:
             self._cache[key] = tensor

@@ -22,11 +22,6 @@ from quantsense.errors import QuantsenseError
 INSTALL_HINT = ('ggml formats need llama.cpp\'s library: install llama-cpp-python '
                 '(CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -c constraints.txt -e ".[llama]")')
 
-# enum ggml_type (ggml.h) for the types quantsense quantizes through ggml
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_K": 10, "q3_K": 11,
-              "q4_K": 12, "q5_K": 13, "q6_K": 14, "iq4_nl": 20, "iq4_xs": 23, "bf16": 30}
-
-
 class _TypeTraits(ctypes.Structure):  # struct ggml_type_traits (ggml.h)
     _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
                 ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
@@ -75,21 +70,25 @@ def available() -> bool:
     return True
 
 
-def _type(name: str) -> int:
-    if name not in GGML_TYPES:
-        raise QuantsenseError(f"unknown ggml type {name!r}; use one of {', '.join(GGML_TYPES)}")
-    return GGML_TYPES[name]
+def ggml_type(name: str) -> int:
+    """enum ggml_type of a type name (any case): gguf's GGMLQuantizationType holds ggml's own numbers."""
+    import gguf
+
+    try:
+        return int(gguf.GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise QuantsenseError(f"unknown ggml type {name!r}") from None
 
 
 @functools.lru_cache(maxsize=None)
 def block_size(name: str) -> int:
     """Weights per block of ``name`` (32 for q4_0 and iq4_nl, 256 for the K types and iq4_xs)."""
-    return int(library().ggml_get_type_traits(_type(name)).contents.blck_size)
+    return int(library().ggml_get_type_traits(ggml_type(name)).contents.blck_size)
 
 
 def row_bytes(name: str, n_per_row: int) -> int:
     """Bytes of one row of ``n_per_row`` weights in ``name``, scales included."""
-    return int(library().ggml_row_size(_type(name), n_per_row))
+    return int(library().ggml_row_size(ggml_type(name), n_per_row))
 
 
 def check_rows(name: str, n_per_row: int) -> None:
@@ -114,7 +113,7 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
             raise QuantsenseError(f"an importance matrix for rows of {width} needs {width} values; got {imatrix.shape}")
         weights = imatrix.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     out = ctypes.create_string_buffer(n * row_bytes(name, width))
-    written = library().ggml_quantize_chunk(_type(name), rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out, 0,
+    written = library().ggml_quantize_chunk(ggml_type(name), rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out, 0,
                                             n, width, weights)
     if written != len(out):
         raise QuantsenseError(f"ggml wrote {written} bytes for {name}, expected {len(out)}")
@@ -126,7 +125,7 @@ def dequantize(name: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     n, width = shape
     if len(data) != n * row_bytes(name, width):
         raise QuantsenseError(f"{len(data)} bytes do not hold a {n}x{width} {name} tensor")
-    traits = library().ggml_get_type_traits(_type(name)).contents
+    traits = library().ggml_get_type_traits(ggml_type(name)).contents
     out = np.empty((n, width), dtype=np.float32)
     buffer = ctypes.create_string_buffer(data, len(data))
     _TO_FLOAT(traits.to_float)(ctypes.cast(buffer, ctypes.c_void_p), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),

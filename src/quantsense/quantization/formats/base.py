@@ -88,16 +88,27 @@ class WeightFormat:
                 "export_targets": list(self.export_targets), "glossary": [term, text]}
 
     # -- numerics and shapes ------------------------------------------------------------------
-    def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False, tensor: str | None = None) -> "torch.Tensor":
-        """``weight`` quantized and read back; ``tensor`` (the module's name) lets a format use per-tensor data such
-        as an importance matrix."""
+    def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False) -> "torch.Tensor":
         raise NotImplementedError
+
+    def quantize_weight(self, weight: "torch.Tensor", transposed: bool, tensor: str) -> "torch.Tensor":
+        """The named module's weight quantized and read back (what a plan applies): ``fake_quantize`` unless the
+        format uses per-tensor data such as an importance matrix."""
+        return self.fake_quantize(weight, transposed=transposed)
 
     # -- calibration ----------------------------------------------------------------------------
     def with_imatrix(self, imatrix) -> "WeightFormat":
         """This format weighting its rounding by ``imatrix`` (:mod:`quantsense.quantization.imatrix`) where its
         quantizer takes one (llama.cpp's do), else itself unchanged."""
         return self
+
+    def importance(self, tensor: str):
+        """The per-column weights this format quantizes ``tensor`` with (its bound imatrix's), or None."""
+        return None
+
+    def calibration(self):
+        """The imatrix this format is bound to, or None (an exporter writes its provenance)."""
+        return None
 
     def storage_bits(self, shape: tuple[int, ...], transposed: bool = False) -> int:
         raise NotImplementedError

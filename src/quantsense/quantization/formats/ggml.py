@@ -95,15 +95,12 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
             raise QuantsenseError(f"{self.format} needs rows that are multiples of {self.block_size()} weights; "
                                   f"{where} has rows of {row}{instead}")
 
-    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False, tensor: str | None = None) -> torch.Tensor:
+    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         import torch
 
         from quantsense.quantization import ggml_lib
 
         self.check_shape(tuple(weight.shape), transposed)
-        weighted = self.weighted_rows(weight, transposed, tensor)
-        if weighted is not None:
-            return weighted
         rows = (weight.detach().t() if transposed else weight.detach()).to(torch.float32).cpu().numpy()
         out = torch.from_numpy(ggml_lib.fake_quantize(self.format, rows))
         out = out.t() if transposed else out

@@ -76,12 +76,9 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
             raise QuantsenseError(f"{self.format} needs rows that are multiples of {block_size(self.format)} weights "
                                   f"(llama.cpp's block size); {where} has rows of {row}: use f16 or an int format for it")
 
-    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False, tensor: str | None = None) -> torch.Tensor:
+    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         from quantsense.quantization.gguf_quants import fake_quantize_gguf
 
-        weighted = self.weighted_rows(weight, transposed, tensor)
-        if weighted is not None:
-            return weighted
 
         return fake_quantize_gguf(weight, self.format, transposed=transposed)
 

@@ -154,7 +154,7 @@ class QuantConfig(WeightFormat):
                 raise QuantsenseError(f"the integer grid (--group-size, or scheme= in the API): {exc}" if named
                                       else str(exc)) from None
 
-    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False, tensor: str | None = None) -> torch.Tensor:
+    def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         from quantsense.quantization.fake_quant import fake_quantize
 
         return fake_quantize(weight, self, transposed=transposed)

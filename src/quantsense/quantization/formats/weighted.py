@@ -38,12 +38,18 @@ class ImatrixWeighted:
         found = super().describe(scheme)
         return {**found, "imatrix": self.imatrix.fingerprint} if self.imatrix is not None else found
 
-    def weighted_rows(self, weight: torch.Tensor, transposed: bool, tensor: str | None) -> torch.Tensor | None:
-        """``weight`` through ggml's quantizer with ``tensor``'s imatrix weights, or None when there are none (no
-        imatrix, or none for this tensor: then the unweighted quantizer applies, as in llama-quantize)."""
-        weights = self.imatrix.weights(tensor) if self.imatrix is not None and tensor is not None else None
+    def importance(self, tensor: str):
+        return self.imatrix.weights(tensor) if self.imatrix is not None and tensor is not None else None
+
+    def calibration(self):
+        return self.imatrix
+
+    def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str) -> torch.Tensor:
+        """``weight`` through ggml's quantizer with ``tensor``'s imatrix weights; without any (no imatrix bound, or
+        none for this tensor) the unweighted quantizer, as in llama-quantize."""
+        weights = self.importance(tensor)
         if weights is None:
-            return None
+            return self.fake_quantize(weight, transposed=transposed)
         import torch
 
         from quantsense.quantization import ggml_lib

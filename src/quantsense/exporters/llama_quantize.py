@@ -1,0 +1,64 @@
+"""llama.cpp's own quantizer, ``llama_model_quantize`` (what the ``llama-quantize`` tool runs), called through
+llama-cpp-python: a preset (``Q4_K_M``...) or a base type, per-tensor type overrides (``--tensor-type``) and
+importance-matrix weights (``--imatrix``), passed as the C API's structures. quantsense uses it as the reference its
+preset rules and its own GGUF writer are tested against, and to reproduce a plan the way a llama.cpp user would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from quantsense.errors import QuantsenseError
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        from quantsense.quantization.ggml_lib import INSTALL_HINT
+
+        raise QuantsenseError(INSTALL_HINT.replace("ggml formats need", "llama_model_quantize needs")) from None
+    return llama_cpp
+
+
+def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: Mapping[str, str] | None = None,
+                   importance: Mapping[str, np.ndarray] | None = None, nthread: int = 0) -> Path:
+    """Quantize the GGUF ``source`` into ``out`` with llama.cpp: ``ftype`` a llama_ftype number (the preset or base
+    type), ``overrides`` GGUF tensor name -> type (each an exact-name pattern, like ``--tensor-type``), ``importance``
+    GGUF tensor name -> imatrix weights (the mean squared activation per input column, as llama-quantize loads them).
+    A quantized source is re-quantized from its de-quantized values (``--allow-requantize``)."""
+    from quantsense.quantization.ggml_lib import ggml_type
+
+    llama_cpp = _llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True
+    params.nthread = nthread
+    keep = []  # the arrays the C side reads must outlive the call
+    if overrides:
+        entries = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (name, qtype) in enumerate(overrides.items()):
+            entries[i].pattern = ("^" + re.escape(name) + "$").encode()
+            entries[i].type = ggml_type(qtype)
+        params.tt_overrides = entries
+        keep.append(entries)
+    if importance:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(importance) + 1))()
+        for i, (name, values) in enumerate(importance.items()):
+            array = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(array)
+            entries[i].name = name.encode()
+            entries[i].data = array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = array.size
+        params.imatrix = entries
+        keep.append(entries)
+    out = Path(out)
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    if status != 0 or not out.is_file():
+        raise QuantsenseError(f"llama_model_quantize failed on {source} (status {status}); see llama.cpp's log above")
+    return out

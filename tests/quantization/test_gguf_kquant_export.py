@@ -1,0 +1,85 @@
+"""GGUF export of ggml's K and IQ4 types, with and without an imatrix: the bytes are ggml's own quantization of the
+source tensors, the file records the imatrix as llama-quantize does, and transformers' loader reads it back equal to
+the simulation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quantsense.cli import main
+from quantsense.exporters.gguf_file import IMATRIX_KEYS, predicted_gguf_bytes, write_gguf
+from tests.conftest import WIKI
+
+gguf = pytest.importorskip("gguf")
+ggml_lib = pytest.importorskip("quantsense.quantization.ggml_lib")
+if not ggml_lib.available():
+    pytest.skip("llama-cpp-python (ggml's library) is not installed", allow_module_level=True)
+
+PLAN = {"blk.0.ffn_down.weight": "q4_k", "blk.1.ffn_down.weight": "q6_k", "blk.2.attn_q.weight": "iq4_nl",
+        "blk.3.ffn_down.weight": "iq4_xs", "blk.4.attn_v.weight": "q5_0", "blk.5.ffn_down.weight": "q3_k"}
+
+
+def _dequantized(reader, name: str) -> np.ndarray:
+    tensor = next(t for t in reader.tensors if t.name == name)
+    return gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+
+
+def test_k_and_iq_tensors_are_ggml_bytes_with_imatrix_provenance(smollm2, tmp_path):
+    source = gguf.GGUFReader(str(smollm2))
+    rng = np.random.default_rng(0)
+    importance = {"blk.0.ffn_down.weight": rng.uniform(0.1, 4, 1536).astype(np.float32),
+                  "blk.4.attn_v.weight": rng.uniform(0.1, 4, 576).astype(np.float32)}
+    provenance = {"file": "calib.imatrix.gguf", "dataset": "wiki.train.raw", "entries": 210, "chunks": 8}
+    out = write_gguf(smollm2, PLAN, tmp_path / "k.gguf", default_type=None, importance=importance, provenance=provenance)
+    written = gguf.GGUFReader(out["path"])
+    tensors = {t.name: t for t in written.tensors}
+    for name, qtype in PLAN.items():
+        assert tensors[name].tensor_type == gguf.GGMLQuantizationType[qtype.upper()]
+        rows = _dequantized(source, name)
+        want = ggml_lib.quantize(qtype, rows.reshape(-1, rows.shape[-1]), importance.get(name))
+        assert bytes(np.asarray(tensors[name].data).tobytes()) == want, name
+    # the weighted tensors differ from the unweighted quantization of the same rows
+    rows = _dequantized(source, "blk.0.ffn_down.weight")
+    assert bytes(np.asarray(tensors["blk.0.ffn_down.weight"].data).tobytes()) != ggml_lib.quantize("q4_K", rows)
+    fields = written.fields
+    assert bytes(fields[IMATRIX_KEYS["file"]].parts[-1]).decode() == "calib.imatrix.gguf"
+    assert int(fields[IMATRIX_KEYS["entries"]].parts[-1][0]) == 210
+    assert out["bytes"] == predicted_gguf_bytes(smollm2, PLAN, default_type=None, provenance=provenance)["file_bytes"]
+
+
+def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
+    """quantsense imatrix on one token range, export of a K/IQ4 plan bound to it, verified on another: transformers'
+    GGUF loader gives the simulation's log-probs (gguf's dequantizers read ggml's bytes bit for bit)."""
+    lm = ["--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--context", "128", "--stride", "128",
+          "--no-store", "--quiet"]
+    imatrix = tmp_path / "calib.imatrix.gguf"
+    assert main(["imatrix", *lm, "--max-tokens", "256", "--out", str(imatrix)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    plan = tmp_path / "plan.json"
+    from quantsense.workspace import open_workspace
+
+    ws = open_workspace(str(smollm2), data=str(WIKI), task="wikitext", max_tokens=256, first_token=256, context=128,
+                        stride=128, imatrix=str(imatrix), quiet=True)
+    fingerprint = ws.imatrix.fingerprint
+    units = {"model.layers.0.mlp.down_proj": {"format": "q4_K", "imatrix": fingerprint},
+             "model.layers.1.mlp.down_proj": {"format": "q6_K", "imatrix": fingerprint},
+             "model.layers.2.self_attn.q_proj": {"format": "iq4_nl", "imatrix": fingerprint},
+             "model.layers.3.self_attn.v_proj": {"format": "q5_0", "imatrix": fingerprint},
+             "model.layers.4.mlp.up_proj": {"format": "q8_0"}}
+    plan.write_text(json.dumps({"units": units}))
+    out = tmp_path / "k.gguf"
+    code = main(["export", str(plan), "--format", "gguf", "--out", str(out), "--imatrix", str(imatrix), *lm,
+                 "--max-tokens", "256", "--first-token", "256"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "k-report" / "results.json").read_text())["export"]
+    assert report["tensor_types"]["q4_k"] == 1 and report["tensor_types"]["iq4_nl"] == 1
+    assert report["max_token_logprob_difference"] <= 1e-4
+    written = gguf.GGUFReader(str(out))
+    assert bytes(written.fields[IMATRIX_KEYS["file"]].parts[-1]).decode() == str(imatrix)
+    # without --imatrix the plan's imatrix is unknown: refused before any work, naming the flag
+    code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "again.gguf"), *lm,
+                 "--max-tokens", "256", "--first-token", "256"])
+    assert code == 2 and "pass --imatrix" in capsys.readouterr().err
