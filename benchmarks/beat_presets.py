@@ -112,7 +112,7 @@ def main() -> None:
     for preset, (label, allocation) in zip(presets, plans):
         allocated = Plan.of({**allocation.plan.as_dict(), **outside[preset].as_dict()})
         preset_file = llama_quantize(reference, folder / f"{preset}-imatrix.gguf", FTYPES[preset], nthread=2,
-                                     importance=importance)
+                                     importance=importance, provenance=choose.imatrix.provenance())
         ours = write_plan(choose, allocated, reference, folder / f"quantsense-at-{preset}.gguf")
         simulated = {r["plan"]: r for r in evaluate_plans(score, {f"{preset}": presets_plans[preset],
                                                                   f"quantsense@{preset}": allocated}, desc="simulation")}

@@ -66,6 +66,10 @@ SECTIONS = {
                                 [("results/smollm2-frontier-linear/frontier.png", "docs/figures/smollm2-frontier-linear.png")]),
     "decoder-reduced": (f"python benchmarks/reduced_sweep.py --task wikitext --model {SMOL} --data {WIKI} {LM_WINDOWS} "
                         "--unit linear --candidates q4_0 q5_0 q8_0 --budgets 5 5.5 6 --full-store results/smollm2.sqlite", []),
+    "beat-presets-q41": (f"python benchmarks/beat_presets.py --model {SMOL} --data {WIKI} --store results/beat-presets-q41.sqlite "
+                         "--out results/beat-presets-q41 --quiet", []),
+    "beat-presets-float": (f"python benchmarks/beat_presets.py --model results/smollm2-float --data {WIKI} "
+                           "--store results/beat-presets-float.sqlite --out results/beat-presets-float --quiet", []),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --exhaustive --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
     "decoder-export": (f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "

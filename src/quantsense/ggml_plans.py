@@ -45,8 +45,22 @@ def preset_budget(ws: Workspace, preset: str) -> tuple[Budget, Plan]:
     plan = preset_plan(ws, preset)
     linears = set(ws.units.linear_units())
     outside = Plan.of({name: fmt for name, fmt in plan.assignments if name not in linears})
-    return Budget(avg_bits=average_bits(ws.units, plan, scope=sorted(linears))), outside
+    bits = average_bits(ws.units, plan, scope=sorted(linears))
+    return Budget(avg_bits=bits, preset=preset_name(preset)), outside
 
 
-def preset_label(preset: str) -> str:
-    return f"preset {preset_name(preset)}"
+def with_presets(ws: Workspace, budgets: list[Budget], presets) -> tuple[list[Budget], dict[str, Plan], dict[str, Plan]]:
+    """``budgets`` and each preset's own budget; the preset plans to measure beside the allocations (``preset Q4_K_M``);
+    per preset, the types it gives outside the blocks, which an allocation at its size takes too."""
+    budgets, named, outside = list(budgets), {}, {}
+    for preset in dict.fromkeys(preset_name(p) for p in presets):
+        budget, outside[preset] = preset_budget(ws, preset)
+        budgets.append(budget)
+        named[f"preset {preset}"] = preset_plan(ws, preset)
+    return budgets, named, outside
+
+
+def with_outside(plan: Plan, budget: Budget, outside: dict[str, Plan]) -> Plan:
+    """An allocated plan with its preset's types outside the blocks (unchanged for a budget without a preset)."""
+    extra = outside.get(budget.preset) if budget.preset else None
+    return Plan.of({**plan.as_dict(), **extra.as_dict()}) if extra else plan

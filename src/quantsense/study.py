@@ -30,10 +30,11 @@ from quantsense.mixed_precision.strategies import Levels, blocks_plan, strategy_
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
+from quantsense.ggml_plans import with_outside, with_presets
 from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking, sequential_sweep
 from quantsense.results import FrontierResult, PlanRows, SensitivityResult, StudyResult, provenance
 from quantsense.sweeps.ranking import rank_rows
-from quantsense.sweeps.sweep import build_entries, run_sweep, sweep_units, skipped_pairs
+from quantsense.sweeps.sweep import build_entries, fits, run_sweep, skipped_pairs, sweep_units
 from quantsense.workspace import Workspace
 
 PHASES = ("baseline", "sensitivity", "proxies", "mixed", "ablation")
@@ -208,16 +209,22 @@ def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
 
 
 def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-             tie: str | None = None, objective: str = "kl", reduced: bool = False) -> FrontierResult:
+             tie: str | None = None, objective: str = "kl", reduced: bool = False, presets=()) -> FrontierResult:
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
     ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
-    block ranking from the first data segment."""
+    block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
+    at its size (:mod:`quantsense.ggml_plans`)."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
-    budgets = [Budget.of(b) for b in budgets] if budgets else default_budgets(ws, fmts)
+    budgets = [Budget.of(b) for b in budgets] if budgets is not None else [] if presets else default_budgets(ws, fmts)
+    budgets, preset_plans, outside = with_presets(ws, budgets, presets)
     allocated, sweep = sweep_and_allocate(ws, budgets, fmts, unit, tie, objective, reduced)
-    named: dict[str, Plan] = {name: a.plan for name, a in allocated}
+    named: dict[str, Plan] = {name: with_outside(a.plan, b, outside) for (name, a), b in zip(allocated, budgets)}
     identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
+    named.update(preset_plans)
+    identity.update({name: {"kind": "preset"} for name in preset_plans})
     for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):
+        if not all(fits(ws.units, (n,), fmt) for n in ws.units.linear_units()):
+            continue  # e.g. q4_K on a model with 576-wide rows: no uniform plan exists (a preset is llama.cpp's answer)
         named[f"uniform {fmt.name}"] = uniform_plan(ws.units, fmt)
         identity[f"uniform {fmt.name}"] = {"kind": "uniform", "format": fmt.name}
     rank_fmt = min((f for f in fmts if f.nominal_bits >= 4), key=lambda f: f.nominal_bits, default=fmts[0])
@@ -236,7 +243,7 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
         row["measured_over_predicted"] = row[key] / row["predicted_loss"] if row["predicted_loss"] else None
     groups = {name: info for _, a in allocated for name, info in a.groups.items()}
     return FrontierResult(objective, unit, [f.name for f in fmts], rows,
-                          {name: a.plan.to_json_dict() for name, a in allocated},
+                          {name: named[name].to_json_dict() for name, _ in allocated},
                           {name: dict(a.choices) for name, a in allocated}, groups, sweep)
 
 
@@ -355,7 +362,7 @@ def _check_strategy_formats(ws: Workspace, candidates, need_levels: bool) -> Non
 
 def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
                  tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
-                 reduced: bool = False) -> StudyResult:
+                 reduced: bool = False, presets=()) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
     budgets = [Budget.of(b) for b in budgets] if budgets else None
     fmts = ws.formats(candidates or ws.task.default_candidates)
@@ -363,7 +370,7 @@ def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=
     metric_key(ws, objective)
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
-    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced)
+    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced, presets)
     notify("frontier", result)
     result.formats = ws.format_table()
     return result

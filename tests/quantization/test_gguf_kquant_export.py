@@ -83,3 +83,26 @@ def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
     code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "again.gguf"), *lm,
                  "--max-tokens", "256", "--first-token", "256"])
     assert code == 2 and "pass --imatrix" in capsys.readouterr().err
+
+
+def test_llama_model_quantize_with_the_plan_writes_the_same_tensor_bytes(smollm2, tmp_path):
+    """The plan as llama-quantize arguments (--pure, a --tensor-type per tensor, the imatrix) run through
+    llama_model_quantize itself gives quantsense's GGUF writer's tensor data byte for byte."""
+    from quantsense.exporters.llama_quantize import llama_quantize
+
+    rows = {t.name: int(t.shape[0]) for t in gguf.GGUFReader(str(smollm2)).tensors if len(t.shape) >= 2}
+    cycle = ["q4_0", "q5_0", "iq4_nl", "q5_1", "q8_0", "q4_1"]
+    types = {name: cycle[i % len(cycle)] for i, name in enumerate(sorted(rows))}
+    types.update({f"blk.{i}.ffn_down.weight": ("q4_k", "q6_k", "iq4_xs", "q3_k", "q5_k", "q2_k")[i % 6] for i in range(30)})
+    rng = np.random.default_rng(2)
+    importance = {name: rng.uniform(0.05, 5, width).astype(np.float32) for name, width in rows.items()
+                  if name != "token_embd.weight"}
+    ours = write_gguf(smollm2, types, tmp_path / "ours.gguf", default_type=None, importance=importance)
+    theirs = llama_quantize(smollm2, tmp_path / "llama.gguf", ftype=2, overrides=types, importance=importance, pure=True,
+                            nthread=2)
+    a = {t.name: t for t in gguf.GGUFReader(ours["path"]).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(str(theirs)).tensors}
+    assert set(a) == set(b)
+    for name in rows:
+        assert a[name].tensor_type == b[name].tensor_type, name
+        assert np.asarray(a[name].data).tobytes() == np.asarray(b[name].data).tobytes(), name

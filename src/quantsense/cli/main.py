@@ -125,6 +125,8 @@ def _budgets(args) -> list | None:
 
     if args.command == "frontier":
         return [Budget(avg_bits=b) for b in dict.fromkeys(args.budgets)] if args.budgets else None
+    if args.max_size_of is not None:
+        return None  # the preset's own budget (_presets)
     if args.max_size is not None:
         return [Budget(max_bytes=parse_size(args.max_size))]
     return [Budget(avg_bits=args.avg_bits)]
@@ -150,8 +152,9 @@ def _run(args, ws):
             raise QuantsenseError("export needs --out (a folder for torchao, a .gguf file for gguf)")
         return study.run_export(ws, args.plan_file, args.out, args.export_format, not args.no_verify, on_phase=show)
     if args.command in ("allocate", "frontier"):
+        presets = args.preset if args.command == "frontier" else [args.max_size_of] if args.max_size_of else []
         return study.run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show,
-                                  reduced=_reduced(args))
+                                  reduced=_reduced(args), presets=presets)
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (flags a command may lack)
     return study.run_study(ws, get("formats"), get("unit", "block"), get("views", ("only",)), get("include_extra", False),
                            get("rank_by", "kl"), get("blocks"), get("plan", []), get("calibration_data"),

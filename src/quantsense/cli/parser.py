@@ -73,6 +73,16 @@ def _format_name(text: str) -> str:
     return text
 
 
+def _preset(text: str) -> str:
+    """A llama.cpp preset name (any case), checked now."""
+    from quantsense.mixed_precision.presets import preset_name
+
+    try:
+        return preset_name(text)
+    except QuantsenseError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _task_setting_flags(group) -> None:
     """One flag per task setting, from the task registry (a flag shared by tasks appears once)."""
     owners: dict[str, list] = {}
@@ -211,10 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     budget = alloc.add_mutually_exclusive_group(required=True)
     budget.add_argument("--avg-bits", type=_positive_float, help="average stored bits per block linear weight, scales included")
     budget.add_argument("--max-size", help="whole-model size, e.g. 20MB or 18MiB")
+    budget.add_argument("--max-size-of", metavar="PRESET", type=_preset, help="the size of a llama.cpp preset (Q3_K_M, Q4_K_M...): its "
+                        "bits per block linear weight and its own types outside the blocks; the preset is measured beside")
     _allocation_flags(alloc)
     front = sub.add_parser("frontier", parents=[common], help="allocate over many budgets and measure every plan")
     front.add_argument("--budgets", type=_positive_float, nargs="+",
                        help="average bits per weight to solve for (default: each uniform candidate's size and the midpoints)")
+    front.add_argument("--preset", nargs="+", default=[], metavar="PRESET", type=_preset,
+                       help="also measure these llama.cpp presets (Q3_K_M, Q4_K_M, Q5_K_M...), each with an allocation at its size")
     _allocation_flags(front)
     exp = sub.add_parser("export", parents=[common], help="write a plan as a real quantized model and verify it")
     exp.add_argument("plan_file", metavar="PLAN", help="plan JSON (from 'quantsense allocate' or by hand)")

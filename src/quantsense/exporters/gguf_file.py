@@ -141,9 +141,21 @@ def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_
     if provenance or any(f.name.startswith(_OWN_PREFIXES) for f in reader.fields.values()):
         end = max(f.offset + _field_bytes(f) for f in [*reader.fields.values(), *(t.field for t in reader.tensors)])
         dropped = sum(_field_bytes(f) for f in reader.fields.values() if f.name.startswith(_OWN_PREFIXES))
-        added = sum(_kv_bytes(IMATRIX_KEYS[key], value) for key, value in (provenance or {}).items())
+        added = sum(_kv_bytes(key, value) for key, value in imatrix_keys(provenance).items())
         header = -(-(end - dropped + added) // alignment) * alignment
     return {"tensor_bytes": sum(sizes), "file_bytes": header + padded}
+
+
+def imatrix_keys(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``quantize.imatrix.*`` keys as the llama-quantize tool writes them: strings cut to 127 bytes, counts as
+    uint32, the chunk count only when positive."""
+    keys = {}
+    for name, value in (provenance or {}).items():
+        if isinstance(value, str):
+            keys[IMATRIX_KEYS[name]] = value.encode()[:127].decode(errors="ignore")
+        elif name != "chunks" or value > 0:
+            keys[IMATRIX_KEYS[name]] = int(value)
+    return keys
 
 
 def _field_bytes(field) -> int:
@@ -152,7 +164,7 @@ def _field_bytes(field) -> int:
 
 def _kv_bytes(key: str, value) -> int:
     """A GGUF key/value's bytes: key length (u64) and key, value type (u32), then a string (u64 length and bytes) or
-    an int32."""
+    a uint32."""
     return 8 + len(key.encode()) + 4 + (8 + len(value.encode()) if isinstance(value, str) else 4)
 
 
@@ -245,8 +257,8 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
         _copy_metadata(reader, writer)
         writer.add_file_type(_file_type(reader, types))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for key, value in (provenance or {}).items():
-            (writer.add_string if isinstance(value, str) else writer.add_int32)(IMATRIX_KEYS[key], value)
+        for key, value in imatrix_keys(provenance).items():
+            (writer.add_string if isinstance(value, str) else writer.add_uint32)(key, value)
         for tensor in reader.tensors:
             numpy_shape = tuple(int(d) for d in reversed(tensor.shape))
             if tensor.name in keep:

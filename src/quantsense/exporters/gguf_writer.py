@@ -90,7 +90,8 @@ def check_plan(source: ExportSource, plan: Plan) -> None:
 
 
 def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
-    """The command line that reproduces ``plan`` with llama-quantize (base type: the plan's commonest).
+    """The command line that reproduces ``plan`` with llama-quantize (base type: the plan's commonest; ``--pure`` so
+    that llama.cpp's preset rules leave every planned tensor at its planned type; ``--imatrix`` with the plan's).
 
     From a Hugging Face model it starts with llama.cpp's converter, in the model's own dtype.
     """
@@ -105,8 +106,10 @@ def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
         outtype = _OUTTYPES[source.dtype]
         file = Path(f"{Path(source.name).name}-{outtype}.gguf")
         convert = ["python", "convert_hf_to_gguf.py", source.name, "--outtype", outtype, "--outfile", str(file), "&&"]
-    args = [*convert, "llama-quantize", "--allow-requantize", *llama_quantize_args(overrides), str(file),
-            f"{file.stem}-quantsense.gguf", base]
+    _, provenance = gguf_tensor_importance(source, plan)
+    imatrix = ["--imatrix", provenance["file"]] if provenance else []
+    args = [*convert, "llama-quantize", "--allow-requantize", "--pure", *imatrix, *llama_quantize_args(overrides),
+            str(file), f"{file.stem}-quantsense.gguf", base]
     return " ".join(args)
 
 

@@ -27,10 +27,14 @@ def _llama_cpp():
 
 
 def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: Mapping[str, str] | None = None,
-                   importance: Mapping[str, np.ndarray] | None = None, nthread: int = 0) -> Path:
+                   importance: Mapping[str, np.ndarray] | None = None, provenance: Mapping | None = None,
+                   pure: bool = False, nthread: int = 0) -> Path:
     """Quantize the GGUF ``source`` into ``out`` with llama.cpp: ``ftype`` a llama_ftype number (the preset or base
     type), ``overrides`` GGUF tensor name -> type (each an exact-name pattern, like ``--tensor-type``), ``importance``
-    GGUF tensor name -> imatrix weights (the mean squared activation per input column, as llama-quantize loads them).
+    GGUF tensor name -> imatrix weights (the mean squared activation per input column, as llama-quantize loads them),
+    ``provenance`` the imatrix's ``quantize.imatrix.*`` keys (:func:`~quantsense.exporters.gguf_file.imatrix_keys`),
+    which the llama-quantize tool passes as metadata overrides.
+    ``pure``: tensors without an override get the base type itself, not the preset rules' choice (``--pure``).
     A quantized source is re-quantized from its de-quantized values (``--allow-requantize``)."""
     from quantsense.quantization.ggml_lib import ggml_type
 
@@ -38,6 +42,7 @@ def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: M
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.allow_requantize = True
+    params.pure = pure
     params.nthread = nthread
     keep = []  # the arrays the C side reads must outlive the call
     if overrides:
@@ -56,6 +61,21 @@ def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: M
             entries[i].data = array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
             entries[i].size = array.size
         params.imatrix = entries
+        keep.append(entries)
+    if provenance:
+        from quantsense.exporters.gguf_file import imatrix_keys
+
+        keys = imatrix_keys(provenance)
+        entries = (llama_cpp.llama_model_kv_override * (len(keys) + 1))()
+        for i, (key, value) in enumerate(keys.items()):
+            entries[i].key = key.encode()
+            if isinstance(value, str):
+                entries[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+                entries[i].value.val_str = value.encode()
+            else:
+                entries[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+                entries[i].value.val_i64 = value
+        params.kv_overrides = entries
         keep.append(entries)
     out = Path(out)
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))

@@ -49,6 +49,7 @@ def parse_size(text: str) -> int:
 class Budget:
     avg_bits: float | None = None
     max_bytes: int | None = None
+    preset: str | None = None  # a llama.cpp preset this budget equals (its bits per block linear weight)
 
     def __post_init__(self):
         if (self.avg_bits is None) == (self.max_bytes is None):
@@ -68,6 +69,8 @@ class Budget:
         raise QuantsenseError(f"a budget is a number of bits per weight (e.g. 4.5) or a Budget(...), got {value!r}")
 
     def label(self) -> str:
+        if self.preset is not None:
+            return f"{self.preset} size"
         return f"{self.avg_bits:g} bits/weight" if self.avg_bits is not None else f"{self.max_bytes / 1e6:.2f} MB"
 
     def to_dict(self) -> dict:
