@@ -12,6 +12,7 @@ import torch
 from quantsense.cli import main
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats import format_from_dict, parse_format
+from quantsense.quantization.formats.weighted import USES_IMATRIX
 from quantsense.exporters.imatrix_file import load, save
 from quantsense.quantization.imatrix import Imatrix, collect, known
 from quantsense.quantization.plan import Plan
@@ -80,10 +81,21 @@ def test_bad_imatrix_files_are_refused_with_the_fix(tmp_path):
         load(other, {"m": "blk.0.attn_q.weight"})
 
 
+@pytest.fixture(scope="module")
+def down_proj() -> dict[str, torch.Tensor]:
+    """blk.0.ffn_down [576, 1536] of the Q4_1 file, and off its grid as the float stand-in's tool dithers it."""
+    from tests.quantization.test_ggml_formats import _dither
+
+    weight = _smollm2_weights(("blk.0.ffn_down.weight",))["blk.0.ffn_down.weight"]
+    dithered = _dither()("model.layers.0.mlp.down_proj.weight", weight, "q4_1").to(torch.bfloat16).float()
+    return {"q41": weight, "float": dithered}
+
+
 @needs_ggml
-@pytest.mark.parametrize("name", ["q4_0", "q5_1", "q4_K", "q6_K", "iq4_nl", "iq4_xs"])
-def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(name):
-    weight = _smollm2_weights(("blk.0.ffn_down.weight",))["blk.0.ffn_down.weight"]  # [576, 1536]
+@pytest.mark.parametrize("model", ["q41", "float"])
+@pytest.mark.parametrize("name", sorted(USES_IMATRIX))
+def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, model, name):
+    weight = down_proj[model]
     rng = np.random.default_rng(1)
     imx = Imatrix({"down": rng.lognormal(0, 1.5, 1536).astype(np.float32)}, {"down": 7})
     plain, bound = parse_format(name), parse_format(name).with_imatrix(imx)
@@ -92,10 +104,14 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(name):
     want = ggml_lib.fake_quantize(name, weight.numpy(), imx.weights("down"))
     assert torch.equal(ours, torch.from_numpy(want))
     assert torch.equal(bound.quantize_weight(weight, False, "not in the imatrix"), plain.fake_quantize(weight))
-    # what the weighting is for: a smaller activation-weighted error than the plain rounding's
+    # what the weighting is for: a smaller activation-weighted error than the plain rounding's (off the grid; on the
+    # Q4_1 grid q4_1 is exact either way)
     w = torch.from_numpy(imx.weights("down")).double()
     weighted = lambda q: float(((q.double() - weight.double()) ** 2 * w).sum())  # noqa: E731
-    assert weighted(ours) < weighted(plain.fake_quantize(weight))
+    if model == "float":
+        assert weighted(ours) < weighted(plain.fake_quantize(weight))
+    else:
+        assert weighted(ours) <= weighted(plain.fake_quantize(weight))
 
 
 def test_formats_that_ignore_an_imatrix_stay_themselves_and_plan_files_name_it():
