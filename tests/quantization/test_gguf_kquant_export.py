@@ -77,6 +77,11 @@ def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
     report = json.loads((tmp_path / "k-report" / "results.json").read_text())["export"]
     assert report["tensor_types"]["q4_k"] == 1 and report["tensor_types"]["iq4_nl"] == 1
     assert report["max_token_logprob_difference"] <= 1e-4
+    # scored where it ships: llama.cpp's KL against an F16 file on the same tokens, beside the simulation's
+    assert report["llama_cpp_kl_ci_low"] <= report["llama_cpp_kl_mean"] <= report["llama_cpp_kl_ci_high"]
+    # llama.cpp also rounds activations to 8 bits in quantized dot products: on top of the simulation, never far below
+    assert 0.8 * report["simulated_kl_mean"] < report["llama_cpp_kl_mean"] < 0.05
+    assert "llama.cpp mean KL against an F16 file" in capsys.readouterr().out
     written = gguf.GGUFReader(str(out))
     assert bytes(written.fields[IMATRIX_KEYS["file"]].parts[-1]).decode() == str(imatrix)
     # without --imatrix the plan's imatrix is unknown: refused before any work, naming the flag

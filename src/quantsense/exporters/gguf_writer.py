@@ -164,17 +164,22 @@ def _write(src: ExportSource, plan: Plan, types: dict[str, str], source: Path, o
 
 
 def verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, simulated_logprob,
-           speed_repeats: int = 3) -> dict:
+           speed_repeats: int = 3, simulated_kl=None) -> dict:
     """The written file against the simulation (per-token log-probs of ``token_ids`` in windows of ``context`` every
-    ``stride`` tokens) in transformers and llama.cpp, and llama.cpp's speed against an F16 file of ``source``."""
+    ``stride`` tokens) in transformers and llama.cpp; in llama.cpp also its KL against an F16 file of ``source`` on
+    those tokens (beside the simulation's KL against FP32) and its speed against that F16 file."""
     report = _verify(path, source, token_ids, context, stride, np.asarray(simulated_logprob, dtype=np.float64),
                      speed_repeats)
+    if simulated_kl is not None:
+        report["simulated_kl_mean"] = float(np.mean(simulated_kl))
     report["lines"] = _verify_lines({**report, "file_bytes": Path(path).stat().st_size})
     return report
 
 
 def _verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, sim_lp, speed_repeats: int) -> dict:
     from quantsense.evaluation.metrics import perplexity
+    from quantsense.exporters.gguf_file import write_gguf
+    from quantsense.exporters.llama_score import score_in_llama_cpp
 
     out = {"simulated_perplexity": perplexity(sim_lp)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,16 +196,16 @@ def _verify(path: Path, source: Path, token_ids: list[int], context: int, stride
         cpp = _verifier("--runtime", "llama.cpp", str(path.resolve()), *window)
         out["llama_cpp_perplexity"] = cpp["perplexity"]
         out["llama_cpp_over_simulated"] = cpp["perplexity"] / out["simulated_perplexity"]
-        out.update(_speed_against_f16(source, path, Path(tmp), speed_repeats))
+        f16 = Path(tmp) / "f16.gguf"
+        write_gguf(source, {}, f16, default_type="f16")
+        scored = score_in_llama_cpp(path, f16, token_ids, context, stride)
+        out.update({f"llama_cpp_{k}": v for k, v in scored.items() if k.startswith(("kl_", "top1"))})
+        out.update(_speed_against_f16(f16, path, speed_repeats))
     return out
 
 
-def _speed_against_f16(source: Path, path: Path, tmp: Path, repeats: int) -> dict:
+def _speed_against_f16(f16: Path, path: Path, repeats: int) -> dict:
     """llama.cpp tokens/s of the export and of an F16 GGUF of the same model, measured alternately."""
-    from quantsense.exporters.gguf_file import write_gguf
-
-    f16 = tmp / "f16.gguf"
-    write_gguf(source, {}, f16, default_type="f16")
     runs = {"plan": [], "f16": []}
     for _ in range(repeats):  # alternate so both see the same machine load; keep each one's best
         for name, file in (("plan", path), ("f16", f16)):
@@ -220,6 +225,10 @@ def _verify_lines(rep: dict) -> list[str]:
         return lines + [f"llama.cpp: {rep['llama_cpp']}"]
     lines.append(f"llama.cpp perplexity {rep['llama_cpp_perplexity']:.4f} on the same token ids: "
                  f"{100 * (rep['llama_cpp_over_simulated'] - 1):+.2f} % from the simulation (llama.cpp rounds activations to 8 bits)")
+    beside = f" (simulation against FP32: {rep['simulated_kl_mean']:.4f})" if "simulated_kl_mean" in rep else ""
+    lines.append(f"llama.cpp mean KL against an F16 file of the same model on those tokens: {rep['llama_cpp_kl_mean']:.4f} "
+                 f"[95% CI {rep['llama_cpp_kl_ci_low']:.4f}, {rep['llama_cpp_kl_ci_high']:.4f}]{beside}, top-1 agreement "
+                 f"{rep['llama_cpp_top1_agreement']:.1f} %")
     lines.append(f"llama.cpp speed ({rep['threads']} threads, best of alternating runs): prompt {rep['prompt_tokens_per_s']:.1f} tok/s "
                  f"vs F16 {rep['f16_prompt_tokens_per_s']:.1f} ({rep['prompt_tokens_per_s'] / rep['f16_prompt_tokens_per_s']:.2f}x), "
                  f"generation {rep['gen_tokens_per_s']:.1f} tok/s vs F16 {rep['f16_gen_tokens_per_s']:.1f} "

@@ -218,8 +218,11 @@ class LanguageModelPerplexity(Task):
         if target == "gguf":
             from quantsense.exporters.gguf_writer import verify
 
-            return lambda path, source_file: verify(path, source_file, token_ids(batches), self.context, self.stride,
-                                                    simulate().arrays["token_logprob"])
+            def check(path, source_file):
+                arrays = simulate().arrays
+                return verify(path, source_file, token_ids(batches), self.context, self.stride, arrays["token_logprob"],
+                              simulated_kl=arrays.get("kl"))
+            return check
         if target != "torchao":
             return super().export_check(target, source, data, simulate, batches)
         if not Path(data.source).is_file():
