@@ -215,7 +215,7 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
     block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
     at its size (:mod:`quantsense.ggml_plans`)."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
-    budgets = [Budget.of(b) for b in budgets] if budgets is not None else [] if presets else default_budgets(ws, fmts)
+    budgets = [Budget.of(b) for b in budgets] if budgets else [] if presets else default_budgets(ws, fmts)
     budgets, preset_plans, outside = with_presets(ws, budgets, presets)
     allocated, sweep = sweep_and_allocate(ws, budgets, fmts, unit, tie, objective, reduced)
     named: dict[str, Plan] = {name: with_outside(a.plan, b, outside) for (name, a), b in zip(allocated, budgets)}
