@@ -26,7 +26,7 @@ from quantsense.calibrate import make_imatrix
 from quantsense.exporters.gguf_file import write_gguf
 from quantsense.exporters.llama_quantize import llama_quantize
 from quantsense.exporters.llama_score import score_in_llama_cpp
-from quantsense.ggml_plans import preset_budget, preset_plan, unit_gguf_names
+from quantsense.ggml_plans import unit_gguf_names, with_outside, with_presets
 from quantsense.mixed_precision.presets import FTYPES, preset_name
 from quantsense.quantization.plan import Plan
 from quantsense.study import evaluate_plans, sweep_and_allocate
@@ -95,12 +95,8 @@ def main() -> None:
           f"llama.cpp on tokens {choose_end}..{choose_end + args.score_tokens} (windows of {args.context}), KL against "
           f"the F32 GGUF; imatrix {choose.imatrix.fingerprint}")
 
-    budgets, outside, presets_plans = [], {}, {}
-    for preset in presets:
-        budget, rest = preset_budget(choose, preset)
-        budgets.append(budget)
-        outside[preset] = rest
-        presets_plans[preset] = preset_plan(choose, preset)
+    budgets, named, outside = with_presets(choose, [], presets)
+    presets_plans = {preset: named[f"preset {preset}"] for preset in presets}
     plans, record = sweep_and_allocate(choose, budgets, args.candidates, "linear", reduced=not args.exhaustive)
     share = 100 * record["token_evaluations"] / record["full_token_evaluations"]
     print(f"allocation sweep ({record['mode']}): {record.get('measured', record['pairs'])} of {record['pairs']} (linear, format) "
@@ -109,8 +105,8 @@ def main() -> None:
     names = unit_gguf_names(choose)
     importance = {names[u]: choose.imatrix.weights(u) for u in choose.units.linear_units()}  # as llama-quantize loads it
     rows = []
-    for preset, (label, allocation) in zip(presets, plans):
-        allocated = Plan.of({**allocation.plan.as_dict(), **outside[preset].as_dict()})
+    for preset, budget, (label, allocation) in zip(presets, budgets, plans):
+        allocated = with_outside(allocation.plan, budget, outside)
         preset_file = llama_quantize(reference, folder / f"{preset}-imatrix.gguf", FTYPES[preset], nthread=2,
                                      importance=importance, provenance=choose.imatrix.provenance())
         ours = write_plan(choose, allocated, reference, folder / f"quantsense-at-{preset}.gguf")

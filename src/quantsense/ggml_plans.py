@@ -42,7 +42,10 @@ def preset_plan(ws: Workspace, preset: str) -> Plan:
 def preset_budget(ws: Workspace, preset: str) -> tuple[Budget, Plan]:
     """An allocation budget equal to ``preset``'s: its average bits per block linear weight (so the allocated file,
     with the preset's own types outside the blocks, is no larger), and those outside types as a plan."""
-    plan = preset_plan(ws, preset)
+    return _budget_of(ws, preset, preset_plan(ws, preset))
+
+
+def _budget_of(ws: Workspace, preset: str, plan: Plan) -> tuple[Budget, Plan]:
     linears = set(ws.units.linear_units())
     outside = Plan.of({name: fmt for name, fmt in plan.assignments if name not in linears})
     bits = average_bits(ws.units, plan, scope=sorted(linears))
@@ -54,9 +57,9 @@ def with_presets(ws: Workspace, budgets: list[Budget], presets) -> tuple[list[Bu
     per preset, the types it gives outside the blocks, which an allocation at its size takes too."""
     budgets, named, outside = list(budgets), {}, {}
     for preset in dict.fromkeys(preset_name(p) for p in presets):
-        budget, outside[preset] = preset_budget(ws, preset)
+        named[f"preset {preset}"] = plan = preset_plan(ws, preset)
+        budget, outside[preset] = _budget_of(ws, preset, plan)
         budgets.append(budget)
-        named[f"preset {preset}"] = preset_plan(ws, preset)
     return budgets, named, outside
 
 
