@@ -55,6 +55,15 @@ SECTIONS = {
     "frontier": (f"quantsense frontier {CLS} --exhaustive --unit linear --budgets 3 3.5 4 4.5 5 6 7 --out results/frontier",
                  [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
     "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
+    "ort-study": (f"quantsense run {CLS} --formats ort-int8 ort-int4 --embedding ort-int8 --out results/minilm-ort", []),
+    "ort-frontier": (f"quantsense frontier {CLS} --unit linear --candidates ort-int8 ort-int4 --budgets 5 6 7 "
+                     "--embedding ort-int8 --out results/minilm-ort-frontier", []),
+    "ort-export-7bits": (f"quantsense export results/minilm-ort-frontier/plans/allocated_7bits.json {CLS} --format onnx "
+                         "--out results/minilm-ort-7bits", []),
+    "ort-export-6bits": (f"quantsense export results/minilm-ort-frontier/plans/allocated_6bits.json {CLS} --format onnx "
+                         "--out results/minilm-ort-6bits", []),
+    "onnx-speed": (f"python benchmarks/onnx_speed.py --model {MODEL} --data {DATA} --export results/minilm-ort-7bits "
+                   "results/minilm-ort-6bits", []),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
     "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
     "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --out results/smollm2-frontier", []),

@@ -103,7 +103,7 @@ def check_allocation(ws: Workspace, budgets: list[Budget], candidates: list[Form
     compile_tie(tie)  # a bad regex is refused even where --unit block leaves it unused
     groups = make_groups(ws.units, unit, tie)
     zero = {(name, f.name): 0.0 for name in ws.units.linear_units() for f in candidates}
-    problem = build_problem(ws.units, ws.model, groups, zero, candidates)
+    problem = build_problem(ws.units, ws.model, groups, zero, candidates, outside=ws.embedding_plan())
     for budget in budgets:
         budget_limit(problem, budget, candidates)
     return groups

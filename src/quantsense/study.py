@@ -86,6 +86,7 @@ def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None,
 def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans", kind: str = "mixed") -> list[dict]:
     """Measure named plans: a row per plan with the task's paired metrics, the plan's size, and its identity as
     data (``kind``; ``format``: a uniform plan's one format; ``budget``: an allocated plan's; set by the caller)."""
+    named = {name: ws.finish(plan) for name, plan in named.items()}  # --embedding's format on the token embedding
     for plan in named.values():
         ws.applier.check(plan)  # every plan's names and shapes before the first evaluation
         ws.record_formats(f for _, f in plan.assignments)
@@ -196,7 +197,9 @@ def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, un
     else:
         sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed)
         losses, record = sweep.losses, sweep.record
-    plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b)) for b in budgets]
+    outside = ws.embedding_plan()  # a size budget counts the embedding as it will be stored
+    plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))
+             for b in budgets]
     return plans, record
 
 
@@ -232,6 +235,7 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
     ranking = (lambda: screened_block_ranking(ws, rank_fmt)) if reduced else (lambda: block_ranking(ws, rank_fmt))
     for name, (plan, _) in (strategy_plans(ws.units, ranking(), levels).items() if levels else ()):
         named[name], identity[name] = plan, {"kind": "hand"}
+    named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
     rows = evaluate_plans(ws, named, desc="frontier")
     predicted = {name: a.predicted_loss for name, a in allocated}
     estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}

@@ -22,6 +22,7 @@ from quantsense.errors import QuantsenseError
 from quantsense.models.loading import check_tokenizer, resolve_device, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
 from quantsense.quantization.formats import Format, QuantConfig, WeightFormat, parse_format
+from quantsense.quantization.plan import Plan
 from quantsense.store import ResultStore
 from quantsense.tasks import Task, make_task
 
@@ -64,6 +65,7 @@ class StudyOptions:
     ray_address: str | None = None  # None: start a private Ray on this machine; "auto" or HOST:PORT: connect
     settings: dict = field(default_factory=dict)  # the task's own settings (its settings_spec), e.g. {"limit": 100}
     imatrix: str | None = None  # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
+    embedding: str | None = None  # a format for the token embedding in every measured plan (e.g. ort-int8), not in sweeps
 
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
@@ -113,6 +115,7 @@ class Workspace:
     formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
     imatrix: object = None  # quantsense.quantization.imatrix.Imatrix from options.imatrix, bound to every format named
     _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
+    _embedding: object = field(default=None, repr=False)  # the --embedding plan, built on first use
 
     @property
     def source(self) -> str:
@@ -149,6 +152,31 @@ class Workspace:
         fmt.check_model(self.units, named)
         self.formats_used.setdefault(fmt.name, fmt)
         return fmt
+
+    def embedding_plan(self) -> Plan:
+        """The token embedding in ``--embedding``'s format, or an empty plan: every measured plan (strategies,
+        allocations, uniform plans, the ablation) takes it, single-unit sweeps do not. Checked (and quantized once) on
+        first use."""
+        if not self.options.embedding:
+            return Plan()
+        if self._embedding is None:
+            self._embedding = self._make_embedding_plan()
+        return self._embedding
+
+    def _make_embedding_plan(self) -> Plan:
+        table = self.model.get_input_embeddings()
+        name = next((n for n, u in self.units.units.items() if u.module is table), None)
+        if name is None:
+            raise QuantsenseError("--embedding: this model's token embedding is not a unit quantsense found; drop --embedding")
+        plan = Plan.of({name: self.format(self.options.embedding)})
+        self.applier.check(plan)
+        self.applier.quantized(name, plan.assignments[0][1])  # a format that cannot store a table refuses here
+        return plan
+
+    def finish(self, plan: Plan) -> Plan:
+        """``plan`` with the token embedding in ``--embedding``'s format where the plan does not name it already."""
+        extra = {n: f for n, f in self.embedding_plan().assignments if n not in plan.as_dict()}
+        return plan.merged(Plan.of(extra)) if extra else plan
 
     def record_formats(self, formats) -> None:
         """Note formats that reached a result without a name (plan files, strategies) for :meth:`format_table`."""

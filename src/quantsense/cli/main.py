@@ -43,7 +43,8 @@ def _options(args):
     return StudyOptions(model=args.model, data=args.data, task=args.task, device=args.device, dtype=args.dtype,
                         blocks_regex=args.blocks_regex, store=_store(args), fresh=args.fresh, quiet=args.quiet,
                         seed=args.seed, scheme=scheme, executor=args.executor, workers=args.workers,
-                        ray_address=args.ray_address, settings=task_settings(args), imatrix=args.imatrix)
+                        ray_address=args.ray_address, settings=task_settings(args), imatrix=args.imatrix,
+                        embedding=args.embedding)
 
 
 def _check_out(args) -> None:

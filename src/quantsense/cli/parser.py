@@ -119,10 +119,12 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures")
     g.add_argument("--imatrix", help="importance matrix file (GGUF, from 'quantsense imatrix' or llama-imatrix): the "
                    "llama.cpp formats whose quantizer takes one (q4_0..q5_1, K, IQ4) weight their rounding by it")
-    q = p.add_argument_group("integer grid (what int<b> formats mean)")
+    q = p.add_argument_group("formats (the integer grid int<b> names use; the embedding)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric (zero point) instead of symmetric")
     q.add_argument("--weight-granularity", choices=GRANULARITIES, default="per_channel", help="one scale per ...")
     q.add_argument("--group-size", type=_positive, help="input features per scale with --weight-granularity per_group")
+    q.add_argument("--embedding", type=_format_name, help="also quantize the token embedding in this format in every measured "
+                   "plan (strategies, allocations, uniform plans; not in sweeps), e.g. ort-int8 for an ONNX Runtime export")
     r = p.add_argument_group("results")
     r.add_argument("--store", default=os.environ.get("QUANTSENSE_STORE"),
                    help=f"SQLite results store (default: {DEFAULT_STORE}, or OUT/store.sqlite for 'run')")

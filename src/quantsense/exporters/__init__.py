@@ -1,5 +1,5 @@
-"""Export targets, one writer module each, looked up by name: ``torchao`` (a transformers checkpoint) and ``gguf`` (a
-llama.cpp file). Each takes explicit inputs (:class:`~quantsense.exporters.base.ExportSource`, a plan, an output
+"""Export targets, one writer module each, looked up by name: ``torchao`` (a transformers checkpoint), ``gguf`` (a
+llama.cpp file) and ``onnx`` (an ONNX Runtime model). Each takes explicit inputs (:class:`~quantsense.exporters.base.ExportSource`, a plan, an output
 path), writes atomically, and keeps its fresh-process check beside it (``torchao_check.py``, ``gguf_check.py``).
 
 The folder is ``exporters`` (not ``export``) because ``quantsense.export`` is the API function that runs a target;
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 
-TARGETS = {"torchao": "quantsense.exporters.torchao_writer", "gguf": "quantsense.exporters.gguf_writer"}
+TARGETS = {"torchao": "quantsense.exporters.torchao_writer", "gguf": "quantsense.exporters.gguf_writer",
+           "onnx": "quantsense.exporters.onnx_writer"}
 
 
 def export_target(name: str):

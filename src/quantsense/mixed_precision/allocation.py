@@ -156,8 +156,9 @@ class Problem:
 
 
 def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
-                  candidates: list[Format], allow_fp32: bool = True) -> Problem:
-    """``losses[(unit name, format name)]`` is the measured loss of that unit alone in that format."""
+                  candidates: list[Format], allow_fp32: bool = True, outside: Plan = Plan()) -> Problem:
+    """``losses[(unit name, format name)]`` is the measured loss of that unit alone in that format; ``outside``: the
+    formats of units outside the allocation (a quantized embedding), which a size budget counts as stored."""
     options: list[Format | None] = sorted(dict.fromkeys(candidates), key=lambda f: (f.nominal_bits, f.name))
     options += [None] if allow_fp32 else []
     shape = (len(groups), len(options))
@@ -169,7 +170,7 @@ def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tu
                 cost[g, o] = sum(storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units)
     loss = loss_matrix(groups, options, allowed, losses)
     scope_numel = sum(unit_map.get(n).numel for group in groups for n in group.units)
-    outside_bits = 8 * model_bytes(model, unit_map, Plan()) - 32 * scope_numel
+    outside_bits = 8 * model_bytes(model, unit_map, outside) - 32 * scope_numel
     return Problem(groups, options, loss, cost, allowed, scope_numel, outside_bits)
 
 
@@ -224,9 +225,9 @@ def solve(problem: Problem, limit: float) -> np.ndarray:
 
 
 def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
-             candidates: list[Format], budget: Budget, allow_fp32: bool = True) -> Allocation:
-    """Exact minimum-loss choice of one option per group under ``budget``."""
-    problem = build_problem(unit_map, model, groups, losses, candidates, allow_fp32)
+             candidates: list[Format], budget: Budget, allow_fp32: bool = True, outside: Plan = Plan()) -> Allocation:
+    """Exact minimum-loss choice of one option per group under ``budget`` (``outside``: see :func:`build_problem`)."""
+    problem = build_problem(unit_map, model, groups, losses, candidates, allow_fp32, outside)
     chosen = solve(problem, budget_limit(problem, budget, candidates))
     mapping, choices = {}, {}
     for g, group in enumerate(groups):

@@ -1,7 +1,9 @@
 """Apply a plan to a model in place, reversibly, by overwriting weights with fake-quantized copies.
 
 Module names, classes and ``state_dict`` keys never change, a forward pass costs nothing extra, and
-leaving the context restores every weight bit-exactly from a saved clone.
+leaving the context restores every weight bit-exactly from a saved clone. A format that also quantizes a
+module's input (ONNX Runtime's dynamic int8) gets a forward pre-hook on that module, removed with the plan; the
+prefix reuse of :mod:`quantsense.engine.prefix` stays valid because a hook only changes its own module's output.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class PlanApplier:
         self._cache: OrderedDict[tuple[str, Format], torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
         self._active: list[str] = []
+        self._hooks: list = []
 
     def original(self, name: str) -> torch.Tensor:
         if name not in self._originals:
@@ -43,7 +46,7 @@ class PlanApplier:
             self._cache.move_to_end(key)
             return hit
         unit = self.unit_map.get(name)
-        tensor = config.quantize_weight(self.original(name), unit.transposed, name)
+        tensor = config.quantize_weight(self.original(name), unit.transposed, name, unit.kind)
         size = tensor.numel() * tensor.element_size()
         if size <= self.cache_bytes:
             self._cache[key] = tensor
@@ -62,6 +65,8 @@ class PlanApplier:
     def changes_nothing(self, plan: Plan) -> bool:
         """True when every planned weight is already on its format's grid (e.g. q4_1 on a Q4_1 GGUF model)."""
         self.check(plan)
+        if any(fmt.input_quantizer(self.unit_map.get(name).kind) for name, fmt in plan.assignments):
+            return False
         return all(torch.equal(self.quantized(name, fmt), self.original(name)) for name, fmt in plan.assignments)
 
     @torch.no_grad()
@@ -74,12 +79,24 @@ class PlanApplier:
                 q = self.quantized(name, config)
                 self._active.append(name)
                 self.unit_map.get(name).weight.copy_(q)
+                self._hook_inputs(name, config)
         except BaseException:
             self.restore()
             raise
 
+    def _hook_inputs(self, name: str, config: Format) -> None:
+        unit = self.unit_map.get(name)
+        quantize = config.input_quantizer(unit.kind)
+        if quantize is not None:
+            def pre_hook(module, args, quantize=quantize):
+                return (quantize(args[0]), *args[1:])
+            self._hooks.append(unit.module.register_forward_pre_hook(pre_hook))
+
     @torch.no_grad()
     def restore(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
         for name in self._active:
             self.unit_map.get(name).weight.copy_(self._originals[name])
         self._active = []

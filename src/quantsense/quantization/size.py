@@ -43,7 +43,7 @@ def model_bytes(model, unit_map: UnitMap, plan: Plan, unit_bits=None) -> int:
     """
     if unit_bits is None:
         def unit_bits(unit, fmt):
-            return storage_bits(unit.shape, fmt, unit.transposed)
+            return fmt.unit_storage_bits(unit)
     formats = plan.as_dict()
     quantized = {id(unit_map.get(n).weight): n for n in formats}
     total_bits = 0

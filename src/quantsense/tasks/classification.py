@@ -124,9 +124,47 @@ class SentenceClassification(Task):
         return calib, self._batches(tokenizer, calib.texts)
 
     def export_check(self, target, source, data: ClassificationData, simulate, batches):
+        if target == "onnx":
+            return lambda export_dir: self._check_onnx(export_dir, data, simulate(), batches)
         if target != "torchao":
             return super().export_check(target, source, data, simulate, batches)
         return lambda export_dir: self._check_torchao(export_dir, source, data, simulate())
+
+    def _check_onnx(self, export_dir, data: ClassificationData, simulated, batches) -> dict:
+        """ONNX Runtime in a fresh process, on the simulation's own batches: accuracy and logits against the simulation."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from quantsense.exporters.onnx_writer import run_check
+
+        with tempfile.TemporaryDirectory() as tmp:
+            table, layout = Path(tmp) / "data.tsv", Path(tmp) / "batches.json"
+            table.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(data.texts, data.labels.tolist())))
+            layout.write_text(json.dumps([b.index.tolist() for b in batches]))
+            check = run_check([str(Path(export_dir).resolve()), str(table), str(layout)], cwd=tmp)
+        logits = np.asarray(check["logits"], dtype=np.float32)
+        exported, alone = logits.argmax(axis=1), np.asarray(check["predictions_alone"])
+        rep = {
+            "exported_accuracy": 100 * float((exported == data.labels).mean()),
+            "simulated_accuracy": 100 * float((simulated.predictions == data.labels).mean()),
+            "predictions_differing": int((exported != simulated.predictions).sum()),
+            "max_logit_difference": float(np.abs(logits - simulated.logits).max()),
+            "largest_logit": float(np.abs(simulated.logits).max()),
+            "batch1_accuracy": 100 * float((alone == data.labels).mean()),
+            "batch1_predictions_differing": int((alone != exported).sum()),
+            "operators": check["operators"], "onnxruntime": check["onnxruntime"],
+            "quantsense_imported_by_reload": check["quantsense_imported"],
+        }
+        ops = ", ".join(f"{n} {k}" for k, n in rep["operators"].items())
+        rep["lines"] = [f"run in a fresh process by ONNX Runtime {rep['onnxruntime']} (quantsense imported: "
+                        f"{rep['quantsense_imported_by_reload']}); graph: {ops}",
+                        f"accuracy: ONNX Runtime {rep['exported_accuracy']:.2f} %, simulated {rep['simulated_accuracy']:.2f} %, "
+                        f"{rep['predictions_differing']} of {len(data.labels)} predictions differ; largest logit difference "
+                        f"{rep['max_logit_difference']:.2e} (logits up to {rep['largest_logit']:.2f})",
+                        f"one sentence at a time (batch 1): {rep['batch1_accuracy']:.2f} %, {rep['batch1_predictions_differing']} "
+                        "predictions differ from the batched run (its activation scales see one sentence)"]
+        return rep
 
     def _check_torchao(self, export_dir, source, data: ClassificationData, simulated) -> dict:
         """Reload in a fresh process: predictions against the simulation, and latency against FP32."""

@@ -91,10 +91,15 @@ class WeightFormat:
     def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False) -> "torch.Tensor":
         raise NotImplementedError
 
-    def quantize_weight(self, weight: "torch.Tensor", transposed: bool, tensor: str) -> "torch.Tensor":
+    def quantize_weight(self, weight: "torch.Tensor", transposed: bool, tensor: str, kind: str = "linear") -> "torch.Tensor":
         """The named module's weight quantized and read back (what a plan applies): ``fake_quantize`` unless the
-        format uses per-tensor data such as an importance matrix."""
+        format uses per-tensor data such as an importance matrix, or quantizes an embedding (``kind``) its own way."""
         return self.fake_quantize(weight, transposed=transposed)
+
+    def input_quantizer(self, kind: str = "linear"):
+        """A function applied to a planned module's input (activation quantization, e.g. ONNX Runtime's dynamic int8),
+        or None: most formats quantize weights only."""
+        return None
 
     # -- calibration ----------------------------------------------------------------------------
     def with_imatrix(self, imatrix) -> "WeightFormat":
@@ -112,6 +117,11 @@ class WeightFormat:
 
     def storage_bits(self, shape: tuple[int, ...], transposed: bool = False) -> int:
         raise NotImplementedError
+
+    def unit_storage_bits(self, unit) -> int:
+        """Bits to store one unit (:class:`~quantsense.models.units.Unit`) in this format: ``storage_bits`` of its shape
+        unless the format stores an embedding differently."""
+        return self.storage_bits(unit.shape, unit.transposed)
 
     def check_shape(self, shape: tuple[int, ...], transposed: bool = False, where: str = "weight") -> None:
         """Refuse a weight this format cannot store (the allocator then leaves it out for that unit)."""

@@ -44,7 +44,7 @@ class ImatrixWeighted:
     def calibration(self):
         return self.imatrix
 
-    def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str) -> torch.Tensor:
+    def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str, kind: str = "linear") -> torch.Tensor:
         """``weight`` through ggml's quantizer with ``tensor``'s imatrix weights; without any (no imatrix bound, or
         none for this tensor) the unweighted quantizer, as in llama-quantize."""
         weights = self.importance(tensor)
