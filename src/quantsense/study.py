@@ -140,8 +140,9 @@ def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = 
         block = (ranking if ranking is not None else block_ranking(ws, fmt))[-1]
     row = evaluate_plans(ws, {f"block{block}@{fmt.name}": blocks_plan(ws.units, {block: fmt})}, desc="ablation",
                          kind="ablation")[0]
+    outside = {name: f.name for name, f in ws.embedding_plan().assignments}  # --embedding's table, quantized too
     return {"block": block, "format": fmt.name, **{k: v for k, v in row.items() if k != "format"},
-            "summary": ws.task.effect_text(row)}
+            "outside": outside, "summary": ws.task.effect_text(row)}
 
 
 def low_level(ws: Workspace, fmt: Format) -> Format:

@@ -132,3 +132,16 @@ def test_names_levels_and_refusals():
         OrtFormat("ort-int4").quantize_weight(torch.zeros(10, 64), False, "emb", kind="embedding")
     with pytest.raises(QuantsenseError, match="Conv1D"):
         OrtFormat("ort-int8").check_shape((64, 32), transposed=True, where="transformer.h.0.attn.c_attn")
+
+
+def test_without_onnxruntime_one_line_says_how_to_install(monkeypatch):
+    from quantsense.exporters import onnx_writer
+
+    for name in ("onnxruntime", "onnxruntime.quantization", "onnxruntime.capi._pybind_state"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)
+    with pytest.raises(QuantsenseError, match=r"pip install -c constraints.txt -e '\.\[onnx\]'"):
+        OrtFormat("ort-int8").check_model(None, named=True)
+    with pytest.raises(QuantsenseError, match=r"-e '\.\[onnx\]'"):
+        OrtFormat("ort-int4").fake_quantize(torch.zeros(4, 64))
+    with pytest.raises(QuantsenseError, match=r"-e '\.\[onnx\]'"):
+        onnx_writer.check_plan(None, Plan())

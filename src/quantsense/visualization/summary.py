@@ -211,7 +211,9 @@ def _by_layer_kind(choice: dict, groups: dict) -> dict[str, list] | None:
 
 def ablation_text(results: dict) -> str:
     abl = results["ablation"]
-    return (f"Ablation: only block {abl['block']} (least sensitive) at {abl['format']}, all others FP32: "
+    others = ("all other blocks FP32, " + ", ".join(f"{n} at {f}" for n, f in abl["outside"].items())
+              if abl.get("outside") else "all others FP32")
+    return (f"Ablation: only block {abl['block']} (least sensitive) at {abl['format']}, {others}: "
             f"{effect_summary(abl, TaskInfo.from_results(results))}")
 
 
