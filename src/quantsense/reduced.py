@@ -62,7 +62,8 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
                 out[pair] = (max(row[key], 0.0), (row[high] - row[low]) / (2 * Z95))
         return out
 
-    problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for n in ws.units.linear_units() for f in fmts}, fmts)
+    problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for n in ws.units.linear_units() for f in fmts}, fmts,
+                            outside=ws.embedding_plan())
     limits = [budget_limit(problem, b, fmts) for b in budgets]
     display_of = {n: u.display for u in units for n in u.names}
 
@@ -84,8 +85,9 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
         metrics = segments.compare(list(labeled.items()), 1, desc="plan checks")
         return [(metrics[label][low], metrics[label][high]) for label in labeled]
 
-    result = refine(pairs, errors, anchors, _second(fmts), measure, solve_all, check,
-                    max_depth=segments.count, seed=seed)
+    always = frozenset(p for p in pairs if formats[p[1]].input_quantizer() is not None)  # no weight error predicts these
+    result = refine(pairs, errors, anchors, _second(fmts, always), measure, solve_all, check,
+                    max_depth=segments.count, seed=seed, always=always)
     losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
     reference = segments.tokens_upto(max(result.depth.values(), default=1))  # FP32 on the segments anything used
@@ -96,7 +98,8 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
         "segments": segments.count, "screen_tokens": segments.tokens_upto(1),
         "deeper": sum(d > 1 for d in result.depth.values()),
         "plan_checks": len(checked), "plan_check_tokens": len(checked) * segments.tokens_upto(1),
-        "anchor": _anchor(fmts).name, "second": _second(fmts), "alpha": result.model.alpha,
+        "anchor": _anchor(fmts).name, "second": _second(fmts, always), "alpha": result.model.alpha,
+        "always_measured": len(always),
         "agreement": result.agreement(), "rounds": result.rounds,
         "estimated_pairs": sorted(f"{u}@{f}" for u, f in result.estimated),
         "seconds": time.perf_counter() - started,
@@ -157,7 +160,9 @@ def _anchor(fmts: list[Format]) -> Format:
     return min(fmts, key=lambda f: (f.nominal_bits, f.name))
 
 
-def _second(fmts: list[Format]) -> str | None:
-    """The next candidate up, measured on a few units to fit the loss model's exponent."""
-    ordered = sorted(fmts, key=lambda f: (f.nominal_bits, f.name))
+def _second(fmts: list[Format], always=frozenset()) -> str | None:
+    """The next candidate up whose loss the model estimates (not one measured everywhere anyway), measured on a few
+    units to fit the loss model's exponent."""
+    measured = {f for _, f in always}
+    ordered = [f for f in sorted(fmts, key=lambda f: (f.nominal_bits, f.name)) if f.name not in measured]
     return ordered[1].name if len(ordered) > 1 else None

@@ -238,9 +238,10 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
         named[name], identity[name] = plan, {"kind": "hand"}
     named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
     rows = evaluate_plans(ws, named, desc="frontier")
-    predicted = {name: a.predicted_loss for name, a in allocated}
-    estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}
     key = metric_key(ws, objective)
+    sweep = {**sweep, **ws.embedding_loss(key)}  # --embedding's table alone, measured: in every allocation's prediction
+    predicted = {name: a.predicted_loss + sweep.get("embedding", {}).get("loss", 0.0) for name, a in allocated}
+    estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}
     for row in rows:
         row.update(identity[row["plan"]])
         row["predicted_loss"] = predicted.get(row["plan"])
@@ -265,6 +266,9 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
     from quantsense.io import check_output
 
     writer = export_target(target)
+    if ws.options.embedding:
+        raise QuantsenseError("--embedding shapes measured plans; export writes PLAN as it is (a plan measured with "
+                              "--embedding names the embedding already): drop --embedding")
     if out is not None:
         check_output(out, single_file=writer.SINGLE_FILE, empty_folder=True)
     plan = as_plan(ws, plan)

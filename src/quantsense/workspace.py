@@ -168,10 +168,24 @@ class Workspace:
         name = next((n for n, u in self.units.units.items() if u.module is table), None)
         if name is None:
             raise QuantsenseError("--embedding: this model's token embedding is not a unit quantsense found; drop --embedding")
+        tied = self.units.get(name).tied_to
+        if tied:
+            raise QuantsenseError(f"--embedding: {name} shares its weight with {', '.join(tied)}, so it would quantize that too; "
+                                  "name the unit in a plan file instead (quantsense units lists it)")
         plan = Plan.of({name: self.format(self.options.embedding)})
         self.applier.check(plan)
         self.applier.quantized(name, plan.assignments[0][1])  # a format that cannot store a table refuses here
         return plan
+
+    def embedding_loss(self, key: str) -> dict:
+        """``{"embedding": {"plan", "loss"}}``: the loss (metric ``key``) of ``--embedding``'s table quantized alone, which
+        every allocated plan carries beside its predicted single-unit losses; ``{}`` without ``--embedding``."""
+        plan = self.embedding_plan()
+        if not plan:
+            return {}
+        result = self.engine.evaluate_many([("embedding alone", plan)], desc="embedding alone")["embedding alone"]
+        loss = max(self.compare(self.reference(), result)[key], 0.0)
+        return {"embedding": {"plan": {n: f.name for n, f in plan.assignments}, "loss": loss}}
 
     def finish(self, plan: Plan) -> Plan:
         """``plan`` with the token embedding in ``--embedding``'s format where the plan does not name it already."""
@@ -264,8 +278,9 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     store = ResultStore(opts.store) if opts.store else None
     engine = Engine(evaluator, model_fp, data_fp, store=store, fresh=opts.fresh, quiet=opts.quiet,
                     valid=lambda arrays: task.arrays_valid(arrays, batches), executor=_executor(opts, model, units))
-    return Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp,
-                     imatrix=imatrix)
+    ws = Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp, imatrix=imatrix)
+    ws.embedding_plan()  # --embedding checked (and its table quantized) before any evaluation
+    return ws
 
 
 def gguf_tensor_names(model, units: UnitMap) -> dict[str, str]:

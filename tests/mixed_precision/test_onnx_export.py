@@ -17,14 +17,15 @@ def test_onnx_export_matches_simulation_size_and_operators(standin_dir, sst2_val
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"units": {"bert.embeddings.word_embeddings": {"format": "ort-int8"}},
                                 "blocks": {"0": {"format": "ort-int8"}, "1": {"format": "ort-int4-b32"},
-                                           "3": {"format": "ort-int8-tensor"}, "5": {"format": "ort-int4"}}}))
+                                           "3": {"format": "ort-int8-tensor"}, "4": {"format": "ort-int4"},
+                                           "5": {"format": "ort-int8"}}}))
     out = tmp_path / "onnx"
     args = ["export", str(plan), "--format", "onnx", "--model", str(standin_dir), "--data", str(sst2_validation),
             "--limit", "200", "--out", str(out), "--no-store", "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "quantsense imported: False" in printed
-    assert "12 MatMulInteger" in printed and "12 MatMulNBits" in printed and "1 DequantizeLinear" in printed
+    assert "18 MatMulInteger" in printed and "12 MatMulNBits" in printed and "1 DequantizeLinear" in printed
     differ = int(_figure(printed, "simulated ", " predictions differ").split(", ")[1].split(" of ")[0])
     assert differ <= 1  # activation codes at rounding ties may flip where ONNX Runtime's float kernels differ in the last bit
     assert float(_figure(printed, "largest logit difference ", " (")) < 0.5
@@ -47,7 +48,14 @@ def test_onnx_export_refuses_formats_it_cannot_write(standin_dir, sst2_validatio
     assert not (tmp_path / "out").exists()
     plan.write_text(json.dumps({"units": {"bert.embeddings.word_embeddings": {"format": "ort-int4"}}}))
     assert main(args) == 2
-    assert "plan ort-int8 for it" in capsys.readouterr().err
+    assert "plan ort-int8 for an embedding" in capsys.readouterr().err
+    plan.write_text(json.dumps({"units": {"classifier": {"format": "ort-int8"}}}))
+    assert main(args) == 2
+    assert "classifier head" in capsys.readouterr().err
+    plan.write_text(json.dumps({"blocks": {"0": {"format": "ort-int8"}}}))
+    assert main([*args, "--embedding", "ort-int8"]) == 2
+    assert "drop --embedding" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_embedding_flag_quantizes_the_table_in_every_measured_plan(standin_dir, sst2_validation, tmp_path, capsys):

@@ -145,3 +145,30 @@ def test_without_onnxruntime_one_line_says_how_to_install(monkeypatch):
         OrtFormat("ort-int4").fake_quantize(torch.zeros(4, 64))
     with pytest.raises(QuantsenseError, match=r"-e '\.\[onnx\]'"):
         onnx_writer.check_plan(None, Plan())
+
+
+def test_the_last_block_runs_whole_when_its_inputs_are_quantized_per_tensor(standin_dir, sst2_validation):
+    """The last-block shortcut computes the [CLS] position alone; a per-tensor activation scale must see every position."""
+    import quantsense as qs
+
+    ws = qs.open_workspace(str(standin_dir), data=str(sst2_validation), limit=64, store=None, quiet=True)
+    plan = Plan.of({name: OrtFormat("ort-int8") for name in ws.units.block_units(5)})
+    simulated = ws.evaluator.evaluate(plan).logits
+    full = np.zeros_like(simulated)
+    with ws.applier.applied(plan), torch.no_grad():  # the plain forward pass, every position of every block
+        for positions, inputs in ws.evaluator.device_batches():
+            full[positions] = ws.model(**inputs).logits.numpy()
+    fp32 = ws.reference().logits
+    assert np.abs(simulated - full).max() < 1e-5
+    assert np.abs(full - fp32).max() > 1e-3  # the plan changes the logits, so the comparison above can fail
+
+
+def test_classifier_heads_are_refused_by_name():
+    from tests.conftest import tiny_model
+
+    units = discover_units(tiny_model("bert"))
+    with pytest.raises(QuantsenseError, match="classifier head"):
+        OrtFormat("ort-int8").check_unit(units.get("classifier"))
+    with pytest.raises(QuantsenseError, match="plan ort-int8 for an embedding"):
+        OrtFormat("ort-int4-b32").check_unit(units.get("bert.embeddings.word_embeddings"))
+    OrtFormat("ort-int8").check_unit(units.get("bert.embeddings.word_embeddings"))

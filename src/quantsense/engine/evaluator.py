@@ -73,13 +73,22 @@ class Evaluator:
         if start > 0 or self.head.needs_reference:
             self.reference()  # fills the prefix cache and whatever the head compares against
         with self.applier.applied(plan):
-            return self._run(start, reference=False)
+            return self._run(start, reference=False, first_position=self._first_position_under(plan))
+
+    def _first_position_under(self, plan: Plan) -> bool:
+        """Whether the last block may compute the first position alone under ``plan``: not when a planned unit in it
+        quantizes its input with one scale per tensor (ONNX Runtime's dynamic int8), since that scale sees every
+        position (and the shortcut reads the key and value weights without calling those modules)."""
+        last = self.unit_map.num_blocks - 1
+        return self.first_position and not any(
+            fmt.input_quantizer(self.unit_map.get(name).kind) is not None
+            for name, fmt in plan.assignments if self.unit_map.get(name).block == last)
 
     @torch.inference_mode()
-    def _run(self, start: int, reference: bool) -> EvalResult:
+    def _run(self, start: int, reference: bool, first_position: bool = True) -> EvalResult:
         self.head.start(self.batches, reference)
         replay = self.prefix.replaying(start) if self.prefix is not None else _null()
-        last = last_block.last_layer(self.model) if self.first_position else None
+        last = last_block.last_layer(self.model) if self.first_position and first_position else None
         replayed = any(block is last for block in self.unit_map.blocks[:start])  # its stored output is used instead
         pruned = last_block.first_position_only(self.model, last) if last is not None and not replayed else _null()
         with replay, pruned:

@@ -8,7 +8,9 @@ head (:func:`_attend_first`) instead of projecting every position to keys and va
 then returns a sequence of length one, which the classifier reads exactly as before.
 
 The numbers equal the full forward pass up to float rounding (the same sums, in another order), so
-results computed this way are stored under their own key. Other architectures (or any model whose head is not one of these classes) run unchanged.
+results computed this way are stored under their own key. Other architectures (or any model whose head is not one of these classes) run unchanged,
+and so does the last block under a plan that quantizes the inputs of one of its linears per tensor (see
+``Evaluator._first_position_under``).
 """
 
 from __future__ import annotations

@@ -58,11 +58,7 @@ def check_plan(source: ExportSource, plan: Plan) -> None:
         raise QuantsenseError(f"the ONNX export writes sequence classifiers; this model has a {source.head.description} "
                               "(export it with --format gguf or torchao)")
     for name, fmt in plan.assignments:
-        unit = source.units.get(name)
-        fmt.check_shape(unit.shape, unit.transposed, where=name)
-        if unit.kind == "embedding" and fmt.bits != 8:
-            raise QuantsenseError(f"unit {name} is an embedding: plan ort-int8 for it (quantize_dynamic's Gather); "
-                                  f"{fmt.name} quantizes MatMul weights only")
+        fmt.check_unit(source.units.get(name))
 
 
 def export_bytes(source: ExportSource, plan: Plan) -> int:

@@ -135,8 +135,7 @@ def _fits(unit_map: UnitMap, group: Group, fmt: Format | None) -> bool:
         return True
     try:
         for name in group.units:
-            unit = unit_map.get(name)
-            fmt.check_shape(unit.shape, unit.transposed, where=name)
+            fmt.check_unit(unit_map.get(name))
     except QuantsenseError:
         return False
     return True

@@ -60,9 +60,11 @@ class Refinement:
 
 def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str, str], second: str | None, measure: Measure,
            solve: Solve, check: CheckPlans, max_depth: int, alpha_units: int = 8, per_round: int | None = None,
-           max_rounds: int = 4, draws: int = 8, seed: int = 0) -> Refinement:
+           max_rounds: int = 4, draws: int = 8, seed: int = 0, always: frozenset[Pair] = frozenset()) -> Refinement:
     """Measure the anchors (``anchor``: one format for every unit, or each unit's own, for units some candidates cannot
-    store) and ``alpha_units`` units at ``second``, then refine where the plans hinge (see above)."""
+    store), the ``always`` pairs (a format whose loss its weight error does not predict: one that quantizes activations
+    too; they are left out of the loss model's fit) and ``alpha_units`` units at ``second``, then refine where the plans
+    hinge (see above)."""
     units = list(dict.fromkeys(u for u, _ in pairs))
     per_round = per_round or max(4, math.ceil(0.03 * len(pairs)))
     found: dict[Pair, Measurement] = {}
@@ -74,15 +76,20 @@ def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str,
         depth.update(dict(todo))
 
     anchors = anchor if isinstance(anchor, dict) else {u: anchor for u in units}
-    take([((u, anchors[u]), 1) for u in units])
+    take([((u, anchors[u]), 1) for u in units] + [(p, 1) for p in sorted(always) if p[1] != anchors.get(p[0])])
+
+    def weight_only(found_now: dict[Pair, Measurement]) -> dict[Pair, float]:
+        kept = {p: v for p, (v, _) in found_now.items() if p not in always}
+        return kept or {p: v for p, (v, _) in found_now.items()}  # every candidate measured everywhere: nothing to estimate
+
     if second is not None and alpha_units:
-        first = fit_loss_model({p: v for p, (v, _) in found.items()}, errors)
+        first = fit_loss_model(weight_only(found), errors)
         strongest = sorted(units, key=lambda u: -first.scale.get(u, 0.0))[:alpha_units]
-        take([((u, second), 1) for u in strongest if (u, second) in errors])
+        take([((u, second), 1) for u in strongest if (u, second) in errors and (u, second) not in found])
     rng = np.random.default_rng(seed)
     refinement = None
     for number in range(1, max_rounds + 1):
-        model = fit_loss_model({p: v for p, (v, _) in found.items()}, errors)
+        model = fit_loss_model(weight_only(found), errors)
         values = {p: found[p][0] if p in found else model.predict(p[0], errors[p]) for p in pairs}
         chosen = solve(values)
         intervals = check(chosen)

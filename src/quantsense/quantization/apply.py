@@ -59,8 +59,7 @@ class PlanApplier:
     def check(self, plan: Plan) -> None:
         """Every unit name exists and every weight's shape fits its format (a clear error naming the unit)."""
         for name, config in plan.assignments:
-            unit = self.unit_map.get(name)
-            config.check_shape(unit.shape, unit.transposed, where=name)
+            config.check_unit(self.unit_map.get(name))
 
     def changes_nothing(self, plan: Plan) -> bool:
         """True when every planned weight is already on its format's grid (e.g. q4_1 on a Q4_1 GGUF model)."""

@@ -78,8 +78,7 @@ def fits(unit_map: UnitMap, names: tuple[str, ...], fmt: Format) -> bool:
     """Whether ``fmt`` can store every weight of ``names`` (its shape rules)."""
     try:
         for name in names:
-            unit = unit_map.get(name)
-            fmt.check_shape(unit.shape, unit.transposed, where=name)
+            fmt.check_unit(unit_map.get(name))
     except QuantsenseError:
         return False
     return True
@@ -95,8 +94,7 @@ def skipped_pairs(unit_map: UnitMap, formats: list[Format], unit_kind: str, incl
         misfits = [u for u in units if not fits(unit_map, u.names, fmt)]
         if misfits and len(misfits) == len(units):
             for name in misfits[0].names:  # raises the format's own message for the first weight that does not fit
-                unit = unit_map.get(name)
-                fmt.check_shape(unit.shape, unit.transposed, where=name)
+                fmt.check_unit(unit_map.get(name))
         skipped += [f"{u.display}@{fmt.name}" for u in misfits]
     return skipped
 

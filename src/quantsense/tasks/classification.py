@@ -139,10 +139,10 @@ class SentenceClassification(Task):
         from quantsense.exporters.onnx_writer import run_check
 
         with tempfile.TemporaryDirectory() as tmp:
-            table, layout = Path(tmp) / "data.tsv", Path(tmp) / "batches.json"
-            table.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(data.texts, data.labels.tolist())))
-            layout.write_text(json.dumps([b.index.tolist() for b in batches]))
-            check = run_check([str(Path(export_dir).resolve()), str(table), str(layout)], cwd=tmp)
+            inputs = Path(tmp) / "inputs.json"
+            inputs.write_text(json.dumps({"texts": data.texts, "max_length": self.max_length,
+                                          "batches": [b.index.tolist() for b in batches]}))
+            check = run_check([str(Path(export_dir).resolve()), str(inputs)], cwd=tmp)
         logits = np.asarray(check["logits"], dtype=np.float32)
         exported, alone = logits.argmax(axis=1), np.asarray(check["predictions_alone"])
         rep = {

@@ -140,6 +140,10 @@ def frontier_text(results: dict) -> str:
              markdown_table(fr["rows"], [*task.plan_columns, *_frontier_extra(fr)], digits=4)]
     if fr.get("sweep"):
         lines.append(sweep_text(fr["sweep"]))
+    if fr.get("sweep", {}).get("embedding"):
+        emb = fr["sweep"]["embedding"]
+        lines.append("Every measured plan also quantizes " + ", ".join(f"{n} at {f}" for n, f in emb["plan"].items()) +
+                     f" (--embedding); its loss alone, measured ({emb['loss']:.4g}), is part of each allocation's predicted loss.")
     for name, choice in fr["choices"].items():
         if len(choice) <= 12:
             lines.append(f"{name}: " + ", ".join(f"{g}: {f or FP32}" for g, f in choice.items()))
@@ -169,7 +173,9 @@ def sweep_text(sweep: dict) -> str:
              if agree.get("spearman") is not None and agree.get("median_ratio") is not None
              and math.isfinite(agree["spearman"]) else f"{agree['pairs']} estimate(s) were checked by a measurement")
     return (f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
-            f"({sweep['deeper']} on more than one of {sweep['segments']} data segments), {sweep['estimated']} estimated "
+            f"({sweep['deeper']} on more than one of {sweep['segments']} data segments"
+            + (f"; the {sweep['always_measured']} in formats that quantize activations, which no weight error predicts, all "
+               "measured" if sweep.get("always_measured") else "") + f"), {sweep['estimated']} estimated "
             f"(loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}); "
             f"{sweep['token_evaluations']:,} of a full sweep's {sweep['full_token_evaluations']:,} token evaluations, "
             f"FP32 reference included ({share:.1f} %), plus {sweep['plan_checks']} plan check(s) on "

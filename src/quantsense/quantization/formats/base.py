@@ -126,6 +126,11 @@ class WeightFormat:
     def check_shape(self, shape: tuple[int, ...], transposed: bool = False, where: str = "weight") -> None:
         """Refuse a weight this format cannot store (the allocator then leaves it out for that unit)."""
 
+    def check_unit(self, unit) -> None:
+        """Refuse a unit (:class:`~quantsense.models.units.Unit`) this format cannot store: its shape, and for a format that
+        treats embeddings or heads its own way, its kind."""
+        self.check_shape(unit.shape, unit.transposed, where=unit.name)
+
     def check_model(self, units, named: bool) -> None:
         """Refuse, before any work, a format that must fit every block linear weight and does not.
         ``named``: the format came from a name (so the message can point at the flag that shaped it)."""

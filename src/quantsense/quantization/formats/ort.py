@@ -107,6 +107,15 @@ class OrtFormat(WeightFormat):
             raise QuantsenseError(f"{where} is a GPT-2 Conv1D ([in, out] weight); the ONNX export maps nn.Linear "
                                   "and nn.Embedding only")
 
+    def check_unit(self, unit) -> None:
+        self.check_shape(unit.shape, unit.transposed, where=unit.name)
+        if unit.kind == "head":
+            raise QuantsenseError(f"{unit.name} is the classifier head: ONNX Runtime's dynamic quantization leaves its Gemm in "
+                                  "FP32, so no ort format stores it; leave it out of the plan")
+        if unit.kind == "embedding" and self.bits != 8:
+            raise QuantsenseError(f"{unit.name}: {self.format} quantizes MatMul weights; plan ort-int8 for an embedding "
+                                  "(quantize_dynamic's Gather)")
+
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         return self.quantize_weight(weight, transposed, None)
 
