@@ -150,9 +150,13 @@ def excerpt(text: str, starts: tuple[str, ...]) -> str:
 
 
 def paste() -> None:
-    """Fill ``<!-- BEGIN name -->`` blocks with a saved output; ``<!-- BEGIN name excerpt="A|B" -->`` keeps only
-    the paragraphs starting with A or B (the full output stays in docs/outputs/NAME.txt)."""
-    readme = REPO / "README.md"
+    """Fill ``<!-- BEGIN name -->`` blocks in README.md and docs/*.md with a saved output; ``<!-- BEGIN name
+    excerpt="A|B" -->`` keeps only the paragraphs starting with A or B (the full output stays in docs/outputs/NAME.txt)."""
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        _paste_into(page)
+
+
+def _paste_into(readme: Path) -> None:
     text = readme.read_text()
     pattern = re.compile(r'(<!-- BEGIN ([\w-]+)(?: excerpt="([^"]*)")? -->\n).*?(<!-- END \2 -->)', re.S)
 
@@ -163,7 +167,7 @@ def paste() -> None:
         body = saved.read_text()
         if match.group(3):
             body = excerpt(body, tuple(match.group(3).split("|")))
-        print(f"pasted {match.group(2)}")
+        print(f"pasted {match.group(2)} into {readme.relative_to(REPO)}")
         return match.group(1) + f"```console\n{body.rstrip()}\n```\n" + match.group(4)
 
     readme.write_text(pattern.sub(fill, text))
@@ -172,7 +176,7 @@ def paste() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", nargs="*", default=[], choices=list(SECTIONS), help="sections to run")
-    parser.add_argument("--paste", action="store_true", help="paste saved outputs into README.md")
+    parser.add_argument("--paste", action="store_true", help="paste saved outputs into README.md and docs/*.md")
     args = parser.parse_args()
     for name in args.run:
         run_section(name)

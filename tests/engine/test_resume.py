@@ -18,8 +18,16 @@ def _cli(args, **kwargs):
     return [sys.executable, "-m", "quantsense.cli", *args]
 
 
+def _as_from_a_terminal():
+    """A shell starts a foreground command with SIGINT at its default. A parent that ignores SIGINT (a library loaded
+    by an earlier test in this process can leave it so) passes SIG_IGN on through exec, and then no Ctrl-C could ever
+    reach the command: start it as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_stop_after(args, store, rows, sig):
-    proc = subprocess.Popen(_cli(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.time() + 300
     while store_rows(store) < rows:
         assert proc.poll() is None, proc.communicate()

@@ -49,6 +49,26 @@ def run_fresh(script, args: list[str], cwd: str | None = None, what: str = "relo
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def write_folder(out: Path, fill) -> None:
+    """Write folder ``out`` (absent or empty) atomically: ``fill(staging)`` writes into a private folder beside it, which
+    then replaces ``out`` in one rename; on any error, or Ctrl-C, nothing is left behind."""
+    import os
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        fill(staging)
+        share(staging)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def share(directory: Path) -> None:
     """mkdtemp makes folders private; an export is meant to be shared (0755 folder, 0644 files)."""
     directory.chmod(0o755)

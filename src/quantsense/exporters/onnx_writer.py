@@ -20,7 +20,6 @@ import contextlib
 import copy
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, share
+from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, write_folder
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
 
@@ -73,22 +72,16 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        fp32_bytes = export_fp32(source, staging / "fp32.onnx")
+    sizes = {}
+
+    def fill(staging: Path) -> None:
+        sizes["fp32"] = export_fp32(source, staging / "fp32.onnx")
         quantize(staging / "fp32.onnx", staging / MODEL_FILE, source, plan)
         (staging / "fp32.onnx").unlink()
         source.tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
-        share(staging)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    disk = (out / MODEL_FILE).stat().st_size
+    write_folder(out, fill)
+    fp32_bytes, disk = sizes["fp32"], (out / MODEL_FILE).stat().st_size
     predicted = export_bytes(source, plan)
     report = {"out": str(out), "format": "onnx", "plan_avg_bits": average_bits(source.units, plan), "disk_bytes": disk, "predicted_bytes": predicted,
               "fp32_onnx_bytes": fp32_bytes, "size_factor": disk / fp32_bytes,

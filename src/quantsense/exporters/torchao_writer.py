@@ -15,15 +15,13 @@ take as much disk as INT8 ones. :func:`export_bytes` predicts that layout; the p
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, share
+from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, write_folder
 from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import QuantConfig
 from quantsense.quantization.plan import Plan
@@ -138,18 +136,11 @@ def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:
         model = source.head.auto().from_pretrained(load_from, trust_remote_code=False, dtype=torch.float32,
                                                    quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
         tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, trust_remote_code=False)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    def fill(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
-        share(staging)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_folder(out, fill)
     return out
 
 

@@ -172,16 +172,19 @@ def sweep_text(sweep: dict) -> str:
              f"{agree['spearman']:.3f}, median measured/predicted {agree['median_ratio']:.3f}"
              if agree.get("spearman") is not None and agree.get("median_ratio") is not None
              and math.isfinite(agree["spearman"]) else f"{agree['pairs']} estimate(s) were checked by a measurement")
+    estimated = (f"{sweep['estimated']} estimated (loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']})"
+                 if sweep["estimated"] else "none estimated")
+    checked = f"{model[0].upper()}{model[1:]}. " if sweep["estimated"] else ""
     return (f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
             f"({sweep['deeper']} on more than one of {sweep['segments']} data segments"
             + (f"; the {sweep['always_measured']} in formats that quantize activations, which no weight error predicts, all "
-               "measured" if sweep.get("always_measured") else "") + f"), {sweep['estimated']} estimated "
-            f"(loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}); "
+               "measured" if sweep.get("always_measured") else "") + f"), {estimated}; "
             f"{sweep['token_evaluations']:,} of a full sweep's {sweep['full_token_evaluations']:,} token evaluations, "
             f"FP32 reference included ({share:.1f} %), plus {sweep['plan_checks']} plan check(s) on "
             f"{sweep['screen_tokens']:,} tokens each; {len(sweep['rounds'])} round(s), {sweep['seconds']:.1f} s. "
-            f"{model[0].upper()}{model[1:]}. {_last_check_text(sweep['rounds'])}"
-            "Predicted losses include the estimated pairs (column 'estimated pairs'); --exhaustive measures every pair.")
+            f"{checked}{_last_check_text(sweep['rounds'])}"
+            + ("Predicted losses include the estimated pairs (column 'estimated pairs'); " if sweep["estimated"] else "")
+            + "--exhaustive measures every pair on all the data.")
 
 
 def _last_check_text(rounds: list[dict]) -> str:
