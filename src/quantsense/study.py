@@ -267,8 +267,8 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
 
     writer = export_target(target)
     if ws.options.embedding:
-        raise QuantsenseError("--embedding shapes measured plans; export writes PLAN as it is (a plan measured with "
-                              "--embedding names the embedding already): drop --embedding")
+        raise QuantsenseError("--embedding adds the embedding to plans being measured; export writes PLAN as it is (a plan "
+                              "measured with --embedding names the embedding already): drop --embedding")
     if out is not None:
         check_output(out, single_file=writer.SINGLE_FILE, empty_folder=True)
     plan = as_plan(ws, plan)

@@ -51,6 +51,8 @@ def _check_out(args) -> None:
     """--out must be a folder we can write (or, for a GGUF export, a file path that does not exist yet)."""
     from quantsense.io import check_output
 
+    if args.command == "export" and getattr(args, "embedding", None):
+        raise QuantsenseError("--embedding adds the embedding to plans being measured; export writes PLAN as it is: drop --embedding")
     if getattr(args, "out", None):
         export = args.command == "export"
         single = args.command == "imatrix" or (export and _writer(args).SINGLE_FILE)
@@ -195,7 +197,9 @@ def _write_outputs(args, results: dict) -> None:
     if args.command == "export" and _writer(args).SINGLE_FILE:
         folder = folder.parent / f"{folder.stem}-report"  # beside the exported file
     written = write_results_folder(folder, results)
-    _say(f"Wrote {len(written)} files to {written[0].parent} (open report.html)")
+    plan = folder / "plan.json" if args.command == "allocate" and (folder / "plan.json").is_file() else None
+    _say(f"Wrote {len(written)} {'report ' if args.command == 'export' else ''}files to {written[0].parent} (open report.html)"
+         + (f"; the plan to export: {plan}" if plan else ""))
 
 
 def _report(args) -> int:

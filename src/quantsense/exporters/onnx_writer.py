@@ -79,6 +79,7 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
         quantize(staging / "fp32.onnx", staging / MODEL_FILE, source, plan)
         (staging / "fp32.onnx").unlink()
         source.tokenizer.save_pretrained(staging)
+        source.model.config.save_pretrained(staging)  # the labels (id2label) and architecture, for whoever runs it
         plan.save(staging / PLAN_FILE)
     write_folder(out, fill)
     fp32_bytes, disk = sizes["fp32"], (out / MODEL_FILE).stat().st_size

@@ -163,7 +163,8 @@ class SentenceClassification(Task):
                         f"{rep['predictions_differing']} of {len(data.labels)} predictions differ; largest logit difference "
                         f"{rep['max_logit_difference']:.2e} (logits up to {rep['largest_logit']:.2f})",
                         f"one sentence at a time (batch 1): {rep['batch1_accuracy']:.2f} %, {rep['batch1_predictions_differing']} "
-                        "predictions differ from the batched run (its activation scales see one sentence)"]
+                        "predictions differ from the batched run" + (" (its activation scales see one sentence)"
+                                                                     if "DynamicQuantizeLinear" in rep["operators"] else "")]
         return rep
 
     def _check_torchao(self, export_dir, source, data: ClassificationData, simulated) -> dict:

@@ -90,9 +90,10 @@ def skipped_text(skipped: list[str]) -> str:
     for pair in skipped:
         fmt = pair.rsplit("@", 1)[1]
         counts[fmt] = counts.get(fmt, 0) + 1
-    return (f"Not measured: {len(skipped)} (unit, format) pair(s) whose weights the format cannot store (their shape "
-            f"does not fit it, e.g. rows not a multiple of its block; llama.cpp writes a fallback type there): "
-            + ", ".join(f"{fmt} x{n}" for fmt, n in counts.items()) + ".")
+    named = ", ".join(skipped[:6]) + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+    return (f"Not measured: {len(skipped)} (unit, format) pair(s) the format cannot store (a shape it does not fit, e.g. rows "
+            f"not a multiple of its block, where llama.cpp writes a fallback type; or a kind of layer it leaves in float, e.g. "
+            f"a classifier head in ONNX Runtime's): " + ", ".join(f"{fmt} x{n}" for fmt, n in counts.items()) + f" ({named}).")
 
 
 def sequential_text(sweep: dict) -> str:

@@ -144,7 +144,8 @@ class WeightFormat:
     def check_export(self, target: str, unit: str) -> None:
         """Refuse writing this format with ``target`` when its entry does not list that writer."""
         if target not in self.export_targets:
-            where = (f"export it with --format {self.export_targets[0]}" if self.export_targets
+            where = (f"export it with --format {self.export_targets[0]}, or plan a format the {target} export writes "
+                     "(quantsense export --help)" if self.export_targets
                      else "no export target writes it yet; plan that unit in another format")
             raise QuantsenseError(f"unit {unit} is planned as {self.name}, which the {target} export cannot write: {where}")
 
