@@ -48,9 +48,10 @@ class PlanRows:
     """Measured plans (strategies, plan files, an ablation): one row per plan."""
 
     rows: list[dict]
+    plans: dict[str, dict] = field(default_factory=dict)  # plan name -> plan JSON, as measured (to export one)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows}
+        return {"rows": self.rows, "plans": self.plans}
 
 
 @dataclass

@@ -126,7 +126,7 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
     rows = evaluate_plans(ws, named, desc="mixed precision")
     for row in rows:
         row["formats_by_block"] = by_block.get(row["plan"])
-    return PlanRows(rows)
+    return PlanRows(rows, {name: ws.finish(plan).to_json_dict() for name, plan in named.items()})
 
 
 def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = None, block: int | None = None) -> dict:

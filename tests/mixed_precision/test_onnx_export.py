@@ -71,3 +71,18 @@ def test_embedding_flag_quantizes_the_table_in_every_measured_plan(standin_dir, 
     capsys.readouterr()
     assert main(["ablation", "--format", "ort-int8", "--block", "2", "--embedding", "ort-int4", *common]) == 2
     assert "plan ort-int8 for an embedding" in capsys.readouterr().err
+
+
+def test_the_strategies_are_written_as_plans_ready_to_export(standin_dir, sst2_validation, tmp_path):
+    out = tmp_path / "mixed"
+    assert main(["mixed", "--rank-format", "ort-int4", "--embedding", "ort-int8", "--model", str(standin_dir),
+                 "--data", str(sst2_validation), "--limit", "100", "--no-store", "--quiet", "--out", str(out)]) == 0
+    rows = {r["plan"]: r for r in json.loads((out / "results.json").read_text())["mixed"]["rows"]}
+    plans = {p.stem: json.loads(p.read_text()) for p in (out / "plans").glob("*.json")}
+    assert set(plans) == set(rows) and len(plans) == 3
+    for name, plan in plans.items():  # as measured: the table's format counts, the embedding included
+        counts = {}
+        for entry in plan["units"].values():
+            counts[entry["format"]] = counts.get(entry["format"], 0) + 1
+        assert counts == rows[name]["formats"]
+        assert plan["units"]["bert.embeddings.word_embeddings"] == {"format": "ort-int8"}

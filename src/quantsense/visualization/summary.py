@@ -297,6 +297,8 @@ def write_results_folder(out: Path, results: dict) -> list[Path]:
             written.append(write_json(out / "plan.json", next(iter(fr["plans"].values()))))
     if "mixed" in results:
         written.append(write_csv(out / "mixed.csv", results["mixed"]["rows"]))
+        for name, plan in results["mixed"].get("plans", {}).items():  # each strategy, ready for 'quantsense export'
+            written.append(write_json(out / "plans" / f"{_slug(name)}.json", plan))
     if "ablation" in results:
         written.append(write_csv(out / "ablation.csv", [results["ablation"]]))
     written.append(write_atomic(out / "summary.md", summary_markdown(results)))
