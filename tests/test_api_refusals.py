@@ -36,7 +36,7 @@ def _refused(call, expect: str) -> None:
     (lambda ws: qs.allocate(ws, 1.0, ["int4", "int8"]), "the smallest feasible is --avg-bits"),
     (lambda ws: qs.frontier(ws, [6.0], ["int4", "int8"], unit="linear", tie="(query"), "is not a valid regular expression"),
     (lambda ws: qs.export(ws, "missing-plan.json", "out"), "plan file missing-plan.json does not exist"),
-    (lambda ws: qs.export(ws, qs.Plan(), "out", target="onnx"), "unknown export format 'onnx'"),
+    (lambda ws: qs.export(ws, qs.Plan(), "out", target="tflite"), "unknown export format 'tflite'"),
 ])
 def test_api_refuses_before_any_evaluation(ws, call, expect):
     before = ws.engine.stats.computed
