@@ -151,3 +151,18 @@ def test_parse_size_and_budget_checks():
     for bad in (-1.0, 0.0, float("nan"), float("inf")):
         with pytest.raises(QuantsenseError, match="avg_bits \\(--avg-bits\\) must be a positive number"):
             Budget(avg_bits=bad)
+
+
+def test_the_solver_s_debug_line_is_kept_out_of_stdout(capfd):
+    import os
+
+    from quantsense.mixed_precision.allocation import without_solver_chatter
+
+    with without_solver_chatter():
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+        os.write(1, b"something else the solver said\n")
+    out, err = capfd.readouterr()
+    assert "HighsMipSolverData" not in out + err
+    assert "something else the solver said" in err and out == ""
+    print("stdout works again")
+    assert capfd.readouterr().out == "stdout works again\n"

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -216,11 +220,37 @@ def solve(problem: Problem, limit: float) -> np.ndarray:
     # a cost tie-break far below any loss difference prefers the smaller of equally good plans, deterministically
     tie_break = 1e-9 * problem.cost.reshape(-1) / problem.cost.max() / n_g
     upper = problem.allowed.reshape(-1).astype(float)
-    result = milp(loss.reshape(-1) + tie_break, constraints=constraints, integrality=np.ones(n_g * n_o),
-                  bounds=Bounds(0, upper), options={"mip_rel_gap": 0.0})
+    with without_solver_chatter():
+        result = milp(loss.reshape(-1) + tie_break, constraints=constraints, integrality=np.ones(n_g * n_o),
+                      bounds=Bounds(0, upper), options={"mip_rel_gap": 0.0})
     if not result.success:
         raise QuantsenseError(f"the allocation solver failed: {result.message}")
     return np.rint(result.x).reshape(n_g, n_o).argmax(axis=1)
+
+
+@contextmanager
+def without_solver_chatter():
+    """HiGHS (inside scipy's ``milp``) writes a debug line ("HighsMipSolverData::transformNewIntegerFeasibleSolution
+    tmpSolver.run();") straight to the process's stdout on some problems, whatever ``disp`` says. Catch the C-level
+    stdout while the solver runs; drop that line and pass anything else on to stderr."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no file descriptor 1 (an embedding host): nothing to catch
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            other = [line for line in sink.read().decode(errors="replace").splitlines()
+                     if line.strip() and not line.startswith("HighsMipSolverData::")]
+            if other:
+                print("\n".join(other), file=sys.stderr)
 
 
 def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
