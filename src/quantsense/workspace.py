@@ -155,8 +155,7 @@ class Workspace:
 
     def embedding_plan(self) -> Plan:
         """The token embedding in ``--embedding``'s format, or an empty plan: every measured plan (strategies,
-        allocations, uniform plans, the ablation) takes it, single-unit sweeps do not. Checked (and quantized once) on
-        first use."""
+        allocations, uniform plans, the ablation) takes it, single-unit sweeps do not. Checked on first use."""
         if not self.options.embedding:
             return Plan()
         if self._embedding is None:
@@ -173,8 +172,7 @@ class Workspace:
             raise QuantsenseError(f"--embedding: {name} shares its weight with {', '.join(tied)}, so it would quantize that too; "
                                   "name the unit in a plan file instead (quantsense units lists it)")
         plan = Plan.of({name: self.format(self.options.embedding)})
-        self.applier.check(plan)
-        self.applier.quantized(name, plan.assignments[0][1])  # a format that cannot store a table refuses here
+        self.applier.check(plan)  # a format that cannot store a table refuses here
         return plan
 
     def embedding_loss(self, key: str) -> dict:
@@ -279,7 +277,7 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     engine = Engine(evaluator, model_fp, data_fp, store=store, fresh=opts.fresh, quiet=opts.quiet,
                     valid=lambda arrays: task.arrays_valid(arrays, batches), executor=_executor(opts, model, units))
     ws = Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp, imatrix=imatrix)
-    ws.embedding_plan()  # --embedding checked (and its table quantized) before any evaluation
+    ws.embedding_plan()  # --embedding checked before any evaluation
     return ws
 
 

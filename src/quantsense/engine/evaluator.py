@@ -80,9 +80,7 @@ class Evaluator:
         quantizes its input with one scale per tensor (ONNX Runtime's dynamic int8), since that scale sees every
         position (and the shortcut reads the key and value weights without calling those modules)."""
         last = self.unit_map.num_blocks - 1
-        return self.first_position and not any(
-            fmt.input_quantizer(self.unit_map.get(name).kind) is not None
-            for name, fmt in plan.assignments if self.unit_map.get(name).block == last)
+        return self.first_position and all(self.unit_map.get(n).block != last for n in self.applier.input_quantized(plan))
 
     @torch.inference_mode()
     def _run(self, start: int, reference: bool, first_position: bool = True) -> EvalResult:

@@ -56,6 +56,9 @@ def write_folder(out: Path, fill) -> None:
     import shutil
     import tempfile
 
+    from quantsense.io import check_output
+
+    check_output(out, empty_folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

@@ -70,8 +70,6 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
     fresh-process check) adds its figures."""
     check_plan(source, plan)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
     sizes = {}
 
     def fill(staging: Path) -> None:
@@ -173,8 +171,8 @@ def quantize(fp32_path: Path, out_path: Path, source: ExportSource, plan: Plan) 
                 quantize_dynamic(str(current), str(target), per_channel=per_channel, nodes_to_quantize=names,
                                  op_types_to_quantize=["MatMul", "Gather"])
             else:
-                graph = onnx.load(str(current))  # nodes_to_include adds to the op types: exclude every other node
-                others = [n.name for n in graph.graph.node if n.name not in set(names)]
+                graph, planned = onnx.load(str(current)), set(names)  # nodes_to_include adds to the op types:
+                others = [n.name for n in graph.graph.node if n.name not in planned]  # exclude every other node
                 quantizer = MatMulNBitsQuantizer(graph, block_size=block, is_symmetric=False, nodes_to_include=names,
                                                  nodes_to_exclude=others, op_types_to_quantize=("MatMul",))
                 quantizer.process()

@@ -22,6 +22,7 @@ import torch
 
 from quantsense.errors import QuantsenseError
 from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, write_folder
+from quantsense.io import check_output
 from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import QuantConfig
 from quantsense.quantization.plan import Plan
@@ -120,9 +121,7 @@ def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:
     import transformers
 
     check_plan(source, plan)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise QuantsenseError(f"export folder {out} already exists and is not empty; choose another --out or remove it")
+    out = check_output(out, empty_folder=True)  # before loading the model (write_folder checks again as it writes)
     fqn_configs = {f"{name}.weight": torchao_config(config, name) for name, config in plan.assignments}
     from torchao.quantization import FqnToConfig
 

@@ -61,10 +61,14 @@ class PlanApplier:
         for name, config in plan.assignments:
             config.check_unit(self.unit_map.get(name))
 
+    def input_quantized(self, plan: Plan) -> list[str]:
+        """The planned units whose inputs the plan quantizes too (ONNX Runtime's dynamic int8)."""
+        return [name for name, fmt in plan.assignments if fmt.input_quantizer(self.unit_map.get(name).kind) is not None]
+
     def changes_nothing(self, plan: Plan) -> bool:
         """True when every planned weight is already on its format's grid (e.g. q4_1 on a Q4_1 GGUF model)."""
         self.check(plan)
-        if any(fmt.input_quantizer(self.unit_map.get(name).kind) for name, fmt in plan.assignments):
+        if self.input_quantized(plan):
             return False
         return all(torch.equal(self.quantized(name, fmt), self.original(name)) for name, fmt in plan.assignments)
 

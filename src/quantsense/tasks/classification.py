@@ -146,9 +146,7 @@ class SentenceClassification(Task):
         logits = np.asarray(check["logits"], dtype=np.float32)
         exported, alone = logits.argmax(axis=1), np.asarray(check["predictions_alone"])
         rep = {
-            "exported_accuracy": 100 * float((exported == data.labels).mean()),
-            "simulated_accuracy": 100 * float((simulated.predictions == data.labels).mean()),
-            "predictions_differing": int((exported != simulated.predictions).sum()),
+            **_agreement(exported, simulated.predictions, data.labels),
             "max_logit_difference": float(np.abs(logits - simulated.logits).max()),
             "largest_logit": float(np.abs(simulated.logits).max()),
             "batch1_accuracy": 100 * float((alone == data.labels).mean()),
@@ -181,9 +179,7 @@ class SentenceClassification(Task):
             check = run_check([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
         exported = np.asarray(check["predictions"])
         rep = {
-            "exported_accuracy": 100 * float((exported == data.labels).mean()),
-            "simulated_accuracy": 100 * float((simulated.predictions == data.labels).mean()),
-            "predictions_differing": int((exported != simulated.predictions).sum()),
+            **_agreement(exported, simulated.predictions, data.labels),
             "latency_exported_ms": 1000 * check["latency_exported_s"],
             "latency_fp32_ms": 1000 * check["latency_fp32_s"],
             "latency_batch_shape": check["batch_shape"],
@@ -196,3 +192,10 @@ class SentenceClassification(Task):
                         f"CPU latency per batch {tuple(rep['latency_batch_shape'])}: exported {rep['latency_exported_ms']:.1f} ms, "
                         f"FP32 {rep['latency_fp32_ms']:.1f} ms ({rep['latency_exported_ms'] / rep['latency_fp32_ms']:.2f}x)"]
         return rep
+
+
+def _agreement(exported: np.ndarray, simulated: np.ndarray, labels: np.ndarray) -> dict:
+    """An exported model's predictions against the simulation's: both accuracies and how many predictions differ."""
+    return {"exported_accuracy": 100 * float((exported == labels).mean()),
+            "simulated_accuracy": 100 * float((simulated == labels).mean()),
+            "predictions_differing": int((exported != simulated).sum())}

@@ -112,9 +112,13 @@ class OrtFormat(WeightFormat):
         if unit.kind == "head":
             raise QuantsenseError(f"{unit.name} is the classifier head: ONNX Runtime's dynamic quantization leaves its Gemm in "
                                   "FP32, so no ort format stores it; leave it out of the plan")
-        if unit.kind == "embedding" and self.bits != 8:
-            raise QuantsenseError(f"{unit.name}: {self.format} quantizes MatMul weights; plan ort-int8 for an embedding "
-                                  "(quantize_dynamic's Gather)")
+        if unit.kind == "embedding":
+            self._check_table(unit.name)
+
+    def _check_table(self, where: str) -> None:
+        if self.bits != 8:
+            raise QuantsenseError(f"{where}: {self.format} quantizes MatMul weights; plan ort-int8 for an embedding "
+                                  "(quantize_dynamic's quantized Gather)")
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         return self.quantize_weight(weight, transposed, None)
@@ -127,9 +131,7 @@ class OrtFormat(WeightFormat):
         self.check_shape(tuple(weight.shape), transposed, where=tensor or "weight")
         rows = weight.detach().to(torch.float32).cpu().numpy()
         if kind == "embedding":
-            if self.bits != 8:
-                raise QuantsenseError(f"{tensor or 'an embedding'}: {self.format} quantizes MatMul weights; "
-                                      "plan ort-int8 for an embedding (quantize_dynamic's quantized Gather)")
+            self._check_table(tensor or "an embedding")
             out = ort_lib.uint8_table(rows)
         elif self.bits == 8:
             out = ort_lib.int8_weight(rows, self.per_channel)
