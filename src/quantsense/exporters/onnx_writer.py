@@ -36,12 +36,13 @@ SINGLE_FILE = False  # writes a folder (--out DIR)
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "quantsense_plan.json"
 OPSET = 17
-INSTALL = "the ONNX export needs onnx and onnxruntime: pip install -c constraints.txt -e '.[onnx]'"
+INSTALL = "the ONNX export needs onnx, onnxruntime and onnx-ir: pip install -c constraints.txt -e '.[onnx]'"
 
 
 def _modules():
     try:
         import onnx
+        import onnx_ir  # noqa: F401  (ONNX Runtime's MatMulNBitsQuantizer imports it; onnxruntime does not declare it)
         import onnxruntime  # noqa: F401
     except ImportError:
         raise QuantsenseError(INSTALL) from None
