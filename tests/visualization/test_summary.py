@@ -99,3 +99,9 @@ def test_block_ranking_is_the_narrowest_format_by_the_table():
     assert block_ranking_text(results).startswith("Block ranking (only@q4_0), most sensitive first: ")
     results["formats"]["q8_0"]["bits_per_weight"] = 2.0  # the table, not the name, says which is narrowest
     assert block_ranking_text(results).startswith("Block ranking (only@q8_0)")
+
+
+def test_summary_names_the_integer_grid_only_when_an_int_format_was_measured():
+    with_int = summary_markdown(fixtures.classification_run())
+    assert "; int formats use the grid symmetric per-channel." in with_int
+    assert "int formats use the grid" not in summary_markdown(fixtures.llm_frontier())  # GGUF formats only

@@ -18,6 +18,7 @@ from quantsense.visualization.schema import (
     data_description,
     effect_summary,
     format_glossary,
+    format_table,
     widest_first,
 )
 from quantsense.visualization.tables import markdown_table
@@ -233,13 +234,21 @@ def export_text(rep: dict) -> str:
     return "\n".join([head, *rep.get("lines", [])])
 
 
+def _grid_text(results: dict) -> str:
+    """The integer grid, when the study measured an int format (or its results predate the format table)."""
+    table = format_table(results)
+    if table and not any(info.family == "int" for info in table.values()):
+        return ""
+    return f"; int formats use the grid {_scheme_text(results['workspace']['scheme'])}"
+
+
 def summary_markdown(results: dict) -> str:
     ws = results["workspace"]
     size = data_description(results)
     lines = ["# quantsense results", "",
              f"Model `{ws['model']['source']}` ({ws['model']['blocks']} blocks, {ws['model'].get('dtype', 'float32')}, "
              f"weights {ws['model']['fingerprint']}), task {ws['task']['name']}, data `{ws['data']['source']}`"
-             + (f" ({size})" if size else "") + f"; int formats use the grid {_scheme_text(ws['scheme'])}.",
+             + (f" ({size})" if size else "") + _grid_text(results) + ".",
              f"Command: `{results['provenance']['command']}`", "",
              "Open `report.html` for the interactive report.", "",
              "## Phase 1: FP32 baseline", "", baseline_text(results)]
