@@ -36,11 +36,12 @@ def format_entry(name: str) -> dict:
     if name in GGUF:
         bits, code, variant = GGUF[name]
         return {"name": name, "family": "gguf", "spec": {"format": name}, "label": name, "bits_per_weight": bits,
-                "code_bits": code, "variant": variant, "export_targets": ["gguf"], "glossary": list(GGUF_GLOSSARY)}
+                "code_bits": code, "variant": variant, "export_targets": ["gguf"], "takes_scheme": False,
+                "glossary": list(GGUF_GLOSSARY)}
     code = {"int8": 8, "int6": 6, "int5": 5, "int4": 4, "int3": 3, "int2": 2}[name]
     return {"name": name, "family": "int", "spec": {"bits": code, "symmetric": True, "granularity": "per_channel"},
             "label": name, "bits_per_weight": float(code), "code_bits": code, "variant": "",
-            "export_targets": ["torchao"], "glossary": list(INT_GLOSSARY)}
+            "export_targets": ["torchao"], "takes_scheme": True, "glossary": list(INT_GLOSSARY)}
 
 
 def format_table(*names: str) -> dict:

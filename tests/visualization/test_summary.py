@@ -104,4 +104,15 @@ def test_block_ranking_is_the_narrowest_format_by_the_table():
 def test_summary_names_the_integer_grid_only_when_an_int_format_was_measured():
     with_int = summary_markdown(fixtures.classification_run())
     assert "; int formats use the grid symmetric per-channel." in with_int
-    assert "int formats use the grid" not in summary_markdown(fixtures.llm_frontier())  # GGUF formats only
+    gguf_only = fixtures.llm_frontier()
+    assert "int formats use the grid" not in summary_markdown(gguf_only)
+    for entry in gguf_only["formats"].values():
+        del entry["takes_scheme"]  # results written before the registry said: the grid is named, as it was
+    assert "; int formats use the grid symmetric per-channel." in summary_markdown(gguf_only)
+
+
+def test_only_the_integer_family_takes_the_grid():
+    from quantsense.quantization.formats import parse_format
+
+    assert parse_format("int4").describe()["takes_scheme"] is True
+    assert not any(parse_format(name).describe()["takes_scheme"] for name in ("q4_0", "q4_K", "ort-int8"))

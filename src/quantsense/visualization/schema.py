@@ -86,6 +86,7 @@ class FormatInfo:
     code_bits: int | None = None  # one code's bits: int4 and q4_0 4, f16 and bf16 16
     variant: str = ""  # a shade within one code width: "" for int, "0"/"1" for q4_0/q4_1, "f16"/"bf16"
     export_targets: tuple = ()
+    takes_scheme: bool | None = None  # whether the study's integer grid applies to it (None: results written before)
     glossary: tuple | None = None  # (term, explanation) of its family
 
     @classmethod
@@ -98,6 +99,7 @@ class FormatInfo:
                    float(bits) if isinstance(bits, (int, float)) and not isinstance(bits, bool) else None,
                    int(code) if isinstance(code, int) and not isinstance(code, bool) else None,
                    str(entry.get("variant") or ""), tuple(entry.get("export_targets") or ()),
+                   entry["takes_scheme"] if isinstance(entry.get("takes_scheme"), bool) else None,
                    tuple(term) if isinstance(term, (list, tuple)) and len(term) == 2 else None)
 
 

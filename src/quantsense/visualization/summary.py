@@ -235,9 +235,9 @@ def export_text(rep: dict) -> str:
 
 
 def _grid_text(results: dict) -> str:
-    """The integer grid, when the study measured an int format (or its results predate the format table)."""
+    """The integer grid, unless the format table says no format the study measured takes it."""
     table = format_table(results)
-    if table and not any(info.family == "int" for info in table.values()):
+    if table and all(info.takes_scheme is False for info in table.values()):
         return ""
     return f"; int formats use the grid {_scheme_text(results['workspace']['scheme'])}"
 

@@ -32,6 +32,7 @@ class WeightFormat:
     vocabulary: ClassVar[str]  # what a user may type for this family, for error messages and --help
     export_targets: ClassVar[tuple[str, ...]] = ()  # writers that can store it ("torchao", "gguf")
     needs: ClassVar[tuple[str, ...]] = ()  # what using it requires beyond quantsense (a package, an imatrix)
+    takes_scheme: ClassVar[bool] = False  # whether its names take the integer grid (--asymmetric, --weight-granularity)
 
     # -- parsing ------------------------------------------------------------------------------
     @classmethod
@@ -85,7 +86,7 @@ class WeightFormat:
         term, text = self.glossary(scheme)
         return {"name": self.name, "family": self.family, "spec": self.to_dict(), "label": self.label(),
                 "bits_per_weight": self.nominal_bits, "code_bits": self.code_bits, "variant": self.variant,
-                "export_targets": list(self.export_targets), "glossary": [term, text]}
+                "export_targets": list(self.export_targets), "takes_scheme": self.takes_scheme, "glossary": [term, text]}
 
     # -- numerics and shapes ------------------------------------------------------------------
     def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False) -> "torch.Tensor":

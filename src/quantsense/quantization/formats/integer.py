@@ -35,6 +35,7 @@ class QuantConfig(WeightFormat):
     family = "int"
     vocabulary = f"bits {MIN_BITS}..{MAX_BITS} (e.g. 4 or int4)"
     export_targets = ("torchao",)
+    takes_scheme = True
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
