@@ -123,10 +123,11 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
     for name, (plan, formats) in (strategy_plans(ws.units, ranking, levels).items() if levels else ()):
         named[name], by_block[name] = plan, formats
     named.update(plan_paths)
+    named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
     rows = evaluate_plans(ws, named, desc="mixed precision")
     for row in rows:
         row["formats_by_block"] = by_block.get(row["plan"])
-    return PlanRows(rows, {name: ws.finish(plan).to_json_dict() for name, plan in named.items()})
+    return PlanRows(rows, {name: plan.to_json_dict() for name, plan in named.items()})
 
 
 def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = None, block: int | None = None) -> dict:
@@ -262,13 +263,12 @@ def export_source(ws: Workspace):
 
 def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "torchao") -> Plan:
     """Everything about an export checked before any work: the target, --out, the plan and the target's own rules."""
-    from quantsense.exporters import export_target
+    from quantsense.exporters import EMBEDDING_REFUSAL, export_target
     from quantsense.io import check_output
 
     writer = export_target(target)
     if ws.options.embedding:
-        raise QuantsenseError("--embedding adds the embedding to plans being measured; export writes PLAN as it is (a plan "
-                              "measured with --embedding names the embedding already): drop --embedding")
+        raise QuantsenseError(EMBEDDING_REFUSAL)
     if out is not None:
         check_output(out, single_file=writer.SINGLE_FILE, empty_folder=True)
     plan = as_plan(ws, plan)

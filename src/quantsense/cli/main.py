@@ -49,10 +49,11 @@ def _options(args):
 
 def _check_out(args) -> None:
     """--out must be a folder we can write (or, for a GGUF export, a file path that does not exist yet)."""
+    from quantsense.exporters import EMBEDDING_REFUSAL
     from quantsense.io import check_output
 
     if args.command == "export" and getattr(args, "embedding", None):
-        raise QuantsenseError("--embedding adds the embedding to plans being measured; export writes PLAN as it is: drop --embedding")
+        raise QuantsenseError(EMBEDDING_REFUSAL)
     if getattr(args, "out", None):
         export = args.command == "export"
         single = args.command == "imatrix" or (export and _writer(args).SINGLE_FILE)

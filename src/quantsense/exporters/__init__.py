@@ -16,6 +16,8 @@ import importlib
 
 TARGETS = {"torchao": "quantsense.exporters.torchao_writer", "gguf": "quantsense.exporters.gguf_writer",
            "onnx": "quantsense.exporters.onnx_writer"}
+EMBEDDING_REFUSAL = ("--embedding adds the embedding to plans being measured; export writes PLAN as it is (a plan "
+                     "measured with --embedding names the embedding already): drop --embedding")
 
 
 def export_target(name: str):

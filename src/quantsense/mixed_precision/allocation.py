@@ -33,6 +33,7 @@ from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import model_bytes, storage_bits
+from quantsense.sweeps.sweep import fits
 
 _SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -134,17 +135,6 @@ class Allocation:
     groups: dict = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
 
 
-def _fits(unit_map: UnitMap, group: Group, fmt: Format | None) -> bool:
-    if fmt is None:
-        return True
-    try:
-        for name in group.units:
-            fmt.check_unit(unit_map.get(name))
-    except QuantsenseError:
-        return False
-    return True
-
-
 @dataclass
 class Problem:
     """Loss and cost of every (group, option), and which options each group can take."""
@@ -168,7 +158,7 @@ def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tu
     cost, allowed = np.zeros(shape), np.ones(shape, dtype=bool)
     for g, group in enumerate(groups):
         for o, fmt in enumerate(options):
-            allowed[g, o] = _fits(unit_map, group, fmt)
+            allowed[g, o] = fmt is None or fits(unit_map, group.units, fmt)
             if allowed[g, o]:
                 cost[g, o] = sum(storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units)
     loss = loss_matrix(groups, options, allowed, losses)

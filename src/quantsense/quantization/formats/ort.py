@@ -108,7 +108,7 @@ class OrtFormat(WeightFormat):
                                   "and nn.Embedding only")
 
     def check_unit(self, unit) -> None:
-        self.check_shape(unit.shape, unit.transposed, where=unit.name)
+        super().check_unit(unit)
         if unit.kind == "head":
             raise QuantsenseError(f"{unit.name} is the classifier head: ONNX Runtime's dynamic quantization leaves its Gemm in "
                                   "FP32, so no ort format stores it; leave it out of the plan")
