@@ -27,8 +27,14 @@ def test_onnx_export_matches_simulation_size_and_operators(standin_dir, sst2_val
     assert "quantsense imported: False" in printed
     assert "18 MatMulInteger" in printed and "12 MatMulNBits" in printed and "1 DequantizeLinear" in printed
     differ = int(_figure(printed, "simulated ", " predictions differ").split(", ")[1].split(" of ")[0])
-    assert differ <= 1  # activation codes at rounding ties may flip where ONNX Runtime's float kernels differ in the last bit
-    assert float(_figure(printed, "largest logit difference ", " (")) < 0.5
+    from quantsense.quantization.ort_lib import SATURATION_NOTE, int8_kernel_saturates
+
+    if not int8_kernel_saturates():
+        assert differ <= 1  # activation codes at rounding ties may flip where ONNX Runtime's float kernels differ in the last bit
+        assert float(_figure(printed, "largest logit difference ", " (")) < 0.5
+        assert SATURATION_NOTE not in printed
+    else:  # x86 without VNNI: ONNX Runtime's int16 pair sums saturate here, and the check says so beside the figures
+        assert SATURATION_NOTE in printed and differ <= 10
     on_disk = float(_figure(printed, "model.onnx: ", " MB on disk"))
     predicted = float(_figure(printed, "predicted ", " MB of parameters"))
     assert on_disk == pytest.approx(predicted, rel=0.03)

@@ -22,6 +22,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from quantsense.quantization.ort_lib import int8_kernel_saturates  # noqa: E402
+
 K, N = 384, 1536
 
 
@@ -67,6 +69,22 @@ def _run(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
+def _integer_matmul(path, x):
+    """The int8 graph's output computed exactly and as x86 CPUs without VNNI compute it (vpmaddubsw: adjacent uint8 x
+    int8 products summed in saturating int16 pairs), from the graph's own codes and scales."""
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    rows = x.reshape(-1, K).astype(np.float32)
+    low, high = min(0.0, float(rows.min())), max(0.0, float(rows.max()))
+    scale = np.float32((high - low) / 255)
+    zero = int(np.clip(np.round(-low / scale), 0, 255))
+    codes = np.clip(np.round(rows / scale) + zero, 0, 255).astype(np.int64)
+    weight = inits["W_quantized"].astype(np.int64)
+    products = codes[:, :, None] * weight[None, :, :]
+    pairs = np.clip(products[:, 0::2] + products[:, 1::2], -32768, 32767).sum(axis=1)
+    dequantize = lambda acc: (acc * scale * inits["W_scale"] + inits["b"]).reshape(*x.shape[:-1], N)  # noqa: E731
+    return dequantize((codes - zero) @ weight), dequantize(pairs - zero * weight.sum(axis=0))
+
+
 def _initializer_bytes(path) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
@@ -82,6 +100,10 @@ def test_a_quantized_linear_computes_what_onnx_runtime_computes(name, tmp_path):
     units = discover_units(OneLayer(linear))
     with PlanApplier(units).applied(Plan.of({units.linear_units()[0]: fmt})), torch.no_grad():
         simulated = linear(x).numpy()
+    if fmt.bits == 8 and int8_kernel_saturates():  # ONNX Runtime here adds products in saturating int16 pairs
+        exact, saturated = _integer_matmul(quantized, x.numpy())
+        assert np.abs(saturated - expected).max() < 2e-5 * np.abs(expected).max()  # what this CPU's kernel computes
+        expected = exact  # the simulation is the exact kernel (VNNI, AMX, ARM)
     error = np.abs(simulated - expected).max()
     quantization_effect = np.abs(unquantized - expected).max()
     assert error < 2e-5 * np.abs(expected).max()  # float rounding only

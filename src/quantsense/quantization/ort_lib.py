@@ -16,6 +16,8 @@ Activations (:func:`dynamic_quantize_linear`) follow the ONNX ``DynamicQuantizeL
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -31,6 +33,29 @@ def _quant_utils():
     except ImportError:
         raise QuantsenseError(INSTALL) from None
     return quant_utils, TensorProto
+
+
+@functools.lru_cache(maxsize=1)
+def int8_kernel_saturates() -> bool:
+    """Whether this machine's ONNX Runtime computes ``MatMulInteger`` (uint8 x int8) with int16 pair sums that
+    saturate: x86 CPUs without VNNI use ``vpmaddubsw``, which adds two adjacent products into a saturating int16, so
+    255 * 127 + 255 * 127 comes out 32767 (ONNX Runtime's documented u8s8 caveat). VNNI, AMX and ARM kernels compute
+    exactly, as the simulation does. Asked of ONNX Runtime itself, on a one-node graph."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
+                              [helper.make_tensor("b", TensorProto.INT8, [2, 1], [127, 127])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return int(session.run(None, {"a": np.array([[255, 255]], dtype=np.uint8)})[0][0, 0]) != 2 * 255 * 127
+
+
+SATURATION_NOTE = ("this CPU's ONNX Runtime int8 kernel saturates int16 pair sums (x86 without VNNI: vpmaddubsw); the "
+                   "simulation computes exactly, as VNNI, AMX and ARM CPUs do, so outputs here differ by the saturation")
 
 
 def check_installed() -> None:

@@ -153,6 +153,7 @@ class SentenceClassification(Task):
             "batch1_predictions_differing": int((alone != exported).sum()),
             "operators": check["operators"], "onnxruntime": check["onnxruntime"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
+            "int8_kernel_saturates": "MatMulInteger" in check["operators"] and _saturates(),
         }
         ops = ", ".join(f"{n} {k}" for k, n in rep["operators"].items())
         rep["lines"] = [f"run in a fresh process by ONNX Runtime {rep['onnxruntime']} (quantsense imported: "
@@ -163,6 +164,10 @@ class SentenceClassification(Task):
                         f"one sentence at a time (batch 1): {rep['batch1_accuracy']:.2f} %, {rep['batch1_predictions_differing']} "
                         "predictions differ from the batched run" + (" (its activation scales see one sentence)"
                                                                      if "DynamicQuantizeLinear" in rep["operators"] else "")]
+        if rep["int8_kernel_saturates"]:
+            from quantsense.quantization.ort_lib import SATURATION_NOTE
+
+            rep["lines"].append(f"note: {SATURATION_NOTE}")
         return rep
 
     def _check_torchao(self, export_dir, source, data: ClassificationData, simulated) -> dict:
@@ -199,3 +204,9 @@ def _agreement(exported: np.ndarray, simulated: np.ndarray, labels: np.ndarray) 
     return {"exported_accuracy": 100 * float((exported == labels).mean()),
             "simulated_accuracy": 100 * float((simulated == labels).mean()),
             "predictions_differing": int((exported != simulated).sum())}
+
+
+def _saturates() -> bool:
+    from quantsense.quantization.ort_lib import int8_kernel_saturates
+
+    return int8_kernel_saturates()
