@@ -49,7 +49,11 @@ def library_path() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def library() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(library_path()))
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise QuantsenseError(f"{path} does not load ({exc}); {INSTALL_HINT}") from None
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)]
@@ -107,6 +111,8 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
     n, width = rows.shape
     check_rows(name, width)
     weights = None
+    if imatrix is None and library().ggml_quantize_requires_imatrix(ggml_type(name)):  # ggml would abort the process
+        raise QuantsenseError(f"{name} needs an importance matrix (ggml cannot quantize it without one): pass --imatrix")
     if imatrix is not None:
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
         if imatrix.shape != (width,):

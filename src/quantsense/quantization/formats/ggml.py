@@ -23,11 +23,16 @@ if TYPE_CHECKING:
 # name -> (weights per block, bytes per block), as ggml's type traits give them (a test checks them against ggml)
 LAYOUT: dict[str, tuple[int, int]] = {
     "q2_K": (256, 84), "q3_K": (256, 110), "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210),
-    "iq4_nl": (32, 18), "iq4_xs": (256, 136),
+    "iq4_nl": (32, 18), "iq4_xs": (256, 136), "iq3_s": (256, 110), "iq3_xxs": (256, 98), "iq2_s": (256, 82),
+    "iq2_xs": (256, 74), "iq2_xxs": (256, 66), "iq1_m": (256, 56), "iq1_s": (256, 50),
 }
-CODE_BITS = {"q2_K": 2, "q3_K": 3, "q4_K": 4, "q5_K": 5, "q6_K": 6, "iq4_nl": 4, "iq4_xs": 4}
+CODE_BITS = {"q2_K": 2, "q3_K": 3, "q4_K": 4, "q5_K": 5, "q6_K": 6, "iq4_nl": 4, "iq4_xs": 4, "iq3_s": 3, "iq3_xxs": 3,
+             "iq2_s": 2, "iq2_xs": 2, "iq2_xxs": 2, "iq1_m": 1, "iq1_s": 1}
 # llama.cpp's tensor_type_fallback (src/llama-quant.cpp) for a row that is not a multiple of the type's block
-FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q5_0", "q5_K": "q5_1", "q6_K": "q8_0", "iq4_xs": "iq4_nl"}
+FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q5_0", "q5_K": "q5_1", "q6_K": "q8_0", "iq4_xs": "iq4_nl",
+            **{name: "iq4_nl" for name in ("iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")}}
+# types llama-quantize refuses to write without an importance matrix for the tensor (ggml's grids need the weights)
+NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m"})
 _BY_LOWER = {name.lower(): name for name in LAYOUT}
 
 
@@ -40,7 +45,8 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
     imatrix: Any = None  # quantsense.quantization.imatrix.Imatrix
 
     family = "ggml"
-    vocabulary = "a ggml K/IQ format (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs)"
+    vocabulary = "a ggml K/IQ format (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs, iq3_s, iq3_xxs, iq2_s, iq2_xs, " \
+                 "iq2_xxs, iq1_m, iq1_s)"
     export_targets = ("gguf",)
     needs = ("llama-cpp-python",)
 
@@ -74,13 +80,26 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
     @classmethod
     def glossary(cls, scheme=None) -> tuple[str, str]:
         return ("q4_K, iq4_nl…", "llama.cpp's K-quants (super-blocks of 256 weights with 6-bit sub-block scales) and "
-                "IQ4 (a non-uniform 4-bit grid), quantized by ggml itself; the digit is the bits per weight before scales.")
+                "IQ types (non-uniform and lattice grids; iq1/iq2 need an importance matrix), quantized by ggml itself; "
+                "the digit is the bits per weight before scales.")
 
     def check_model(self, units, named: bool) -> None:
-        """Refuse before any work when llama.cpp's library is not installed (the message says how to install it)."""
+        """Refuse before any work when llama.cpp's library is not installed (the message says how to install it), and a
+        type whose grid needs an importance matrix when none is bound."""
         from quantsense.quantization import ggml_lib
 
         ggml_lib.library()
+        if self.format in NEEDS_IMATRIX and self.imatrix is None:
+            raise QuantsenseError(f"{self.format} needs an importance matrix (llama.cpp refuses it without one): pass "
+                                  "--imatrix FILE (quantsense imatrix makes one)")
+
+    def check_unit(self, unit) -> None:
+        """Its shape rule, and for a type that needs an importance matrix, an entry for this unit (an imatrix covers the
+        block linears, not the token embedding)."""
+        super().check_unit(unit)
+        if self.format in NEEDS_IMATRIX and self.importance(unit.name) is None:
+            raise QuantsenseError(f"{self.format} needs importance-matrix weights for {unit.name}, and the imatrix has "
+                                  "none for it (llama.cpp's covers the block linears)")
 
     def block_size(self) -> int:
         return LAYOUT[self.format][0]

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     import torch
 
 # ggml's quantizers that take an importance matrix (q8_0, f16 and bf16 ignore one)
-USES_IMATRIX = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs"})
+USES_IMATRIX = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs",
+                          "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s"})
 
 
 class ImatrixWeighted:
