@@ -29,7 +29,8 @@ from quantsense.exporters.llama_score import score_in_llama_cpp
 from quantsense.ggml_plans import unit_gguf_names, with_outside, with_presets
 from quantsense.mixed_precision.presets import FTYPES, preset_name
 from quantsense.quantization.plan import Plan
-from quantsense.study import evaluate_plans, sweep_and_allocate
+from quantsense.search import sweep_and_allocate
+from quantsense.study import evaluate_plans
 from quantsense.tasks.language_model import token_ids
 
 CANDIDATES = ("q2_K", "q3_K", "q4_0", "iq4_xs", "iq4_nl", "q4_K", "q5_0", "q5_1", "q5_K", "q6_K", "q8_0")

@@ -28,7 +28,8 @@ import quantsense as qs
 from quantsense.inputs import check_allocation
 from quantsense.mixed_precision.allocation import Budget, allocate as solve_allocation
 from quantsense.reduced import reduced_sweep
-from quantsense.study import evaluate_plans, metric_key, sweep_and_allocate, unit_losses
+from quantsense.search import sweep_and_allocate, unit_losses
+from quantsense.study import evaluate_plans, metric_key
 from quantsense.sweeps.loss_model import agreement, fit_loss_model
 from quantsense.sweeps.sweep import sweep_units, weight_error
 

@@ -184,7 +184,7 @@ def offline_assets(tmp_path_factory):
     rng = random.Random(0)
     sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(60)]
     (root / "data.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences)))
-    (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(1200)))
+    (root / "text.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(6000)))
     cls = tiny_model("bert", vocab_size=len(tokenizer))
     cls.config.id2label, cls.config.label2id = {0: "NEGATIVE", 1: "POSITIVE"}, {"NEGATIVE": 0, "POSITIVE": 1}
     cls.save_pretrained(root / "cls")

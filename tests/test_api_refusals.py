@@ -37,6 +37,8 @@ def _refused(call, expect: str) -> None:
     (lambda ws: qs.frontier(ws, [6.0], ["int4", "int8"], unit="linear", tie="(query"), "is not a valid regular expression"),
     (lambda ws: qs.export(ws, "missing-plan.json", "out"), "plan file missing-plan.json does not exist"),
     (lambda ws: qs.export(ws, qs.Plan(), "out", target="tflite"), "unknown export format 'tflite'"),
+    (lambda ws: qs.allocate(ws, 4.5, "int4"), "formats are a list of format names, e.g. ['q4_0', 'q8_0'], got 'int4'"),
+    (lambda ws: qs.sensitivity(ws, "int8"), "write ['int8'] for one"),
 ])
 def test_api_refuses_before_any_evaluation(ws, call, expect):
     before = ws.engine.stats.computed
@@ -49,6 +51,9 @@ def test_api_refuses_before_any_evaluation(ws, call, expect):
     (lambda: qs.Budget(max_bytes=-5), "max_bytes (--max-size) must be a positive number of bytes, got -5"),
     (lambda: qs.parse_format("int²"), "unknown format 'int²'"),
     (lambda: qs.parse_format(4.5), "a format is a name or a number of bits"),
+    (lambda: qs.Budget(avg_bits=4.5, preset="nonsense"), "unknown llama.cpp preset 'nonsense'"),
+    (lambda: qs.Budget(avg_bits=4.5, preset="Q4_K_M"), "a budget of preset Q4_K_M is computed on a workspace: "
+                                                        "quantsense.preset_budget(ws, 'Q4_K_M')"),
 ])
 def test_values_are_checked_where_they_are_made(call, expect):
     _refused(call, expect)
@@ -62,6 +67,9 @@ def test_values_are_checked_where_they_are_made(call, expect):
     ({"max_length": 0}, "max_length (--max-length) must be a positive integer, got 0"),
     ({"workers": 0}, "workers (--workers) must be a positive integer, got 0"),
     ({"executor": "dask"}, "executor (--executor) must be one of local, ray, got 'dask'"),
+    ({"imatrix": 123}, "imatrix (--imatrix) is the path of an importance matrix file (a str or Path), got 123"),
+    ({"imatrix": ["imatrix.gguf"]}, "got ['imatrix.gguf']"),
+    ({"imatrix": b"imatrix.gguf"}, "got b'imatrix.gguf'"),
 ])
 def test_workspace_options_are_checked_before_the_model_loads(offline_assets, option, expect):
     _refused(lambda: qs.open_workspace(str(offline_assets["cls"]), data=str(offline_assets["tsv"]), **option), expect)
@@ -143,3 +151,14 @@ def test_the_strategies_rank_blocks_by_kl_alone_whatever_the_sweep(ws, views, ra
     result = qs.run_study(ws, views=views, rank_by=rank_by)
     assert result.ranking == {"format": "int4", "blocks": qs.block_ranking(ws, "int4")}
     assert result.ablation["block"] == result.ranking["blocks"][-1]
+
+
+def test_a_preset_budget_belongs_to_the_model_it_was_computed_on(offline_assets, smollm2):
+    """A preset's budget is that model's bits per weight: another workspace refuses it before any evaluation."""
+    lm = dict(data=str(offline_assets["text"]), task="wikitext", max_tokens=1024, context=128, stride=128, quiet=True)
+    tiny = qs.open_workspace(str(offline_assets["lm"]), **lm)
+    smol = qs.open_workspace(str(smollm2), **lm)
+    budget = qs.preset_budget(smol, "Q8_0")
+    assert budget.preset == "Q8_0" and budget.model == smol.model_fp
+    _refused(lambda: qs.frontier(tiny, [budget], ["q4_0", "q8_0"]), "this Q8_0 size budget was computed on another model")
+    assert tiny.engine.stats.computed == 0

@@ -74,8 +74,8 @@ def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_p
     a = offline_assets
     lm = task == "wikitext"
     model, data = (a["lm_model"], a["text"]) if lm else (a["cls_model"], a["tsv"])
-    settings = {"max_tokens": 512, "context": 128, "stride": 64} if lm else {}
-    flags = ["--max-tokens", "512", "--context", "128", "--stride", "64"] if lm else []
+    settings = {"max_tokens": 1024, "context": 128, "stride": 64} if lm else {}
+    flags = ["--max-tokens", "1024", "--context", "128", "--stride", "64"] if lm else []
     candidates = ["q4_0", "q8_0"] if lm else ["int3", "int8"]
     ws = qs.open_workspace(model, tokenizer=a["tokenizer"], data=str(data), task=task, quiet=True, **settings)
     assert ws.task.name == task

@@ -22,11 +22,12 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "open_workspace": "quantsense.workspace", "Workspace": "quantsense.workspace", "StudyOptions": "quantsense.workspace",
-    "run_study": "quantsense.study", "run_frontier": "quantsense.study", "run_export": "quantsense.study", "baseline": "quantsense.study", "sensitivity": "quantsense.study",
+    "run_study": "quantsense.study", "run_frontier": "quantsense.search", "run_export": "quantsense.study", "baseline": "quantsense.study", "sensitivity": "quantsense.study",
     "proxies": "quantsense.study", "mixed": "quantsense.study", "ablation": "quantsense.study",
-    "allocate": "quantsense.study", "allocations": "quantsense.study", "frontier": "quantsense.study", "export": "quantsense.study",
+    "allocate": "quantsense.search", "allocations": "quantsense.search", "frontier": "quantsense.search",
+    "export": "quantsense.study",
     "evaluate_plans": "quantsense.study", "block_ranking": "quantsense.study", "load_plan": "quantsense.study",
-    "Budget": "quantsense.mixed_precision.allocation",
+    "Budget": "quantsense.mixed_precision.allocation", "preset_budget": "quantsense.ggml_plans",
     "Plan": "quantsense.quantization.plan", "BlockPlan": "quantsense.quantization.plan",
     "QuantConfig": "quantsense.quantization.formats", "GGUFFormat": "quantsense.quantization.formats",
     "parse_format": "quantsense.quantization.formats", "register_format": "quantsense.quantization.formats",

@@ -13,7 +13,7 @@ from quantsense.errors import QuantsenseError
 from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, compile_tie, make_groups
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import BlockPlan, Plan
-from quantsense.sweeps.sweep import build_entries, skipped_pairs
+from quantsense.sweeps.sweep import build_entries, fits, skipped_pairs
 from quantsense.workspace import Workspace
 
 
@@ -41,6 +41,7 @@ def sweep_inputs(ws: Workspace, formats=None, unit: str = "block", views=("only"
     views = tuple(dict.fromkeys(views))
     key = metric_key(ws, rank_by)
     skipped_pairs(ws.units, fmts, unit, include_extra, blocks)  # a format that fits no unit is refused here
+    ws.check_intervals()
     return fmts, views, key, build_entries(ws.units, fmts, unit, views, include_extra, blocks)
 
 
@@ -59,7 +60,8 @@ def load_plan(ws: Workspace, path: str) -> Plan:
     try:
         return as_plan(ws, plan)  # every unit name and every weight's shape against its format
     except QuantsenseError as exc:
-        raise QuantsenseError(f"plan file {path}: {exc}") from None
+        where = f"plan file {path}"
+        raise QuantsenseError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
 
 
 def as_plan(ws: Workspace, plan: Plan | BlockPlan | str | Path) -> Plan:
@@ -97,15 +99,25 @@ def check_ranking(ws: Workspace, ranking) -> list[int]:
 
 
 def check_allocation(ws: Workspace, budgets: list[Budget], candidates: list[Format], unit: str = "block",
-                     tie: str | None = None) -> list[Group]:
+                     tie: str | None = None, outside: tuple[str, ...] = ()) -> list[Group]:
     """The allocation groups, after checking from sizes alone (no evaluation) that every budget is feasible."""
     check_choice(unit, UNIT_KINDS, "unit")
+    for budget in budgets:
+        budget.check_model(ws.model_fp)
     compile_tie(tie)  # a bad regex is refused even where --unit block leaves it unused
-    groups = make_groups(ws.units, unit, tie)
-    zero = {(name, f.name): 0.0 for name in ws.units.linear_units() for f in candidates}
+    groups = make_groups(ws.units, unit, tie, outside)
+    for fmt in candidates:  # a candidate no unit can take would only make every budget look impossible
+        if not any(fits(ws.units, (name,), fmt) for name in ws.units.linear_units()):
+            try:
+                fmt.check_unit(ws.units.get(ws.units.linear_units()[0]))
+            except QuantsenseError as exc:  # the format's own reason, for the first unit
+                raise QuantsenseError(f"candidate {fmt.name} fits no linear unit of this model: {exc}; drop it from "
+                                      "--candidates") from None
+    zero = {(name, f.name): 0.0 for group in groups for name in group.units for f in candidates}
     problem = build_problem(ws.units, ws.model, groups, zero, candidates, outside=ws.embedding_plan())
     for budget in budgets:
         budget_limit(problem, budget, candidates)
+    ws.check_intervals()
     return groups
 
 

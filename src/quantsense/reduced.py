@@ -33,17 +33,19 @@ class ReducedSweep:
 
 
 def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Group], budgets: list[Budget],
-                  key: str, seed: int = 0) -> ReducedSweep:
-    """Single-unit losses for every (unit, format): measured where the plans under ``budgets`` hinge, else estimated."""
+                  key: str, seed: int = 0, outside: tuple[str, ...] = ()) -> ReducedSweep:
+    """Single-unit losses for every (unit, format): measured where the plans under ``budgets`` hinge, else estimated
+    (``outside``: units outside the blocks that the allocation chooses for too)."""
     started = time.perf_counter()
-    units = sweep_units(ws.units, unit)
+    units = sweep_units(ws.units, unit, outside)
     by_name = {u.display: u for u in units}
     pairs = [(u.display, f.name) for f in fmts for u in units if fits(ws.units, u.names, f)]  # storable pairs only
     formats = {f.name: f for f in fmts}
     storable = set(pairs)
     units = [u for u in units if any((u.display, f.name) in storable for f in fmts)]  # the others can only stay FP32
     anchors = {u.display: _anchor([f for f in fmts if (u.display, f.name) in storable]).name for u in units}
-    errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f]) for u, f in pairs}
+    columns = ws.input_power()  # each linear's input power per column: errors weighted as the outputs feel them
+    errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f], columns) for u, f in pairs}
     segments = ws.segments()
     low, high = interval_keys(key)
 
@@ -62,8 +64,8 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
                 out[pair] = (max(row[key], 0.0), (row[high] - row[low]) / (2 * Z95))
         return out
 
-    problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for n in ws.units.linear_units() for f in fmts}, fmts,
-                            outside=ws.embedding_plan())
+    problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for g in groups for n in g.units for f in fmts},
+                            fmts, outside=ws.embedding_plan())
     limits = [budget_limit(problem, b, fmts) for b in budgets]
     display_of = {n: u.display for u in units for n in u.names}
 
@@ -147,7 +149,7 @@ def estimated_pairs(ws: Workspace, plan: Plan, unit: str, sweep: dict) -> int:
     """How many of the (unit, format) losses summed into ``plan``'s prediction were estimated, not measured."""
     estimated = set(sweep.get("estimated_pairs", ()))
     display = {n: u.display for u in sweep_units(ws.units, unit) for n in u.names}
-    return len({f"{display[name]}@{fmt.name}" for name, fmt in plan.assignments} & estimated)
+    return len({f"{display.get(name, name)}@{fmt.name}" for name, fmt in plan.assignments} & estimated)
 
 
 def _module_losses(values: dict[Pair, float], by_name) -> dict[tuple[str, str], float]:

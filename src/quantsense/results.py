@@ -49,9 +49,10 @@ class PlanRows:
 
     rows: list[dict]
     plans: dict[str, dict] = field(default_factory=dict)  # plan name -> plan JSON, as measured (to export one)
+    skipped: dict[str, str] = field(default_factory=dict)  # plans not measured -> why (e.g. formats that do not fit)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "plans": self.plans}
+        return {"rows": self.rows, "plans": self.plans, "skipped": self.skipped}
 
 
 @dataclass
@@ -64,6 +65,7 @@ class FrontierResult:
     choices: dict[str, dict]  # allocated plan name -> group -> format name (None = FP32)
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
     sweep: dict = field(default_factory=dict)  # how the single-unit losses were obtained (quantsense.reduced)
+    skipped: dict[str, str] = field(default_factory=dict)  # uniform or hand plans not measured -> why
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,7 +6,7 @@ returning a typed result; :func:`run_study`, :func:`run_frontier` and :func:`run
     ws = qs.open_workspace("models/minilm-sst2", data="validation.tsv")
     sens = qs.sensitivity(ws, ["int8", "int4"])
     print(sens.block_ranking())
-    front = qs.frontier(ws, budgets=[4.5], candidates=["int4", "int8"])
+    front = qs.frontier(ws, budgets=[4.5], candidates=["int4", "int8"])  # quantsense.search
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from quantsense.inputs import (  # noqa: F401  (as_plan, load_plan, calibration.
     metric_key,
     sweep_inputs,
 )
-from quantsense.mixed_precision.allocation import Allocation, Budget, allocate as solve_allocation
-from quantsense.mixed_precision.strategies import Levels, blocks_plan, strategy_plans, uniform_plan
+from quantsense.mixed_precision.strategies import Levels, blocks_plan, misfit, strategy_levels, strategy_plans
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
-from quantsense.ggml_plans import with_outside, with_presets
-from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking, sequential_sweep
-from quantsense.results import FrontierResult, PlanRows, SensitivityResult, StudyResult, provenance
+from quantsense.reduced import sequential_sweep
+from quantsense.results import PlanRows, SensitivityResult, StudyResult, provenance
 from quantsense.sweeps.ranking import rank_rows
-from quantsense.sweeps.sweep import build_entries, fits, run_sweep, skipped_pairs, sweep_units
+from quantsense.sweeps.sweep import build_entries, run_sweep, skipped_pairs
 from quantsense.workspace import Workspace
 
 PHASES = ("baseline", "sensitivity", "proxies", "mixed", "ablation")
@@ -86,6 +84,7 @@ def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None,
 def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans", kind: str = "mixed") -> list[dict]:
     """Measure named plans: a row per plan with the task's paired metrics, the plan's size, and its identity as
     data (``kind``; ``format``: a uniform plan's one format; ``budget``: an allocated plan's; set by the caller)."""
+    ws.check_intervals()
     named = {name: ws.finish(plan) for name, plan in named.items()}  # --embedding's format on the token embedding
     for plan in named.values():
         ws.applier.check(plan)  # every plan's names and shapes before the first evaluation
@@ -116,10 +115,11 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
     if ranking is not None:
         ranking = check_ranking(ws, ranking)
     plan_paths = {f"file:{Path(path).name}": load_plan(ws, path) for path in plan_files}  # checked before any evaluation
-    ranking = ranking if ranking is not None else block_ranking(ws, rank_fmt)
-    named, by_block = {}, {}
     _check_strategy_formats(ws, [rank_fmt], need_levels=not plan_paths)
-    levels = Levels.for_family(rank_fmt, ws.options.scheme)
+    ws.check_intervals()
+    levels, why = strategy_levels(rank_fmt, ws.options.scheme, ws.format, ws.units)
+    ranking = ranking if ranking is not None or levels is None else block_ranking(ws, rank_fmt)
+    named, by_block = {}, {}
     for name, (plan, formats) in (strategy_plans(ws.units, ranking, levels).items() if levels else ()):
         named[name], by_block[name] = plan, formats
     named.update(plan_paths)
@@ -127,7 +127,8 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
     rows = evaluate_plans(ws, named, desc="mixed precision")
     for row in rows:
         row["formats_by_block"] = by_block.get(row["plan"])
-    return PlanRows(rows, {name: plan.to_json_dict() for name, plan in named.items()})
+    skipped = {"hand strategies": why} if why else {}
+    return PlanRows(rows, {name: plan.to_json_dict() for name, plan in named.items()}, skipped)
 
 
 def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = None, block: int | None = None) -> dict:
@@ -137,7 +138,8 @@ def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = 
         ranking = check_ranking(ws, ranking)
     if block is not None:
         ws.units.block_units(block)  # range check before any evaluation
-    else:
+    ws.check_intervals()
+    if block is None:
         block = (ranking if ranking is not None else block_ranking(ws, fmt))[-1]
     row = evaluate_plans(ws, {f"block{block}@{fmt.name}": blocks_plan(ws.units, {block: fmt})}, desc="ablation",
                          kind="ablation")[0]
@@ -150,108 +152,6 @@ def low_level(ws: Workspace, fmt: Format) -> Format:
     """The low level of ``fmt``'s family (int4, q4_0): the reference ablation's format; ``fmt`` where none is defined."""
     levels = Levels.for_family(fmt, ws.options.scheme)
     return levels.low if levels is not None else fmt
-
-
-def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: str) -> dict[tuple[str, str], float]:
-    """Measured loss of every unit alone in every candidate format (from the store when finished)."""
-    sens = sensitivity(ws, candidates, unit)
-    key = metric_key(ws, objective)
-    losses = {}
-    for row in sens.rows:
-        names = ws.units.block_units(row["block"]) if unit == "block" else [row["unit"]]
-        value = max(row[key], 0.0)  # a unit that measured better than FP32 is not worth bits
-        for name in names:  # a block's loss is carried by its units so that groups can sum them
-            losses[(name, row["format"])] = value / len(names)
-    return losses
-
-
-def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block", tie: str | None = None,
-             objective: str = "kl", reduced: bool = False) -> Allocation:
-    """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from single-unit losses
-    (the plan itself is not measured here: see :func:`frontier`)."""
-    return allocations(ws, [budget], candidates, unit, tie, objective, reduced)[0][1]
-
-
-def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                objective: str = "kl", reduced: bool = False) -> list[tuple[str, Allocation]]:
-    """The optimal plan under each budget (exact MILP over single-unit losses); see :func:`sweep_and_allocate`."""
-    return sweep_and_allocate(ws, budgets, candidates, unit, tie, objective, reduced)[0]
-
-
-def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                       objective: str = "kl", reduced: bool = False) -> tuple[list[tuple[str, Allocation]], dict]:
-    """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
-
-    By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
-    (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
-    estimated, and measured where a plan hinges on it."""
-    budgets = [Budget.of(b) for b in budgets]
-    fmts = ws.formats(candidates or ws.task.default_candidates)
-    groups = check_allocation(ws, budgets, fmts, unit, tie)
-    key = metric_key(ws, objective)
-    if not reduced:
-        started, tokens = time.perf_counter(), ws.batches.num_tokens
-        losses = unit_losses(ws, fmts, unit, objective)
-        pairs = len(sweep_units(ws.units, unit)) * len(fmts)
-        full = (pairs + 1) * tokens  # every pair and the FP32 reference on all the data
-        record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": full,
-                  "full_token_evaluations": full, "seconds": time.perf_counter() - started}
-    else:
-        sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed)
-        losses, record = sweep.losses, sweep.record
-    outside = ws.embedding_plan()  # a size budget counts the embedding as it will be stored
-    plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))
-             for b in budgets]
-    return plans, record
-
-
-def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
-    """The average bits of each uniform candidate below 16 bits, and the midpoints between them."""
-    fmts = ws.formats(candidates or ws.task.default_candidates)
-    sizes = sorted({round(average_bits(ws.units, uniform_plan(ws.units, f)), 3) for f in fmts if f.nominal_bits < 16})
-    mids = [round((a + b) / 2, 3) for a, b in zip(sizes, sizes[1:])]
-    return [Budget(avg_bits=v) for v in sorted(set(sizes + mids))]
-
-
-def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-             tie: str | None = None, objective: str = "kl", reduced: bool = False, presets=()) -> FrontierResult:
-    """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
-    ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
-    block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
-    at its size (:mod:`quantsense.ggml_plans`)."""
-    fmts = ws.formats(candidates or ws.task.default_candidates)
-    budgets = [Budget.of(b) for b in budgets] if budgets else [] if presets else default_budgets(ws, fmts)
-    budgets, preset_plans, outside = with_presets(ws, budgets, presets)
-    allocated, sweep = sweep_and_allocate(ws, budgets, fmts, unit, tie, objective, reduced)
-    named: dict[str, Plan] = {name: with_outside(a.plan, b, outside) for (name, a), b in zip(allocated, budgets)}
-    identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
-    named.update(preset_plans)
-    identity.update({name: {"kind": "preset"} for name in preset_plans})
-    for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):
-        if not all(fits(ws.units, (n,), fmt) for n in ws.units.linear_units()):
-            continue  # e.g. q4_K on a model with 576-wide rows: no uniform plan exists (a preset is llama.cpp's answer)
-        named[f"uniform {fmt.name}"] = uniform_plan(ws.units, fmt)
-        identity[f"uniform {fmt.name}"] = {"kind": "uniform", "format": fmt.name}
-    rank_fmt = min((f for f in fmts if f.nominal_bits >= 4), key=lambda f: f.nominal_bits, default=fmts[0])
-    levels = Levels.for_family(rank_fmt, ws.options.scheme)
-    ranking = (lambda: screened_block_ranking(ws, rank_fmt)) if reduced else (lambda: block_ranking(ws, rank_fmt))
-    for name, (plan, _) in (strategy_plans(ws.units, ranking(), levels).items() if levels else ()):
-        named[name], identity[name] = plan, {"kind": "hand"}
-    named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
-    rows = evaluate_plans(ws, named, desc="frontier")
-    key = metric_key(ws, objective)
-    sweep = {**sweep, **ws.embedding_loss(key)}  # --embedding's table alone, measured: in every allocation's prediction
-    predicted = {name: a.predicted_loss + sweep.get("embedding", {}).get("loss", 0.0) for name, a in allocated}
-    estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}
-    for row in rows:
-        row.update(identity[row["plan"]])
-        row["predicted_loss"] = predicted.get(row["plan"])
-        row["estimated_pairs"] = estimated.get(row["plan"])
-        row["measured_over_predicted"] = row[key] / row["predicted_loss"] if row["predicted_loss"] else None
-    groups = {name: info for _, a in allocated for name, info in a.groups.items()}
-    return FrontierResult(objective, unit, [f.name for f in fmts], rows,
-                          {name: named[name].to_json_dict() for name, _ in allocated},
-                          {name: dict(a.choices) for name, a in allocated}, groups, sweep)
 
 
 def export_source(ws: Workspace):
@@ -284,6 +184,7 @@ def prepare_export(ws: Workspace, plan: Plan | str | Path, out: str | Path, targ
     plan = check_export(ws, plan, out, target)
     check = None
     if verify:
+        ws.check_intervals()
         def simulate():
             return ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
         check = ws.task.export_check(target, ws.source, ws.data, simulate, ws.batches)  # refuses a target it cannot check
@@ -321,11 +222,13 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
         ws.units.block_units(ablation_block)
     for path in plan_files:
         load_plan(ws, path)
-    if {"mixed", "ablation"} & wanted:  # the strategies' formats, for every format the ranking may use
-        candidates = [rank_fmt] if rank_fmt else fmts or [ws.format(ws.task.default_ablation_format)]
-        _check_strategy_formats(ws, candidates, "mixed" in wanted and not plan_files)
+    if {"mixed", "ablation"} & wanted:  # the ranking format (the sweep's with the fewest bits) and its strategies
+        rank_fmt = rank_fmt or (min(fmts, key=lambda f: f.nominal_bits) if fmts else ws.format(ws.task.default_ablation_format))
+        _check_strategy_formats(ws, [rank_fmt], "mixed" in wanted and not plan_files)
     if calibration_data and "proxies" in wanted:
         calibration(ws, calibration_data, calibration_size)
+    if wanted - {"baseline"}:
+        ws.check_intervals()
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
     if "sensitivity" in wanted:
@@ -335,8 +238,6 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
         result.proxies = proxies(ws, calibration_data, calibration_size, result.sensitivity.formats, unit)
         notify("proxies", result)
     if {"mixed", "ablation"} & wanted:
-        rank_fmt = rank_fmt or ws.format(result.sensitivity.lowest_format() if result.sensitivity
-                                         else ws.task.default_ablation_format)
         swept = (result.sensitivity is not None and unit == "block" and blocks is None and "only" in views
                  and rank_by == "kl" and rank_fmt.name in result.sensitivity.formats)  # else the default ranking sweep
         ranking = result.sensitivity.block_ranking(rank_fmt.name) if swept else block_ranking(ws, rank_fmt)
@@ -358,31 +259,17 @@ def _begin(ws: Workspace, argv, on_phase):
 
 
 def _check_strategy_formats(ws: Workspace, candidates, need_levels: bool) -> None:
-    """Each candidate ranking format's strategy levels fit the model (checked like any named format); a family
-    without levels is refused when the strategies are all there is to evaluate."""
+    """Each candidate ranking format can rank every block, and its strategy levels fit the model (checked like any
+    named format); strategies that cannot be built are refused when they are all there is to evaluate."""
     for fmt in candidates:
-        levels = Levels.for_family(fmt, ws.options.scheme)
+        why = misfit(ws.units, fmt)
+        if why:
+            raise QuantsenseError(f"the block ranking at {fmt.name} needs every block linear in {fmt.name}: {why}; "
+                                  "rank with another format (--rank-format)")
+        levels, why = strategy_levels(fmt, ws.options.scheme, ws.format, ws.units)
         if levels is None and need_levels:
-            raise QuantsenseError(f"format {fmt.name} has no reference strategy levels (its family defines none): "
-                                  "rank with another format (--rank-format) or pass --plan files")
-        for level in (levels.high, levels.mid, levels.low) if levels else ():
-            ws.format(level)
-
-
-def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-                 tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
-                 reduced: bool = False, presets=()) -> StudyResult:
-    """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
-    budgets = [Budget.of(b) for b in budgets] if budgets else None
-    fmts = ws.formats(candidates or ws.task.default_candidates)
-    check_allocation(ws, budgets or [], fmts, unit, tie)
-    metric_key(ws, objective)
-    result, notify = _begin(ws, argv, on_phase)
-    notify("baseline", result)
-    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced, presets)
-    notify("frontier", result)
-    result.formats = ws.format_table()
-    return result
+            raise QuantsenseError(f"no reference strategy can be built at {fmt.name}: {why}; rank with another format "
+                                  "(--rank-format) or pass --plan files")
 
 
 def run_export(ws: Workspace, plan, out: str | Path, target: str = "torchao", verify: bool = True,

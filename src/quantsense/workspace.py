@@ -12,7 +12,6 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
-from pathlib import Path
 
 import torch
 
@@ -28,6 +27,7 @@ from quantsense.tasks import Task, make_task
 
 
 POSITIVE_OPTIONS = ("workers",)
+OUTSIDE_MODES = ("fp32", "preset", "allocate")  # what an allocation does with the token embedding and output head
 CHOICE_OPTIONS = {"dtype": ("auto", "float32", "bfloat16", "float16"), "executor": ("local", "ray")}
 
 
@@ -81,9 +81,10 @@ class StudyOptions:
         if not isinstance(self.settings, dict):
             raise QuantsenseError(f"settings must be a dict of the task's settings (e.g. {{'limit': 100}}), got {self.settings!r}")
         make_task(self.task, **self.settings)  # the task refuses a setting it does not take, or a bad value
-        if self.imatrix is not None and not Path(self.imatrix).is_file():
-            raise QuantsenseError(f"imatrix file {self.imatrix} not found; make one with: quantsense imatrix --model M "
-                                  f"--data TEXT --out {self.imatrix}")
+        if self.imatrix is not None:
+            from quantsense.exporters.imatrix_file import check_path
+
+            self.imatrix = str(check_path(self.imatrix))
 
     def task_settings(self) -> dict:
         return dict(self.settings)
@@ -116,6 +117,7 @@ class Workspace:
     imatrix: object = None  # quantsense.quantization.imatrix.Imatrix from options.imatrix, bound to every format named
     _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
     _embedding: object = field(default=None, repr=False)  # the --embedding plan, built on first use
+    _input_power: object = field(default=None, repr=False)  # the linears' input power per column, collected on first use
 
     @property
     def source(self) -> str:
@@ -141,6 +143,10 @@ class Workspace:
             self._segments = Segments(self.engine, self.task, self.data, seed=self.options.seed)
         return self._segments
 
+    def check_intervals(self) -> None:
+        """Refuse, before any evaluation, data too small for the task's intervals (see ``Task.check_intervals``)."""
+        self.task.check_intervals(self.batches)
+
     def compare(self, reference, quantized) -> dict:
         """Every paired metric of a quantized run against FP32, for this task."""
         return self.task.compare(reference, quantized, self.data, seed=self.options.seed)
@@ -152,6 +158,45 @@ class Workspace:
         fmt.check_model(self.units, named)
         self.formats_used.setdefault(fmt.name, fmt)
         return fmt
+
+    def input_power(self) -> dict:
+        """Each block linear's mean squared input per column: the importance matrix's when there is one, else
+        collected once on the first data segment (one forward pass, llama.cpp's imatrix statistic on the selection
+        data). The reduced sweep weights weight errors by it."""
+        if self.imatrix is not None:
+            return {name: self.imatrix.weights(name) for name in self.units.linear_units()}
+        if self._input_power is None:
+            from quantsense.quantization.imatrix import collect
+
+            modules = {name: self.units.get(name).module for name in self.units.linear_units()}
+            first = self.segments().parts[0]
+            inputs = [{k: v.to(self.device) for k, v in b.inputs.items()} for b in first]
+            found = collect(self.model, modules, inputs)
+            self._input_power = {name: found.weights(name) for name in modules}
+        return self._input_power
+
+    def outside_units(self) -> tuple[str, ...]:
+        """The units outside the blocks that a model file stores as weights of their own: the token embedding (which an
+        output head tied to it shares) and an untied output head; what ``outside="allocate"`` adds to an allocation."""
+        wanted = [self.model.get_input_embeddings(), getattr(self.model, "get_output_embeddings", lambda: None)()]
+        return tuple(name for name, unit in self.units.units.items()
+                     if unit.block is None and any(unit.module is module for module in wanted if module is not None))
+
+    def allocated_outside(self, mode: str, presets=()) -> tuple[str, ...]:
+        """The units outside the blocks an allocation chooses formats for: with ``mode="allocate"`` those of
+        :meth:`outside_units`; none with ``"fp32"`` (left unquantized, or ``--embedding``'s format) or ``"preset"``
+        (each preset's own types, at its size: needs ``presets``)."""
+        if mode not in OUTSIDE_MODES:
+            raise QuantsenseError(f"unknown --outside mode {mode!r}; use one of {', '.join(OUTSIDE_MODES)}")
+        if mode == "preset" and not presets:
+            raise QuantsenseError("--outside preset takes a preset's own types outside the blocks: give --max-size-of "
+                                  "PRESET or --preset, or use --outside allocate or fp32")
+        if mode != "allocate":
+            return ()
+        if self.options.embedding:
+            raise QuantsenseError("--outside allocate chooses the token embedding's format, and --embedding fixes it: "
+                                  "drop one")
+        return self.outside_units()
 
     def embedding_plan(self) -> Plan:
         """The token embedding in ``--embedding``'s format, or an empty plan: every measured plan (strategies,
@@ -201,6 +246,9 @@ class Workspace:
 
     def formats(self, names) -> list[Format]:
         """Formats from names, duplicates dropped (``--formats 8 8`` evaluates once)."""
+        if isinstance(names, (str, bytes, numbers.Number, WeightFormat)) or not hasattr(names, "__iter__"):
+            raise QuantsenseError(f"formats are a list of format names, e.g. ['q4_0', 'q8_0'], got {names!r}; write "
+                                  f"[{names!r}] for one")
         return list(dict.fromkeys(self.format(n) for n in names))
 
     def close(self) -> None:
@@ -281,12 +329,22 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     return ws
 
 
-def gguf_tensor_names(model, units: UnitMap) -> dict[str, str]:
-    """Each block linear's llama.cpp tensor name (``blk.0.attn_q.weight``): how an imatrix file names it."""
+def gguf_tensor_names(model, units: UnitMap, purpose: str = "an importance matrix",
+                      names: list[str] | None = None) -> dict[str, str]:
+    """Each block linear's (or each of ``names``') llama.cpp tensor name (``blk.0.attn_q.weight``): how an imatrix file
+    and llama.cpp's presets name it. A model llama.cpp has no names for is refused, saying what needed them."""
     from quantsense.exporters.gguf_file import hf_to_gguf_name
 
     arch = getattr(model.config, "model_type", "")
-    return {name: hf_to_gguf_name(name, units.num_blocks, arch) for name in units.linear_units()}
+    found = {}
+    for name in names if names is not None else units.linear_units():
+        try:
+            found[name] = hf_to_gguf_name(name, units.num_blocks, arch)
+        except QuantsenseError:
+            raise QuantsenseError(f"{purpose} needs llama.cpp's tensor names, and this {arch or type(model).__name__} "
+                                  f"model ({type(model).__name__}) has none for {name}: use a model llama.cpp runs, e.g. "
+                                  "a Llama-architecture causal LM with --task wikitext") from None
+    return found
 
 
 def check_held_out(task: Task, data, batches, imatrix) -> None:
@@ -304,7 +362,8 @@ def check_held_out(task: Task, data, batches, imatrix) -> None:
 def _load_imatrix(path: str, model, units: UnitMap):
     from quantsense.exporters.imatrix_file import load
 
-    return load(path, gguf_tensor_names(model, units))
+    columns = {name: units.get(name).shape[0 if units.get(name).transposed else -1] for name in units.linear_units()}
+    return load(path, gguf_tensor_names(model, units), columns)
 
 
 def worker_evaluator(options: StudyOptions) -> Evaluator:

@@ -11,7 +11,7 @@ from tests.conftest import WIKI
 
 def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["sensitivity", "--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "320",
+    code = main(["sensitivity", "--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "1024",
                  "--context", "128", "--stride", "64", "--unit", "linear", "--views", "only", "--blocks", "29",
                  "--formats", "q4_0", "2", "--no-store", "--quiet", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -19,7 +19,7 @@ def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     assert "FP32 perplexity:" in printed
     results = json.loads((out / "results.json").read_text())
     base = results["baseline"]
-    assert base["scored_tokens"] == 319 and 5 < base["perplexity"] < 200
+    assert base["scored_tokens"] == 1023 and 5 < base["perplexity"] < 200
     assert results["workspace"]["task"]["name"] == "wikitext" and results["workspace"]["model"]["dtype"] == "float32"
     rows = results["sensitivity"]["rows"]
     assert sorted({r["unit"] for r in rows}) == sorted(f"model.layers.29.{n}" for n in (
@@ -43,7 +43,7 @@ def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(source, reques
     blocks = {str(b): {"format": ("q4_0", "q5_0", "q8_0", "q5_1")[b % 4]} for b in range(30)}
     plan.write_text(json.dumps({"blocks": blocks}))
     out = tmp_path / "smollm2-mixed.gguf"
-    common = ["--task", "wikitext", "--model", str(model), "--data", str(WIKI), "--max-tokens", "384", "--context", "128",
+    common = ["--task", "wikitext", "--model", str(model), "--data", str(WIKI), "--max-tokens", "1024", "--context", "128",
               "--stride", "64", "--no-store", "--quiet"]
     assert main(["export", str(plan), "--format", "gguf", "--out", str(out), *common]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
@@ -77,9 +77,9 @@ def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"blocks": {"0": {"bits": 4}}}))
     code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "x.gguf"), "--task", "wikitext", "--model",
-                 str(smollm2), "--data", str(WIKI), "--max-tokens", "256", "--context", "128", "--stride", "64", "--no-store", "--quiet"])
+                 str(smollm2), "--data", str(WIKI), "--max-tokens", "1024", "--context", "128", "--stride", "128", "--no-store", "--quiet"])
     assert code == 2
-    assert "is planned as int4, which the gguf export cannot write: export it with --format torchao" in capsys.readouterr().err
+    assert "is planned as int4, which the gguf export cannot write; plan it in a GGUF format" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
 
 

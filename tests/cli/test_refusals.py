@@ -33,7 +33,7 @@ def cls_args(offline_assets):
 @pytest.fixture(scope="module")
 def lm_args(offline_assets):
     return ["--task", "wikitext", "--model", str(offline_assets["lm"]), "--data", str(offline_assets["text"]),
-            "--no-store", "--quiet", "--max-tokens", "512", "--context", "128", "--stride", "128"]
+            "--no-store", "--quiet", "--max-tokens", "1024", "--context", "128", "--stride", "128"]
 
 
 def test_a_model_folder_with_custom_code_is_refused_and_its_code_never_runs(offline_assets, tmp_path):

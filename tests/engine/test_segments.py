@@ -9,7 +9,7 @@ from quantsense.engine.segments import Segments
 from quantsense.evaluation.metrics import kl_per_example
 from quantsense.quantization.plan import Plan
 
-SETTINGS = {"cls": {"batch_tokens": 96}, "lm": {"task": "wikitext", "max_tokens": 256, "context": 32, "stride": 32}}
+SETTINGS = {"cls": {"batch_tokens": 96}, "lm": {"task": "wikitext", "max_tokens": 4096, "context": 128, "stride": 128}}
 
 
 def _workspace(offline_assets, kind, store):

@@ -61,7 +61,7 @@ def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
     plan = tmp_path / "plan.json"
     from quantsense.workspace import open_workspace
 
-    ws = open_workspace(str(smollm2), data=str(WIKI), task="wikitext", max_tokens=256, first_token=256, context=128,
+    ws = open_workspace(str(smollm2), data=str(WIKI), task="wikitext", max_tokens=1024, first_token=256, context=128,
                         stride=128, imatrix=str(imatrix), quiet=True)
     fingerprint = ws.imatrix.fingerprint
     units = {"model.layers.0.mlp.down_proj": {"format": "q4_K", "imatrix": fingerprint},
@@ -72,7 +72,7 @@ def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
     plan.write_text(json.dumps({"units": units}))
     out = tmp_path / "k.gguf"
     code = main(["export", str(plan), "--format", "gguf", "--out", str(out), "--imatrix", str(imatrix), *lm,
-                 "--max-tokens", "256", "--first-token", "256"])
+                 "--max-tokens", "1024", "--first-token", "256"])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "k-report" / "results.json").read_text())["export"]
     assert report["tensor_types"]["q4_k"] == 1 and report["tensor_types"]["iq4_nl"] == 1
@@ -86,7 +86,7 @@ def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
     assert bytes(written.fields[IMATRIX_KEYS["file"]].parts[-1]).decode() == str(imatrix)
     # without --imatrix the plan's imatrix is unknown: refused before any work, naming the flag
     code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "again.gguf"), *lm,
-                 "--max-tokens", "256", "--first-token", "256"])
+                 "--max-tokens", "1024", "--first-token", "256"])
     assert code == 2 and "pass --imatrix" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@ formats whose ggml quantizer takes one (then bit for bit ggml's weighted quantiz
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from quantsense.cli import main
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats import format_from_dict, parse_format
+from quantsense.quantization.formats.ggml import NEEDS_IMATRIX
 from quantsense.quantization.formats.weighted import USES_IMATRIX
 from quantsense.exporters.imatrix_file import load, save
 from quantsense.quantization.imatrix import Imatrix, collect, known
@@ -74,7 +76,7 @@ def test_bad_imatrix_files_are_refused_with_the_fix(tmp_path):
         load(tmp_path / "missing.gguf", {"m": "blk.0.attn_q.weight"})
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf file at all")
-    with pytest.raises(QuantsenseError, match="not a GGUF imatrix"):
+    with pytest.raises(QuantsenseError, match="is not a GGUF imatrix file .it does not start with GGUF's magic"):
         load(junk, {"m": "blk.0.attn_q.weight"})
     other = save(Imatrix({"x": np.ones(4, np.float32)}, {"x": 1}), tmp_path / "other.gguf", {"x": "blk.9.ffn_up.weight"})
     with pytest.raises(QuantsenseError, match="another model"):
@@ -103,15 +105,21 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, mod
     ours = bound.quantize_weight(weight, False, "down")
     want = ggml_lib.fake_quantize(name, weight.numpy(), imx.weights("down"))
     assert torch.equal(ours, torch.from_numpy(want))
-    assert torch.equal(bound.quantize_weight(weight, False, "not in the imatrix"), plain.fake_quantize(weight))
+    if name in NEEDS_IMATRIX:  # no weights for this tensor: refused, as llama-quantize refuses it (ggml would abort)
+        with pytest.raises(QuantsenseError, match="needs importance-matrix weights for not in the imatrix"):
+            bound.check_unit(SimpleNamespace(name="not in the imatrix", shape=tuple(weight.shape), transposed=False))
+    else:
+        assert torch.equal(bound.quantize_weight(weight, False, "not in the imatrix"), plain.fake_quantize(weight))
     # what the weighting is for: a smaller activation-weighted error than the plain rounding's (off the grid; on the
     # Q4_1 grid q4_1 is exact either way)
     w = torch.from_numpy(imx.weights("down")).double()
     weighted = lambda q: float(((q.double() - weight.double()) ** 2 * w).sum())  # noqa: E731
+    unweighted = plain.fake_quantize(weight) if name not in NEEDS_IMATRIX else \
+        torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), np.ones(1536, np.float32)))  # uniform weights
     if model == "float":
-        assert weighted(ours) < weighted(plain.fake_quantize(weight))
+        assert weighted(ours) < weighted(unweighted)
     else:
-        assert weighted(ours) <= weighted(plain.fake_quantize(weight))
+        assert weighted(ours) <= weighted(unweighted)
 
 
 def test_formats_that_ignore_an_imatrix_stay_themselves_and_plan_files_name_it():
@@ -144,7 +152,7 @@ def test_imatrix_command_then_held_out_sweep_on_smollm2(smollm2, tmp_path, capsy
                  "--formats", "q4_K"])
     assert code == 2 and "--first-token 256" in capsys.readouterr().err
     res = tmp_path / "res"
-    code = main(["sensitivity", *lm, "--max-tokens", "256", "--first-token", "256", "--imatrix", str(out), "--unit",
+    code = main(["sensitivity", *lm, "--max-tokens", "1024", "--first-token", "256", "--imatrix", str(out), "--unit",
                  "linear", "--blocks", "29", "--formats", "q4_K", "q4_0", "--exhaustive", "--out", str(res)])
     assert code == 0, capsys.readouterr().err
     results = json.loads((res / "results.json").read_text())

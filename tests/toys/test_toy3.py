@@ -57,7 +57,8 @@ def test_every_phase_and_the_report(toy3, offline_assets, tmp_path):
     assert allocated["avg_bits"] <= 6.0 + 1e-9 and allocated["budget"] == {"avg_bits": 6.0}
     uniform = {r["format"]: r for r in front.rows if r["kind"] == "uniform"}
     assert set(uniform) == {"toy3", "int8"} and abs(uniform["toy3"]["avg_bits"] - 5.0) < 1e-9
-    assert not [r for r in front.rows if r["kind"] == "hand"]  # toy3's family defines no strategy levels
+    hand = [r for r in front.rows if r["kind"] == "hand"]  # toy3's family defines no strategy levels: ranked at int8
+    assert len(hand) == 3 and all(set(r["formats"]) <= {"int8", "int6", "int4"} for r in hand)
     result = qs.StudyResult({"command": "test", "created": "", "versions": {}, "git": None}, ws.describe(), base,
                             sensitivity=sens, frontier=front, formats=ws.format_table())
     written = write_results_folder(tmp_path / "out", result.to_dict())

@@ -108,7 +108,7 @@ def _printer(command: str):
         elif phase == "ranking":
             _say(f"Block ranking at {results['ranking']['format']}, most sensitive first: {results['ranking']['blocks']}")
         elif phase == "mixed":
-            _say(text.plans_text(results, results["mixed"]["rows"]))
+            _say(text.plans_text(results, results["mixed"]["rows"], results["mixed"].get("skipped")))
         elif phase == "ablation":
             _say(text.ablation_text(results))
         elif phase == "frontier":
@@ -119,9 +119,11 @@ def _printer(command: str):
 
 
 def _reduced(args) -> bool:
-    """Reduced (sequential) sweeps by default; measured on all the data with --exhaustive, and with --executor ray
-    (its workers evaluate on all the data)."""
-    return not getattr(args, "exhaustive", True) and getattr(args, "executor", "local") != "ray"
+    """Reduced sweeps for allocations and sequential sweeps of linear units by default (block sweeps, the reference
+    study's table, on all the data unless --sequential); all the data with --exhaustive or --executor ray."""
+    if getattr(args, "executor", "local") == "ray" or getattr(args, "exhaustive", True):
+        return False
+    return args.command in ("allocate", "frontier") or getattr(args, "sequential", False) or args.unit == "linear"
 
 
 def _budgets(args) -> list | None:
@@ -156,15 +158,16 @@ def _run(args, ws):
             raise QuantsenseError("export needs --out (a folder for torchao, a .gguf file for gguf)")
         return study.run_export(ws, args.plan_file, args.out, args.export_format, not args.no_verify, on_phase=show)
     if args.command in ("allocate", "frontier"):
+        from quantsense.search import run_frontier
+
         presets = args.preset if args.command == "frontier" else [args.max_size_of] if args.max_size_of else []
-        return study.run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show,
-                                  reduced=_reduced(args), presets=presets)
+        return run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show,
+                            reduced=_reduced(args), presets=presets, outside=args.outside or ("allocate" if presets else "fp32"))
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (flags a command may lack)
     return study.run_study(ws, get("formats"), get("unit", "block"), get("views", ("only",)), get("include_extra", False),
                            get("rank_by", "kl"), get("blocks"), get("plan", []), get("calibration_data"),
                            get("calibration_size", 128), phases=PHASES_OF[args.command], rank_format=get("rank_format"),
-                           ablation_format=get("ablation_format"), ablation_block=get("block"), on_phase=show,
-                           reduced=_reduced(args))
+                           ablation_format=get("ablation_format"), ablation_block=get("block"), on_phase=show, reduced=_reduced(args))
 
 
 def _list_units(args) -> None:

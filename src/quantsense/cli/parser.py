@@ -158,9 +158,13 @@ def _sensitivity_flags(p) -> None:
 
 
 def _sequential_flag(p) -> None:
-    p.add_argument("--exhaustive", action="store_true",
-                   help="measure every unit on all the data, as --executor ray always does (default: each unit on a "
-                        "growing share of the data, stopped once its interval overlaps no other unit's: its tier decided)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--exhaustive", action="store_true",
+                     help="measure every unit on all the data (the default for --unit block, and what --executor ray "
+                          "always does)")
+    how.add_argument("--sequential", action="store_true",
+                     help="measure each unit on a growing share of the data, stopped once its interval overlaps no other "
+                          "unit's (its tier decided; the default for --unit linear)")
 
 
 def _calibration_flags(p, required: bool) -> None:
@@ -182,6 +186,10 @@ def _allocation_flags(p) -> None:
                    help="measure every (unit, format) pair on all the data, as --executor ray always does (default: a "
                         "reduced sweep that measures each unit once on a data segment, estimates the rest and measures "
                         "where a plan hinges on it)")
+    p.add_argument("--outside", choices=("allocate", "preset", "fp32"),
+                   help="the token embedding and an untied output head: allocate them too, measured like any unit (the "
+                        "default with a llama.cpp preset's size: the budget is then the preset's whole size), keep the "
+                        "preset's own types there, or leave them unquantized (the default otherwise; or --embedding's format)")
 
 
 def _rank_format_flag(p) -> None:
@@ -223,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = alloc.add_mutually_exclusive_group(required=True)
     budget.add_argument("--avg-bits", type=_positive_float, help="average stored bits per block linear weight, scales included")
     budget.add_argument("--max-size", help="whole-model size, e.g. 20MB or 18MiB")
-    budget.add_argument("--max-size-of", metavar="PRESET", type=_preset, help="the size of a llama.cpp preset (Q3_K_M, Q4_K_M...): its "
-                        "bits per block linear weight and its own types outside the blocks; the preset is measured beside")
+    budget.add_argument("--max-size-of", metavar="PRESET", type=_preset, help="the size of a llama.cpp preset (Q3_K_M, "
+                        "Q4_K_M...): its whole size (or with --outside preset its bits per block linear weight and its own "
+                        "types outside the blocks); the preset is measured beside")
     _allocation_flags(alloc)
     front = sub.add_parser("frontier", parents=[common], help="allocate over many budgets and measure every plan")
     front.add_argument("--budgets", type=_positive_float, nargs="+",

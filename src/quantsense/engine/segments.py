@@ -4,7 +4,8 @@ Segment ``s`` of ``S`` holds batches ``s, s+S, s+2S, ...``. Batches are sorted b
 stream order for a language model, so every segment spans the whole range of the data rather than its longest
 sentences or its first article. Scoring a plan on segments ``0..k-1`` gives its paired metrics on that share of the
 data, with intervals as wide as that share makes them (sequential evaluation: measure on one segment, add segments
-only while the answer is undecided).
+only while the answer is undecided). There are fewer segments when the first one would hold fewer than
+``MIN_BOOTSTRAP_BLOCKS`` bootstrap blocks, so no decision is taken on a degenerate interval.
 
 Each (plan, segment) is its own stored evaluation, keyed by the data fingerprint and the segment, so a longer prefix
 computes only the segments it lacks and a rerun computes nothing. A segment's outputs are the full evaluation's
@@ -20,6 +21,7 @@ from quantsense.engine.evaluator import Evaluator
 from quantsense.engine.runner import Engine
 from quantsense.evaluation.batching import TokenBatches
 from quantsense.evaluation.metrics import EvalResult
+from quantsense.evaluation.statistics import MIN_BOOTSTRAP_BLOCKS
 from quantsense.quantization.plan import Plan
 
 DEFAULT_SEGMENTS = 4
@@ -32,6 +34,9 @@ class Segments:
         batches = engine.evaluator.batches
         self.engine, self.task, self.data, self.seed = engine, task, data, seed
         self.count = max(1, min(count or DEFAULT_SEGMENTS, len(batches)))
+        while self.count > 1 and task.interval_blocks(sum(len(b.index) for b in list(batches)[::self.count])) \
+                < MIN_BOOTSTRAP_BLOCKS:
+            self.count -= 1  # the first segment alone (the smallest prefix scored) must hold an interval's blocks
         self.parts = [[b for i, b in enumerate(batches) if i % self.count == s] for s in range(self.count)]
         every = np.sort(np.concatenate([b.index for b in batches]))
         self.positions = [np.sort(np.concatenate([b.index for b in part])) for part in self.parts]

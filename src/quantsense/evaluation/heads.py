@@ -109,7 +109,8 @@ class CausalLMHead:
         self.kl[positions] = kl.cpu().numpy()
         self.top1[positions] = (ref.argmax(dim=1) == logp.argmax(dim=1)).cpu().numpy()
 
-    def unchanged(self, reference):
+    @staticmethod
+    def unchanged(reference):
         """What a quantized run whose weights equal FP32's keeps: FP32's log-probs, KL 0, full top-1 agreement."""
         from quantsense.evaluation.metrics import EvalResult
 

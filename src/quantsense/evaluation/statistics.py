@@ -17,6 +17,10 @@ import math
 import numpy as np
 
 DEFAULT_RESAMPLES = 2000
+# An interval is resampled from at least this many independent blocks (sentences, or runs of consecutive tokens):
+# with one block every resample is the same and the interval has zero width; with a handful it is little better.
+# Evaluations that would compute one from fewer are refused before any work, and data segments are cut no smaller.
+MIN_BOOTSTRAP_BLOCKS = 8
 _CHUNK = 250
 
 

@@ -121,9 +121,24 @@ def _verifier(*args: str) -> dict:
 
 
 def llama_cpp_available() -> bool:
+    """Whether llama-cpp-python is installed; one that is installed but does not load is refused in one line (checked
+    before an export starts: see :func:`check_llama_cpp`)."""
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def check_llama_cpp() -> None:
+    """Refuse, before any work, a llama-cpp-python that is installed but does not import (a broken build)."""
+    if not llama_cpp_available():
+        return
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as exc:  # its own RuntimeError when libllama does not load, or an OSError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QuantsenseError(f"llama-cpp-python is installed but does not load ({type(exc).__name__}: {first}); reinstall "
+                              "it (CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install --force-reinstall --no-cache-dir "
+                              "llama-cpp-python) or export with --no-verify") from None
 
 
 def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict:

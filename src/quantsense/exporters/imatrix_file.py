@@ -45,22 +45,49 @@ def save(imatrix: Imatrix, path: str | Path, gguf_names: Mapping[str, str]) -> P
     return path
 
 
-def load(path: str | Path, gguf_names: Mapping[str, str]) -> Imatrix:
+MAKE_ONE = "make one for this model with: quantsense imatrix --model MODEL --data TEXT --out {path}"
+CONVERT = "convert it with llama.cpp: llama-imatrix --in-file {path} -o {stem}.gguf"
+
+
+def check_path(path) -> Path:
+    """An imatrix path as given (a string or path-like naming an existing file), refused in one line otherwise."""
+    import os
+
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise QuantsenseError(f"imatrix (--imatrix) is the path of an importance matrix file (a str or Path), got "
+                              f"{path!r}; make one with: quantsense imatrix --model MODEL --data TEXT --out imatrix.gguf")
+    path = Path(path)
+    if path.is_dir():
+        raise QuantsenseError(f"--imatrix {path} is a folder; pass the importance matrix file itself (a .gguf from "
+                              "quantsense imatrix or llama-imatrix)")
+    if not path.is_file():
+        raise QuantsenseError(f"imatrix file {path} not found; {MAKE_ONE.format(path=path)}")
+    return path
+
+
+def load(path: str | Path, gguf_names: Mapping[str, str], columns: Mapping[str, int] | None = None) -> Imatrix:
     """Read a GGUF imatrix; ``gguf_names`` maps the model's module names to GGUF tensor names (entries for other
-    tensors, e.g. ``output.weight``, are ignored; a module the file lacks is quantized without one)."""
+    tensors, e.g. ``output.weight``, are ignored; a module the file lacks is quantized without one). ``columns``: each
+    module's input width, which its entry must have (an imatrix of another model is refused by name)."""
     import gguf
 
-    path = Path(path)
-    if not path.is_file():
-        raise QuantsenseError(f"imatrix file {path} not found; make one with: quantsense imatrix --model M --data TEXT --out {path}")
+    path = check_path(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF" and path.suffix != ".gguf":  # llama-imatrix's legacy binary layout starts with an entry count
+        raise QuantsenseError(f"{path} is not a GGUF file (legacy .dat imatrix files are not read); "
+                              + CONVERT.format(path=path, stem=path.with_suffix("")))
+    if magic != b"GGUF":
+        raise QuantsenseError(f"{path} is not a GGUF imatrix file (it does not start with GGUF's magic: truncated or "
+                              f"another kind of file); {MAKE_ONE.format(path=path)}")
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # a truncated or foreign file
-        raise QuantsenseError(f"{path} is not a GGUF imatrix file ({exc}); make one with quantsense imatrix") from None
+        raise QuantsenseError(f"{path} is not a readable GGUF imatrix file ({exc}); {MAKE_ONE.format(path=path)}") from None
     tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
     if not any(name.endswith(".in_sum2") for name in tensors):
-        raise QuantsenseError(f"{path} holds no '<tensor>.in_sum2' entries: not a GGUF imatrix (legacy .dat imatrix "
-                              "files are not read; convert it with llama-imatrix --in-file X --output-format gguf)")
+        raise QuantsenseError(f"{path} holds no '<tensor>.in_sum2' entries: it is a GGUF file but not an importance "
+                              f"matrix; {MAKE_ONE.format(path=path)}")
     by_tensor = {gguf_name: module for module, gguf_name in gguf_names.items()}
     sums, counts = {}, {}
     for name, values in tensors.items():
@@ -70,10 +97,15 @@ def load(path: str | Path, gguf_names: Mapping[str, str]) -> Imatrix:
         count = tensors.get(name.removesuffix(".in_sum2") + ".counts")
         if count is None or count.size != 1:
             raise QuantsenseError(f"{path}: {name} has no single .counts entry (per-expert imatrix files are not read)")
+        width = (columns or {}).get(module)
+        if width is not None and values.size != width:
+            raise QuantsenseError(f"imatrix file {path} was made for another model: its {name.removesuffix('.in_sum2')} "
+                                  f"has {values.size} columns where this model's weight takes {width} inputs; "
+                                  + MAKE_ONE.format(path=path))
         sums[module], counts[module] = values.copy(), int(round(float(count[0])))
     if not sums:
-        raise QuantsenseError(f"{path} has no entry for any of this model's linear weights (e.g. {next(iter(gguf_names.values()))}); "
-                              "was it made for another model?")
+        raise QuantsenseError(f"imatrix file {path} has no entry for any of this model's linear weights (e.g. "
+                              f"{next(iter(gguf_names.values()))}): it was made for another model; " + MAKE_ONE.format(path=path))
     fields = reader.fields
     datasets = tuple(str(bytes(fields[gguf.Keys.IMatrix.DATASETS].parts[i]), "utf-8")
                      for i in fields[gguf.Keys.IMatrix.DATASETS].data) if gguf.Keys.IMatrix.DATASETS in fields else ()

@@ -55,10 +55,19 @@ class Budget:
     avg_bits: float | None = None
     max_bytes: int | None = None
     preset: str | None = None  # a llama.cpp preset this budget equals (its bits per block linear weight)
+    model: str | None = None  # the weights fingerprint of the workspace a preset's budget was computed on
 
     def __post_init__(self):
         if (self.avg_bits is None) == (self.max_bytes is None):
             raise QuantsenseError("give exactly one budget: --avg-bits or --max-size")
+        if self.preset is not None:
+            from quantsense.mixed_precision.presets import preset_name
+
+            if preset_name(self.preset) != self.preset:
+                raise QuantsenseError(f"preset {self.preset!r} is spelled {preset_name(self.preset)!r}")
+            if self.model is None:
+                raise QuantsenseError(f"a budget of preset {self.preset} is computed on a workspace: "
+                                      f"quantsense.preset_budget(ws, {self.preset!r}) (its size differs from model to model)")
         if self.avg_bits is not None and not (_is_number(self.avg_bits) and math.isfinite(self.avg_bits) and self.avg_bits > 0):
             raise QuantsenseError(f"avg_bits (--avg-bits) must be a positive number of bits per weight, got {self.avg_bits!r}")
         if self.max_bytes is not None and not (_is_number(self.max_bytes) and math.isfinite(self.max_bytes) and self.max_bytes > 0):
@@ -72,6 +81,13 @@ class Budget:
         if _is_number(value):
             return cls(avg_bits=value)
         raise QuantsenseError(f"a budget is a number of bits per weight (e.g. 4.5) or a Budget(...), got {value!r}")
+
+    def check_model(self, model_fp: str) -> None:
+        """Refuse a preset's budget computed on another model (its bits per weight are that model's)."""
+        if self.model is not None and self.model != model_fp:
+            raise QuantsenseError(f"this {self.label()} budget was computed on another model (weights {self.model}, this "
+                                  f"one's are {model_fp}); compute it on this workspace: "
+                                  f"quantsense.preset_budget(ws, {self.preset!r})")
 
     def label(self) -> str:
         if self.preset is not None:
@@ -97,10 +113,12 @@ class Group:
         return {"block": self.block, "layer_kind": self.layer_kind}
 
 
-def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None) -> list[Group]:
-    """Allocation groups: one per block, or one per linear unit with ``tie`` regex matches merged per block."""
+def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None, outside: tuple[str, ...] = ()) -> list[Group]:
+    """Allocation groups: one per block, or one per linear unit with ``tie`` regex matches merged per block; and one per
+    unit outside the blocks named in ``outside`` (the token embedding, an untied output head)."""
+    extra = [Group(name, (name,), None, unit_map.get(name).kind) for name in outside]
     if unit_kind == "block":
-        return [Group(f"block {i}", tuple(unit_map.block_units(i)), i) for i in range(unit_map.num_blocks)]
+        return [Group(f"block {i}", tuple(unit_map.block_units(i)), i) for i in range(unit_map.num_blocks)] + extra
     pattern = compile_tie(tie)
     groups: list[Group] = []
     tied: dict[int, Group] = {}
@@ -113,7 +131,11 @@ def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None) -> li
             tied[unit.block].units += (name,)
         else:
             groups.append(Group(name, (name,), unit.block, unit.short_name(unit_map.block_prefix)))
-    return groups
+    if pattern and not tied:
+        names = sorted({unit_map.get(n).short_name(unit_map.block_prefix) for n in unit_map.linear_units()})
+        raise QuantsenseError(f"--tie {tie!r} matches no linear unit's name inside a block ({', '.join(names[:8])}"
+                              f"{' ...' if len(names) > 8 else ''}); fix the pattern (quantsense units lists the names)")
+    return groups + extra
 
 
 def compile_tie(tie: str | None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quantsense.errors import QuantsenseError
 from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import Format, QuantConfig, format_levels
 from quantsense.quantization.plan import Plan
@@ -55,3 +56,42 @@ def strategy_plans(unit_map: UnitMap, ranking: list[int], levels: Levels) -> dic
 
 def uniform_plan(unit_map: UnitMap, fmt: Format) -> Plan:
     return blocks_plan(unit_map, {b: fmt for b in range(unit_map.num_blocks)})
+
+
+def misfit(unit_map: UnitMap, fmt: Format) -> str | None:
+    """Why ``fmt`` cannot store every block linear weight (its own message for the first that does not fit), or None."""
+    for name in unit_map.linear_units():
+        try:
+            fmt.check_unit(unit_map.get(name))
+        except QuantsenseError as exc:
+            return str(exc)
+    return None
+
+
+def strategy_levels(fmt: Format, scheme: QuantConfig, bind, unit_map: UnitMap) -> tuple[Levels | None, str | None]:
+    """The reference strategies' (high, mid, low) formats in ``fmt``'s family, each through ``bind`` (a workspace's
+    ``format``: its imatrix), when ``fmt`` and each level can store every block linear; else (None, why they are
+    skipped)."""
+    levels = Levels.for_family(fmt, scheme)
+    if levels is None:
+        return None, f"{fmt.name}'s family defines no reference strategy levels"
+    levels = Levels(*(bind(level) for level in (levels.high, levels.mid, levels.low)))
+    for level in dict.fromkeys((fmt, levels.high, levels.mid, levels.low)):
+        why = misfit(unit_map, level)
+        if why:
+            return None, (f"their formats ({levels.high.name}, {levels.mid.name}, {levels.low.name}, ranked at {fmt.name}) "
+                          f"must fit every block: {why}")
+    return levels, None
+
+
+def frontier_levels(fmts: list[Format], scheme: QuantConfig, bind,
+                    unit_map: UnitMap) -> tuple[Format | None, Levels | None, str | None]:
+    """A frontier's hand strategies: ranked at the candidate with the fewest bits of at least 4 (else the fewest) among
+    those whose strategies fit every block; (None, None, why) when none does."""
+    why = None
+    for fmt in sorted(fmts, key=lambda f: (f.nominal_bits < 4, f.nominal_bits, f.name)):
+        levels, reason = strategy_levels(fmt, scheme, bind, unit_map)
+        if levels is not None:
+            return fmt, levels, None
+        why = why or reason
+    return None, None, why

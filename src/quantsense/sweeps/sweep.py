@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from quantsense.errors import QuantsenseError
 from quantsense.models.units import UnitMap
@@ -40,23 +41,25 @@ class SweepEntry:
     plan: Plan
 
 
-def sweep_units(unit_map: UnitMap, unit_kind: str, include_extra: bool = False,
+def sweep_units(unit_map: UnitMap, unit_kind: str, include_extra: bool | tuple[str, ...] = False,
                 blocks: list[int] | None = None) -> list[SweepUnit]:
-    """The units of a sweep at ``unit_kind`` ("block" or "linear"), optionally only inside ``blocks``."""
+    """The units of a sweep at ``unit_kind`` ("block" or "linear"), optionally only inside ``blocks``; ``include_extra``:
+    also the units outside the blocks (``True``: every one, with linear units; a tuple: those named, at either kind)."""
     chosen = list(range(unit_map.num_blocks)) if blocks is None else list(dict.fromkeys(blocks))
     for index in chosen:
         unit_map.block_units(index)  # range check with a clear message
     if unit_kind == "block":
-        return [SweepUnit(f"block {i}", tuple(unit_map.block_units(i)), i, None) for i in chosen]
-    units = [SweepUnit(name, (name,), i, unit_map.get(name).short_name(unit_map.block_prefix))
-             for i in chosen for name in unit_map.block_units(i)]
-    if include_extra:
-        units += [SweepUnit(name, (name,), None, None) for name in unit_map.extra_units()]
-    return units
+        units = [SweepUnit(f"block {i}", tuple(unit_map.block_units(i)), i, None) for i in chosen]
+    else:
+        units = [SweepUnit(name, (name,), i, unit_map.get(name).short_name(unit_map.block_prefix))
+                 for i in chosen for name in unit_map.block_units(i)]
+    extra = unit_map.extra_units() if include_extra is True and unit_kind != "block" else \
+        [unit_map.get(name).name for name in include_extra] if isinstance(include_extra, tuple) else []
+    return units + [SweepUnit(name, (name,), None, None) for name in extra]
 
 
 def build_entries(unit_map: UnitMap, formats: list[Format], unit_kind: str = "block", views: tuple[str, ...] = ("only",),
-                  include_extra: bool = False, blocks: list[int] | None = None) -> list[SweepEntry]:
+                  include_extra: bool | tuple[str, ...] = False, blocks: list[int] | None = None) -> list[SweepEntry]:
     units = sweep_units(unit_map, unit_kind, include_extra, blocks)
     every = tuple(n for unit in units for n in unit.names)
     entries = []
@@ -84,7 +87,7 @@ def fits(unit_map: UnitMap, names: tuple[str, ...], fmt: Format) -> bool:
     return True
 
 
-def skipped_pairs(unit_map: UnitMap, formats: list[Format], unit_kind: str, include_extra: bool = False,
+def skipped_pairs(unit_map: UnitMap, formats: list[Format], unit_kind: str, include_extra: bool | tuple[str, ...] = False,
                   blocks: list[int] | None = None) -> list[str]:
     """'unit@format' for every unit a format cannot store, which a sweep leaves out; a format that fits no unit is
     refused (there is nothing to measure)."""
@@ -109,13 +112,26 @@ def add_recovery(rows: list[dict], loss_key: str) -> None:
             row["loss_recovered"] = base[loss_key] - row[loss_key]
 
 
-def weight_error(applier, names: tuple[str, ...], fmt: Format) -> float:
-    """Relative error ||W - Q(W)||^2 / ||W||^2 of the unit's weights together (summed over its tensors)."""
+def weight_error(applier, names: tuple[str, ...], fmt: Format, columns=None) -> float:
+    """Relative error ||W - Q(W)||^2 / ||W||^2 of the unit's weights together (summed over its tensors). With
+    ``columns`` (module name -> the mean squared input of each input column, e.g. an importance matrix), each column's
+    error is weighted by its input's power: E||(W - Q(W)) x||^2 / E||W x||^2 for inputs of that diagonal second
+    moment, the output error the quantization causes, which predicts a unit's loss across formats far better (a
+    tensor without an entry, e.g. an embedding, is weighted uniformly)."""
     signal = noise = 0.0
     for name in names:
         original = applier.original(name).double()
-        noise += float((original - applier.quantized(name, fmt).double()).pow(2).sum())
-        signal += float(original.pow(2).sum())
+        error = (original - applier.quantized(name, fmt).double()).pow(2)
+        power = original.pow(2)
+        weights = (columns or {}).get(name)
+        unit = applier.unit_map.get(name)
+        inputs = original.shape[0] if unit.transposed else original.shape[-1]
+        if weights is not None and len(weights) == inputs and original.dim() == 2:
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+            weights = weights[:, None] if unit.transposed else weights[None, :]
+            error, power = error * weights, power * weights
+        noise += float(error.sum())
+        signal += float(power.sum())
     return noise / signal
 
 

@@ -153,6 +153,24 @@ class Task:
         """Whether stored arrays have the shapes this task's evaluation produces (else recompute)."""
         raise NotImplementedError
 
+    def interval_blocks(self, scored: int) -> int:
+        """The independent blocks :meth:`compare`'s intervals resample from ``scored`` examples (one per example)."""
+        return scored
+
+    def check_intervals(self, batches) -> None:
+        """Refuse, before any evaluation, data too small for an interval: fewer than ``MIN_BOOTSTRAP_BLOCKS`` blocks
+        (a one-block interval has zero width, so every difference would look real)."""
+        from quantsense.evaluation.statistics import MIN_BOOTSTRAP_BLOCKS
+
+        scored = sum(len(b.index) for b in batches)
+        blocks = self.interval_blocks(scored)
+        if blocks < MIN_BOOTSTRAP_BLOCKS:
+            raise QuantsenseError(self.too_few_blocks(scored, blocks, MIN_BOOTSTRAP_BLOCKS))
+
+    def too_few_blocks(self, scored: int, blocks: int, minimum: int) -> str:
+        return (f"the data has {scored} examples and an interval needs at least {minimum}: use more data "
+                f"(--data with {minimum} or more examples)")
+
     def subset(self, data, positions):
         """The data that :meth:`compare` needs for the examples at ``positions`` (ascending) only; a task whose
         comparison reads nothing from ``data`` returns it unchanged."""

@@ -64,6 +64,11 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
     return TokenBatches(batches=batches, num_examples=len(ids), settings=settings)
 
 
+def _scored(max_tokens: int, context: int, stride: int) -> int:
+    """How many tokens the windows of a stream of ``max_tokens`` tokens score."""
+    return sum(len(b.index) for b in make_windows(list(range(max_tokens)), max_tokens, context, stride).batches)
+
+
 def token_ids(batches) -> list[int]:
     """The token stream the windows were cut from (every window's tokens at their stream positions)."""
     ids: dict[int, int] = {}
@@ -81,6 +86,10 @@ def compare_language_model(reference, quantized, seed: int = 0, block: int = BOO
     perplexity ratio); it and the mean KL get block-bootstrap 95 % intervals. A run differs from
     FP32 when the ``delta_nll`` interval excludes zero.
     """
+    if "kl" not in quantized.arrays:  # the FP32 run itself (a plan that quantizes nothing): its row is FP32's
+        from quantsense.evaluation.heads import CausalLMHead
+
+        quantized = CausalLMHead.unchanged(reference)
     ref_lp = reference.arrays["token_logprob"].astype(np.float64)
     q_lp = quantized.arrays["token_logprob"].astype(np.float64)
     delta = ref_lp - q_lp
@@ -160,6 +169,17 @@ class LanguageModelPerplexity(Task):
     def settings(self) -> dict:
         return {**super().settings(), "bootstrap_block_tokens": BOOTSTRAP_BLOCK_TOKENS}
 
+    def interval_blocks(self, scored: int) -> int:
+        return -(-scored // BOOTSTRAP_BLOCK_TOKENS)
+
+    def too_few_blocks(self, scored: int, blocks: int, minimum: int) -> str:
+        need = self.max_tokens
+        while need < 1 << 30 and self.interval_blocks(_scored(need, self.context, self.stride)) < minimum:
+            need += self.context
+        return (f"--max-tokens {self.max_tokens} scores {scored} tokens, {blocks} bootstrap block(s) of "
+                f"{BOOTSTRAP_BLOCK_TOKENS} tokens, and an interval needs at least {minimum}: use --max-tokens {need} or "
+                f"more (an interval from fewer blocks would have about zero width and call every difference real)")
+
     def load(self, source, tokenizer, id2label):
         data = load_text(source)
         ids = tokenizer(data.text, add_special_tokens=False)["input_ids"]
@@ -216,7 +236,9 @@ class LanguageModelPerplexity(Task):
 
     def export_check(self, target, source, data: TextData, simulate, batches):
         if target == "gguf":
-            from quantsense.exporters.gguf_writer import verify
+            from quantsense.exporters.gguf_writer import check_llama_cpp, verify
+
+            check_llama_cpp()  # a broken install is refused now, not after the file is written
 
             def check(path, source_file):
                 arrays = simulate().arrays

@@ -129,8 +129,14 @@ def proxies_text(results: dict) -> str:
     ])
 
 
-def plans_text(results: dict, rows: list[dict]) -> str:
-    return markdown_table(rows, [*TaskInfo.from_results(results).plan_columns, ("formats", "formats")], digits=3)
+def plans_text(results: dict, rows: list[dict], skipped: dict | None = None) -> str:
+    table = markdown_table(rows, [*TaskInfo.from_results(results).plan_columns, ("formats", "formats")], digits=3)
+    return "\n".join([table, *skipped_plans_lines(skipped)])
+
+
+def skipped_plans_lines(skipped: dict | None) -> list[str]:
+    """A line per plan (or group of plans) that was not measured, with why."""
+    return [f"Not measured: {name}, since {why}" for name, why in (skipped or {}).items()]
 
 
 def frontier_text(results: dict) -> str:
@@ -139,7 +145,8 @@ def frontier_text(results: dict) -> str:
     objective = "mean KL" if fr["objective"] == "kl" else task.loss_label
     lines = [f"Allocation ({fr['unit']} units, candidates {' '.join(fr['candidates'])} + FP32, objective: sum of "
              f"single-unit {objective}); every plan measured:",
-             markdown_table(fr["rows"], [*task.plan_columns, *_frontier_extra(fr)], digits=4)]
+             markdown_table(fr["rows"], [*task.plan_columns, *_frontier_extra(fr)], digits=4),
+             *skipped_plans_lines(fr.get("skipped"))]
     if fr.get("sweep"):
         lines.append(sweep_text(fr["sweep"]))
     if fr.get("sweep", {}).get("embedding"):
@@ -260,7 +267,8 @@ def summary_markdown(results: dict) -> str:
     if "frontier" in results:
         lines += ["", "## Budgeted allocation and frontier", "", "![frontier](frontier.png)", "", frontier_text(results)]
     if "mixed" in results:
-        lines += ["", "## Phase 3: mixed precision", "", plans_text(results, results["mixed"]["rows"])]
+        lines += ["", "## Phase 3: mixed precision", "", plans_text(results, results["mixed"]["rows"],
+                                                                       results["mixed"].get("skipped"))]
     if "ablation" in results:
         lines += ["", "## Ablation", "", ablation_text(results)]
     if "export" in results:

@@ -143,12 +143,12 @@ class WeightFormat:
         return None
 
     def check_export(self, target: str, unit: str) -> None:
-        """Refuse writing this format with ``target`` when its entry does not list that writer."""
+        """Refuse writing this format with ``target`` when its entry does not list that writer, naming what it writes."""
         if target not in self.export_targets:
-            where = (f"export it with --format {self.export_targets[0]}, or plan a format the {target} export writes "
-                     "(quantsense export --help)" if self.export_targets
-                     else "no export target writes it yet; plan that unit in another format")
-            raise QuantsenseError(f"unit {unit} is planned as {self.name}, which the {target} export cannot write: {where}")
+            writes = [cls.vocabulary for cls in FORMAT_FAMILIES.values() if target in cls.export_targets]
+            raise QuantsenseError(f"unit {unit} is planned as {self.name}, which the {target} export cannot write; plan it "
+                                  f"in {' or '.join(writes) if writes else 'a format this export writes'}, or leave it "
+                                  "out of the plan (FP32)")
 
 
 FORMAT_FAMILIES: dict[str, type[WeightFormat]] = {}

@@ -1,0 +1,154 @@
+"""Allocation on a workspace: single-unit losses (measured, or from a reduced sweep), the exact allocation under each
+budget, and the frontier that measures every allocated, uniform, preset and hand plan; :func:`run_frontier` runs the
+``allocate`` and ``frontier`` commands (every input checked first)."""
+
+from __future__ import annotations
+
+import time
+
+from quantsense.ggml_plans import with_outside, with_presets
+from quantsense.inputs import check_allocation, metric_key
+from quantsense.mixed_precision.allocation import Allocation, Budget, allocate as solve_allocation
+from quantsense.mixed_precision.strategies import frontier_levels, misfit, strategy_plans, uniform_plan
+from quantsense.quantization.formats import Format
+from quantsense.quantization.plan import Plan
+from quantsense.quantization.size import average_bits
+from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking
+from quantsense.results import FrontierResult, StudyResult
+from quantsense.study import _begin, block_ranking, evaluate_plans, sensitivity
+from quantsense.sweeps.sweep import sweep_units
+from quantsense.workspace import Workspace
+
+
+def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: str,
+                outside: tuple[str, ...] = ()) -> dict[tuple[str, str], float]:
+    """Measured loss of every unit alone in every candidate format (from the store when finished); ``outside``: units
+    outside the blocks measured too."""
+    sens = sensitivity(ws, candidates, unit, include_extra=tuple(outside))
+    key = metric_key(ws, objective)
+    losses = {}
+    for row in sens.rows:
+        names = ws.units.block_units(row["block"]) if unit == "block" and row["block"] is not None else [row["unit"]]
+        value = max(row[key], 0.0)  # a unit that measured better than FP32 is not worth bits
+        for name in names:  # a block's loss is carried by its units so that groups can sum them
+            losses[(name, row["format"])] = value / len(names)
+    return losses
+
+
+def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block", tie: str | None = None,
+             objective: str = "kl", reduced: bool = False, outside: str = "fp32") -> Allocation:
+    """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from single-unit losses
+    (the plan itself is not measured here: see :func:`frontier`)."""
+    return allocations(ws, [budget], candidates, unit, tie, objective, reduced, outside)[0][1]
+
+
+def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
+                objective: str = "kl", reduced: bool = False, outside: str = "fp32") -> list[tuple[str, Allocation]]:
+    """The optimal plan under each budget (exact MILP over single-unit losses); see :func:`sweep_and_allocate`."""
+    return sweep_and_allocate(ws, budgets, candidates, unit, tie, objective, reduced, outside)[0]
+
+
+def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
+                       objective: str = "kl", reduced: bool = False,
+                       outside: str = "fp32") -> tuple[list[tuple[str, Allocation]], dict]:
+    """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
+
+    By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
+    (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
+    estimated, and measured where a plan hinges on it. ``outside``: ``"allocate"`` adds the token embedding and an
+    untied output head to the allocation (see :meth:`Workspace.allocated_outside`)."""
+    budgets = [Budget.of(b) for b in budgets]
+    fmts = ws.formats(candidates or ws.task.default_candidates)
+    extra = ws.allocated_outside(outside, [b.preset for b in budgets if b.preset])
+    groups = check_allocation(ws, budgets, fmts, unit, tie, extra)
+    key = metric_key(ws, objective)
+    if not reduced:
+        started, tokens = time.perf_counter(), ws.batches.num_tokens
+        losses = unit_losses(ws, fmts, unit, objective, extra)
+        pairs = len(sweep_units(ws.units, unit, extra)) * len(fmts)
+        full = (pairs + 1) * tokens  # every pair and the FP32 reference on all the data
+        record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": full,
+                  "full_token_evaluations": full, "seconds": time.perf_counter() - started}
+    else:
+        sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed, outside=extra)
+        losses, record = sweep.losses, sweep.record
+    outside = ws.embedding_plan()  # a size budget counts the embedding as it will be stored
+    plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))
+             for b in budgets]
+    return plans, record
+
+
+def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
+    """The average bits of each uniform candidate below 16 bits, and the midpoints between them."""
+    fmts = ws.formats(candidates or ws.task.default_candidates)
+    sizes = sorted({round(average_bits(ws.units, uniform_plan(ws.units, f)), 3) for f in fmts if f.nominal_bits < 16})
+    mids = [round((a + b) / 2, 3) for a, b in zip(sizes, sizes[1:])]
+    return [Budget(avg_bits=v) for v in sorted(set(sizes + mids))]
+
+
+def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
+             tie: str | None = None, objective: str = "kl", reduced: bool = False, presets=(),
+             outside: str = "fp32") -> FrontierResult:
+    """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
+    ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
+    block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
+    at its size (:mod:`quantsense.ggml_plans`). ``outside``: what the allocations do with the token embedding and an
+    untied output head: ``"allocate"`` them too (a preset's budget is then its whole size), keep each ``"preset"``'s own
+    types, or leave them ``"fp32"`` (or at ``--embedding``'s format)."""
+    fmts = ws.formats(candidates or ws.task.default_candidates)
+    budgets = [Budget.of(b) for b in budgets] if budgets else [] if presets else default_budgets(ws, fmts)
+    ws.allocated_outside(outside, [*presets, *(b.preset for b in budgets if b.preset)])  # the mode, checked first
+    budgets, preset_plans, kept = with_presets(ws, budgets, presets, outside)
+    allocated, sweep = sweep_and_allocate(ws, budgets, fmts, unit, tie, objective, reduced, outside)
+    named: dict[str, Plan] = {name: with_outside(a.plan, b, kept) for (name, a), b in zip(allocated, budgets)}
+    identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
+    named.update(preset_plans)
+    identity.update({name: {"kind": "preset"} for name in preset_plans})
+    skipped = {}
+    for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):
+        why = misfit(ws.units, fmt)
+        if why:  # e.g. q4_K on a model with 576-wide rows: no uniform plan exists (a preset is llama.cpp's answer)
+            skipped[f"uniform {fmt.name}"] = why
+            continue
+        named[f"uniform {fmt.name}"] = uniform_plan(ws.units, fmt)
+        identity[f"uniform {fmt.name}"] = {"kind": "uniform", "format": fmt.name}
+    rank_fmt, levels, why = frontier_levels(fmts, ws.options.scheme, ws.format, ws.units)
+    if levels is None:
+        skipped["hand strategies"] = why
+    else:
+        ranking = screened_block_ranking(ws, rank_fmt) if reduced else block_ranking(ws, rank_fmt)
+        for name, (plan, _) in strategy_plans(ws.units, ranking, levels).items():
+            named[name], identity[name] = plan, {"kind": "hand"}
+    named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
+    rows = evaluate_plans(ws, named, desc="frontier")
+    key = metric_key(ws, objective)
+    sweep = {**sweep, **ws.embedding_loss(key)}  # --embedding's table alone, measured: in every allocation's prediction
+    predicted = {name: a.predicted_loss + sweep.get("embedding", {}).get("loss", 0.0) for name, a in allocated}
+    estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}
+    for row in rows:
+        row.update(identity[row["plan"]])
+        row["predicted_loss"] = predicted.get(row["plan"])
+        row["estimated_pairs"] = estimated.get(row["plan"])
+        row["measured_over_predicted"] = row[key] / row["predicted_loss"] if row["predicted_loss"] else None
+    groups = {name: info for _, a in allocated for name, info in a.groups.items()}
+    return FrontierResult(objective, unit, [f.name for f in fmts], rows,
+                          {name: named[name].to_json_dict() for name, _ in allocated},
+                          {name: dict(a.choices) for name, a in allocated}, groups, sweep, skipped)
+
+
+def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
+                 tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
+                 reduced: bool = False, presets=(), outside: str = "fp32") -> StudyResult:
+    """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
+    budgets = [Budget.of(b) for b in budgets] if budgets else None
+    fmts = ws.formats(candidates or ws.task.default_candidates)
+    extra = ws.allocated_outside(outside, [*presets, *(b.preset for b in budgets or [] if b.preset)])
+    check_allocation(ws, budgets or [], fmts, unit, tie, extra)
+    metric_key(ws, objective)
+    check_allocation(ws, with_presets(ws, [], presets, outside)[0], fmts, unit, tie, extra)  # each preset's, from sizes
+    result, notify = _begin(ws, argv, on_phase)
+    notify("baseline", result)
+    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced, presets, outside)
+    notify("frontier", result)
+    result.formats = ws.format_table()
+    return result
