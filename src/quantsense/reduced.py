@@ -46,6 +46,9 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
     anchors = {u.display: _anchor([f for f in fmts if (u.display, f.name) in storable]).name for u in units}
     columns = ws.input_power()  # each linear's input power per column: errors weighted as the outputs feel them
     errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f], columns) for u, f in pairs}
+    if ws.applier.runtime_activations:  # the runtime's rounding of the inputs adds its own output error
+        rounding = activation_errors(ws, {u.display: u.names for u in units}, fmts)
+        errors = {(u, f): e + rounding.get((u, formats[f].activation_rounding()), 0.0) for (u, f), e in errors.items()}
     segments = ws.segments()
     low, high = interval_keys(key)
 
@@ -168,3 +171,41 @@ def _second(fmts: list[Format], always=frozenset()) -> str | None:
     measured = {f for _, f in always}
     ordered = [f for f in sorted(fmts, key=lambda f: (f.nominal_bits, f.name)) if f.name not in measured]
     return ordered[1].name if len(ordered) > 1 else None
+
+
+def activation_errors(ws: Workspace, units: dict[str, tuple[str, ...]], fmts: list[Format]) -> dict[tuple, float]:
+    """``(unit, rounding) -> E||W (r(x) - x)||^2 / E||W x||^2``: the relative output error that each format's runtime
+    rounding ``r`` of the inputs (:meth:`~quantsense.quantization.formats.base.WeightFormat.activation_rounding`) causes
+    in each unit's products, on the first data segment in FP32 (one forward pass; a unit's tied products, e.g. the
+    output head that shares the token embedding, count for it)."""
+    import torch
+
+    roundings = list(dict.fromkeys(r for r in (f.activation_rounding() for f in fmts) if r is not None))
+    noise: dict[tuple, float] = {}
+    signal: dict[str, float] = {}
+
+    def hook(unit: str, weight):
+        def record(_module, args):
+            x = args[0].detach().float()
+            signal[unit] = signal.get(unit, 0.0) + float((x @ weight.t()).pow(2).sum())
+            for r in roundings:  # a row the rounding's block does not divide comes back unchanged: no error
+                noise[(unit, r)] = noise.get((unit, r), 0.0) + float(((r(x) - x) @ weight.t()).pow(2).sum())
+        return record
+
+    handles = []
+    for unit, names in units.items():
+        for name in names:
+            found = ws.units.get(name)
+            weight = found.weight.detach().float()
+            weight = weight.t() if found.transposed else weight
+            for module in [found.module, *found.tied_modules]:
+                if not isinstance(module, torch.nn.Embedding):
+                    handles.append(module.register_forward_pre_hook(hook(unit, weight)))
+    try:
+        with torch.inference_mode():
+            for batch in ws.segments().parts[0]:
+                ws.model(**{k: v.to(ws.device) for k, v in batch.inputs.items()}, **ws.task.head().kwargs_for(ws.model, batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {(unit, r): value / signal[unit] for (unit, r), value in noise.items() if signal.get(unit)}

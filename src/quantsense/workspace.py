@@ -66,6 +66,7 @@ class StudyOptions:
     settings: dict = field(default_factory=dict)  # the task's own settings (its settings_spec), e.g. {"limit": 100}
     imatrix: str | None = None  # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
     embedding: str | None = None  # a format for the token embedding in every measured plan (e.g. ort-int8), not in sweeps
+    runtime_activations: bool = False  # also round each quantized linear's input as the format's runtime does (llama.cpp)
 
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
@@ -270,6 +271,7 @@ class Workspace:
             "task": self.task.describe(),
             "scheme": {k: v for k, v in self.options.scheme.to_dict().items() if k != "bits"},  # the grid int<b> names use
             "seed": self.options.seed,
+            **({"runtime_activations": True} if self.options.runtime_activations else {}),
             **({"imatrix": {"file": self.options.imatrix, **self.imatrix.describe()}} if self.imatrix is not None else {}),
         }
 
@@ -318,7 +320,8 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     data, batches = task.load(opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()})
     task.check_model(net, batches, opts.model)
     check_held_out(task, data, batches, imatrix)
-    evaluator = Evaluator(net, units, batches, device, prefix_reuse=opts.prefix_reuse, head=task.head())
+    evaluator = Evaluator(net, units, batches, device, prefix_reuse=opts.prefix_reuse, head=task.head(),
+                          runtime_activations=opts.runtime_activations)
     model_fp = weights_fingerprint(net)
     data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"
     store = ResultStore(opts.store) if opts.store else None

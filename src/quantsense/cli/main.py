@@ -44,7 +44,7 @@ def _options(args):
                         blocks_regex=args.blocks_regex, store=_store(args), fresh=args.fresh, quiet=args.quiet,
                         seed=args.seed, scheme=scheme, executor=args.executor, workers=args.workers,
                         ray_address=args.ray_address, settings=task_settings(args), imatrix=args.imatrix,
-                        embedding=args.embedding)
+                        embedding=args.embedding, runtime_activations=args.runtime_activations)
 
 
 def _check_out(args) -> None:

@@ -125,6 +125,9 @@ def _common() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=_positive, help="input features per scale with --weight-granularity per_group")
     q.add_argument("--embedding", type=_format_name, help="also quantize the token embedding in this format in every measured "
                    "plan (strategies, allocations, uniform plans; not in sweeps), e.g. ort-int8 for an ONNX Runtime export")
+    q.add_argument("--runtime-activations", action="store_true",
+                   help="also round each quantized linear's input as the format's runtime does in its products (llama.cpp: "
+                        "8-bit blocks), so losses are the runtime's own rather than the weights' alone")
     r = p.add_argument_group("results")
     r.add_argument("--store", default=os.environ.get("QUANTSENSE_STORE"),
                    help=f"SQLite results store (default: {DEFAULT_STORE}, or OUT/store.sqlite for 'run')")

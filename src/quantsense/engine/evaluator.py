@@ -27,7 +27,7 @@ class Evaluator:
 
     def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
                  prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30, applier: PlanApplier | None = None,
-                 head=None, prefix_cache_bytes: int = 2 << 30):
+                 head=None, prefix_cache_bytes: int = 2 << 30, runtime_activations: bool = False):
         if head is None:
             raise TypeError("Evaluator needs the task's head (task.head()): it turns logits into the outputs kept")
         self.model = model
@@ -35,7 +35,7 @@ class Evaluator:
         self.batches = batches
         self.device = device
         self.head = head
-        self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes)
+        self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes, runtime_activations=runtime_activations)
         self.prefix = None
         self.prefix_cache_bytes = prefix_cache_bytes
         if prefix_reuse:
@@ -45,6 +45,8 @@ class Evaluator:
             self.prefix = PrefixCache(unit_map.blocks, every=every)
         self.first_position = last_block.supported(model)
         self.variant = last_block.VARIANT if self.first_position else ""
+        if self.applier.runtime_activations:  # inputs rounded as the formats' runtime does: other numbers, other key
+            self.variant += "+runtime-activations"
         self._inputs = [{k: v.to(device) for k, v in b.inputs.items()} for b in batches]
         self._reference: EvalResult | None = None
 

@@ -43,6 +43,7 @@ class Unit:
     kind: str  # "linear", "embedding" or "head"
     transposed: bool = False  # weight stored [in, out] (GPT-2 Conv1D)
     tied_to: list[str] = field(default_factory=list)  # other module paths sharing this weight
+    tied_modules: list = field(default_factory=list, repr=False)  # those modules
 
     @property
     def weight(self) -> torch.Tensor:
@@ -179,6 +180,7 @@ def discover_units(model: nn.Module, blocks_regex: str | None = None) -> UnitMap
         shared = by_weight.get(id(module.weight))
         if shared is not None:
             shared.tied_to.append(name)
+            shared.tied_modules.append(module)
             continue
         unit = Unit(name=name, module=module, block=block, kind=kind, transposed=_is_conv1d(module))
         units[name] = unit

@@ -102,6 +102,12 @@ class WeightFormat:
         or None: most formats quantize weights only."""
         return None
 
+    def activation_rounding(self):
+        """What the format's runtime does to a linear's input when it multiplies by a weight of this format (llama.cpp
+        rounds it to 8-bit blocks), applied only when a workspace simulates the runtime's activations
+        (``runtime_activations``); None where the runtime computes with the input as it is."""
+        return None
+
     # -- calibration ----------------------------------------------------------------------------
     def with_imatrix(self, imatrix) -> "WeightFormat":
         """This format weighting its rounding by ``imatrix`` (:mod:`quantsense.quantization.imatrix`) where its

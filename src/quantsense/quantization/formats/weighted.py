@@ -45,6 +45,12 @@ class ImatrixWeighted:
     def calibration(self):
         return self.imatrix
 
+    def activation_rounding(self):
+        """llama.cpp's rounding of this type's inputs in its CPU dot products (:mod:`..llama_activations`)."""
+        from quantsense.quantization.llama_activations import rounding_for
+
+        return rounding_for(self.format)
+
     def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str, kind: str = "linear") -> torch.Tensor:
         """``weight`` through ggml's quantizer with ``tensor``'s imatrix weights; without any (no imatrix bound, or
         none for this tensor) the unweighted quantizer, as in llama-quantize."""
