@@ -1,7 +1,7 @@
 """llama.cpp's rounding of activations in its CPU matrix products, as fake quantization of a linear's input.
 
 ggml multiplies a quantized weight by activations quantized to the weight type's ``vec_dot_type`` (ggml-cpu's type
-traits): the legacy and IQ4_NL types by 8-bit blocks of 32 (``q8_0``; ``q8_1`` for the ``_1`` types, the same values
+traits): the legacy and IQ4_NL types by 8-bit groups of 32 values (``q8_0``; ``q8_1`` for the ``_1`` types, the same values
 with a block sum), the K and 256-block IQ types by 8-bit blocks of 256 with one float scale (``q8_K``), f16 and bf16
 weights by activations rounded to that dtype. The product is then exactly the dot product of the dequantized weights
 with the dequantized activations (up to float summation order), so rounding the input of a fake-quantized linear
@@ -20,13 +20,8 @@ import functools
 
 import torch
 
-# weight type -> the type its activations are rounded to in ggml-cpu's dot products
-VEC_DOT = {
-    "q4_0": "q8_0", "q5_0": "q8_0", "q8_0": "q8_0", "iq4_nl": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1",
-    "q2_K": "q8_K", "q3_K": "q8_K", "q4_K": "q8_K", "q5_K": "q8_K", "q6_K": "q8_K", "iq4_xs": "q8_K",
-    "iq3_s": "q8_K", "iq3_xxs": "q8_K", "iq2_s": "q8_K", "iq2_xs": "q8_K", "iq2_xxs": "q8_K", "iq1_s": "q8_K",
-    "iq1_m": "q8_K", "f16": "f16", "bf16": "bf16",
-}
+from quantsense.quantization.formats.ggml import VEC_DOT
+
 BLOCK = {"q8_0": 32, "q8_1": 32, "q8_K": 256}
 
 

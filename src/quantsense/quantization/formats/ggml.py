@@ -33,6 +33,13 @@ FALLBACK = {"q2_K": "q4_0", "q3_K": "q4_0", "q4_K": "q5_0", "q5_K": "q5_1", "q6_
             **{name: "iq4_nl" for name in ("iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")}}
 # types llama-quantize refuses to write without an importance matrix for the tensor (ggml's grids need the weights)
 NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m"})
+# weight type -> the type its activations are rounded to in ggml-cpu's dot products (llama_activations.py)
+VEC_DOT = {
+    "q4_0": "q8_0", "q5_0": "q8_0", "q8_0": "q8_0", "iq4_nl": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1",
+    "q2_K": "q8_K", "q3_K": "q8_K", "q4_K": "q8_K", "q5_K": "q8_K", "q6_K": "q8_K", "iq4_xs": "q8_K",
+    "iq3_s": "q8_K", "iq3_xxs": "q8_K", "iq2_s": "q8_K", "iq2_xs": "q8_K", "iq2_xxs": "q8_K", "iq1_s": "q8_K",
+    "iq1_m": "q8_K", "f16": "f16", "bf16": "bf16",
+}
 _BY_LOWER = {name.lower(): name for name in LAYOUT}
 
 
