@@ -26,7 +26,7 @@ from quantsense.calibrate import make_imatrix
 from quantsense.exporters.gguf_file import write_gguf
 from quantsense.exporters.llama_quantize import llama_quantize
 from quantsense.exporters.llama_score import score_in_llama_cpp
-from quantsense.ggml_plans import unit_gguf_names, with_outside, with_presets
+from quantsense.ggml_plans import imatrix_by_tensor, unit_gguf_names, with_outside, with_presets
 from quantsense.mixed_precision.presets import FTYPES, preset_name
 from quantsense.quantization.plan import Plan
 from quantsense.search import sweep_and_allocate
@@ -103,8 +103,7 @@ def main() -> None:
     print(f"allocation sweep ({record['mode']}): {record.get('measured', record['pairs'])} of {record['pairs']} (linear, format) "
           f"pairs measured, {share:.1f} % of a full sweep's token evaluations")
 
-    names = unit_gguf_names(choose)
-    importance = {names[u]: choose.imatrix.weights(u) for u in choose.units.linear_units()}  # as llama-quantize loads it
+    importance = imatrix_by_tensor(choose)  # as llama-quantize loads it
     rows = []
     for preset, budget, (label, allocation) in zip(presets, budgets, plans):
         allocated = with_outside(allocation.plan, budget, outside)

@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantsense.exporters.imatrix_file import save
-from quantsense.quantization.imatrix import Imatrix, collect
+from quantsense.quantization.imatrix import Imatrix, collect, product_modules
 from quantsense.workspace import Workspace, gguf_tensor_names
 
 
 def make_imatrix(ws: Workspace, out: str | Path) -> tuple[Imatrix, Path]:
     """Collect llama.cpp's importance matrix for every block linear on ``ws``'s data and write it to ``out`` (GGUF)."""
-    names = gguf_tensor_names(ws.model, ws.units)  # refuses a model llama.cpp has no tensor names for, before any work
-    modules = {name: ws.units.get(name).module for name in ws.units.linear_units()}
+    modules = product_modules(ws.model, ws.units)  # the block linears and the output head (under the tensor it shares)
+    names = gguf_tensor_names(ws.model, ws.units, names=list(modules))  # refuses a model llama.cpp has no names for
     inputs = [batch for _, batch in ws.evaluator.device_batches()]
     span = ws.task.token_range(ws.batches)
     calibration = {"data": ws.data.fingerprint(), "first_token": span[0], "tokens": span[1]} if span else {}
@@ -27,7 +27,7 @@ def make_imatrix(ws: Workspace, out: str | Path) -> tuple[Imatrix, Path]:
 def imatrix_text(imatrix: Imatrix, path: Path) -> str:
     cal = imatrix.calibration
     where = f" (tokens {cal['first_token']}..{cal['first_token'] + cal['tokens']})" if cal else ""
-    return (f"Wrote {path}: importance matrix of {len(imatrix.sums)} linear weights from "
+    return (f"Wrote {path}: importance matrix of {len(imatrix.sums)} weight tensors from "
             f"{max(imatrix.counts.values()):,} tokens of {', '.join(imatrix.datasets)}{where}, fingerprint "
             f"{imatrix.fingerprint}. Use it with --imatrix {path} (scoring tokens outside that range, e.g. "
             f"--first-token {cal['first_token'] + cal['tokens'] if cal else 0}), or llama-quantize --imatrix {path}.")

@@ -26,6 +26,13 @@ def unit_gguf_names(ws: Workspace) -> dict[str, str]:
     return gguf_tensor_names(ws.model, ws.units, "a llama.cpp preset", ws.units.linear_units() + extra)
 
 
+def imatrix_by_tensor(ws: Workspace) -> dict:
+    """The bound importance matrix under GGUF tensor names, as llama-quantize loads it: every entry the file has (block
+    linears, and the output head's under the tensor it multiplies by, the token embedding when tied)."""
+    names = unit_gguf_names(ws)
+    return {names[u]: w for u in names if (w := ws.imatrix.weights(u)) is not None}
+
+
 def preset_plan(ws: Workspace, preset: str) -> Plan:
     """The plan llama-quantize's ``preset`` gives this model (its tensor types, :func:`preset_types`)."""
     names = unit_gguf_names(ws)

@@ -66,6 +66,7 @@ class FrontierResult:
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
     sweep: dict = field(default_factory=dict)  # how the single-unit losses were obtained (quantsense.reduced)
     skipped: dict[str, str] = field(default_factory=dict)  # uniform or hand plans not measured -> why
+    preferred: dict[str, str] = field(default_factory=dict)  # allocated plan -> a given plan that measured better, returned
 
     def to_dict(self) -> dict:
         return asdict(self)

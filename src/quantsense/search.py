@@ -88,13 +88,15 @@ def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
 
 def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
              tie: str | None = None, objective: str = "kl", reduced: bool = False, presets=(),
-             outside: str = "fp32") -> FrontierResult:
+             outside: str = "fp32", given: dict[str, Plan] | None = None) -> FrontierResult:
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
     ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
     block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
     at its size (:mod:`quantsense.ggml_plans`). ``outside``: what the allocations do with the token embedding and an
     untied output head: ``"allocate"`` them too (a preset's budget is then its whole size), keep each ``"preset"``'s own
-    types, or leave them ``"fp32"`` (or at ``--embedding``'s format)."""
+    types, or leave them ``"fp32"`` (or at ``--embedding``'s format). ``given``: other plans (e.g. read from GGUF files
+    with :func:`quantsense.ggml_plans.plan_from_gguf`) measured beside; an allocation never returns a plan that measures
+    worse than a given or preset plan within its budget (that plan is returned for the budget instead, and said)."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
     budgets = [Budget.of(b) for b in budgets] if budgets else [] if presets else default_budgets(ws, fmts)
     ws.allocated_outside(outside, [*presets, *(b.preset for b in budgets if b.preset)])  # the mode, checked first
@@ -104,6 +106,8 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
     identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
     named.update(preset_plans)
     identity.update({name: {"kind": "preset"} for name in preset_plans})
+    named.update(given or {})
+    identity.update({name: {"kind": "given"} for name in given or {}})
     skipped = {}
     for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):
         why = misfit(ws.units, fmt)
@@ -131,14 +135,34 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
         row["estimated_pairs"] = estimated.get(row["plan"])
         row["measured_over_predicted"] = row[key] / row["predicted_loss"] if row["predicted_loss"] else None
     groups = {name: info for _, a in allocated for name, info in a.groups.items()}
+    preferred = better_measured(rows, [name for name, _ in allocated], budgets, key)
     return FrontierResult(objective, unit, [f.name for f in fmts], rows,
-                          {name: named[name].to_json_dict() for name, _ in allocated},
-                          {name: dict(a.choices) for name, a in allocated}, groups, sweep, skipped)
+                          {name: named[preferred.get(name, name)].to_json_dict() for name, _ in allocated},
+                          {name: dict(a.choices) for name, a in allocated}, groups, sweep, skipped, preferred)
+
+
+def better_measured(rows: list[dict], allocated: list[str], budgets: list[Budget], key: str) -> dict[str, str]:
+    """Allocated plan name -> the given or preset plan that fits its budget and measured a lower ``key``, where one did:
+    the allocation rests on single-unit losses, a plan measured whole is the better evidence."""
+    by_name = {row["plan"]: row for row in rows}
+    out = {}
+    for name, budget in zip(allocated, budgets):
+        fitting = [r for r in rows if r["kind"] in ("given", "preset") and _within(r, budget)]
+        best = min(fitting, key=lambda r: r[key], default=None)
+        if best is not None and best[key] < by_name[name][key]:
+            out[name] = best["plan"]
+    return out
+
+
+def _within(row: dict, budget: Budget) -> bool:
+    if budget.max_bytes is not None:
+        return row["model_mb"] * 1e6 <= budget.max_bytes + 1
+    return row["avg_bits"] <= budget.avg_bits + 1e-9
 
 
 def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
                  tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
-                 reduced: bool = False, presets=(), outside: str = "fp32") -> StudyResult:
+                 reduced: bool = False, presets=(), outside: str = "fp32", given: dict[str, Plan] | None = None) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
     budgets = [Budget.of(b) for b in budgets] if budgets else None
     fmts = ws.formats(candidates or ws.task.default_candidates)
@@ -148,7 +172,7 @@ def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=
     check_allocation(ws, with_presets(ws, [], presets, outside)[0], fmts, unit, tie, extra)  # each preset's, from sizes
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
-    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced, presets, outside)
+    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced, presets, outside, given)
     notify("frontier", result)
     result.formats = ws.format_table()
     return result

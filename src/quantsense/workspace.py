@@ -164,12 +164,14 @@ class Workspace:
         """Each block linear's mean squared input per column: the importance matrix's when there is one, else
         collected once on the first data segment (one forward pass, llama.cpp's imatrix statistic on the selection
         data). The reduced sweep weights weight errors by it."""
+        from quantsense.quantization.imatrix import product_modules
+
+        modules = product_modules(self.model, self.units)
         if self.imatrix is not None:
-            return {name: self.imatrix.weights(name) for name in self.units.linear_units()}
+            return {name: self.imatrix.weights(name) for name in modules}
         if self._input_power is None:
             from quantsense.quantization.imatrix import collect
 
-            modules = {name: self.units.get(name).module for name in self.units.linear_units()}
             first = self.segments().parts[0]
             inputs = [{k: v.to(self.device) for k, v in b.inputs.items()} for b in first]
             found = collect(self.model, modules, inputs)
@@ -364,9 +366,11 @@ def check_held_out(task: Task, data, batches, imatrix) -> None:
 
 def _load_imatrix(path: str, model, units: UnitMap):
     from quantsense.exporters.imatrix_file import load
+    from quantsense.quantization.imatrix import product_modules
 
-    columns = {name: units.get(name).shape[0 if units.get(name).transposed else -1] for name in units.linear_units()}
-    return load(path, gguf_tensor_names(model, units), columns)
+    names = list(product_modules(model, units))
+    columns = {name: units.get(name).shape[0 if units.get(name).transposed else -1] for name in names}
+    return load(path, gguf_tensor_names(model, units, names=names), columns)
 
 
 def worker_evaluator(options: StudyOptions) -> Evaluator:

@@ -144,9 +144,10 @@ def test_imatrix_command_then_held_out_sweep_on_smollm2(smollm2, tmp_path, capsy
           "--no-store", "--quiet"]
     assert main(["imatrix", *lm, "--max-tokens", "256", "--out", str(out)]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "210 linear weights from 256 tokens" in printed and "tokens 0..256" in printed
+    assert "211 weight tensors from 256 tokens" in printed and "tokens 0..256" in printed  # 30 blocks x 7, the head
     reader = gguf.GGUFReader(str(out))
-    assert "blk.0.attn_q.weight.in_sum2" in {t.name for t in reader.tensors}
+    # the tied output head's input is recorded under the tensor it multiplies by, as llama-imatrix --process-output does
+    assert {"blk.0.attn_q.weight.in_sum2", "token_embd.weight.in_sum2"} <= {t.name for t in reader.tensors}
     # scoring the tokens it was collected on is refused; the next tokens are held out and run
     code = main(["sensitivity", *lm, "--max-tokens", "256", "--imatrix", str(out), "--unit", "linear", "--blocks", "29",
                  "--formats", "q4_K"])

@@ -97,24 +97,15 @@ def _printer(command: str):
     """``on_phase`` for the library: print each phase's text as it finishes."""
     from quantsense.visualization import summary as text
 
+    texts = {"baseline": text.baseline_text, "proxies": text.proxies_text, "ablation": text.ablation_text,
+             "frontier": text.frontier_text, "sensitivity": None if command == "proxies" else text.sensitivity_text,
+             "mixed": lambda r: text.plans_text(r, r["mixed"]["rows"], r["mixed"].get("skipped")),
+             "export": lambda r: text.export_text(r["export"]),
+             "ranking": lambda r: f"Block ranking at {r['ranking']['format']}, most sensitive first: {r['ranking']['blocks']}"}
+
     def show(phase: str, result) -> None:
-        results = result.to_dict()
-        if phase == "baseline":
-            _say(text.baseline_text(results))
-        elif phase == "sensitivity" and command != "proxies":
-            _say(text.sensitivity_text(results))
-        elif phase == "proxies":
-            _say(text.proxies_text(results))
-        elif phase == "ranking":
-            _say(f"Block ranking at {results['ranking']['format']}, most sensitive first: {results['ranking']['blocks']}")
-        elif phase == "mixed":
-            _say(text.plans_text(results, results["mixed"]["rows"], results["mixed"].get("skipped")))
-        elif phase == "ablation":
-            _say(text.ablation_text(results))
-        elif phase == "frontier":
-            _say(text.frontier_text(results))
-        elif phase == "export":
-            _say(text.export_text(results["export"]))
+        if texts.get(phase) is not None:
+            _say(texts[phase](result.to_dict()))
     return show
 
 
@@ -158,11 +149,14 @@ def _run(args, ws):
             raise QuantsenseError("export needs --out (a folder for torchao, a .gguf file for gguf)")
         return study.run_export(ws, args.plan_file, args.out, args.export_format, not args.no_verify, on_phase=show)
     if args.command in ("allocate", "frontier"):
+        from quantsense.ggml_plans import plan_from_gguf
         from quantsense.search import run_frontier
 
         presets = args.preset if args.command == "frontier" else [args.max_size_of] if args.max_size_of else []
+        given = {f"file:{Path(p).name}": plan_from_gguf(ws, p) for p in args.plan_from_gguf}  # read before any work
         return run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show,
-                            reduced=_reduced(args), presets=presets, outside=args.outside or ("allocate" if presets else "fp32"))
+                            reduced=_reduced(args), presets=presets, outside=args.outside or ("allocate" if presets else "fp32"),
+                            given=given)
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (flags a command may lack)
     return study.run_study(ws, get("formats"), get("unit", "block"), get("views", ("only",)), get("include_extra", False),
                            get("rank_by", "kl"), get("blocks"), get("plan", []), get("calibration_data"),
@@ -223,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         _quiet_third_party(args.quiet)
+        if args.command == "quantize":
+            from quantsense.cli.quantize import run
+
+            return run(args)
         if args.command == "units":
             _list_units(args)
             return 0

@@ -189,6 +189,9 @@ def _allocation_flags(p) -> None:
                    help="measure every (unit, format) pair on all the data, as --executor ray always does (default: a "
                         "reduced sweep that measures each unit once on a data segment, estimates the rest and measures "
                         "where a plan hinges on it)")
+    p.add_argument("--plan-from-gguf", action="append", default=[], metavar="FILE",
+                   help="also measure the type assignment of this GGUF file (a preset's, llama-quantize --target-size's); "
+                        "a budget it fits gets it instead of an allocation that measures worse (repeatable)")
     p.add_argument("--outside", choices=("allocate", "preset", "fp32"),
                    help="the token embedding and an untied output head: allocate them too, measured like any unit (the "
                         "default with a llama.cpp preset's size: the budget is then the preset's whole size), keep the "
@@ -256,4 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.html of a results folder from its results.json")
     rep.add_argument("folder", metavar="DIR")
     rep.add_argument("--tolerance", type=_positive_float, help="also name the smallest plan whose loss is within this")
+    from quantsense.cli.quantize import add_parser
+
+    add_parser(sub, _Parser)
     return parser

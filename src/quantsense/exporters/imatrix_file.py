@@ -113,10 +113,27 @@ def load(path: str | Path, gguf_names: Mapping[str, str], columns: Mapping[str, 
     def u32(key: str) -> int:
         return int(fields[key].parts[fields[key].data[0]][0]) if key in fields else 0
 
-    calibration = {}
-    if all(f"quantsense.calibration.{k}" in fields for k in CALIBRATION_KEYS):
-        data_field = fields["quantsense.calibration.data"]
-        calibration = {"data": str(bytes(data_field.parts[data_field.data[0]]), "utf-8"),
-                       "first_token": u32("quantsense.calibration.first_token"), "tokens": u32("quantsense.calibration.tokens")}
     return Imatrix(sums, counts, datasets, u32(gguf.Keys.IMatrix.CHUNK_SIZE), u32(gguf.Keys.IMatrix.CHUNK_COUNT),
-                   calibration=calibration, source=str(path))
+                   calibration=_calibration(fields), source=str(path))
+
+
+def _calibration(fields) -> dict:
+    """quantsense's record of the tokens an imatrix was collected on (``{}`` for llama-imatrix's files)."""
+    if not all(f"quantsense.calibration.{k}" in fields for k in CALIBRATION_KEYS):
+        return {}
+    data = fields["quantsense.calibration.data"]
+    number = {k: int(fields[f"quantsense.calibration.{k}"].parts[fields[f"quantsense.calibration.{k}"].data[0]][0])
+              for k in ("first_token", "tokens")}
+    return {"data": str(bytes(data.parts[data.data[0]]), "utf-8"), **number}
+
+
+def calibration_of(path: str | Path) -> dict:
+    """The token range an imatrix file was collected on (``{}`` when it does not say), without reading its tensors."""
+    import gguf
+
+    try:
+        return _calibration(gguf.GGUFReader(str(check_path(path))).fields)
+    except QuantsenseError:
+        raise
+    except Exception as exc:  # a foreign file: load() says so with the fix
+        raise QuantsenseError(f"{path} is not a readable GGUF imatrix file ({exc})") from None

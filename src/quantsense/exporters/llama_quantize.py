@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
@@ -78,7 +79,27 @@ def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: M
         params.kv_overrides = entries
         keep.append(entries)
     out = Path(out)
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    log: list[str] = []
+    with _captured_log(llama_cpp, log):  # llama.cpp's page of per-tensor lines stays out of quantsense's output
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
     if status != 0 or not out.is_file():
-        raise QuantsenseError(f"llama_model_quantize failed on {source} (status {status}); see llama.cpp's log above")
+        tail = " | ".join(line.strip() for line in log[-3:] if line.strip())
+        raise QuantsenseError(f"llama_model_quantize failed on {source} (status {status}): {tail}")
     return out
+
+
+@contextmanager
+def _captured_log(llama_cpp, lines: list[str]):
+    """llama.cpp's log messages into ``lines`` while the block runs (then llama-cpp-python's own logger again)."""
+    @llama_cpp.llama_log_callback
+    def keep(level, text, user_data):
+        lines.append(text.decode(errors="replace") if text else "")
+        del lines[:-50]
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))

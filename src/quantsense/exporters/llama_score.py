@@ -35,6 +35,7 @@ def summarise(found: dict, seed: int = 0) -> dict:
     kl = np.asarray(found["kl"], dtype=np.float64)
     lp, ref = (np.asarray(found[k], dtype=np.float64) for k in ("token_logprob", "reference_logprob"))
     low, high = block_bootstrap_mean_ci(kl, BOOTSTRAP_BLOCK_TOKENS, seed=seed)
-    return {"kl_mean": float(kl.mean()), "kl_ci_low": low, "kl_ci_high": high, "perplexity": float(np.exp(-lp.mean())),
+    return {"kl_mean": float(kl.mean()), "kl_ci_low": low, "kl_ci_high": high, "kl_p99": float(np.percentile(kl, 99)),
+            "perplexity": float(np.exp(-lp.mean())),
             "reference_perplexity": float(np.exp(-ref.mean())), "top1_agreement": 100 * float(np.mean(found["top1"])),
             "scored_tokens": int(kl.size), "quantsense_imported_by_check": found["quantsense_imported"]}

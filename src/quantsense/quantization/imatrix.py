@@ -123,3 +123,16 @@ def collect(model, modules: Mapping[str, object], inputs: Iterable[dict], datase
     tokens = max(counts.values())
     return Imatrix({n: t.float().cpu().numpy() for n, t in sums.items()}, counts, tuple(datasets), chunk_size,
                    tokens // chunk_size if chunk_size else 0, calibration=dict(calibration or {}))
+
+
+def product_modules(model, units) -> dict:
+    """Unit name -> the module whose input an importance matrix records for it: each block linear itself, the output
+    head (its own unit when untied; the token embedding's, which it shares, when tied), as llama-imatrix records the
+    output projection (``--process-output``) under the name of the tensor it multiplies by."""
+    found = {name: units.get(name).module for name in units.linear_units()}
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    for name in units.extra_units():
+        unit = units.get(name)
+        if head is not None and (unit.module is head or any(m is head for m in unit.tied_modules)):
+            found[name] = head
+    return found

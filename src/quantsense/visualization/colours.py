@@ -22,7 +22,8 @@ _WIDE = {"bf16": "#8a7b5b"}  # 16-bit codes by variant; the rest slate
 _WIDE_DEFAULT = "#5b6f8a"
 
 PLAN_STYLE = {"allocated": ("#111111", "o", "allocated (solver)"), "uniform": (None, "s", "uniform"),
-              "hand": ("#9a9a9a", "^", "hand strategies"), "mixed": ("#111111", "D", "mixed-precision plans")}
+              "hand": ("#9a9a9a", "^", "hand strategies"), "mixed": ("#111111", "D", "mixed-precision plans"),
+              "preset": ("#b5651d", "P", "llama.cpp presets"), "given": ("#2a7ab0", "X", "given plans (GGUF files)")}
 
 
 def _hex(r: float, g: float, b: float) -> str:

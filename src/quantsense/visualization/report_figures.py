@@ -21,7 +21,7 @@ from quantsense.visualization.sensitivity_data import (
 
 SHADES = [[0.0, "#fcfdbf"], [0.25, "#feb078"], [0.5, "#f1605d"], [0.75, "#9e2f7f"], [1.0, "#2d1160"]]  # magma, light->dark
 FRONTIER_PLOT_PX = (620.0, 400.0)  # nominal plot-area size the frontier labels are placed for
-SYMBOL = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond"}
+SYMBOL = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "P": "cross", "X": "x"}
 
 
 def _error_y(rows: list[dict], values: list[float], lo: str, hi: str, colour: str, thickness: float) -> dict:

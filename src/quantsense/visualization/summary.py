@@ -146,7 +146,7 @@ def frontier_text(results: dict) -> str:
     lines = [f"Allocation ({fr['unit']} units, candidates {' '.join(fr['candidates'])} + FP32, objective: sum of "
              f"single-unit {objective}); every plan measured:",
              markdown_table(fr["rows"], [*task.plan_columns, *_frontier_extra(fr)], digits=4),
-             *skipped_plans_lines(fr.get("skipped"))]
+             *skipped_plans_lines(fr.get("skipped")), *_preferred_lines(fr)]
     if fr.get("sweep"):
         lines.append(sweep_text(fr["sweep"]))
     if fr.get("sweep", {}).get("embedding"):
@@ -162,6 +162,19 @@ def frontier_text(results: dict) -> str:
         if kinds:
             lines.append("  by layer kind: " + "; ".join(f"{k} {_count_text(f)}" for k, f in sorted(kinds.items())))
     return "\n".join(lines)
+
+
+def _preferred_lines(fr: dict) -> list[str]:
+    """A line per budget whose allocation measured worse than a given or preset plan within it (that plan is returned)."""
+    key = "kl_mean" if fr["objective"] == "kl" else None
+    rows = {r["plan"]: r for r in fr["rows"]}
+    lines = []
+    for name, other in (fr.get("preferred") or {}).items():
+        mine, theirs = rows[name], rows[other]
+        measure = (f"{key} {theirs[key]:.4g} against the allocation's {mine[key]:.4g}" if key else "a lower loss")
+        lines.append(f"{name}: {other} measured {measure} within the same budget, so {other} is the plan written for it "
+                     "(the allocation rests on single-unit losses; a plan measured whole is the better evidence)")
+    return lines
 
 
 def _frontier_extra(fr: dict) -> list[tuple[str, str]]:

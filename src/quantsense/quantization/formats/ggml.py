@@ -40,6 +40,9 @@ VEC_DOT = {
     "iq3_s": "q8_K", "iq3_xxs": "q8_K", "iq2_s": "q8_K", "iq2_xs": "q8_K", "iq2_xxs": "q8_K", "iq1_s": "q8_K",
     "iq1_m": "q8_K", "f16": "f16", "bf16": "bf16",
 }
+# the default candidates of `quantsense quantize`: every type a llama.cpp CPU build multiplies fast that holds a
+# 576-wide row or falls back to one, from 2.6 to 8.5 bits per weight
+ALLOCATION_CANDIDATES = ("q2_K", "q3_K", "q4_0", "iq4_xs", "iq4_nl", "q4_K", "q5_0", "q5_1", "q5_K", "q6_K", "q8_0")
 _BY_LOWER = {name.lower(): name for name in LAYOUT}
 
 
