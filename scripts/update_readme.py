@@ -79,6 +79,8 @@ SECTIONS = {
                          "--out results/beat-presets-q41 --quiet", []),
     "beat-presets-float": (f"python benchmarks/beat_presets.py --model results/smollm2-float --data {WIKI} "
                            "--store results/beat-presets-float.sqlite --out results/beat-presets-float --quiet", []),
+    "beat-target-size": (f"python benchmarks/beat_target_size.py --model results/smollm2-float --data {WIKI} "
+                         "--out results/target-size", []),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --exhaustive --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
     "decoder-export": (f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "

@@ -86,6 +86,7 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
         del cal
     elif calibration_data is None:  # a given imatrix: select and score after the range it was collected on, if this text's
         ranges = _after_imatrix(str(imatrix_path), data, ranges)
+    searching = time.perf_counter()  # the search's cost: from here (imatrix excluded) to the file written
     ws = qs.open_workspace(model, data=data, first_token=ranges["choose"][0], max_tokens=choose_tokens, store=store,
                            imatrix=str(imatrix_path), runtime_activations=runtime_activations, **common)
     scorer = qs.open_workspace(model, data=data, first_token=ranges["score"][0], max_tokens=score_tokens,
@@ -95,7 +96,7 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
         reference = _reference_gguf(ws, model, Path(tmp))
         chosen, report = _choose(ws, reference, target, preset, candidates, given, say)
         written = _write(ws, chosen, reference, out)
-        report.update(written)
+        report.update(written, search_seconds=time.perf_counter() - searching)
         report["recipe"] = _recipe(ws, chosen, out, reference)
         if scorer is not None:
             report["scores"] = _score(ws, scorer, chosen, out, reference, preset, Path(tmp), say)

@@ -1,0 +1,7 @@
+"""``python -m quantsense``: the same command line as ``quantsense``."""
+
+import sys
+
+from quantsense.cli import main
+
+sys.exit(main())
