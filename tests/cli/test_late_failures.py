@@ -84,6 +84,13 @@ def test_candidates_that_only_some_rows_hold_allocate_and_skip_the_plans_no_row_
     assert all(f["format"] != "q4_K" or "down_proj" in name for name, f in chosen.items())
 
 
+def test_a_budget_that_units_no_candidate_holds_make_impossible_names_them(k_lm, offline_assets, capsys):
+    # q4_K holds the 256-wide ffn_down rows only: no whole block can take it, so every block would stay FP32
+    line = _refused(capsys, ["allocate", "--candidates", "q4_K", "--avg-bits", "5", *_lm(k_lm, offline_assets["text"])],
+                    "budget 5 bits/weight is impossible with candidates q4_K: the smallest feasible is --avg-bits 32.000")
+    assert "2 of 2 units (block 0, block 1) hold none of the candidates and stay FP32" in line and "--unit linear" in line
+
+
 def test_a_candidate_no_row_holds_is_refused(offline_assets, capsys):
     _refused(capsys, ["allocate", "--candidates", "q4_K", "--avg-bits", "5", *_lm(offline_assets["lm"], offline_assets["text"])],
              "candidate q4_K fits no linear unit of this model: q4_K needs rows that are multiples of 256 weights")

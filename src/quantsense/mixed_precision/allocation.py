@@ -214,7 +214,13 @@ def budget_limit(problem: Problem, budget: Budget, candidates: list[Format]) -> 
         need = f"--avg-bits {math.ceil(avg * 1000) / 1000:.3f}" if budget.avg_bits is not None else \
             f"--max-size {math.ceil(size / 1e4) / 100:.2f}MB"
         names = " ".join(f.name for f in candidates)
-        raise QuantsenseError(f"budget {budget.label()} is impossible with candidates {names}: the smallest feasible is {need}")
+        stuck = [g.name for g, row in zip(problem.groups, problem.allowed)
+                 if problem.options[-1] is None and not row[:-1].any()]  # no candidate stores them: they stay FP32
+        why = (f": {len(stuck)} of {len(problem.groups)} units ({', '.join(stuck[:2])}{', ...' if len(stuck) > 2 else ''}) "
+               f"hold none of the candidates and stay FP32; add a candidate their rows hold (e.g. q8_0 or 4), or "
+               f"--unit linear to place {names} where rows allow" if stuck else "")
+        raise QuantsenseError(f"budget {budget.label()} is impossible with candidates {names}: the smallest feasible is "
+                              f"{need}{why}")
     return limit
 
 
