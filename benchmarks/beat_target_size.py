@@ -107,7 +107,11 @@ def main() -> None:
     p.add_argument("--score-tokens", type=int, default=4096)
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--out", required=True, help="folder for every file (kept: rerun to add what is missing)")
+    p.add_argument("--report", action="store_true", help="print the table of --out's results.json again, measuring nothing")
     args = p.parse_args()
+    if args.report:
+        print("\n".join(summary(json.loads((Path(args.out) / "results.json").read_text()))))
+        return
     for tool in ("llama-quantize", "llama-perplexity"):
         if not (Path(args.llama_bin) / tool).is_file():
             sys.exit(f"{Path(args.llama_bin) / tool} not found: build the anchor with benchmarks/llama_cpp_anchor.sh "
@@ -175,18 +179,39 @@ def main() -> None:
                   f"{found['kl_mean']:.4f} [{found['kl_ci_low']:.4f}, {found['kl_ci_high']:.4f}], p99 "
                   f"{found['kl_p99']:.4f}, same top token {found['top1_agreement']:.1f} %; llama-perplexity "
                   f"--kl-divergence {kl[kind]['kl_mean']:.4f} ± {kl[kind]['kl_se']:.4f}", flush=True)
-    for preset in presets:
-        ours, theirs = ((r for r in rows if r["size of"] == preset and r["file"] == k) for k in ("quantsense",
-                                                                                                "target-size"))
-        ours, theirs = next(ours), next(theirs)
-        apart = ours["kl_ci_high"] < theirs["kl_ci_low"]
-        same_order = (ours["kl_mean"] < theirs["kl_mean"]) == (ours["llama-perplexity KL"] < theirs["llama-perplexity KL"])
-        print(f"{preset}: quantsense {'below' if ours['kl_mean'] < theirs['kl_mean'] else 'NOT below'} --target-size "
-              f"({ours['kl_mean']:.4f} vs {theirs['kl_mean']:.4f}), intervals {'apart' if apart else 'overlap'}; "
-              f"llama-perplexity {'agrees' if same_order else 'DISAGREES'} on the order; file "
-              f"{'no larger' if ours['bytes'] <= theirs['bytes'] else 'LARGER'} than --target-size's")
-    (folder / "results.json").write_text(json.dumps({"rows": rows, "timing": timing, "ratio": ratio}, indent=1,
-                                                    default=str))
+    results = {"rows": rows, "timing": timing, "ratio": ratio}
+    (folder / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print("\n".join(summary(results)))
+
+
+def summary(results: dict) -> list[str]:
+    """The table of every file and, per size, whether quantsense's file is below the others, with its intervals."""
+    rows, lines = results["rows"], []
+    lines.append("| size of | file | bytes | llama.cpp KL [95% CI] | p99 KL | same top % | llama-perplexity KL |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(f"| {r['size of']} | {r['file']} | {r['bytes']:,} | {r['kl_mean']:.4f} [{r['kl_ci_low']:.4f}, "
+                     f"{r['kl_ci_high']:.4f}] | {r['kl_p99']:.4f} | {r['top1_agreement']:.1f} | "
+                     f"{r['llama-perplexity KL']:.4f} ± {r['llama-perplexity KL se']:.4f} |")
+    for preset in dict.fromkeys(r["size of"] for r in rows):
+        of = {r["file"]: r for r in rows if r["size of"] == preset}
+        ours = of["quantsense"]
+        verdicts = []
+        for other in ("target-size", "preset"):
+            theirs = of[other]
+            below = ours["kl_mean"] < theirs["kl_mean"]
+            apart = ours["kl_ci_high"] < theirs["kl_ci_low"] or theirs["kl_ci_high"] < ours["kl_ci_low"]
+            agrees = below == (ours["llama-perplexity KL"] < theirs["llama-perplexity KL"])
+            verdicts.append(f"{'below' if below else 'NOT below'} {other} ({ours['kl_mean']:.4f} vs "
+                            f"{theirs['kl_mean']:.4f}, intervals {'apart' if apart else 'overlap'}, llama-perplexity "
+                            f"{'agrees' if agrees else 'DISAGREES'})")
+        size = "no larger" if ours["bytes"] <= of["target-size"]["bytes"] else "LARGER"
+        lines.append(f"{preset} size: quantsense's file ({size} than --target-size's) is " + "; ".join(verdicts))
+    timing = results["timing"]
+    lines.append(f"cost, whole processes, alternating: --target-size first runs "
+                 f"{', '.join(f'{x:.0f}' for x in timing['target-size first run (s)'])} s, quantsense quantize (empty "
+                 f"store) {timing['quantsense quantize, empty store (s)'][0]:.0f} s: {results['ratio']:.1f}x")
+    return lines
 
 
 if __name__ == "__main__":

@@ -165,7 +165,11 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     overhead = _file_bytes(ws, Plan(), reference) - model_bytes(ws.model, ws.units, Plan())  # header and padding
     tensors = len(ws.units.linear_units()) + 3 * ws.units.num_blocks
     budget = Budget(max_bytes=target - overhead - ALIGNMENT_SLACK * tensors)
-    (name, allocation), = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=True, outside="allocate")[0]
+    plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=True, outside="allocate")
+    allocation = plans[0][1]
+    share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
+    say(f"reduced sweep: {sweep.get('measured', sweep['pairs'])} of {sweep['pairs']} (tensor, type) pairs measured, "
+        f"{share:.1f} % of a full sweep's token evaluations")
     named = {"allocated": allocation.plan, **named}
     fits = {n: _file_bytes(ws, p, reference) for n, p in named.items()}
     rows = evaluate_plans(ws, {n: p for n, p in named.items() if fits[n] <= target}, desc="candidate plans")
@@ -177,7 +181,9 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     if best["plan"] != "allocated":
         say(f"{best['plan']} measured lower than the allocation within the size, so it is the plan written")
     return named[best["plan"]], {"target_bytes": target, "preset": preset, "chosen": best["plan"], "selection": rows,
-                                 "predicted_kl": allocation.predicted_loss}
+                                 "predicted_kl": allocation.predicted_loss,
+                                 "sweep": {k: sweep.get(k) for k in ("pairs", "measured", "token_evaluations",
+                                                                     "full_token_evaluations", "seconds")}}
 
 
 def _write(ws, plan, reference: Path, out: Path) -> dict:
