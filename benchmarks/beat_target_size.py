@@ -87,6 +87,8 @@ def perplexity_kl(args, reference: Path, files: dict[str, Path], text: Path, fol
                                check=True, capture_output=True, text=True)
         printed = found.stdout + found.stderr
         mean = re.search(r"Mean\s+KLD:\s+([-\d.]+)\s+±\s+([\d.]+)", printed)
+        if mean is None:
+            sys.exit(f"llama-perplexity printed no 'Mean KLD' line for {path}:\n{printed[-2000:]}")
         top = re.search(r"Same top p:\s+([\d.]+)\s+±\s+([\d.]+)", printed)
         out[name] = {"kl_mean": float(mean.group(1)), "kl_se": float(mean.group(2)),
                      "same_top": float(top.group(1)) if top else None}

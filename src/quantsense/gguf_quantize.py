@@ -17,6 +17,7 @@ On three disjoint token ranges of one text (or the importance matrix from its ow
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +36,13 @@ def check_inputs(out, size, size_of, imatrix, calibration_data) -> Path:
     if out.suffix != ".gguf":
         raise QuantsenseError(f"{out} does not end in .gguf; name the file to write, e.g. model-quantsense.gguf")
     check_output(out, single_file=True)
-    if out.exists():
-        raise QuantsenseError(f"{out} already exists; choose another file name or remove it")
+    beside = [out] + ([out.with_suffix(".imatrix.gguf")] if imatrix is None else [])
+    for path in beside:
+        if path.exists():
+            raise QuantsenseError(f"{path} already exists; choose another file name or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise QuantsenseError(f"cannot write to {out.parent}; choose a folder you can write to")
     if (size is None) == (size_of is None):
         raise QuantsenseError("give the file size: exactly one of --size (e.g. 105MB) or --size-of PRESET (e.g. Q4_K_M)")
     if imatrix is not None and calibration_data is not None:
@@ -75,7 +81,8 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
     preset = preset_name(size_of) if size_of is not None else None
     collect = imatrix is None
     ranges = token_ranges(calibration_tokens, choose_tokens, score_tokens, collect and calibration_data is None)
-    common = dict(task="wikitext", context=context, stride=context, quiet=quiet, device=device)
+    common = dict(task="wikitext", context=context, stride=context, quiet=quiet, device=device,
+                  dtype="float32")  # the F32 reference file's weights, whatever dtype the checkpoint was saved in
     imatrix_path = Path(imatrix) if imatrix else out.with_suffix(".imatrix.gguf")
     if collect:
         from quantsense.calibrate import imatrix_text, make_imatrix
@@ -98,10 +105,12 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
         written = _write(ws, chosen, reference, out)
         report.update(written, search_seconds=time.perf_counter() - searching)
         report["recipe"] = _recipe(ws, chosen, out, reference)
+        report.update({"model": model, "data": data, "imatrix_data": calibration_data or data, "ranges": ranges,
+                       "imatrix": str(imatrix_path)})
+        out.with_suffix(".quantsense.json").write_text(json.dumps(report, indent=1, default=str))  # kept if scoring fails
         if scorer is not None:
             report["scores"] = _score(ws, scorer, chosen, out, reference, preset, Path(tmp), say)
-    report.update({"model": model, "data": data, "ranges": ranges, "imatrix": str(imatrix_path),
-                   "seconds": time.perf_counter() - started})
+    report["seconds"] = time.perf_counter() - started
     out.with_suffix(".quantsense.json").write_text(json.dumps(report, indent=1, default=str))
     say(f"Wrote {out} ({written['file_bytes'] / 1e6:.2f} MB) and {out.with_suffix('.quantsense.json')}; "
         f"{report['seconds']:.0f} s in all")
@@ -124,7 +133,8 @@ def _after_imatrix(path: str, data: str, ranges: dict) -> dict:
 def _given_plans(ws, paths) -> dict:
     from quantsense.ggml_plans import plan_from_gguf
 
-    return {f"file:{Path(p).name}": plan_from_gguf(ws, p) for p in paths}
+    names = [Path(p).name for p in paths]
+    return {f"file:{p if names.count(Path(p).name) > 1 else Path(p).name}": plan_from_gguf(ws, p) for p in paths}
 
 
 def _reference_gguf(ws, model: str, folder: Path) -> Path:
@@ -172,6 +182,9 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
         f"{share:.1f} % of a full sweep's token evaluations")
     named = {"allocated": allocation.plan, **named}
     fits = {n: _file_bytes(ws, p, reference) for n, p in named.items()}
+    if fits["allocated"] > target:  # the budget left room for the header and padding: a bug if it ever happens
+        raise QuantsenseError(f"the allocation came to {fits['allocated']:,} bytes as a file, over the {target:,} asked "
+                              "for; ask for a slightly smaller --size")
     rows = evaluate_plans(ws, {n: p for n, p in named.items() if fits[n] <= target}, desc="candidate plans")
     best = min(rows, key=lambda r: r["kl_mean"])
     for row in rows:
@@ -205,7 +218,8 @@ def _recipe(ws, plan, out: Path, reference: Path) -> dict:
     from quantsense.ggml_plans import unit_gguf_names
 
     names = unit_gguf_names(ws)
-    args = llama_quantize_args({names[unit]: fmt.name for unit, fmt in plan.assignments})
+    planned = {names[unit]: fmt.name for unit, fmt in plan.assignments}
+    args = llama_quantize_args({**{name: "f32" for name in names.values()}, **planned})  # unplanned tensors stay F32
     overrides = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--tensor-type"]
     flags = [f"{args[i]} {args[i + 1]}" for i in range(0, len(args), 2) if args[i] != "--tensor-type"]
     path = out.with_suffix(".tensor-types.txt")

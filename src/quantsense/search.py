@@ -147,7 +147,9 @@ def better_measured(rows: list[dict], allocated: list[str], budgets: list[Budget
     by_name = {row["plan"]: row for row in rows}
     out = {}
     for name, budget in zip(allocated, budgets):
-        fitting = [r for r in rows if r["kind"] in ("given", "preset") and _within(r, budget)]
+        cap = by_name.get(f"preset {budget.preset}", {}).get("model_mb") if budget.preset else None
+        fitting = [r for r in rows if r["kind"] in ("given", "preset") and _within(r, budget)
+                   and (cap is None or r["model_mb"] <= cap + 1e-9)]  # a preset's size bounds the whole model too
         best = min(fitting, key=lambda r: r[key], default=None)
         if best is not None and best[key] < by_name[name][key]:
             out[name] = best["plan"]

@@ -125,3 +125,13 @@ def test_quantize_refuses_a_bad_request_in_one_line(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_quantize_never_overwrites_the_imatrix_it_would_write_and_makes_the_output_folder(tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    (tmp_path / "x.imatrix.gguf").write_bytes(b"mine")
+    code = main(["quantize", "m", str(tmp_path / "x.gguf"), "--size", "10MB", "--data", str(WIKI)])
+    assert code == 2 and "x.imatrix.gguf already exists" in capsys.readouterr().err
+    assert (tmp_path / "x.imatrix.gguf").read_bytes() == b"mine"
+    code = main(["quantize", "no-such-model", str(tmp_path / "new" / "x.gguf"), "--size", "10MB", "--data", str(WIKI)])
+    assert code == 2 and (tmp_path / "new").is_dir()  # refused for the model, after the folder was made for the file
