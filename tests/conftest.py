@@ -174,6 +174,36 @@ def tiny_tokenizer():
                                                 cls_token="[CLS]", sep_token="[SEP]", eos_token="[SEP]")
 
 
+def save_tiny_llama(path: Path, tokenizer, layers: int, intermediate: int, tied: bool) -> torch.nn.Module:
+    """A random Llama with 64-wide rows (weights ~ N(0, 0.2), seed 0) saved with ``tokenizer`` at ``path``."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=intermediate, max_position_embeddings=256, tie_word_embeddings=tied, pad_token_id=0))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model
+
+
+def refused(capsys, argv, expect: str) -> str:
+    """Run the CLI on ``argv`` and check it refused in one line containing ``expect`` (exit 2, no traceback) before
+    evaluating anything; the line."""
+    from quantsense.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured.err
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert expect in lines[0], lines[0]
+    assert "FP32" not in captured.out and "evaluation(s) computed" not in captured.out  # nothing was evaluated
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def offline_assets(tmp_path_factory):
     """Tiny models and data made from configs alone: a BERT classifier, a Llama LM, a TSV and a text file."""
@@ -189,15 +219,6 @@ def offline_assets(tmp_path_factory):
     cls.config.id2label, cls.config.label2id = {0: "NEGATIVE", 1: "POSITIVE"}, {"NEGATIVE": 0, "POSITIVE": 1}
     cls.save_pretrained(root / "cls")
     tokenizer.save_pretrained(root / "cls")
-    torch.manual_seed(0)
-    lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0))
-    with torch.no_grad():
-        for p in lm.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    lm.eval().save_pretrained(root / "lm")
-    tokenizer.save_pretrained(root / "lm")
+    lm = save_tiny_llama(root / "lm", tokenizer, layers=3, intermediate=128, tied=False)
     return {"cls": root / "cls", "lm": root / "lm", "tsv": root / "data.tsv", "text": root / "text.txt",
             "cls_model": cls, "lm_model": lm, "tokenizer": tokenizer}

@@ -9,22 +9,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import transformers
 
 from quantsense.cli import main
-from tests.conftest import REPO, WIKI, tiny_tokenizer
-
-
-def _refused(capsys, argv, expect: str) -> str:
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert expect in lines[0], lines[0]
-    assert "FP32" not in captured.out and "evaluation(s) computed" not in captured.out  # nothing was evaluated
-    return lines[0]
+from tests.conftest import REPO, WIKI, refused as _refused, save_tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +19,7 @@ def k_lm(tmp_path_factory):
     """A 2-block Llama whose ffn_down rows (256) hold ggml's 256-weight super-blocks and whose other rows (64) do not,
     as SmolLM2's 576-wide rows do not; its token embedding is tied to the output."""
     path = tmp_path_factory.mktemp("k-lm")
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=256, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    model.eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tiny_llama(path, tiny_tokenizer(), layers=2, intermediate=256, tied=True)
     return path
 
 

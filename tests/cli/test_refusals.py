@@ -11,18 +11,7 @@ import torch
 import transformers
 
 from quantsense.cli import main
-from tests.conftest import REPO, WORDS
-
-
-def _refused(capsys, argv, expect: str) -> str:
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert expect in lines[0], lines[0]
-    assert "FP32" not in captured.out and "evaluation(s) computed" not in captured.out  # nothing was evaluated
-    return lines[0]
+from tests.conftest import REPO, WORDS, refused as _refused
 
 
 @pytest.fixture(scope="module")

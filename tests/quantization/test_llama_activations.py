@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import quantsense as qs
 from quantsense.cli import main
 from quantsense.quantization.llama_activations import VEC_DOT, round_activations
-from tests.conftest import WIKI, tiny_tokenizer
+from tests.conftest import WIKI, save_tiny_llama, tiny_tokenizer
 
 ggml_lib = pytest.importorskip("quantsense.quantization.ggml_lib")
 if not ggml_lib.available():
@@ -55,17 +54,7 @@ def test_every_type_rounds_its_inputs_as_ggml_cpu_pairs_it():
 @pytest.fixture(scope="module")
 def tied_lm(tmp_path_factory):
     path = tmp_path_factory.mktemp("tied-lm")
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=256, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    model.eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tiny_llama(path, tiny_tokenizer(), layers=2, intermediate=256, tied=True)
     return path
 
 
