@@ -67,7 +67,7 @@ def quantsense_quantize(args, imatrix: Path, size: int, out: Path, store: Path) 
         stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "quantsense", "quantize", args.model, str(out), "--size", str(size), "--data",
                args.data, "--imatrix", str(imatrix), "--choose-tokens", str(args.choose_tokens), "--context",
-               str(args.context), "--store", str(store), "--no-score", "--quiet"]
+               str(args.context), "--store", str(store), "--estimate", args.estimate, "--no-score", "--quiet"]
     started = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -108,6 +108,8 @@ def main() -> None:
     p.add_argument("--choose-tokens", type=int, default=4096)
     p.add_argument("--score-tokens", type=int, default=4096)
     p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--estimate", choices=("fisher", "weight-error"), default="fisher",
+                   help="quantsense quantize --estimate (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for every file (kept: rerun to add what is missing)")
     p.add_argument("--report", action="store_true", help="print the table of --out's results.json again, measuring nothing")
     args = p.parse_args()
@@ -181,7 +183,7 @@ def main() -> None:
                   f"{found['kl_mean']:.4f} [{found['kl_ci_low']:.4f}, {found['kl_ci_high']:.4f}], p99 "
                   f"{found['kl_p99']:.4f}, same top token {found['top1_agreement']:.1f} %; llama-perplexity "
                   f"--kl-divergence {kl[kind]['kl_mean']:.4f} ± {kl[kind]['kl_se']:.4f}", flush=True)
-    results = {"rows": rows, "timing": timing, "ratio": ratio}
+    results = {"rows": rows, "timing": timing, "ratio": ratio, "estimate": args.estimate}
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print("\n".join(summary(results)))
 

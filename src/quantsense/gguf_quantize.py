@@ -28,9 +28,13 @@ from quantsense.quantization.formats.ggml import ALLOCATION_CANDIDATES as CANDID
 ALIGNMENT_SLACK = 32  # bytes per tensor a GGUF file may pad between tensors
 
 
-def check_inputs(out, size, size_of, imatrix, calibration_data) -> Path:
-    """Everything about the request that needs no model, refused in one line before any work."""
+def check_inputs(out, size, size_of, imatrix, calibration_data, tokens: dict[str, int] | None = None,
+                 context: int = 1024) -> Path:
+    """Everything about the request that needs no model, refused in one line before any work (``tokens``: the
+    token count of each flag, e.g. ``{"--choose-tokens": 4096}``, checked against ``context`` for an interval)."""
+    from quantsense.evaluation.statistics import MIN_BOOTSTRAP_BLOCKS
     from quantsense.io import check_output
+    from quantsense.tasks.language_model import tokens_for_interval
 
     out = Path(out)
     if out.suffix != ".gguf":
@@ -47,6 +51,12 @@ def check_inputs(out, size, size_of, imatrix, calibration_data) -> Path:
         raise QuantsenseError("give the file size: exactly one of --size (e.g. 105MB) or --size-of PRESET (e.g. Q4_K_M)")
     if imatrix is not None and calibration_data is not None:
         raise QuantsenseError("--imatrix and --calibration-data both give the importance matrix: pass one")
+    need = tokens_for_interval(context, context, MIN_BOOTSTRAP_BLOCKS)
+    for flag, count in (tokens or {}).items():
+        if count < need:
+            raise QuantsenseError(f"{flag} {count} is too few for an interval at --context {context}: the mean KL's 95 % "
+                                  f"interval needs {MIN_BOOTSTRAP_BLOCKS} blocks of scored tokens; use {flag} {need} or "
+                                  "more, or a shorter --context")
     from quantsense.exporters.gguf_writer import check_llama_cpp, llama_cpp_available
     from quantsense.quantization import ggml_lib
 
@@ -55,6 +65,13 @@ def check_inputs(out, size, size_of, imatrix, calibration_data) -> Path:
         raise QuantsenseError(ggml_lib.INSTALL_HINT.replace("ggml formats need", "quantsense quantize needs"))
     check_llama_cpp()
     return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a missing file is refused, naming it, when it is read
+        return False
 
 
 def token_ranges(imatrix_tokens: int, choose: int, score: int, own_imatrix: bool) -> dict[str, tuple[int, int]]:
@@ -68,7 +85,7 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
              imatrix: str | None = None, calibration_data: str | None = None, candidates=CANDIDATES,
              calibration_tokens: int = 8192, choose_tokens: int = 4096, score_tokens: int = 4096, context: int = 1024,
              plans_from=(), store: str | None = None, quiet: bool = False, score: bool = True,
-             runtime_activations: bool = True, device: str = "auto", say=print) -> dict:
+             runtime_activations: bool = True, device: str = "auto", estimate: str = "fisher", say=print) -> dict:
     """Write ``model`` as a GGUF file of at most ``size`` bytes (or the size ``size_of``'s preset has on this model) at
     ``out``, as described in this module; returns the report (also written beside ``out`` as ``.quantsense.json``)."""
     import quantsense as qs
@@ -76,7 +93,10 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
     from quantsense.mixed_precision.presets import preset_name
 
     started = time.perf_counter()
-    out = check_inputs(out, size, size_of, imatrix, calibration_data)
+    if calibration_data is not None and _same_file(calibration_data, data):
+        calibration_data = None  # the imatrix from --data's own first tokens, selection and scoring after them
+    counts = {"--choose-tokens": choose_tokens, **({"--score-tokens": score_tokens} if score else {})}
+    out = check_inputs(out, size, size_of, imatrix, calibration_data, counts, context)
     target = parse_size(size) if size is not None else None
     preset = preset_name(size_of) if size_of is not None else None
     collect = imatrix is None
@@ -101,7 +121,7 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
     given = _given_plans(ws, plans_from)
     with tempfile.TemporaryDirectory(prefix=".quantsense-quantize-", dir=out.parent) as tmp:
         reference = _reference_gguf(ws, model, Path(tmp))
-        chosen, report = _choose(ws, reference, target, preset, candidates, given, say)
+        chosen, report = _choose(ws, reference, target, preset, candidates, given, estimate, say)
         written = _write(ws, chosen, reference, out)
         report.update(written, search_seconds=time.perf_counter() - searching)
         report["recipe"] = _recipe(ws, chosen, out, reference)
@@ -158,7 +178,7 @@ def _file_bytes(ws, plan, reference: Path) -> int:
     return predicted_gguf_bytes(reference, types, default_type=None, provenance=ws.imatrix.provenance())["file_bytes"]
 
 
-def _choose(ws, reference: Path, target: int | None, preset: str | None, candidates, given: dict, say):
+def _choose(ws, reference: Path, target: int | None, preset: str | None, candidates, given: dict, estimate: str, say):
     """The plan to write: the allocation under the file size and every candidate plan within it, measured on the
     selection tokens; the lowest mean KL wins."""
     from quantsense.ggml_plans import preset_plan
@@ -175,7 +195,8 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     overhead = _file_bytes(ws, Plan(), reference) - model_bytes(ws.model, ws.units, Plan())  # header and padding
     tensors = len(ws.units.linear_units()) + 3 * ws.units.num_blocks
     budget = Budget(max_bytes=target - overhead - ALIGNMENT_SLACK * tensors)
-    plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=True, outside="allocate")
+    plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=True, outside="allocate",
+                                      estimate=estimate)
     allocation = plans[0][1]
     share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
     say(f"reduced sweep: {sweep.get('measured', sweep['pairs'])} of {sweep['pairs']} (tensor, type) pairs measured, "
@@ -185,7 +206,15 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     if fits["allocated"] > target:  # the budget left room for the header and padding: a bug if it ever happens
         raise QuantsenseError(f"the allocation came to {fits['allocated']:,} bytes as a file, over the {target:,} asked "
                               "for; ask for a slightly smaller --size")
-    rows = evaluate_plans(ws, {n: p for n, p in named.items() if fits[n] <= target}, desc="candidate plans")
+    within = {n: p for n, p in named.items() if fits[n] <= target}
+    sweep_record = {k: sweep.get(k) for k in ("estimate", "pairs", "measured", "token_evaluations",
+                                               "full_token_evaluations", "seconds")}
+    if len(within) == 1:  # nothing to choose between: the held-out score in llama.cpp says what it is worth
+        say(f"the allocation is the only plan within the size (predicted KL {allocation.predicted_loss:.4f}); it is "
+            "written without a selection measurement")
+        return allocation.plan, {"target_bytes": target, "preset": preset, "chosen": "allocated", "selection": [],
+                                 "predicted_kl": allocation.predicted_loss, "sweep": sweep_record}
+    rows = evaluate_plans(ws, within, desc="candidate plans")
     best = min(rows, key=lambda r: r["kl_mean"])
     for row in rows:
         say(f"selection ({ws.batches.num_tokens:,} tokens): {row['plan']} KL {row['kl_mean']:.4f} "
@@ -194,9 +223,7 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     if best["plan"] != "allocated":
         say(f"{best['plan']} measured lower than the allocation within the size, so it is the plan written")
     return named[best["plan"]], {"target_bytes": target, "preset": preset, "chosen": best["plan"], "selection": rows,
-                                 "predicted_kl": allocation.predicted_loss,
-                                 "sweep": {k: sweep.get(k) for k in ("pairs", "measured", "token_evaluations",
-                                                                     "full_token_evaluations", "seconds")}}
+                                 "predicted_kl": allocation.predicted_loss, "sweep": sweep_record}
 
 
 def _write(ws, plan, reference: Path, out: Path) -> dict:

@@ -23,6 +23,9 @@ from quantsense.sweeps.sweep import build_entries, fits, sweep_row, sweep_units,
 from quantsense.workspace import Workspace
 
 Z95 = 1.959964
+CALIBRATION_UNITS = 12  # units measured to put Fisher predictions on the measured scale (estimate="fisher")
+FISHER_DRAWS = 1  # labels drawn per scored token for the Fisher pass
+FISHER_ROUND_SHARE = 15  # per 1000 pairs: measured per refinement round with Fisher estimates (3 % with weight errors)
 
 
 @dataclass
@@ -33,9 +36,13 @@ class ReducedSweep:
 
 
 def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Group], budgets: list[Budget],
-                  key: str, seed: int = 0, outside: tuple[str, ...] = ()) -> ReducedSweep:
+                  key: str, seed: int = 0, outside: tuple[str, ...] = (), estimate: str = "weight-error",
+                  calibration_units: int = CALIBRATION_UNITS, per_round: int | None = None) -> ReducedSweep:
     """Single-unit losses for every (unit, format): measured where the plans under ``budgets`` hinge, else estimated
-    (``outside``: units outside the blocks that the allocation chooses for too)."""
+    (``outside``: units outside the blocks that the allocation chooses for too). ``estimate``: ``"weight-error"``
+    measures every unit once and scales its weight errors by that measurement; ``"fisher"`` predicts every pair's
+    mean KL from one forward and backward pass (:mod:`quantsense.sweeps.fisher`) and measures only
+    ``calibration_units`` units (spread over the predicted losses) before the refinement's own measurements."""
     started = time.perf_counter()
     units = sweep_units(ws.units, unit, outside)
     by_name = {u.display: u for u in units}
@@ -44,11 +51,16 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
     storable = set(pairs)
     units = [u for u in units if any((u.display, f.name) in storable for f in fmts)]  # the others can only stay FP32
     anchors = {u.display: _anchor([f for f in fmts if (u.display, f.name) in storable]).name for u in units}
-    columns = ws.input_power()  # each linear's input power per column: errors weighted as the outputs feel them
-    errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f], columns) for u, f in pairs}
-    if ws.applier.runtime_activations:  # the runtime's rounding of the inputs adds its own output error
-        rounding = activation_errors(ws, {u.display: u.names for u in units}, fmts)
-        errors = {(u, f): e + rounding.get((u, formats[f].activation_rounding()), 0.0) for (u, f), e in errors.items()}
+    if estimate == "fisher":
+        errors = fisher_errors(ws, by_name, pairs, formats)
+        anchors = _calibration(anchors, errors, calibration_units)
+    else:
+        columns = ws.input_power()  # each linear's input power per column: errors weighted as the outputs feel them
+        errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f], columns) for u, f in pairs}
+        if ws.applier.runtime_activations:  # the runtime's rounding of the inputs adds its own output error
+            rounding = activation_errors(ws, {u.display: u.names for u in units}, fmts)
+            errors = {(u, f): e + rounding.get((u, formats[f].activation_rounding()), 0.0)
+                      for (u, f), e in errors.items()}
     segments = ws.segments()
     low, high = interval_keys(key)
 
@@ -92,12 +104,14 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
 
     always = frozenset(p for p in pairs if formats[p[1]].input_quantizer() is not None)  # no weight error predicts these
     result = refine(pairs, errors, anchors, _second(fmts, always), measure, solve_all, check,
-                    max_depth=segments.count, seed=seed, always=always)
+                    max_depth=segments.count, seed=seed, always=always, shared_scale=estimate == "fisher",
+                    per_round=per_round or (max(4, -(-len(pairs) * FISHER_ROUND_SHARE // 1000)) if estimate == "fisher"
+                                            else None))
     losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
     reference = segments.tokens_upto(max(result.depth.values(), default=1))  # FP32 on the segments anything used
     record = {
-        "mode": "reduced", "pairs": len(pairs), "measured": len(result.measured), "estimated": len(result.estimated),
+        "mode": "reduced", "estimate": estimate, "pairs": len(pairs), "measured": len(result.measured), "estimated": len(result.estimated),
         "token_evaluations": swept + reference, "reference_tokens": reference,
         "full_token_evaluations": (len(pairs) + 1) * segments.total_tokens,
         "segments": segments.count, "screen_tokens": segments.tokens_upto(1),
@@ -110,6 +124,33 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
         "seconds": time.perf_counter() - started,
     }
     return ReducedSweep(losses, result, record)
+
+
+def fisher_errors(ws: Workspace, units: dict, pairs: list[Pair], formats: dict[str, Format]) -> dict[Pair, float]:
+    """Each pair's mean KL predicted by the diagonal Fisher of the first data segment (:mod:`quantsense.sweeps.fisher`),
+    with the runtime's rounding of the inputs when the workspace measures it."""
+    from quantsense.sweeps.fisher import fisher_pass
+
+    runtime = ws.applier.runtime_activations
+    roundings = list(dict.fromkeys(r for f in formats.values() if runtime and (r := f.activation_rounding()) is not None))
+    names = [n for u in units.values() for n in u.names]
+    found = fisher_pass(ws.model, ws.units, names, ws.segments().parts[0], ws.task.head().kwargs_for, roundings,
+                        draws=FISHER_DRAWS, seed=ws.options.seed, device=ws.device)
+    out = {}
+    for u, f in pairs:
+        delta = {n: ws.applier.original(n).float() - ws.applier.quantized(n, formats[f]).float() for n in units[u].names}
+        out[(u, f)] = found.predicted_kl(units[u].names, delta, formats[f].activation_rounding() if runtime else None)
+    return out
+
+
+def _calibration(anchors: dict[str, str], errors: dict[Pair, float], count: int) -> dict[str, str]:
+    """The anchors of ``count`` units spread evenly over the ranks of their predicted anchor loss (the largest always
+    among them): what the shared scale of the predictions is measured on."""
+    ranked = sorted(anchors, key=lambda u: (-errors[(u, anchors[u])], u))
+    if count >= len(ranked):
+        return anchors
+    picks = sorted({round(i * (len(ranked) - 1) / max(count - 1, 1)) for i in range(count)})
+    return {ranked[i]: anchors[ranked[i]] for i in picks}
 
 
 def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list[dict], dict]:

@@ -49,14 +49,15 @@ def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str
 
 
 def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                       objective: str = "kl", reduced: bool = False,
-                       outside: str = "fp32") -> tuple[list[tuple[str, Allocation]], dict]:
+                       objective: str = "kl", reduced: bool = False, outside: str = "fp32",
+                       estimate: str = "weight-error") -> tuple[list[tuple[str, Allocation]], dict]:
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
     (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
     estimated, and measured where a plan hinges on it. ``outside``: ``"allocate"`` adds the token embedding and an
-    untied output head to the allocation (see :meth:`Workspace.allocated_outside`)."""
+    untied output head to the allocation (see :meth:`Workspace.allocated_outside`). ``estimate``: how a reduced sweep
+    estimates the pairs it does not measure (:func:`quantsense.reduced.reduced_sweep`)."""
     budgets = [Budget.of(b) for b in budgets]
     fmts = ws.formats(candidates or ws.task.default_candidates)
     extra = ws.allocated_outside(outside, [b.preset for b in budgets if b.preset])
@@ -70,7 +71,8 @@ def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, un
         record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": full,
                   "full_token_evaluations": full, "seconds": time.perf_counter() - started}
     else:
-        sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed, outside=extra)
+        sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed, outside=extra,
+                              estimate=estimate)
         losses, record = sweep.losses, sweep.record
     outside = ws.embedding_plan()  # a size budget counts the embedding as it will be stored
     plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))

@@ -42,14 +42,17 @@ def _types(path) -> dict[str, str]:
 def test_quantize_writes_a_file_within_the_preset_size_with_every_tensor_allocated(tiny_llama, tmp_path, capsys):
     tying, model = tiny_llama
     out = tmp_path / "tiny-q4.gguf"
+    same_text = ["--calibration-data", str(WIKI)] if tying == "untied" else []  # --data's text: the same ranges
     code = main(["quantize", str(model), str(out), "--size-of", "Q4_K_M", "--data", str(WIKI), "--context", "128",
-                 "--calibration-tokens", "1024", "--choose-tokens", "1024", "--score-tokens", "1024",
+                 "--calibration-tokens", "1024", "--choose-tokens", "1024", "--score-tokens", "1024", *same_text,
                  "--candidates", *CANDIDATES, "--store", str(tmp_path / "store.sqlite"), "--quiet"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     report = json.loads(out.with_suffix(".quantsense.json").read_text())
     assert report["ranges"] == {"imatrix": [0, 1024], "choose": [1024, 1024], "score": [2048, 1024]}  # disjoint
     assert out.stat().st_size == report["file_bytes"] <= report["target_bytes"]  # no larger than the preset's file
+    sweep = report["sweep"]  # Fisher estimates: every pair predicted, some measured
+    assert sweep["estimate"] == "fisher" and 0 < sweep["measured"] < sweep["pairs"]
     preset = report["scores"]["Q4_K_M (llama.cpp)"]
     assert preset["file_bytes"] == report["target_bytes"]  # the size is the preset's own file, written by llama.cpp
     ours = report["scores"][out.name]
@@ -118,6 +121,9 @@ def test_the_allocator_returns_a_given_plan_that_measured_better_within_its_budg
     (["m", "{out}", "--size", "10MB", "--imatrix", "a.gguf", "--calibration-data", "b.txt"], "not allowed with"),
     (["m", "{out}", "--size", "10MB", "--size-of", "Q4_K_M"], "not allowed with"),
     (["m", "{out}", "--size", "10MB", "--context", "0"], "--context must be a positive integer"),
+    (["m", "{out}", "--size", "10MB", "--score-tokens", "512"], "--score-tokens 512 is too few for an interval at "
+                                                                 "--context 1024"),
+    (["m", "{out}", "--size", "10MB", "--choose-tokens", "512", "--context", "256"], "use --choose-tokens 1024 or more"),
 ])
 def test_quantize_refuses_a_bad_request_in_one_line(tmp_path, capsys, argv, message):
     argv = [a.replace("{out}", str(tmp_path / "x.gguf")) for a in argv]

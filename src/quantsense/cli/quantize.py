@@ -35,6 +35,10 @@ def add_parser(sub, parser_class) -> None:
         p.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default: %(default)s)")
     p.add_argument("--weights-only", action="store_true",
                    help="measure plans with the weights' error alone, not llama.cpp's rounding of activations too")
+    p.add_argument("--estimate", choices=("fisher", "weight-error"), default="fisher",
+                   help="how the pairs the sweep does not measure are estimated: fisher (one forward and backward pass "
+                        "predicts every pair's KL; a few units are measured) or weight-error (every unit measured once, "
+                        "its other formats scaled by their weight errors) (default: %(default)s)")
     p.add_argument("--no-score", action="store_true", help="skip the held-out score in llama.cpp")
     p.add_argument("--store", default=os.environ.get("QUANTSENSE_STORE"), help="results store (resumable sweep)")
     p.add_argument("--device", default="auto")
@@ -54,7 +58,7 @@ def run(args) -> int:
                       calibration_tokens=args.calibration_tokens, choose_tokens=args.choose_tokens,
                       score_tokens=args.score_tokens, context=args.context, plans_from=args.plan_from_gguf,
                       store=args.store, quiet=args.quiet, score=not args.no_score,
-                      runtime_activations=not args.weights_only, device=args.device,
+                      runtime_activations=not args.weights_only, device=args.device, estimate=args.estimate,
                       say=lambda text: print(text, flush=True))
     print(f"Reproduce it with llama.cpp: {report['recipe']['command']}")
     return 0

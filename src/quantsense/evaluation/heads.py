@@ -48,6 +48,9 @@ class ClassificationHead:
         return reference
 
 
+ROWS_PER_STEP = 128  # logit rows turned into outputs at a time (128 x a 50k vocabulary: about 25 MB)
+
+
 class CausalLMHead:
     """Turns each window's logits into per-token outputs; keeps FP32 log-probs for KL."""
 
@@ -73,6 +76,7 @@ class CausalLMHead:
         handle, path = tempfile.mkstemp(prefix="quantsense-ref-", suffix=".f32")
         os.close(handle)
         self._ref = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, vocab))
+        self._ref_top = np.empty(rows, dtype=np.int64)  # each row's most likely token under FP32
         os.unlink(path)  # the mapping stays valid; the file vanishes with the process
         offset = 0
         for b, batch in enumerate(batches):
@@ -94,20 +98,28 @@ class CausalLMHead:
         window_start = positions[-1] + 1 - length  # stream position of the window's token 0
         first_row = length - logits.shape[1]  # logits may cover only the window's last rows
         rows = torch.as_tensor(positions - window_start - 1 - first_row)  # window row r predicts token r + 1
-        logp = torch.log_softmax(logits[0].float()[rows], dim=-1)
-        targets = batch.inputs["input_ids"][0, torch.as_tensor(positions - window_start)].to(logp.device)
-        self.token_logprob[positions] = logp.gather(1, targets[:, None])[:, 0].cpu().numpy()
-        if self.reference:
-            if self._ref is None:
-                self._open_reference(self.batches, logp.shape[1])
-            start = self._row_of[b]
-            self._ref[start : start + len(positions)] = logp.cpu().numpy()
-            return
+        targets = batch.inputs["input_ids"][0, torch.as_tensor(positions - window_start)].to(logits.device)
+        if self.reference and self._ref is None:
+            self._open_reference(self.batches, logits.shape[-1])
         start = self._row_of[b]
-        ref = torch.from_numpy(np.asarray(self._ref[start : start + len(positions)])).to(logp.device)
-        kl = (ref.exp() * (ref - logp)).sum(dim=1).clamp_min(0)
-        self.kl[positions] = kl.cpu().numpy()
-        self.top1[positions] = (ref.argmax(dim=1) == logp.argmax(dim=1)).cpu().numpy()
+        logprob = np.empty(len(positions), dtype=np.float32)
+        kl = np.empty(len(positions), dtype=np.float32)
+        top1 = np.empty(len(positions), dtype=bool)
+        for lo in range(0, len(positions), ROWS_PER_STEP):  # rows in chunks that stay in cache: same values, less traffic
+            hi = min(lo + ROWS_PER_STEP, len(positions))
+            logp = torch.log_softmax(logits[0, rows[lo:hi]].float(), dim=-1)
+            logprob[lo:hi] = logp.gather(1, targets[lo:hi, None])[:, 0].cpu().numpy()
+            if self.reference:
+                self._ref[start + lo : start + hi] = logp.cpu().numpy()
+                self._ref_top[start + lo : start + hi] = logp.argmax(dim=1).cpu().numpy()
+                continue
+            ref = torch.from_numpy(np.asarray(self._ref[start + lo : start + hi])).to(logp.device)
+            kl[lo:hi] = (ref.exp() * (ref - logp)).sum(dim=1).clamp_min(0).cpu().numpy()
+            top1[lo:hi] = self._ref_top[start + lo : start + hi] == logp.argmax(dim=1).cpu().numpy()
+        self.token_logprob[positions] = logprob
+        if not self.reference:
+            self.kl[positions] = kl
+            self.top1[positions] = top1
 
     @staticmethod
     def unchanged(reference):

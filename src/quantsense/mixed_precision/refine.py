@@ -60,9 +60,11 @@ class Refinement:
 
 def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str, str], second: str | None, measure: Measure,
            solve: Solve, check: CheckPlans, max_depth: int, alpha_units: int = 8, per_round: int | None = None,
-           max_rounds: int = 4, draws: int = 8, seed: int = 0, always: frozenset[Pair] = frozenset()) -> Refinement:
+           max_rounds: int = 4, draws: int = 8, seed: int = 0, always: frozenset[Pair] = frozenset(),
+           shared_scale: bool = False) -> Refinement:
     """Measure the anchors (``anchor``: one format for every unit, or each unit's own, for units some candidates cannot
-    store), the ``always`` pairs (a format whose loss its weight error does not predict: one that quantizes activations
+    store; with ``shared_scale``, errors that are already predicted losses, only the units ``anchor`` names, and an
+    unmeasured unit's loss is its error on the measured units' common scale), the ``always`` pairs (a format whose loss its weight error does not predict: one that quantizes activations
     too; they are left out of the loss model's fit) and ``alpha_units`` units at ``second``, then refine where the plans
     hinge (see above)."""
     units = list(dict.fromkeys(u for u, _ in pairs))
@@ -76,20 +78,25 @@ def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str,
         depth.update(dict(todo))
 
     anchors = anchor if isinstance(anchor, dict) else {u: anchor for u in units}
-    take([((u, anchors[u]), 1) for u in units] + [(p, 1) for p in sorted(always) if p[1] != anchors.get(p[0])])
+    take([((u, anchors[u]), 1) for u in units if u in anchors]
+         + [(p, 1) for p in sorted(always) if p[1] != anchors.get(p[0])])
 
     def weight_only(found_now: dict[Pair, Measurement]) -> dict[Pair, float]:
         kept = {p: v for p, (v, _) in found_now.items() if p not in always}
         return kept or {p: v for p, (v, _) in found_now.items()}  # every candidate measured everywhere: nothing to estimate
 
     if second is not None and alpha_units:
-        first = fit_loss_model(weight_only(found), errors)
-        strongest = sorted(units, key=lambda u: -first.scale.get(u, 0.0))[:alpha_units]
+        first = fit_loss_model(weight_only(found), errors, shared_scale=shared_scale)
+        if shared_scale:  # the largest measured losses: the errors already rank the units
+            strength = {u: found[(u, anchors[u])][0] for u in units if (u, anchors.get(u)) in found}
+        else:
+            strength = first.scale
+        strongest = sorted(units, key=lambda u: -strength.get(u, 0.0))[:alpha_units]
         take([((u, second), 1) for u in strongest if (u, second) in errors and (u, second) not in found])
     rng = np.random.default_rng(seed)
     refinement = None
     for number in range(1, max_rounds + 1):
-        model = fit_loss_model(weight_only(found), errors)
+        model = fit_loss_model(weight_only(found), errors, shared_scale=shared_scale)
         values = {p: found[p][0] if p in found else model.predict(p[0], errors[p]) for p in pairs}
         chosen = solve(values)
         intervals = check(chosen)

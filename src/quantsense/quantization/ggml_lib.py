@@ -119,8 +119,9 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
             raise QuantsenseError(f"an importance matrix for rows of {width} needs {width} values; got {imatrix.shape}")
         weights = imatrix.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     out = ctypes.create_string_buffer(n * row_bytes(name, width))
-    written = library().ggml_quantize_chunk(ggml_type(name), rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out, 0,
-                                            n, width, weights)
+    source, kind = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), ggml_type(name)
+    written = sum(_in_parallel(n, width, lambda first, count: library().ggml_quantize_chunk(
+        kind, source, out, first * width, count, width, weights)))  # rows are independent: bit-exact in any split
     if written != len(out):
         raise QuantsenseError(f"ggml wrote {written} bytes for {name}, expected {len(out)}")
     return out.raw
@@ -134,9 +135,33 @@ def dequantize(name: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     traits = library().ggml_get_type_traits(ggml_type(name)).contents
     out = np.empty((n, width), dtype=np.float32)
     buffer = ctypes.create_string_buffer(data, len(data))
-    _TO_FLOAT(traits.to_float)(ctypes.cast(buffer, ctypes.c_void_p), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                               n * width)
+    to_float, base, size = _TO_FLOAT(traits.to_float), ctypes.addressof(buffer), row_bytes(name, width)
+    _in_parallel(n, width, lambda first, count: to_float(
+        base + first * size, out[first:first + count].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), count * width))
     return out
+
+
+PARALLEL_MIN_WEIGHTS = 1 << 18  # below this a tensor is quantized on one thread
+
+
+@functools.lru_cache(maxsize=1)
+def _pool():
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return ThreadPoolExecutor(max(1, cores), thread_name_prefix="quantsense-ggml")
+
+
+def _in_parallel(n: int, width: int, call) -> list:
+    """``call(first_row, rows)`` over contiguous row ranges covering ``n`` rows, one per core (ctypes releases the GIL
+    during the C call, so ggml's single-threaded quantizers run side by side)."""
+    parts = min(_pool()._max_workers, n) if n * width >= PARALLEL_MIN_WEIGHTS else 1
+    bounds = [n * i // parts for i in range(parts + 1)]
+    ranges = [(a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if len(ranges) == 1:
+        return [call(*ranges[0])]
+    return list(_pool().map(lambda r: call(*r), ranges))
 
 
 def fake_quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:

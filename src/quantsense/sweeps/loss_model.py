@@ -28,14 +28,17 @@ Pair = tuple[str, str]  # (unit, format name)
 class LossModel:
     alpha: float
     scale: dict[str, float]  # unit -> S_u (0 for a unit whose anchor loss is 0: it is predicted insensitive)
+    default: float | None = None  # S of an unmeasured unit, when the errors already say how sensitive each unit is
 
     def predict(self, unit: str, error: float) -> float:
-        if unit not in self.scale:
+        scale = self.scale.get(unit, self.default)
+        if scale is None:
             raise QuantsenseError(f"the loss model has no measurement of unit {unit}: measure it in one format first")
-        return self.scale[unit] * error**self.alpha if error > 0 else 0.0
+        return scale * error**self.alpha if error > 0 else 0.0
 
     def predict_all(self, errors: dict[Pair, float]) -> dict[Pair, float]:
-        return {(unit, fmt): self.predict(unit, e) for (unit, fmt), e in errors.items() if unit in self.scale}
+        return {(unit, fmt): self.predict(unit, e) for (unit, fmt), e in errors.items()
+                if unit in self.scale or self.default is not None}
 
 
 def _positive(measured: dict[Pair, float], errors: dict[Pair, float]) -> dict[Pair, tuple[float, float]]:
@@ -65,9 +68,12 @@ def fit_alpha(measured: dict[Pair, float], errors: dict[Pair, float]) -> float:
     return float(x @ y / (x @ x))
 
 
-def fit_loss_model(measured: dict[Pair, float], errors: dict[Pair, float], alpha: float | None = None) -> LossModel:
+def fit_loss_model(measured: dict[Pair, float], errors: dict[Pair, float], alpha: float | None = None,
+                   shared_scale: bool = False) -> LossModel:
     """``S_u`` of every measured unit (geometric mean over its measured formats of loss / error**alpha) and ``alpha``
-    (fitted with :func:`fit_alpha` unless given). ``errors`` must hold the error of every measured pair."""
+    (fitted with :func:`fit_alpha` unless given). ``errors`` must hold the error of every measured pair.
+    ``shared_scale``: errors that are already predicted losses (:mod:`quantsense.sweeps.fisher`), so an unmeasured
+    unit takes the geometric mean of the measured units' ``S`` (1 before any measurement)."""
     missing = [k for k in measured if k not in errors]
     if missing:
         raise QuantsenseError(f"no weight error for measured pair(s) {missing[:3]}: compute the error of every measured pair")
@@ -79,7 +85,9 @@ def fit_loss_model(measured: dict[Pair, float], errors: dict[Pair, float], alpha
             logs.setdefault(unit, [])
             continue
         logs.setdefault(unit, []).append(math.log(loss) - alpha * math.log(err))
-    return LossModel(alpha, {unit: math.exp(float(np.mean(v))) if v else 0.0 for unit, v in logs.items()})
+    every = [x for v in logs.values() for x in v]
+    default = (math.exp(float(np.mean(every))) if every else 1.0) if shared_scale else None
+    return LossModel(alpha, {unit: math.exp(float(np.mean(v))) if v else 0.0 for unit, v in logs.items()}, default)
 
 
 def agreement(measured: dict[Pair, float], predicted: dict[Pair, float]) -> dict:

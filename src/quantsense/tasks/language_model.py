@@ -69,6 +69,15 @@ def _scored(max_tokens: int, context: int, stride: int) -> int:
     return sum(len(b.index) for b in make_windows(list(range(max_tokens)), max_tokens, context, stride).batches)
 
 
+def tokens_for_interval(context: int, stride: int, minimum: int, at_least: int = 0) -> int:
+    """The fewest stream tokens (``at_least`` or more, in steps of ``context``) whose windows score ``minimum``
+    bootstrap blocks."""
+    need = max(at_least, context)
+    while need < 1 << 30 and -(-_scored(need, context, stride) // BOOTSTRAP_BLOCK_TOKENS) < minimum:
+        need += context
+    return need
+
+
 def token_ids(batches) -> list[int]:
     """The token stream the windows were cut from (every window's tokens at their stream positions)."""
     ids: dict[int, int] = {}
@@ -173,9 +182,7 @@ class LanguageModelPerplexity(Task):
         return -(-scored // BOOTSTRAP_BLOCK_TOKENS)
 
     def too_few_blocks(self, scored: int, blocks: int, minimum: int) -> str:
-        need = self.max_tokens
-        while need < 1 << 30 and self.interval_blocks(_scored(need, self.context, self.stride)) < minimum:
-            need += self.context
+        need = tokens_for_interval(self.context, self.stride, minimum, at_least=self.max_tokens)
         return (f"--max-tokens {self.max_tokens} scores {scored} tokens, {blocks} bootstrap block(s) of "
                 f"{BOOTSTRAP_BLOCK_TOKENS} tokens, and an interval needs at least {minimum}: use --max-tokens {need} or "
                 f"more (an interval from fewer blocks would have about zero width and call every difference real)")

@@ -1,0 +1,121 @@
+"""Fisher-weighted weight errors: every (unit, format)'s mean KL predicted from one forward and backward pass over
+the data, with no evaluation of the unit quantized.
+
+For a small change ``dz`` of the logits, ``KL(p || softmax(z + dz)) ~ 1/2 dz' F dz`` with ``F = diag(p) - p p'``; and
+for a label ``y`` drawn from the model's own ``p``, ``g = e_y - p`` (the gradient of ``log p_y``) has ``E[g g'] = F``.
+Back-propagated to a linear's output ``o_t = W x_t`` (token ``t``), the same holds for ``do_t = dW x_t``:
+``KL_t ~ 1/2 E[(g_t . dW x_t)^2]``. With the quantization errors of different weights independent and of zero mean,
+that is ``1/2 sum_ij g_ti^2 x_tj^2 dW_ij^2``, so the mean KL per token is ``1/2 sum_ij F_ij dW_ij^2`` with
+``F_ij = mean_t g_ti^2 x_tj^2``: the diagonal empirical Fisher of the weights (as SqueezeLLM weighs its rounding).
+It knows what the importance matrix alone does not (``mean_t x_tj^2``, llama.cpp's per-column weight): how much
+each output row of each tensor matters to the logits, which differs by orders of magnitude between tensors.
+
+The token embedding's rows are weighted by the gradients at the positions that look them up; an output head tied
+to it adds its own products' term (the two perturbations taken as independent). The runtime's rounding ``r`` of a
+linear's inputs (:meth:`~quantsense.quantization.formats.base.WeightFormat.activation_rounding`) adds
+``1/2 mean_t sum_i g_ti^2 (W (r(x_t) - x_t))_i^2``, collected in the same pass.
+
+A loss model fitted on a few measured units (:mod:`quantsense.sweeps.loss_model`) turns these into losses; the pairs
+where a plan hinges are measured (:mod:`quantsense.mixed_precision.refine`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FisherPass:
+    fisher: dict[str, torch.Tensor]  # module name -> sum over rows of g^2 x^2, in the weight's own layout
+    rounding: dict[tuple[str, object], float]  # (module name, rounding) -> sum over rows of sum_i g^2 (W (r(x) - x))^2
+    rows: int  # logit rows (scored positions, times the label draws)
+
+    def predicted_kl(self, names: tuple[str, ...], errors: dict[str, torch.Tensor], rounding=None) -> float:
+        """Mean KL per scored row predicted for these modules with weight errors ``errors`` (name -> ``W - Q(W)``)
+        and inputs rounded by ``rounding`` (or not)."""
+        total = sum(float((self.fisher[n].double() * errors[n].double().pow(2)).sum()) for n in names)
+        if rounding is not None:
+            total += sum(self.rounding.get((n, rounding), 0.0) for n in names)
+        return 0.5 * total / self.rows
+
+
+def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(), draws: int = 1, seed: int = 0,
+                device: str = "cpu") -> FisherPass:
+    """One forward pass per batch and ``draws`` backward passes (labels drawn from the model's own distribution,
+    seeded), accumulating each module's diagonal Fisher (``names``: module names of ``units``, a
+    :class:`~quantsense.models.units.UnitMap`)."""
+    fisher: dict[str, torch.Tensor] = {}
+    rounding: dict[tuple[str, object], float] = {}
+    inputs: dict[str, torch.Tensor] = {}  # the embedding's output of the batch running
+    embedding = model.get_input_embeddings()
+    handles = []
+    wanted = {}
+    for name in names:
+        unit = units.get(name)
+        for module in [unit.module, *unit.tied_modules]:
+            wanted.setdefault(id(module), (module, []))[1].append(name)
+
+    def add(name: str, value: torch.Tensor) -> None:
+        fisher[name] = fisher[name] + value if name in fisher else value
+
+    def linear_hook(module, owners):
+        def hook(_module, args, output):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            if not output.requires_grad:
+                return None
+            out_shape = output.shape
+
+            def on_grad(grad):
+                g2 = grad.detach().float().reshape(-1, out_shape[-1]).pow(2)
+                for name in owners:  # a tied output head's products weigh the embedding matrix it shares
+                    unit = units.get(name)
+                    weight = unit.weight.detach().float()
+                    weight = weight.t() if unit.transposed else weight  # Conv1D-style (in, out) storage
+                    found = g2.t() @ x.pow(2)
+                    add(name, found.t() if unit.transposed else found)
+                    for r in roundings:
+                        delta = (r(x) - x) @ weight.t()
+                        rounding[(name, r)] = rounding.get((name, r), 0.0) + float((g2 * delta.pow(2)).sum())
+            output.register_hook(on_grad)
+            return None
+        return hook
+
+    def embedding_hook(_module, args, output):
+        ids = args[0].reshape(-1)
+        leaf = output.detach().requires_grad_(True)  # the graph starts here: no weight gradients are computed
+        inputs["leaf"] = leaf
+
+        def on_grad(grad):
+            g2 = grad.detach().float().reshape(ids.numel(), -1).pow(2)
+            for name in wanted.get(id(embedding), (None, []))[1]:
+                table = torch.zeros_like(units.get(name).weight, dtype=torch.float32)
+                table.index_add_(0, ids, g2)
+                add(name, table)
+        leaf.register_hook(on_grad)
+        return leaf
+
+    handles.append(embedding.register_forward_hook(embedding_hook))
+    for module, owners in wanted.values():
+        if module is not embedding:
+            handles.append(module.register_forward_hook(linear_hook(module, owners)))
+    rows = 0
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        with torch.enable_grad():
+            for batch in batches:
+                out = model(**{k: v.to(device) for k, v in batch.inputs.items()}, **kwargs_for(model, batch))
+                logits = out.logits
+                logits = logits[0, :-1] if logits.dim() == 3 else logits  # an LM window's last row predicts nothing
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                probs = logp.detach().exp()
+                for draw in range(draws):
+                    labels = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logp.device)
+                    picked = logp.gather(1, labels[:, None]).sum()
+                    torch.autograd.grad(picked, [inputs["leaf"]], retain_graph=draw < draws - 1)
+                rows += logp.shape[0] * draws
+    finally:
+        for handle in handles:
+            handle.remove()
+    return FisherPass(fisher, rounding, rows)
