@@ -40,6 +40,25 @@ def test_reduced_frontier_records_what_it_measured_and_estimated(offline_assets,
     assert again.plans == front["plans"] and again.sweep["estimated_pairs"] == sweep["estimated_pairs"]  # deterministic
 
 
+def test_allocate_with_fisher_estimates_measures_a_few_units_and_keeps_the_budget(offline_assets, tmp_path, capsys):
+    a = offline_assets
+    out = tmp_path / "alloc"
+    common = ["--task", "wikitext", "--model", str(a["lm"]), "--data", str(a["text"]), "--max-tokens", "4096",
+              "--context", "128", "--stride", "128", "--unit", "linear", "--candidates", "q4_0", "q5_0", "q8_0",
+              "--avg-bits", "6", "--no-store", "--quiet"]
+    assert main(["allocate", *common, "--estimate", "fisher", "--out", str(out)]) == 0
+    sweep = _results(out)["frontier"]["sweep"]
+    assert sweep["estimate"] == "fisher" and sweep["pairs"] == 3 * 21  # 3 blocks of 7 linears
+    assert 0.8 < sweep["alpha"] < 1.25  # the predictions scale across formats as the measurements do
+    row = next(r for r in _results(out)["frontier"]["rows"] if r["kind"] == "allocated")
+    assert row["avg_bits"] <= 6 + 1e-9 and row["kl_mean"] > 0
+    assert main(["allocate", *common, "--estimate", "weight-error", "--out", str(tmp_path / "w")]) == 0
+    weighted = _results(tmp_path / "w")["frontier"]["sweep"]
+    assert weighted["estimate"] == "weight-error" and weighted["measured"] >= 21  # every unit once, at its anchor
+    assert sweep["measured"] < weighted["measured"]
+    capsys.readouterr()
+
+
 def test_sequential_sweep_stops_only_units_alone_in_their_tier(offline_assets, tmp_path, capsys):
     a = offline_assets
     out = tmp_path / "sens"

@@ -36,29 +36,30 @@ def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: s
 
 
 def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block", tie: str | None = None,
-             objective: str = "kl", reduced: bool = False, outside: str = "fp32") -> Allocation:
+             objective: str = "kl", reduced: bool | str = False, outside: str = "fp32") -> Allocation:
     """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from single-unit losses
     (the plan itself is not measured here: see :func:`frontier`)."""
     return allocations(ws, [budget], candidates, unit, tie, objective, reduced, outside)[0][1]
 
 
 def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                objective: str = "kl", reduced: bool = False, outside: str = "fp32") -> list[tuple[str, Allocation]]:
+                objective: str = "kl", reduced: bool | str = False, outside: str = "fp32") -> list[tuple[str, Allocation]]:
     """The optimal plan under each budget (exact MILP over single-unit losses); see :func:`sweep_and_allocate`."""
     return sweep_and_allocate(ws, budgets, candidates, unit, tie, objective, reduced, outside)[0]
 
 
 def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                       objective: str = "kl", reduced: bool = False, outside: str = "fp32",
+                       objective: str = "kl", reduced: bool | str = False, outside: str = "fp32",
                        estimate: str = "weight-error") -> tuple[list[tuple[str, Allocation]], dict]:
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
     (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
-    estimated, and measured where a plan hinges on it. ``outside``: ``"allocate"`` adds the token embedding and an
+    estimated, and measured where a plan hinges on it (a string: the ``estimate`` it uses, e.g. ``"fisher"``). ``outside``: ``"allocate"`` adds the token embedding and an
     untied output head to the allocation (see :meth:`Workspace.allocated_outside`). ``estimate``: how a reduced sweep
     estimates the pairs it does not measure (:func:`quantsense.reduced.reduced_sweep`)."""
     budgets = [Budget.of(b) for b in budgets]
+    estimate = reduced if isinstance(reduced, str) else estimate
     fmts = ws.formats(candidates or ws.task.default_candidates)
     extra = ws.allocated_outside(outside, [b.preset for b in budgets if b.preset])
     groups = check_allocation(ws, budgets, fmts, unit, tie, extra)
@@ -89,7 +90,7 @@ def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
 
 
 def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-             tie: str | None = None, objective: str = "kl", reduced: bool = False, presets=(),
+             tie: str | None = None, objective: str = "kl", reduced: bool | str = False, presets=(),
              outside: str = "fp32", given: dict[str, Plan] | None = None) -> FrontierResult:
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
     ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
@@ -166,7 +167,7 @@ def _within(row: dict, budget: Budget) -> bool:
 
 def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
                  tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
-                 reduced: bool = False, presets=(), outside: str = "fp32", given: dict[str, Plan] | None = None) -> StudyResult:
+                 reduced: bool | str = False, presets=(), outside: str = "fp32", given: dict[str, Plan] | None = None) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
     budgets = [Budget.of(b) for b in budgets] if budgets else None
     fmts = ws.formats(candidates or ws.task.default_candidates)

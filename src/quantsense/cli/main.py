@@ -109,12 +109,14 @@ def _printer(command: str):
     return show
 
 
-def _reduced(args) -> bool:
-    """Reduced sweeps for allocations and sequential sweeps of linear units by default (block sweeps, the reference
-    study's table, on all the data unless --sequential); all the data with --exhaustive or --executor ray."""
+def _reduced(args) -> bool | str:
+    """Reduced sweeps for allocations (named by their --estimate) and sequential sweeps of linear units by default (block
+    sweeps, the reference study's table, on all the data unless --sequential); all the data with --exhaustive or ray."""
     if getattr(args, "executor", "local") == "ray" or getattr(args, "exhaustive", True):
         return False
-    return args.command in ("allocate", "frontier") or getattr(args, "sequential", False) or args.unit == "linear"
+    if args.command in ("allocate", "frontier"):
+        return args.estimate
+    return getattr(args, "sequential", False) or args.unit == "linear"
 
 
 def _budgets(args) -> list | None:

@@ -189,6 +189,10 @@ def _allocation_flags(p) -> None:
                    help="measure every (unit, format) pair on all the data, as --executor ray always does (default: a "
                         "reduced sweep that measures each unit once on a data segment, estimates the rest and measures "
                         "where a plan hinges on it)")
+    p.add_argument("--estimate", choices=("weight-error", "fisher"), default="weight-error",
+                   help="how the reduced sweep estimates what it does not measure: each unit measured once and its "
+                        "other formats scaled by their weight errors, or every pair's KL predicted from one forward and "
+                        "backward pass, a few units measured (default: %(default)s)")
     p.add_argument("--plan-from-gguf", action="append", default=[], metavar="FILE",
                    help="also measure the type assignment of this GGUF file (a preset's, llama-quantize --target-size's); "
                         "a budget it fits gets it instead of an allocation that measures worse (repeatable)")
