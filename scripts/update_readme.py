@@ -81,6 +81,9 @@ SECTIONS = {
                            "--store results/beat-presets-float.sqlite --out results/beat-presets-float --quiet", []),
     "beat-target-size": (f"python benchmarks/beat_target_size.py --model results/smollm2-float --data {WIKI} "
                          "--out results/target-size", []),
+    "fisher-agreement": (f"python benchmarks/fisher_agreement.py --model results/smollm2-float --data {WIKI} "
+                         "--imatrix results/target-size/imatrix.gguf --first-token 8192 "
+                         "--store results/fisher-agreement.sqlite", []),
     "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --exhaustive --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
                        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
     "decoder-export": (f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "

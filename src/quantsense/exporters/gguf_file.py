@@ -19,6 +19,8 @@ GGUF-layout tensor gives exactly the permuted version of quantizing the Hugging 
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections import Counter
 from pathlib import Path
@@ -67,11 +69,17 @@ def hf_to_gguf_name(hf_module_name: str, num_blocks: int, arch: str = "llama") -
     if arch not in archs:
         raise QuantsenseError(f"unknown GGUF architecture {arch!r}; use a llama.cpp architecture name such as 'llama'")
     key = hf_module_name.removesuffix(".weight")
-    name = gguf.get_tensor_name_map(archs[arch], num_blocks).get_name(key)
+    name = _tensor_name_map(archs[arch], num_blocks).get_name(key)
     if name is None:
         raise QuantsenseError(f"module {hf_module_name!r} has no GGUF tensor name for architecture {arch!r} "
                               f"with {num_blocks} blocks; check the module name and block count")
     return name + ".weight"
+
+
+@functools.lru_cache(maxsize=8)
+def _tensor_name_map(arch_id, num_blocks: int):
+    """gguf-py's name map of an architecture (built from every known pattern: about 0.1 s, so built once)."""
+    return _gguf().get_tensor_name_map(arch_id, num_blocks)
 
 
 def tensor_nbytes(shape, qtype_name: str) -> int:
@@ -88,6 +96,12 @@ def _read(source: Path):
     if not source.is_file() or source.suffix != ".gguf":
         raise QuantsenseError(f"{source} is not a .gguf file; pass the GGUF model file to export from")
     return gguf.GGUFReader(source)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_shapes(source: Path, mtime_ns: int, size: int):
+    """A reader of a file that is not changing (keyed by its time and size): a plan's size is predicted many times."""
+    return _read(source)
 
 
 def _alignment(reader) -> int:
@@ -132,7 +146,9 @@ def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_
     header is the source's (the copied metadata and tensor table have the same size), less the source's own imatrix
     keys and plus the ``provenance`` keys written in their place.
     """
-    reader = _read(source)
+    source = Path(source)
+    stat = source.stat() if source.is_file() else None
+    reader = _read_shapes(source, stat.st_mtime_ns, stat.st_size) if stat else _read(source)
     types = _target_types(reader, tensor_types, default_type)
     alignment = _alignment(reader)
     sizes = [tensor_nbytes(t.shape, types[t.name]) for t in reader.tensors]
