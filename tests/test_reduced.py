@@ -47,6 +47,7 @@ def test_allocate_with_fisher_estimates_measures_a_few_units_and_keeps_the_budge
               "--context", "128", "--stride", "128", "--unit", "linear", "--candidates", "q4_0", "q5_0", "q8_0",
               "--avg-bits", "6", "--no-store", "--quiet"]
     assert main(["allocate", *common, "--estimate", "fisher", "--out", str(out)]) == 0
+    assert "loss ~ S * Fisher-predicted KL^" in capsys.readouterr().out
     sweep = _results(out)["frontier"]["sweep"]
     assert sweep["estimate"] == "fisher" and sweep["pairs"] == 3 * 21  # 3 blocks of 7 linears
     assert 0.8 < sweep["alpha"] < 1.25  # the predictions scale across formats as the measurements do
@@ -56,7 +57,7 @@ def test_allocate_with_fisher_estimates_measures_a_few_units_and_keeps_the_budge
     weighted = _results(tmp_path / "w")["frontier"]["sweep"]
     assert weighted["estimate"] == "weight-error" and weighted["measured"] >= 21  # every unit once, at its anchor
     assert sweep["measured"] < weighted["measured"]
-    capsys.readouterr()
+    assert "loss ~ S_unit * weight error^" in capsys.readouterr().out
 
 
 def test_sequential_sweep_stops_only_units_alone_in_their_tier(offline_assets, tmp_path, capsys):

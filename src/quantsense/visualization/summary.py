@@ -194,8 +194,11 @@ def sweep_text(sweep: dict) -> str:
              f"{agree['spearman']:.3f}, median measured/predicted {agree['median_ratio']:.3f}"
              if agree.get("spearman") is not None and agree.get("median_ratio") is not None
              and math.isfinite(agree["spearman"]) else f"{agree['pairs']} estimate(s) were checked by a measurement")
-    estimated = (f"{sweep['estimated']} estimated (loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']})"
-                 if sweep["estimated"] else "none estimated")
+    if sweep.get("estimate") == "fisher":  # the predictions are KLs already, on the calibration units' common scale
+        how = f"loss ~ S * Fisher-predicted KL^{sweep['alpha']:.3f}, S from the measured units"
+    else:
+        how = f"loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}"
+    estimated = f"{sweep['estimated']} estimated ({how})" if sweep["estimated"] else "none estimated"
     checked = f"{model[0].upper()}{model[1:]}. " if sweep["estimated"] else ""
     return (f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
             f"({sweep['deeper']} on more than one of {sweep['segments']} data segments"
