@@ -136,3 +136,16 @@ def test_without_llama_cpp_the_formats_say_how_to_install(monkeypatch):
     finally:
         monkeypatch.undo()
         ggml_lib.library.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_K", "iq4_xs"])
+def test_ggml_quantizes_the_same_bytes_split_across_threads_as_on_one(name, monkeypatch):
+    from quantsense.quantization import ggml_lib
+
+    rows = np.random.default_rng(0).standard_normal((601, 512)).astype(np.float32)  # over the threshold, odd rows
+    imatrix = np.abs(rows).mean(axis=0) + 0.1
+    assert rows.size >= ggml_lib.PARALLEL_MIN_WEIGHTS
+    split = ggml_lib.quantize(name, rows, imatrix)
+    monkeypatch.setattr(ggml_lib, "PARALLEL_MIN_WEIGHTS", 1 << 40)  # every tensor on one thread
+    assert ggml_lib.quantize(name, rows, imatrix) == split
+    assert np.array_equal(ggml_lib.dequantize(name, split, rows.shape), ggml_lib.fake_quantize(name, rows, imatrix))

@@ -150,6 +150,8 @@ def _pool():
     from concurrent.futures import ThreadPoolExecutor
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if hasattr(os, "register_at_fork"):  # a forked child has none of these threads: it makes its own pool
+        os.register_at_fork(after_in_child=_pool.cache_clear)
     return ThreadPoolExecutor(max(1, cores), thread_name_prefix="quantsense-ggml")
 
 
