@@ -111,7 +111,8 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
     reference = segments.tokens_upto(max(result.depth.values(), default=1))  # FP32 on the segments anything used
     record = {
-        "mode": "reduced", "estimate": estimate, "pairs": len(pairs), "measured": len(result.measured), "estimated": len(result.estimated),
+        "mode": "reduced", "estimate": estimate, "pairs": len(pairs), "measured": len(result.measured),
+        "estimated": len(result.estimated),
         "token_evaluations": swept + reference, "reference_tokens": reference,
         "full_token_evaluations": (len(pairs) + 1) * segments.total_tokens,
         "segments": segments.count, "screen_tokens": segments.tokens_upto(1),

@@ -110,8 +110,8 @@ def _printer(command: str):
 
 
 def _reduced(args) -> bool | str:
-    """Reduced sweeps for allocations (named by their --estimate) and sequential sweeps of linear units by default (block
-    sweeps, the reference study's table, on all the data unless --sequential); all the data with --exhaustive or ray."""
+    """Reduced sweeps for allocations (named by their --estimate) and sequential sweeps of linear units by default
+    (block sweeps, the reference study's table: all the data unless --sequential); all of it: --exhaustive or ray."""
     if getattr(args, "executor", "local") == "ray" or getattr(args, "exhaustive", True):
         return False
     if args.command in ("allocate", "frontier"):

@@ -64,9 +64,9 @@ def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str,
            shared_scale: bool = False) -> Refinement:
     """Measure the anchors (``anchor``: one format for every unit, or each unit's own, for units some candidates cannot
     store; with ``shared_scale``, errors that are already predicted losses, only the units ``anchor`` names, and an
-    unmeasured unit's loss is its error on the measured units' common scale), the ``always`` pairs (a format whose loss its weight error does not predict: one that quantizes activations
-    too; they are left out of the loss model's fit) and ``alpha_units`` units at ``second``, then refine where the plans
-    hinge (see above)."""
+    unmeasured unit's loss is its error on the measured units' common scale), the ``always`` pairs (a format whose
+    loss its weight error does not predict: one that quantizes activations too; they are left out of the loss model's
+    fit) and ``alpha_units`` units at ``second``, then refine where the plans hinge (see above)."""
     units = list(dict.fromkeys(u for u, _ in pairs))
     per_round = per_round or max(4, math.ceil(0.03 * len(pairs)))
     found: dict[Pair, Measurement] = {}
