@@ -15,6 +15,9 @@ to it adds its own products' term (the two perturbations taken as independent). 
 linear's inputs (:meth:`~quantsense.quantization.formats.base.WeightFormat.activation_rounding`) adds
 ``1/2 mean_t sum_i g_ti^2 (W (r(x_t) - x_t))_i^2``, collected in the same pass.
 
+Memory: one float32 matrix per tensor (the model's weights again, in float32) and each linear's inputs for the batch
+being run.
+
 A loss model fitted on a few measured units (:mod:`quantsense.sweeps.loss_model`) turns these into losses; the pairs
 where a plan hinges are measured (:mod:`quantsense.mixed_precision.refine`).
 """
