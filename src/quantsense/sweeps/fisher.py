@@ -15,6 +15,9 @@ to it adds its own products' term (the two perturbations taken as independent). 
 linear's inputs (:meth:`~quantsense.quantization.formats.base.WeightFormat.activation_rounding`) adds
 ``1/2 mean_t sum_i g_ti^2 (W (r(x_t) - x_t))_i^2``, collected in the same pass.
 
+Not :mod:`quantsense.sweeps.proxies`' ``fisher`` proxy (``quantsense proxies``), which squares per-example weight
+gradients of the true label's loss, one example at a time: an estimate of the loss's increase, not of the KL.
+
 Memory: one float32 matrix per tensor (the model's weights again, in float32) and each linear's inputs for the batch
 being run.
 
