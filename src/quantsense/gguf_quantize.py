@@ -209,9 +209,9 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     within = {n: p for n, p in named.items() if fits[n] <= target}
     sweep_record = {k: sweep.get(k) for k in ("estimate", "pairs", "measured", "token_evaluations",
                                                "full_token_evaluations", "seconds")}
-    if len(within) == 1:  # nothing to choose between: the held-out score in llama.cpp says what it is worth
-        say(f"the allocation is the only plan within the size (predicted KL {allocation.predicted_loss:.4f}); it is "
-            "written without a selection measurement")
+    if len(within) == 1:  # nothing to choose between: the held-out score in llama.cpp (unless --no-score) measures it
+        say(f"the allocation is the only plan within the size (predicted KL {allocation.predicted_loss:.4f}): nothing "
+            "to choose between, so it is not measured on the selection tokens")
         return allocation.plan, {"target_bytes": target, "preset": preset, "chosen": "allocated", "selection": [],
                                  "predicted_kl": allocation.predicted_loss, "sweep": sweep_record}
     rows = evaluate_plans(ws, within, desc="candidate plans")

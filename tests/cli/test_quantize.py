@@ -121,6 +121,7 @@ def test_the_allocator_returns_a_given_plan_that_measured_better_within_its_budg
     (["m", "{out}", "--size", "10MB", "--imatrix", "a.gguf", "--calibration-data", "b.txt"], "not allowed with"),
     (["m", "{out}", "--size", "10MB", "--size-of", "Q4_K_M"], "not allowed with"),
     (["m", "{out}", "--size", "10MB", "--context", "0"], "--context must be a positive integer"),
+    (["m", "{out}", "--size", "10MB", "--context", "1"], "--context 1 is too short"),
     (["m", "{out}", "--size", "10MB", "--score-tokens", "512"], "--score-tokens 512 is too few for an interval at "
                                                                  "--context 1024"),
     (["m", "{out}", "--size", "10MB", "--choose-tokens", "512", "--context", "256"], "use --choose-tokens 1024 or more"),

@@ -98,12 +98,6 @@ def _read(source: Path):
     return gguf.GGUFReader(source)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_shapes(source: Path, mtime_ns: int, size: int):
-    """A reader of a file that is not changing (keyed by its time and size): a plan's size is predicted many times."""
-    return _read(source)
-
-
 def _alignment(reader) -> int:
     field = reader.get_field("general.alignment")
     return int(field.contents()) if field is not None else _gguf().GGUF_DEFAULT_ALIGNMENT
@@ -146,9 +140,7 @@ def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_
     header is the source's (the copied metadata and tensor table have the same size), less the source's own imatrix
     keys and plus the ``provenance`` keys written in their place.
     """
-    source = Path(source)
-    stat = source.stat() if source.is_file() else None
-    reader = _read_shapes(source, stat.st_mtime_ns, stat.st_size) if stat else _read(source)
+    reader = _read(source)
     types = _target_types(reader, tensor_types, default_type)
     alignment = _alignment(reader)
     sizes = [tensor_nbytes(t.shape, types[t.name]) for t in reader.tensors]

@@ -13,7 +13,9 @@ each output row of each tensor matters to the logits, which differs by orders of
 The token embedding's rows are weighted by the gradients at the positions that look them up; an output head tied
 to it adds its own products' term (the two perturbations taken as independent). The runtime's rounding ``r`` of a
 linear's inputs (:meth:`~quantsense.quantization.formats.base.WeightFormat.activation_rounding`) adds
-``1/2 mean_t sum_i g_ti^2 (W (r(x_t) - x_t))_i^2``, collected in the same pass.
+``1/2 mean_t sum_i g_ti^2 (W (r(x_t) - x_t))_i^2``, collected in the same pass: the diagonal of the output-side
+Fisher only, an approximation (``r(x) - x`` is one vector shared by every output, so the cross terms need not
+vanish; ``(g_t . W (r(x_t) - x_t))^2`` would estimate them, untried), within 30 % in the tests.
 
 Not :mod:`quantsense.sweeps.proxies`' ``fisher`` proxy (``quantsense proxies``), which squares per-example weight
 gradients of the true label's loss, one example at a time: an estimate of the loss's increase, not of the KL.
@@ -41,7 +43,8 @@ class FisherPass:
     def predicted_kl(self, names: tuple[str, ...], errors: dict[str, torch.Tensor], rounding=None) -> float:
         """Mean KL per scored row predicted for these modules with weight errors ``errors`` (name -> ``W - Q(W)``)
         and inputs rounded by ``rounding`` (or not)."""
-        total = sum(float((self.fisher[n].double() * errors[n].double().pow(2)).sum()) for n in names)
+        total = sum(float((self.fisher[n].double() * errors[n].double().pow(2)).sum()) for n in names
+                    if n in self.fisher)  # a module no gradient reached (e.g. an expert never routed to) adds nothing
         if rounding is not None:
             total += sum(self.rounding.get((n, rounding), 0.0) for n in names)
         return 0.5 * total / self.rows
@@ -64,7 +67,10 @@ def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(
             wanted.setdefault(id(module), (module, []))[1].append(name)
 
     def add(name: str, value: torch.Tensor) -> None:
-        fisher[name] = fisher[name] + value if name in fisher else value
+        if name in fisher:
+            fisher[name].add_(value)
+        else:
+            fisher[name] = value
 
     def linear_hook(module, owners):
         def hook(_module, args, output):
@@ -77,10 +83,10 @@ def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(
                 g2 = grad.detach().float().reshape(-1, out_shape[-1]).pow(2)
                 for name in owners:  # a tied output head's products weigh the embedding matrix it shares
                     unit = units.get(name)
-                    weight = unit.weight.detach().float()
-                    weight = weight.t() if unit.transposed else weight  # Conv1D-style (in, out) storage
                     found = g2.t() @ x.pow(2)
-                    add(name, found.t() if unit.transposed else found)
+                    add(name, found.t() if unit.transposed else found)  # Conv1D-style (in, out) storage
+                    weight = unit.weight.detach().float() if roundings else None
+                    weight = weight.t() if roundings and unit.transposed else weight
                     for r in roundings:
                         delta = (r(x) - x) @ weight.t()
                         rounding[(name, r)] = rounding.get((name, r), 0.0) + float((g2 * delta.pow(2)).sum())
@@ -96,8 +102,8 @@ def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(
         def on_grad(grad):
             g2 = grad.detach().float().reshape(ids.numel(), -1).pow(2)
             for name in wanted.get(id(embedding), (None, []))[1]:
-                table = torch.zeros_like(units.get(name).weight, dtype=torch.float32)
-                table.index_add_(0, ids, g2)
+                table = torch.zeros_like(units.get(name).weight, dtype=torch.float32)  # summed apart, then added: the
+                table.index_add_(0, ids, g2)  # same rounding whatever the tied head added first
                 add(name, table)
         leaf.register_hook(on_grad)
         return leaf
@@ -115,12 +121,13 @@ def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(
                 logits = out.logits
                 logits = logits[0, :-1] if logits.dim() == 3 else logits  # an LM window's last row predicts nothing
                 logp = torch.log_softmax(logits.float(), dim=-1)
-                probs = logp.detach().exp()
+                probs = logp.detach().exp().cpu()
                 for draw in range(draws):
-                    labels = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logp.device)
+                    labels = torch.multinomial(probs, 1, generator=generator)[:, 0].to(logp.device)
                     picked = logp.gather(1, labels[:, None]).sum()
                     torch.autograd.grad(picked, [inputs["leaf"]], retain_graph=draw < draws - 1)
                 rows += logp.shape[0] * draws
+                del out, logits, logp, probs  # this batch's graph and saved inputs go before the next forward
     finally:
         for handle in handles:
             handle.remove()

@@ -72,6 +72,8 @@ def _scored(max_tokens: int, context: int, stride: int) -> int:
 def tokens_for_interval(context: int, stride: int, minimum: int, at_least: int = 0) -> int:
     """The fewest stream tokens (``at_least`` or more, in steps of ``context``) whose windows score ``minimum``
     bootstrap blocks."""
+    if context < MIN_CONTEXT:
+        raise QuantsenseError(f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one")
     need = max(at_least, context)
     while need < 1 << 30 and -(-_scored(need, context, stride) // BOOTSTRAP_BLOCK_TOKENS) < minimum:
         need += context
