@@ -54,9 +54,9 @@ def check_inputs(out, size, size_of, imatrix, calibration_data, tokens: dict[str
     need = tokens_for_interval(context, context, MIN_BOOTSTRAP_BLOCKS)
     for flag, count in (tokens or {}).items():
         if count < need:
-            raise QuantsenseError(f"{flag} {count} is too few for an interval at --context {context}: the mean KL's 95 % "
-                                  f"interval needs {MIN_BOOTSTRAP_BLOCKS} blocks of scored tokens; use {flag} {need} or "
-                                  "more, or a shorter --context")
+            raise QuantsenseError(f"{flag} {count} is too few for an interval at --context {context}: the mean KL's "
+                                  f"95 % interval needs {MIN_BOOTSTRAP_BLOCKS} blocks of scored tokens; use {flag} "
+                                  f"{need} or more, or a shorter --context")
     from quantsense.exporters.gguf_writer import check_llama_cpp, llama_cpp_available
     from quantsense.quantization import ggml_lib
 
@@ -195,8 +195,7 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     overhead = _file_bytes(ws, Plan(), reference) - model_bytes(ws.model, ws.units, Plan())  # header and padding
     tensors = len(ws.units.linear_units()) + 3 * ws.units.num_blocks
     budget = Budget(max_bytes=target - overhead - ALIGNMENT_SLACK * tensors)
-    plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=True, outside="allocate",
-                                      estimate=estimate)
+    plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=estimate, outside="allocate")
     allocation = plans[0][1]
     share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
     say(f"reduced sweep: {sweep.get('measured', sweep['pairs'])} of {sweep['pairs']} (tensor, type) pairs measured, "

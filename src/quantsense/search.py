@@ -43,23 +43,24 @@ def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block"
 
 
 def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                objective: str = "kl", reduced: bool | str = False, outside: str = "fp32") -> list[tuple[str, Allocation]]:
+                objective: str = "kl", reduced: bool | str = False,
+                outside: str = "fp32") -> list[tuple[str, Allocation]]:
     """The optimal plan under each budget (exact MILP over single-unit losses); see :func:`sweep_and_allocate`."""
     return sweep_and_allocate(ws, budgets, candidates, unit, tie, objective, reduced, outside)[0]
 
 
 def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                       objective: str = "kl", reduced: bool | str = False, outside: str = "fp32",
-                       estimate: str = "weight-error") -> tuple[list[tuple[str, Allocation]], dict]:
+                       objective: str = "kl", reduced: bool | str = False,
+                       outside: str = "fp32") -> tuple[list[tuple[str, Allocation]], dict]:
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
     (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
-    estimated, and measured where a plan hinges on it (a string: the ``estimate`` it uses, e.g. ``"fisher"``). ``outside``: ``"allocate"`` adds the token embedding and an
-    untied output head to the allocation (see :meth:`Workspace.allocated_outside`). ``estimate``: how a reduced sweep
-    estimates the pairs it does not measure (:func:`quantsense.reduced.reduced_sweep`)."""
+    estimated, and measured where a plan hinges on it; a string names how it estimates (``"weight-error"``, what
+    ``True`` means, or ``"fisher"``: :func:`quantsense.reduced.reduced_sweep`). ``outside``: ``"allocate"`` adds the
+    token embedding and an untied output head to the allocation (see :meth:`Workspace.allocated_outside`)."""
     budgets = [Budget.of(b) for b in budgets]
-    estimate = reduced if isinstance(reduced, str) else estimate
+    estimate = reduced if isinstance(reduced, str) else "weight-error"
     fmts = ws.formats(candidates or ws.task.default_candidates)
     extra = ws.allocated_outside(outside, [b.preset for b in budgets if b.preset])
     groups = check_allocation(ws, budgets, fmts, unit, tie, extra)

@@ -20,7 +20,6 @@ GGUF-layout tensor gives exactly the permuted version of quantizing the Hugging 
 from __future__ import annotations
 
 import functools
-
 import re
 from collections import Counter
 from pathlib import Path
