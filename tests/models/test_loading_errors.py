@@ -100,6 +100,23 @@ def test_gguf_as_classifier_is_refused_before_reading_it():
                                "use --task wikitext if it has a language-model head, or a model trained for --task sst2")
 
 
+def test_a_gguf_model_is_parsed_once_per_load(smollm2, monkeypatch):
+    """transformers reads a GGUF file for the config, the tokenizer and the weights: quantsense has it parsed once (a
+    read parses every vocabulary string, seconds each), and leaves gguf-py as it found it."""
+    import gguf
+
+    opened, original = [], gguf.GGUFReader
+
+    def counting(path, *args, **kwargs):
+        opened.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    loaded = _load(str(smollm2), "causal", "cpu", quiet=True)
+    assert opened == [str(smollm2)] and gguf.GGUFReader is counting
+    assert loaded.model.config.num_hidden_layers == 30 and loaded.tokenizer("the")["input_ids"]
+
+
 def test_missing_trunk_weight_is_refused(tmp_path, tiny_model_dir):
     path = tmp_path / "incomplete"
     path.mkdir()

@@ -105,6 +105,36 @@ def _head_check(model: torch.nn.Module, missing: list[str], source: str, head: M
     )
 
 
+@contextlib.contextmanager
+def _gguf_read_once(active: bool):
+    """While transformers loads a GGUF model (``active``): the file parsed once, not once each for the config, the
+    tokenizer and the weights (gguf-py's reader parses every vocabulary string: seconds per read), and gguf-py's
+    tensor-name map built once, not once per module of the model (about 0.1 s each). Both are only read; both are
+    dropped when the load ends, so no mapping of the file outlives it."""
+    if not active:
+        yield
+        return
+    import functools
+
+    import gguf
+
+    readers, name_map, reader_class = {}, gguf.get_tensor_name_map, gguf.GGUFReader  # transformers imports both from
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader_class(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=4)(name_map)
+    gguf.GGUFReader = reader  # gguf's package namespace, when it loads
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map, gguf.GGUFReader = name_map, reader_class
+        readers.clear()
+
+
 def _load_weights(load_from: str, head: ModelHead, dtype: torch.dtype, kwargs: dict):
     """The model with its loading report; never unpickles (safetensors only), GGUF dequantized to float32 then cast."""
     if "gguf_file" in kwargs:
@@ -272,6 +302,14 @@ def _load_model(source: str, head: ModelHead, device: str | torch.device, dtype:
         raise QuantsenseError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     load_from, kwargs, local = _locate(source, head, hint)
+    with _gguf_read_once("gguf_file" in kwargs):
+        return _load_located(source, head, device, dtype, hint, load_from, kwargs, local)
+
+
+def _load_located(source: str, head: ModelHead, device: torch.device, dtype: str, hint: str, load_from: str,
+                  kwargs: dict, local: bool) -> LoadedModel:
+    import transformers
+
     try:
         torch_dtype = _choose_dtype(dtype, device, load_from, kwargs)
         model, info = _load_weights(load_from, head, torch_dtype, kwargs)
