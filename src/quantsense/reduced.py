@@ -129,7 +129,8 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
 
 def fisher_errors(ws: Workspace, units: dict, pairs: list[Pair], formats: dict[str, Format]) -> dict[Pair, float]:
     """Each pair's mean KL predicted by the diagonal Fisher of the first data segment (:mod:`quantsense.sweeps.fisher`),
-    with the runtime's rounding of the inputs when the workspace measures it."""
+    with the runtime's rounding of the inputs when the workspace measures it; a format that quantizes rows alone is
+    quantized on each tensor's row sample only."""
     from quantsense.sweeps.fisher import fisher_pass
 
     runtime = ws.applier.runtime_activations
@@ -137,11 +138,26 @@ def fisher_errors(ws: Workspace, units: dict, pairs: list[Pair], formats: dict[s
     names = [n for u in units.values() for n in u.names]
     found = fisher_pass(ws.model, ws.units, names, ws.segments().parts[0], ws.task.head().kwargs_for, roundings,
                         draws=FISHER_DRAWS, seed=ws.options.seed, device=ws.device)
+    samples = {n: (sample, ws.units.get(n).transposed) for n in names
+               if (sample := found.row_sample(n, ws.units.get(n).transposed)) is not None}
     out = {}
     for u, f in pairs:
-        delta = {n: ws.applier.original(n).float() - ws.applier.quantized(n, formats[f]).float() for n in units[u].names}
-        out[(u, f)] = found.predicted_kl(units[u].names, delta, formats[f].activation_rounding() if runtime else None)
+        fmt = formats[f]
+        delta = {n: _error(ws, n, fmt, samples.get(n) if fmt.rows_independent else None) for n in units[u].names}
+        out[(u, f)] = found.predicted_kl(units[u].names, delta, fmt.activation_rounding() if runtime else None,
+                                         samples if fmt.rows_independent else None)
     return out
+
+
+def _error(ws: Workspace, name: str, fmt: Format, sample) -> "torch.Tensor":
+    """``W - Q(W)`` of module ``name``: whole, or only the rows of ``sample`` ((RowSample, transposed)), quantized on
+    their own (the format quantizes each row alone, so they come out as they would in the whole tensor)."""
+    weight = ws.applier.original(name)
+    if sample is None:
+        return weight.float() - ws.applier.quantized(name, fmt).float()
+    (rows, transposed), unit = sample, ws.units.get(name)
+    part = weight[:, rows.index] if transposed else weight[rows.index]
+    return part.float() - fmt.quantize_weight(part, transposed, name, unit.kind).float()
 
 
 def _calibration(anchors: dict[str, str], errors: dict[Pair, float], count: int) -> dict[str, str]:

@@ -7,6 +7,7 @@ test also needs llama-cpp-python. Each is skipped with the reason when its packa
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,16 @@ def test_written_file_sizes_types_and_metadata(smollm2, written):
         assert copied.types == field.types and copied.contents() == field.contents(), key
     assert out.get_field("general.file_type").contents() == gguf.LlamaFileType.MOSTLY_Q8_0
     assert out.get_field("general.quantization_version").contents() == gguf.GGML_QUANT_VERSION
+
+
+def test_a_size_prediction_reads_the_file_as_it_is_now(smollm2, written, tmp_path):
+    """A file's layout is read once per version of it: a file replaced at the same path is read again."""
+    path = tmp_path / "model.gguf"
+    shutil.copyfile(written["path"], path)
+    first = predicted_gguf_bytes(path, {}, None)
+    assert abs(first["file_bytes"] - written["bytes"]) <= 0.01 * written["bytes"]
+    shutil.copyfile(smollm2, path)
+    assert predicted_gguf_bytes(path, {}, None) == predicted_gguf_bytes(smollm2, {}, None) != first
 
 
 def test_transformers_loads_the_plan_bitwise(smollm2, written, token_ids, hf_result):

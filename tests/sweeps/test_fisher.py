@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from quantsense.models.units import discover_units
-from quantsense.sweeps.fisher import fisher_pass
+from quantsense.sweeps.fisher import fisher_pass, row_sample
 from quantsense.sweeps.loss_model import fit_loss_model
 
 LINEARS = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj"]
@@ -64,6 +64,29 @@ def test_the_fisher_pass_predicts_the_kl_of_a_small_weight_error(tied):
         measured = _measured_kl(model, batches, Change)
         predicted = found.predicted_kl((name,), {name: delta})
         assert measured > 0 and abs(predicted / measured - 1) < 0.2, (name, predicted, measured)
+
+
+def test_a_row_sample_predicts_what_the_whole_tensor_does():
+    """A format that quantizes rows alone is quantized only on a row sample: the heaviest rows exactly, a stride of the
+    others standing for them; rows no gradient reached (an untied embedding's unseen tokens) are left out."""
+    model, units, batches = _model(False)
+    embedding = next(n for n in units.units if units.get(n).block is None and units.get(n).kind == "embedding")
+    names = LINEARS + [embedding]
+    found = fisher_pass(model, units, names, batches, _kwargs, draws=8)
+    for name in names:
+        weight = units.get(name).weight.detach()
+        delta = 0.02 * weight.abs().mean() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(2))
+        whole = found.predicted_kl((name,), {name: delta})
+        sample = found.row_sample(name, False)
+        assert len(sample.index.unique()) == len(sample.index) < weight.shape[0] / 2  # each row once, most left out
+        assert float(sample.count.sum()) == pytest.approx(int((found.fisher[name].sum(1) > 0).sum()))  # stands for all
+        part = found.predicted_kl((name,), {name: delta[sample.index]}, samples={name: (sample, False)})
+        assert abs(part / whole - 1) < 0.15, (name, part, whole)
+        every = row_sample(found.fisher[name].sum(1), exact_share=1)  # every row with mass, exactly
+        assert found.predicted_kl((name,), {name: delta[every.index]}, samples={name: (every, False)}) == \
+            pytest.approx(whole, rel=1e-5)
+    seen = set(torch.cat([b.inputs["input_ids"].reshape(-1) for b in batches]).tolist())
+    assert set(found.row_sample(embedding, False).index.tolist()) <= seen
 
 
 def test_the_fisher_pass_predicts_the_kl_of_rounding_a_linears_inputs():

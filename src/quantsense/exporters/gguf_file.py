@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -102,9 +103,10 @@ def _alignment(reader) -> int:
     return int(field.contents()) if field is not None else _gguf().GGUF_DEFAULT_ALIGNMENT
 
 
-def _target_types(reader, tensor_types: Mapping[str, str], default_type: str | None) -> dict[str, str]:
-    """The written type of every tensor, in source order (a name -> lower-case type name)."""
-    names = [t.name for t in reader.tensors]
+def _target_types(tensors, tensor_types: Mapping[str, str], default_type: str | None) -> dict[str, str]:
+    """The written type of every tensor, in source order (a name -> lower-case type name); ``tensors``: (name, GGUF
+    shape, stored type name) of each, in file order."""
+    names = [name for name, _, _ in tensors]
     unknown = sorted(set(tensor_types) - set(names))
     if unknown:
         raise QuantsenseError(f"plan names tensors the GGUF file lacks: {', '.join(unknown[:5])}; "
@@ -112,23 +114,56 @@ def _target_types(reader, tensor_types: Mapping[str, str], default_type: str | N
     if default_type is not None:
         _qtype(default_type)
     types = {}
-    for tensor in reader.tensors:
-        planned = tensor_types.get(tensor.name)
-        if len(tensor.shape) < 2:
+    for name, shape, stored in tensors:
+        planned = tensor_types.get(name)
+        if len(shape) < 2:
             if planned is not None and planned.lower() != "f32":
-                raise QuantsenseError(f"tensor {tensor.name} is 1-D; llama.cpp keeps 1-D tensors in F32, remove it from the plan")
-            types[tensor.name] = "f32"
+                raise QuantsenseError(f"tensor {name} is 1-D; llama.cpp keeps 1-D tensors in F32, remove it from the plan")
+            types[name] = "f32"
             continue
         if planned is None and default_type is None:
-            types[tensor.name] = tensor.tensor_type.name.lower()  # kept as the source stores it
+            types[name] = stored  # kept as the source stores it
             continue
         chosen = planned or default_type
         block = _gguf().GGML_QUANT_SIZES[_qtype(chosen)][0]
-        if int(tensor.shape[0]) % block:
-            raise QuantsenseError(f"tensor {tensor.name} has rows of {int(tensor.shape[0])} values, not a multiple of "
+        if int(shape[0]) % block:
+            raise QuantsenseError(f"tensor {name} has rows of {int(shape[0])} values, not a multiple of "
                                   f"{chosen}'s block of {block}; choose f16/bf16/f32 for it")
-        types[tensor.name] = chosen.lower()
+        types[name] = chosen.lower()
     return types
+
+
+def _tensor_list(reader) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((t.name, tuple(int(d) for d in t.shape), t.tensor_type.name.lower()) for t in reader.tensors)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a size prediction needs of a source file, as plain data (no mapping of the file is kept)."""
+
+    tensors: tuple[tuple[str, tuple[int, ...], str], ...]  # (name, GGUF shape, stored type) in file order
+    alignment: int
+    data_offset: int
+    header_end: int  # where the last metadata or tensor-info field ends
+    own_bytes: int | None  # bytes of the source's own imatrix keys; None when it has none
+
+
+def _layout(source: Path) -> _Layout:
+    """The source's layout, read once per file version (a quantize run predicts many plans' sizes from one file)."""
+    source = Path(source)
+    if not source.is_file() or source.suffix != ".gguf":
+        _read(source)  # raises, naming the problem
+    stat = source.stat()
+    return _layout_of(str(source.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _layout_of(path: str, _mtime_ns: int, _size: int) -> _Layout:
+    reader = _read(Path(path))
+    fields = [*reader.fields.values(), *(t.field for t in reader.tensors)]
+    own = [f for f in reader.fields.values() if f.name.startswith(_OWN_PREFIXES)]
+    return _Layout(_tensor_list(reader), _alignment(reader), int(reader.data_offset),
+                   max(f.offset + _field_bytes(f) for f in fields), sum(map(_field_bytes, own)) if own else None)
 
 
 def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_type: str | None = "f32",
@@ -139,17 +174,15 @@ def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_
     header is the source's (the copied metadata and tensor table have the same size), less the source's own imatrix
     keys and plus the ``provenance`` keys written in their place.
     """
-    reader = _read(source)
-    types = _target_types(reader, tensor_types, default_type)
-    alignment = _alignment(reader)
-    sizes = [tensor_nbytes(t.shape, types[t.name]) for t in reader.tensors]
+    layout = _layout(source)
+    types = _target_types(layout.tensors, tensor_types, default_type)
+    alignment = layout.alignment
+    sizes = [tensor_nbytes(shape, types[name]) for name, shape, _ in layout.tensors]
     padded = sum(-(-size // alignment) * alignment for size in sizes)
-    header = int(reader.data_offset)
-    if provenance or any(f.name.startswith(_OWN_PREFIXES) for f in reader.fields.values()):
-        end = max(f.offset + _field_bytes(f) for f in [*reader.fields.values(), *(t.field for t in reader.tensors)])
-        dropped = sum(_field_bytes(f) for f in reader.fields.values() if f.name.startswith(_OWN_PREFIXES))
+    header = layout.data_offset
+    if provenance or layout.own_bytes is not None:
         added = sum(_kv_bytes(key, value) for key, value in imatrix_keys(provenance).items())
-        header = -(-(end - dropped + added) // alignment) * alignment
+        header = -(-(layout.header_end - (layout.own_bytes or 0) + added) // alignment) * alignment
     return {"tensor_bytes": sum(sizes), "file_bytes": header + padded}
 
 
@@ -254,7 +287,7 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
     importance = importance or {}
     gguf = _gguf()
     reader = _read(source)
-    types = _target_types(reader, tensor_types, default_type)
+    types = _target_types(_tensor_list(reader), tensor_types, default_type)
     keep = {t.name for t in reader.tensors if default_type is None and t.name not in tensor_types and len(t.shape) >= 2}
     out = Path(out)
     arch = bytes(reader.get_field("general.architecture").parts[-1]).decode()

@@ -141,7 +141,7 @@ def dequantize(name: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-PARALLEL_MIN_WEIGHTS = 1 << 18  # below this a tensor is quantized on one thread
+PARALLEL_MIN_WEIGHTS = 1 << 16  # below this a tensor is quantized on one thread
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,6 +20,11 @@ vanish; ``(g_t . W (r(x_t) - x_t))^2`` would estimate them, untried), within 30 
 Not :mod:`quantsense.sweeps.proxies`' ``fisher`` proxy (``quantsense proxies``), which squares per-example weight
 gradients of the true label's loss, one example at a time: an estimate of the loss's increase, not of the KL.
 
+For a format that quantizes each row alone (ggml's), a prediction quantizes only a row sample (:class:`RowSample`):
+the rows with the most Fisher mass exactly, a stride of the others standing for them; the sampled rows' errors are
+what the whole tensor's quantization gives them, so only the sum over rows is estimated (within a few percent of the
+whole tensor's, at about a third of the quantization's cost).
+
 Memory: one float32 matrix per tensor (the model's weights again, in float32) and each linear's inputs for the batch
 being run.
 
@@ -34,20 +39,68 @@ from dataclasses import dataclass
 import torch
 
 
+EXACT_ROW_SHARE = 8  # the 1/8 of a tensor's rows with the most Fisher mass enter a sampled prediction exactly
+ROW_STRIDE = 4  # and every 4th of its other rows with any mass, standing for the rows between them
+
+
+@dataclass
+class RowSample:
+    """Output rows of one weight whose quantization errors stand for all of its rows, for a format that quantizes each
+    row alone (:attr:`~quantsense.quantization.formats.base.WeightFormat.rows_independent`): the sampled rows'
+    errors are exactly what quantizing the whole tensor gives them, so only the sum over rows is estimated."""
+
+    index: torch.Tensor  # rows, in the order taken
+    count: torch.Tensor  # float64: how many rows each stands for (1 for the rows taken exactly)
+
+
+def row_sample(row_mass: torch.Tensor, exact_share: int = EXACT_ROW_SHARE, stride: int = ROW_STRIDE) -> RowSample:
+    """A stratified sample of rows by ``row_mass`` (each row's summed Fisher): the heaviest ``1/exact_share`` exactly,
+    every ``stride``-th of the others that have any mass, each standing for its share of them; rows without mass add
+    nothing to a prediction and are left out. Deterministic (ties broken by row number)."""
+    mass = row_mass.double()
+    order = torch.argsort(-mass, stable=True)
+    heavy = order[: len(mass) // exact_share]
+    rest = torch.sort(order[len(heavy):]).values
+    heavy = heavy[mass[heavy] > 0]
+    rest = rest[mass[rest] > 0]
+    taken = rest[stride // 2 :: stride]
+    share = len(rest) / len(taken) if len(taken) else 0.0
+    return RowSample(torch.cat([heavy, taken]), torch.cat([torch.ones(len(heavy), dtype=torch.float64),
+                                                            torch.full((len(taken),), share, dtype=torch.float64)]))
+
+
 @dataclass
 class FisherPass:
     fisher: dict[str, torch.Tensor]  # module name -> sum over rows of g^2 x^2, in the weight's own layout
     rounding: dict[tuple[str, object], float]  # (module name, rounding) -> sum over rows of sum_i g^2 (W (r(x) - x))^2
     rows: int  # logit rows (scored positions, times the label draws)
 
-    def predicted_kl(self, names: tuple[str, ...], errors: dict[str, torch.Tensor], rounding=None) -> float:
+    def predicted_kl(self, names: tuple[str, ...], errors: dict[str, torch.Tensor], rounding=None,
+                     samples: dict[str, tuple[RowSample, bool]] | None = None) -> float:
         """Mean KL per scored row predicted for these modules with weight errors ``errors`` (name -> ``W - Q(W)``)
-        and inputs rounded by ``rounding`` (or not)."""
-        total = sum(float((self.fisher[n].double() * errors[n].double().pow(2)).sum()) for n in names
-                    if n in self.fisher)  # a module no gradient reached (e.g. an expert never routed to) adds nothing
+        and inputs rounded by ``rounding`` (or not). With ``samples`` (name -> (sample, transposed)), a module's
+        error holds only its sample's rows (``W[index]``, or ``W[:, index]`` when transposed)."""
+        total = 0.0
+        for n in names:
+            if n not in self.fisher:  # a module no gradient reached (e.g. an expert never routed to) adds nothing
+                continue
+            fisher, error = self.fisher[n], errors[n].float()
+            if samples is None or n not in samples:
+                total += float(torch.dot(fisher.reshape(-1), error.pow(2).reshape(-1)))
+                continue
+            sample, transposed = samples[n]
+            fisher, error = (fisher.t(), error.t()) if transposed else (fisher, error)
+            total += float((fisher[sample.index] * error.pow(2)).sum(dim=1).double() @ sample.count)
         if rounding is not None:
             total += sum(self.rounding.get((n, rounding), 0.0) for n in names)
         return 0.5 * total / self.rows
+
+    def row_sample(self, name: str, transposed: bool) -> RowSample | None:
+        """The rows of ``name`` a prediction quantizes (:func:`row_sample`), or None when no gradient reached it."""
+        if name not in self.fisher:
+            return None
+        fisher = self.fisher[name].t() if transposed else self.fisher[name]
+        return row_sample(fisher.sum(dim=1))
 
 
 def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(), draws: int = 1, seed: int = 0,

@@ -33,6 +33,7 @@ class WeightFormat:
     export_targets: ClassVar[tuple[str, ...]] = ()  # writers that can store it ("torchao", "gguf")
     needs: ClassVar[tuple[str, ...]] = ()  # what using it requires beyond quantsense (a package, an imatrix)
     takes_scheme: ClassVar[bool] = False  # whether its names take the integer grid (--asymmetric, --weight-granularity)
+    rows_independent: ClassVar[bool] = False  # each stored row quantized on its own: any subset of rows quantizes alike
 
     # -- parsing ------------------------------------------------------------------------------
     @classmethod

@@ -23,6 +23,8 @@ USES_IMATRIX = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K"
 class ImatrixWeighted:
     """Mixin for a frozen dataclass with fields ``format`` (the ggml type name) and ``imatrix`` (or None)."""
 
+    rows_independent = True  # ggml quantizes each row alone (blocks along the row; the imatrix weighs columns)
+
     def with_imatrix(self, imatrix):
         if imatrix is None or self.format not in USES_IMATRIX or self.imatrix == imatrix:
             return self
