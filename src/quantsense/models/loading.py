@@ -118,7 +118,7 @@ def _gguf_read_once(active: bool):
 
     import gguf
 
-    readers, name_map, reader_class = {}, gguf.get_tensor_name_map, gguf.GGUFReader  # transformers imports both from
+    readers, name_map, reader_class = {}, gguf.get_tensor_name_map, gguf.GGUFReader
 
     def reader(path, *args, **kwargs):
         key = (str(path), args, tuple(sorted(kwargs.items())))
@@ -127,7 +127,7 @@ def _gguf_read_once(active: bool):
         return readers[key]
 
     gguf.get_tensor_name_map = functools.lru_cache(maxsize=4)(name_map)
-    gguf.GGUFReader = reader  # gguf's package namespace, when it loads
+    gguf.GGUFReader = reader  # transformers imports both from the gguf package inside its loading functions
     try:
         yield
     finally:
