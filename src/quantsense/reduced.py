@@ -138,26 +138,24 @@ def fisher_errors(ws: Workspace, units: dict, pairs: list[Pair], formats: dict[s
     names = [n for u in units.values() for n in u.names]
     found = fisher_pass(ws.model, ws.units, names, ws.segments().parts[0], ws.task.head().kwargs_for, roundings,
                         draws=FISHER_DRAWS, seed=ws.options.seed, device=ws.device)
-    samples = {n: (sample, ws.units.get(n).transposed) for n in names
-               if (sample := found.row_sample(n, ws.units.get(n).transposed)) is not None}
+    samples = {n: sample for n in names if (sample := found.row_sample(n, ws.units.get(n).transposed)) is not None}
     out = {}
     for u, f in pairs:
         fmt = formats[f]
-        delta = {n: _error(ws, n, fmt, samples.get(n) if fmt.rows_independent else None) for n in units[u].names}
-        out[(u, f)] = found.predicted_kl(units[u].names, delta, fmt.activation_rounding() if runtime else None,
-                                         samples if fmt.rows_independent else None)
+        used = samples if fmt.rows_independent else {}  # a format that quantizes rows alone is quantized on a sample
+        delta = {n: _error(ws, n, fmt, used.get(n)) for n in units[u].names}
+        out[(u, f)] = found.predicted_kl(units[u].names, delta, fmt.activation_rounding() if runtime else None, used)
     return out
 
 
 def _error(ws: Workspace, name: str, fmt: Format, sample) -> "torch.Tensor":
-    """``W - Q(W)`` of module ``name``: whole, or only the rows of ``sample`` ((RowSample, transposed)), quantized on
-    their own (the format quantizes each row alone, so they come out as they would in the whole tensor)."""
+    """``W - Q(W)`` of module ``name``: whole, or only the rows of ``sample`` (a RowSample), quantized on their own
+    (the format quantizes each row alone, so they come out as they would in the whole tensor)."""
     weight = ws.applier.original(name)
     if sample is None:
         return weight.float() - ws.applier.quantized(name, fmt).float()
-    (rows, transposed), unit = sample, ws.units.get(name)
-    part = weight[:, rows.index] if transposed else weight[rows.index]
-    return part.float() - fmt.quantize_weight(part, transposed, name, unit.kind).float()
+    part = weight[:, sample.index] if sample.transposed else weight[sample.index]
+    return part.float() - fmt.quantize_weight(part, sample.transposed, name, ws.units.get(name).kind).float()
 
 
 def _calibration(anchors: dict[str, str], errors: dict[Pair, float], count: int) -> dict[str, str]:

@@ -80,10 +80,10 @@ def test_a_row_sample_predicts_what_the_whole_tensor_does():
         sample = found.row_sample(name, False)
         assert len(sample.index.unique()) == len(sample.index) < weight.shape[0] / 2  # each row once, most left out
         assert float(sample.count.sum()) == pytest.approx(int((found.fisher[name].sum(1) > 0).sum()))  # stands for all
-        part = found.predicted_kl((name,), {name: delta[sample.index]}, samples={name: (sample, False)})
+        part = found.predicted_kl((name,), {name: delta[sample.index]}, samples={name: sample})
         assert abs(part / whole - 1) < 0.15, (name, part, whole)
         every = row_sample(found.fisher[name].sum(1), exact_share=1)  # every row with mass, exactly
-        assert found.predicted_kl((name,), {name: delta[every.index]}, samples={name: (every, False)}) == \
+        assert found.predicted_kl((name,), {name: delta[every.index]}, samples={name: every}) == \
             pytest.approx(whole, rel=1e-5)
     seen = set(torch.cat([b.inputs["input_ids"].reshape(-1) for b in batches]).tolist())
     assert set(found.row_sample(embedding, False).index.tolist()) <= seen

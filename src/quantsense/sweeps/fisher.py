@@ -51,9 +51,11 @@ class RowSample:
 
     index: torch.Tensor  # rows, in the order taken
     count: torch.Tensor  # float64: how many rows each stands for (1 for the rows taken exactly)
+    transposed: bool = False  # the weight is stored (in, out) (Conv1D): its output rows are columns
 
 
-def row_sample(row_mass: torch.Tensor, exact_share: int = EXACT_ROW_SHARE, stride: int = ROW_STRIDE) -> RowSample:
+def row_sample(row_mass: torch.Tensor, exact_share: int = EXACT_ROW_SHARE, stride: int = ROW_STRIDE,
+               transposed: bool = False) -> RowSample:
     """A stratified sample of rows by ``row_mass`` (each row's summed Fisher): the heaviest ``1/exact_share`` exactly,
     every ``stride``-th of the others that have any mass, each standing for its share of them; rows without mass add
     nothing to a prediction and are left out. Deterministic (ties broken by row number)."""
@@ -66,7 +68,8 @@ def row_sample(row_mass: torch.Tensor, exact_share: int = EXACT_ROW_SHARE, strid
     taken = rest[stride // 2 :: stride]
     share = len(rest) / len(taken) if len(taken) else 0.0
     return RowSample(torch.cat([heavy, taken]), torch.cat([torch.ones(len(heavy), dtype=torch.float64),
-                                                            torch.full((len(taken),), share, dtype=torch.float64)]))
+                                                            torch.full((len(taken),), share, dtype=torch.float64)]),
+                     transposed)
 
 
 @dataclass
@@ -76,20 +79,20 @@ class FisherPass:
     rows: int  # logit rows (scored positions, times the label draws)
 
     def predicted_kl(self, names: tuple[str, ...], errors: dict[str, torch.Tensor], rounding=None,
-                     samples: dict[str, tuple[RowSample, bool]] | None = None) -> float:
+                     samples: dict[str, RowSample] | None = None) -> float:
         """Mean KL per scored row predicted for these modules with weight errors ``errors`` (name -> ``W - Q(W)``)
-        and inputs rounded by ``rounding`` (or not). With ``samples`` (name -> (sample, transposed)), a module's
-        error holds only its sample's rows (``W[index]``, or ``W[:, index]`` when transposed)."""
+        and inputs rounded by ``rounding`` (or not). With ``samples`` (name -> sample), a module's error holds only
+        its sample's rows (``W[index]``, or ``W[:, index]`` when transposed)."""
         total = 0.0
         for n in names:
             if n not in self.fisher:  # a module no gradient reached (e.g. an expert never routed to) adds nothing
                 continue
             fisher, error = self.fisher[n], errors[n].float()
-            if samples is None or n not in samples:
+            sample = (samples or {}).get(n)
+            if sample is None:
                 total += float(torch.dot(fisher.reshape(-1), error.pow(2).reshape(-1)))
                 continue
-            sample, transposed = samples[n]
-            fisher, error = (fisher.t(), error.t()) if transposed else (fisher, error)
+            fisher, error = (fisher.t(), error.t()) if sample.transposed else (fisher, error)
             total += float((fisher[sample.index] * error.pow(2)).sum(dim=1).double() @ sample.count)
         if rounding is not None:
             total += sum(self.rounding.get((n, rounding), 0.0) for n in names)
@@ -100,7 +103,7 @@ class FisherPass:
         if name not in self.fisher:
             return None
         fisher = self.fisher[name].t() if transposed else self.fisher[name]
-        return row_sample(fisher.sum(dim=1))
+        return row_sample(fisher.sum(dim=1), transposed=transposed)
 
 
 def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(), draws: int = 1, seed: int = 0,
