@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 
 import quantsense as qs
-from quantsense.calibrate import make_imatrix
-from quantsense.exporters.gguf_file import write_gguf
-from quantsense.exporters.llama_quantize import llama_quantize
-from quantsense.exporters.llama_score import score_in_llama_cpp
-from quantsense.ggml_plans import imatrix_by_tensor, unit_gguf_names, with_outside, with_presets
-from quantsense.mixed_precision.presets import FTYPES, preset_name
+from quantsense.backends.llama_cpp.calibrate import make_imatrix
+from quantsense.backends.llama_cpp.gguf_file import write_gguf
+from quantsense.backends.llama_cpp.llama_quantize import llama_quantize
+from quantsense.backends.llama_cpp.llama_score import score_in_llama_cpp
+from quantsense.backends.llama_cpp.plans import imatrix_by_tensor, unit_gguf_names
+from quantsense.backends.llama_cpp.presets import FTYPES
+from quantsense.mixed_precision.presets import preset_name
 from quantsense.quantization.plan import Plan
-from quantsense.search import sweep_and_allocate
+from quantsense.search import sweep_and_allocate, with_outside, with_presets
 from quantsense.study import evaluate_plans
 from quantsense.tasks.language_model import token_ids
 
@@ -46,7 +47,7 @@ def reference_gguf(ws, model: str, folder: Path) -> Path:
     out = folder / "reference-f32.gguf"
     if model.endswith(".gguf"):
         return llama_quantize(model, out, ftype=0, nthread=2)  # LLAMA_FTYPE_ALL_F32
-    from quantsense.exporters.gguf_convert import convert_hf_to_gguf
+    from quantsense.backends.llama_cpp.gguf_convert import convert_hf_to_gguf
 
     return convert_hf_to_gguf(ws.model, ws.tokenizer, out, name=Path(model).name)
 

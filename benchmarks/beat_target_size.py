@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 import quantsense as qs
-from quantsense.calibrate import make_imatrix
-from quantsense.exporters.gguf_convert import convert_hf_to_gguf
-from quantsense.exporters.llama_quantize import llama_quantize
-from quantsense.exporters.llama_score import score_in_llama_cpp
-from quantsense.ggml_plans import imatrix_by_tensor
-from quantsense.mixed_precision.presets import FTYPES, preset_name
+from quantsense.backends.llama_cpp.calibrate import make_imatrix
+from quantsense.backends.llama_cpp.gguf_convert import convert_hf_to_gguf
+from quantsense.backends.llama_cpp.llama_quantize import llama_quantize
+from quantsense.backends.llama_cpp.llama_score import score_in_llama_cpp
+from quantsense.backends.llama_cpp.plans import imatrix_by_tensor
+from quantsense.backends.llama_cpp.presets import FTYPES
+from quantsense.mixed_precision.presets import preset_name
 from quantsense.tasks.language_model import token_ids
 
 # where benchmarks/llama_cpp_anchor.sh puts its build of llama.cpp's PR #15550 (commit a50ddb66, upstream b10572 + PR)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import gguf
 
-from quantsense.exporters import gguf_check as verify_gguf
-from quantsense.exporters.gguf_file import write_gguf
+from quantsense.backends.llama_cpp import gguf_check as verify_gguf
+from quantsense.backends.llama_cpp.gguf_file import write_gguf
 
 # about 5.7 bits per weight on SmolLM2: attention and ffn_down (the sensitive weights) at 6-8.5 bits,
 # gate/up and the token embedding at 5-5.5 bits

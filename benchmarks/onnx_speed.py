@@ -60,7 +60,7 @@ def ort_runner(path: Path, threads: int):
 def fp32_onnx(model, tokenizer, folder: str) -> Path:
     """The unquantized model exported exactly as quantsense exports a plan (before quantizing)."""
     from quantsense.exporters.base import ExportSource
-    from quantsense.exporters.onnx_writer import export_fp32
+    from quantsense.backends.onnxruntime.writer import export_fp32
 
     path = Path(folder) / "fp32.onnx"
     export_fp32(ExportSource("fp32", model, tokenizer, None, "float32", None), path)

@@ -31,7 +31,7 @@ def plain_correct(model, tokenizer, texts, labels, names: list[str], bits: int, 
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=512, return_tensors="pt")
         preds = model(**enc).logits.argmax(dim=1).tolist()
-        correct += sum(int(p == l) for p, l in zip(preds, labels[start : start + batch_size]))
+        correct += sum(int(p == y) for p, y in zip(preds, labels[start : start + batch_size]))
     return correct
 
 

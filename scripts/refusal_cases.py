@@ -122,7 +122,7 @@ def cases(a: Path) -> list[dict]:
         {"id": "k-strategies-minilm", "kind": "silent", "argv": [q, "mixed", "--rank-format", "q4_K", *minilm]},
         {"id": "preset-budget-other-ws", "kind": "silent", "python": lm_api +
          "ws2 = qs.open_workspace({!r}, data={!r}, task='wikitext', max_tokens=1024, context=128, stride=128, store=None, "
-         "quiet=True); from quantsense.ggml_plans import preset_budget; b = preset_budget(ws2, 'Q8_0'); "
+         "quiet=True); from quantsense.search import preset_budget; b = preset_budget(ws2, 'Q8_0'); "
          "print(qs.frontier(ws, [b], ['q4_0', 'q8_0']).rows[0]['plan'])".format(str(a / "lm-other"), str(a / "text.txt"))},
         {"id": "budget-preset-nonsense", "kind": "silent", "python": "import quantsense as qs; print(qs.Budget(avg_bits=4, "
                                                                        "preset='nonsense'))"},

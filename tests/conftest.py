@@ -18,6 +18,18 @@ SST2_TRAIN = ASSETS / "sst2" / "train.tsv"
 WIKI = ASSETS / "wikitext-2-raw" / "wiki.test.raw"
 
 
+# A test that needs one of these is `slow` (the real stand-ins, llama.cpp's files, a browser, a Ray cluster):
+# `pytest -m "not slow"` is the quick loop, the whole suite (what CI runs) includes them.
+SLOW_FIXTURES = {"standin_dir", "sst2_validation", "smollm2", "smollm2_hf", "browser", "ray_local", "minilm_weights",
+                 "smollm2_weights"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128, num_labels: int = 2) -> torch.nn.Module:
     """A 3-block model of ``arch`` with random weights, in eval mode."""
     torch.manual_seed(seed)

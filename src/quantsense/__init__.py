@@ -27,16 +27,16 @@ _EXPORTS = {
     "allocate": "quantsense.search", "allocations": "quantsense.search", "frontier": "quantsense.search",
     "export": "quantsense.study",
     "evaluate_plans": "quantsense.study", "block_ranking": "quantsense.study", "load_plan": "quantsense.study",
-    "Budget": "quantsense.mixed_precision.allocation", "preset_budget": "quantsense.ggml_plans",
+    "Budget": "quantsense.mixed_precision.allocation", "preset_budget": "quantsense.search",
     "Plan": "quantsense.quantization.plan", "BlockPlan": "quantsense.quantization.plan",
-    "QuantConfig": "quantsense.quantization.formats", "GGUFFormat": "quantsense.quantization.formats",
+    "QuantConfig": "quantsense.quantization.formats", "GGUFFormat": "quantsense.backends.llama_cpp.formats",
     "parse_format": "quantsense.quantization.formats", "register_format": "quantsense.quantization.formats",
     "WeightFormat": "quantsense.quantization.formats",
     "SensitivityResult": "quantsense.results", "FrontierResult": "quantsense.results", "StudyResult": "quantsense.results",
     "PlanRows": "quantsense.results",
     "QuantsenseError": "quantsense.errors",
     "TASKS": "quantsense.tasks", "Task": "quantsense.tasks", "register_task": "quantsense.tasks",
-    "write_results_folder": "quantsense.visualization.summary",
+    "write_results_folder": "quantsense.visualization.results_folder",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -13,7 +13,6 @@ from quantsense.quantization.formats import (
     MAX_BITS,
     MIN_BITS,
     Format,
-    GGUFFormat,
     QuantConfig,
     format_from_dict,
     parse_format,
@@ -27,6 +26,14 @@ UNIT_KINDS = ("block", "linear")  # what a sweep or an allocation treats as one 
 VIEWS = ("only", "all_but")
 LOSS_METRICS = ("kl", "loss")  # --rank-by and --objective: mean KL, or the task's own loss
 
-__all__ = ["BlockPlan", "DEFAULT_STORE", "DEFAULT_TASK", "Format", "GGUFFormat", "GRANULARITIES", "LOSS_METRICS",
+__all__ = ["BlockPlan", "DEFAULT_STORE", "DEFAULT_TASK", "Format", "GRANULARITIES", "LOSS_METRICS",
            "MAX_BITS", "MIN_BITS", "Plan", "QuantConfig", "REFERENCE_MODEL", "UNIT_KINDS", "VIEWS", "format_from_dict",
            "parse_format"]
+
+
+def __getattr__(name: str):
+    if name == "GGUFFormat":  # llama.cpp's legacy types, registered by its backend: the registry's entry
+        from quantsense.quantization.formats import FORMAT_FAMILIES
+
+        return FORMAT_FAMILIES["gguf"]
+    raise AttributeError(f"module 'quantsense.config' has no attribute {name!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, loss_matrix, solve
 from quantsense.mixed_precision.refine import Pair, Refinement, refine
@@ -21,6 +22,9 @@ from quantsense.sweeps.ranking import interval_keys
 from quantsense.sweeps.sequential import sequential_rows
 from quantsense.sweeps.sweep import build_entries, fits, sweep_row, sweep_units, weight_error
 from quantsense.workspace import Workspace
+
+if TYPE_CHECKING:
+    import torch
 
 Z95 = 1.959964
 CALIBRATION_UNITS = 12  # units measured to put Fisher predictions on the measured scale (estimate="fisher")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
-from quantsense.ggml_plans import with_outside, with_presets
 from quantsense.inputs import check_allocation, metric_key
 from quantsense.mixed_precision.allocation import Allocation, Budget, allocate as solve_allocation
+from quantsense.mixed_precision.presets import preset_name, preset_plan
 from quantsense.mixed_precision.strategies import frontier_levels, misfit, strategy_plans, uniform_plan
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
-from quantsense.quantization.size import average_bits
+from quantsense.quantization.size import average_bits, model_bytes
 from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking
 from quantsense.results import FrontierResult, StudyResult
 from quantsense.study import _begin, block_ranking, evaluate_plans, sensitivity
@@ -96,10 +96,10 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
     ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
     block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
-    at its size (:mod:`quantsense.ggml_plans`). ``outside``: what the allocations do with the token embedding and an
+    at its size (:func:`with_presets`). ``outside``: what the allocations do with the token embedding and an
     untied output head: ``"allocate"`` them too (a preset's budget is then its whole size), keep each ``"preset"``'s own
     types, or leave them ``"fp32"`` (or at ``--embedding``'s format). ``given``: other plans (e.g. read from GGUF files
-    with :func:`quantsense.ggml_plans.plan_from_gguf`) measured beside; an allocation never returns a plan that measures
+    with :func:`quantsense.backends.llama_cpp.plans.plan_from_gguf`) measured beside; an allocation never returns a plan that measures
     worse than a given or preset plan within its budget (that plan is returned for the budget instead, and said)."""
     fmts = ws.formats(candidates or ws.task.default_candidates)
     budgets = [Budget.of(b) for b in budgets] if budgets else [] if presets else default_budgets(ws, fmts)
@@ -182,3 +182,47 @@ def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=
     notify("frontier", result)
     result.formats = ws.format_table()
     return result
+
+
+# ------------------------------------------------------------------ presets (a runtime's named plans) as budgets
+
+
+def preset_budget(ws: Workspace, preset: str, outside: str = "allocate") -> Budget:
+    """An allocation budget equal to ``preset``'s on this workspace's model: its whole model's bytes, for an allocation
+    that chooses the token embedding and output head too (``outside="allocate"``), or its average bits per block linear
+    weight, for one that takes the preset's own types outside the blocks (``"preset"``); either way the allocated file is
+    no larger. ``qs.frontier(ws, [budget], outside=...)`` measures the preset beside it."""
+    return _budget_of(ws, preset, preset_plan(ws, preset), outside)[0]
+
+
+def _budget_of(ws: Workspace, preset: str, plan: Plan, outside: str) -> tuple[Budget, Plan | None]:
+    if outside == "allocate":
+        return Budget(max_bytes=model_bytes(ws.model, ws.units, plan), preset=preset_name(preset), model=ws.model_fp), None
+    linears = set(ws.units.linear_units())
+    kept = Plan.of({name: fmt for name, fmt in plan.assignments if name not in linears})
+    bits = average_bits(ws.units, plan, scope=sorted(linears))
+    return Budget(avg_bits=bits, preset=preset_name(preset), model=ws.model_fp), kept
+
+
+def with_presets(ws: Workspace, budgets: list[Budget], presets,
+                 outside: str = "preset") -> tuple[list[Budget], dict[str, Plan], dict[str, Plan]]:
+    """``budgets`` and each preset's own budget; the preset plans to measure beside the allocations (``preset Q4_K_M``);
+    with ``outside="preset"``, per preset the types it gives outside the blocks, which an allocation at its size takes
+    too (with ``"allocate"`` the budget is the preset's whole size and the allocation chooses those units itself)."""
+    budgets, named, kept = list(budgets), {}, {}
+    for budget in budgets:
+        budget.check_model(ws.model_fp)  # a preset's budget from another model is refused before anything is built
+    for preset in dict.fromkeys([*(preset_name(p) for p in presets), *(b.preset for b in budgets if b.preset)]):
+        named[f"preset {preset}"] = plan = preset_plan(ws, preset)
+        budget, types = _budget_of(ws, preset, plan, "allocate" if outside == "allocate" else "preset")
+        if types is not None:
+            kept[preset] = types
+        if not any(b.preset == preset for b in budgets):  # a budget given as qs.preset_budget(ws, preset) is this one
+            budgets.append(budget)
+    return budgets, named, kept
+
+
+def with_outside(plan: Plan, budget: Budget, outside: dict[str, Plan]) -> Plan:
+    """An allocated plan with its preset's types outside the blocks (unchanged for a budget without a preset)."""
+    extra = outside.get(budget.preset) if budget.preset else None
+    return Plan.of({**plan.as_dict(), **extra.as_dict()}) if extra else plan

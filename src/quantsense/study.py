@@ -170,7 +170,7 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
     if ws.options.embedding:
         raise QuantsenseError(EMBEDDING_REFUSAL)
     if out is not None:
-        check_output(out, single_file=writer.SINGLE_FILE, empty_folder=True)
+        check_output(out, single_file=writer.single_file, empty_folder=True)
     plan = as_plan(ws, plan)
     writer.check_plan(export_source(ws), plan)
     return plan
@@ -182,13 +182,15 @@ def prepare_export(ws: Workspace, plan: Plan | str | Path, out: str | Path, targ
     from quantsense.exporters import export_target
 
     plan = check_export(ws, plan, out, target)
-    check = None
+    exporter, check = export_target(target), None
     if verify:
+        check = exporter.own_check(export_source(ws), plan)
+    if verify and check is None:
         ws.check_intervals()
         def simulate():
             return ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
         check = ws.task.export_check(target, ws.source, ws.data, simulate, ws.batches)  # refuses a target it cannot check
-    return lambda: export_target(target).write(export_source(ws), plan, out, check=check)
+    return lambda: exporter.write(export_source(ws), plan, out, check=check)
 
 
 def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True) -> dict:
@@ -199,9 +201,9 @@ def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str 
 
 def llama_quantize_command(ws: Workspace, plan: Plan | str | Path) -> str:
     """The llama-quantize command line that reproduces ``plan`` (GGUF formats only)."""
-    from quantsense.exporters.gguf_writer import llama_quantize_command as command
+    from quantsense.exporters import export_target
 
-    return command(export_source(ws), check_export(ws, plan, None, "gguf"))
+    return export_target("gguf").llama_quantize_command(export_source(ws), check_export(ws, plan, None, "gguf"))
 
 
 def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,

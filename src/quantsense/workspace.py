@@ -20,6 +20,7 @@ from quantsense.engine import Engine, Evaluator
 from quantsense.errors import QuantsenseError
 from quantsense.models.loading import check_tokenizer, resolve_device, weights_fingerprint
 from quantsense.models.units import UnitMap, discover_units
+from quantsense.quantization.calibration import calibration
 from quantsense.quantization.formats import Format, QuantConfig, WeightFormat, parse_format
 from quantsense.quantization.plan import Plan
 from quantsense.store import ResultStore
@@ -83,9 +84,7 @@ class StudyOptions:
             raise QuantsenseError(f"settings must be a dict of the task's settings (e.g. {{'limit': 100}}), got {self.settings!r}")
         make_task(self.task, **self.settings)  # the task refuses a setting it does not take, or a bad value
         if self.imatrix is not None:
-            from quantsense.exporters.imatrix_file import check_path
-
-            self.imatrix = str(check_path(self.imatrix))
+            self.imatrix = str(calibration("imatrix").check_path(self.imatrix))
 
     def task_settings(self) -> dict:
         return dict(self.settings)
@@ -115,7 +114,7 @@ class Workspace:
     model_fp: str
     data_fp: str
     formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
-    imatrix: object = None  # quantsense.quantization.imatrix.Imatrix from options.imatrix, bound to every format named
+    imatrix: object = None  # the importance matrix from options.imatrix (quantization/calibration.py), bound to every format named
     _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
     _embedding: object = field(default=None, repr=False)  # the --embedding plan, built on first use
     _input_power: object = field(default=None, repr=False)  # the linears' input power per column, collected on first use
@@ -164,17 +163,14 @@ class Workspace:
         """Each block linear's mean squared input per column: the importance matrix's when there is one, else
         collected once on the first data segment (one forward pass, llama.cpp's imatrix statistic on the selection
         data). The reduced sweep weights weight errors by it."""
-        from quantsense.quantization.imatrix import product_modules
-
-        modules = product_modules(self.model, self.units)
+        imatrix = calibration("imatrix")
+        modules = imatrix.modules(self.model, self.units)
         if self.imatrix is not None:
             return {name: self.imatrix.weights(name) for name in modules}
         if self._input_power is None:
-            from quantsense.quantization.imatrix import collect
-
             first = self.segments().parts[0]
             inputs = [{k: v.to(self.device) for k, v in b.inputs.items()} for b in first]
-            found = collect(self.model, modules, inputs)
+            found = imatrix.collect(self.model, modules, inputs)
             self._input_power = {name: found.weights(name) for name in modules}
         return self._input_power
 
@@ -318,7 +314,7 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     if getattr(net.config, "pad_token_id", None) is None:
         net.config.pad_token_id = tokenizer.pad_token_id
     units = discover_units(net, opts.blocks_regex)
-    imatrix = _load_imatrix(opts.imatrix, net, units) if opts.imatrix else None  # before any plan file names it
+    imatrix = calibration("imatrix").load(opts.imatrix, net, units) if opts.imatrix else None  # before a plan names it
     data, batches = task.load(opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()})
     task.check_model(net, batches, opts.model)
     check_held_out(task, data, batches, imatrix)
@@ -334,24 +330,6 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     return ws
 
 
-def gguf_tensor_names(model, units: UnitMap, purpose: str = "an importance matrix",
-                      names: list[str] | None = None) -> dict[str, str]:
-    """Each block linear's (or each of ``names``') llama.cpp tensor name (``blk.0.attn_q.weight``): how an imatrix file
-    and llama.cpp's presets name it. A model llama.cpp has no names for is refused, saying what needed them."""
-    from quantsense.exporters.gguf_file import hf_to_gguf_name
-
-    arch = getattr(model.config, "model_type", "")
-    found = {}
-    for name in names if names is not None else units.linear_units():
-        try:
-            found[name] = hf_to_gguf_name(name, units.num_blocks, arch)
-        except QuantsenseError:
-            raise QuantsenseError(f"{purpose} needs llama.cpp's tensor names, and this {arch or type(model).__name__} "
-                                  f"model ({type(model).__name__}) has none for {name}: use a model llama.cpp runs, e.g. "
-                                  "a Llama-architecture causal LM with --task wikitext") from None
-    return found
-
-
 def check_held_out(task: Task, data, batches, imatrix) -> None:
     """Refuse an evaluation that scores tokens its importance matrix was collected on."""
     span = task.token_range(batches)
@@ -362,15 +340,6 @@ def check_held_out(task: Task, data, batches, imatrix) -> None:
         raise QuantsenseError(f"the importance matrix was collected on tokens {cal['first_token']}..{end} of this text "
                               f"and the evaluation would score tokens {span[0]}..{span[0] + span[1]} (both cover "
                               f"{shared[0]}..{shared[1]}): score held-out tokens instead, e.g. --first-token {end}")
-
-
-def _load_imatrix(path: str, model, units: UnitMap):
-    from quantsense.exporters.imatrix_file import load
-    from quantsense.quantization.imatrix import product_modules
-
-    names = list(product_modules(model, units))
-    columns = {name: units.get(name).shape[0 if units.get(name).transposed else -1] for name in names}
-    return load(path, gguf_tensor_names(model, units, names=names), columns)
 
 
 def worker_evaluator(options: StudyOptions) -> Evaluator:

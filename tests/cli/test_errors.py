@@ -14,7 +14,8 @@ def _cli(*args, cwd=None):
 
 def _one_line_error(proc):
     assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "Loading weights" not in l and "torchao" not in l and "_pytree" not in l]
+    lines = [line for line in proc.stderr.splitlines()
+             if line.strip() and "Loading weights" not in line and "torchao" not in line and "_pytree" not in line]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]

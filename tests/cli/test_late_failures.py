@@ -133,7 +133,7 @@ def test_llama_cpp_needs_on_a_classifier_are_refused_naming_them(offline_assets,
 
 def test_presets_without_llama_cpp_are_refused_before_any_work(smollm2, monkeypatch, capsys):
     from quantsense.errors import QuantsenseError
-    from quantsense.quantization import ggml_lib
+    from quantsense.backends.llama_cpp import ggml_lib
 
     def missing():
         raise QuantsenseError(ggml_lib.INSTALL_HINT)

@@ -85,10 +85,11 @@ def test_quantize_writes_a_file_within_the_preset_size_with_every_tensor_allocat
 
 def test_a_gguf_files_types_are_a_plan_and_the_preset_is_read_back(tiny_llama, tmp_path):
     import quantsense as qs
-    from quantsense.exporters.gguf_convert import convert_hf_to_gguf
-    from quantsense.exporters.llama_quantize import llama_quantize
-    from quantsense.ggml_plans import plan_from_gguf, preset_plan
-    from quantsense.mixed_precision.presets import FTYPES
+    from quantsense.backends.llama_cpp.gguf_convert import convert_hf_to_gguf
+    from quantsense.backends.llama_cpp.llama_quantize import llama_quantize
+    from quantsense.backends.llama_cpp.plans import plan_from_gguf
+    from quantsense.mixed_precision.presets import preset_plan
+    from quantsense.backends.llama_cpp.presets import FTYPES
 
     _, model = tiny_llama
     ws = qs.open_workspace(str(model), data=str(WIKI), task="wikitext", max_tokens=1024, context=128, stride=128,

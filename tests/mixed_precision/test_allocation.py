@@ -6,7 +6,8 @@ import pytest
 from quantsense.errors import QuantsenseError
 from quantsense.mixed_precision.allocation import Budget, allocate, make_groups, parse_size
 from quantsense.models.units import discover_units
-from quantsense.quantization.formats import GGUFFormat, QuantConfig
+from quantsense.backends.llama_cpp.formats import GGUFFormat
+from quantsense.quantization.formats import QuantConfig
 from quantsense.quantization.size import average_bits, model_bytes, storage_bits
 from tests.conftest import tiny_model
 

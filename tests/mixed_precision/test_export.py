@@ -8,7 +8,7 @@ from quantsense.cli import main
 from quantsense.config import Plan, QuantConfig
 from quantsense.errors import QuantsenseError
 from quantsense.models.units import discover_units
-from quantsense.exporters.torchao_writer import check_exportable
+from quantsense.backends.torchao.writer import check_exportable
 from tests.conftest import tiny_model
 
 

@@ -27,7 +27,7 @@ def test_onnx_export_matches_simulation_size_and_operators(standin_dir, sst2_val
     assert "quantsense imported: False" in printed
     assert "18 MatMulInteger" in printed and "12 MatMulNBits" in printed and "1 DequantizeLinear" in printed
     differ = int(_figure(printed, "simulated ", " predictions differ").split(", ")[1].split(" of ")[0])
-    from quantsense.quantization.ort_lib import SATURATION_NOTE, int8_kernel_saturates
+    from quantsense.backends.onnxruntime.ort_lib import SATURATION_NOTE, int8_kernel_saturates
 
     if not int8_kernel_saturates():
         assert differ <= 1  # activation codes at rounding ties may flip where ONNX Runtime's float kernels differ in the last bit

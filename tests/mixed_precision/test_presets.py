@@ -9,11 +9,12 @@ import torch
 import transformers
 
 from quantsense.errors import QuantsenseError
-from quantsense.mixed_precision.presets import FTYPES, PRESETS, preset_name, preset_types, use_more_bits
+from quantsense.backends.llama_cpp.presets import FTYPES, PRESETS, preset_types, use_more_bits
+from quantsense.mixed_precision.presets import preset_name
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
-from quantsense.exporters.llama_quantize import llama_quantize  # noqa: E402
+from quantsense.backends.llama_cpp.llama_quantize import llama_quantize  # noqa: E402
 
 
 def _rows(path) -> tuple[dict[str, int], int]:
@@ -34,7 +35,7 @@ def _port(preset: str, rows: dict[str, int], blocks: int, has_imatrix: bool = Fa
 @pytest.fixture(scope="module")
 def untied_llama(tmp_path_factory, smollm2):
     """A random 16-layer Llama (hidden 256, untied output) in GGUF, through quantsense's own converter."""
-    from quantsense.exporters.gguf_convert import convert_hf_to_gguf
+    from quantsense.backends.llama_cpp.gguf_convert import convert_hf_to_gguf
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
     torch.manual_seed(0)

@@ -165,7 +165,7 @@ def test_restore_is_bit_exact_for_causal_models(arch):
 
 def test_a_plan_that_changes_no_weight_gives_the_computed_result_without_a_forward_pass():
     """q4_1 on weights already on a q4_1 grid (SmolLM2's GGUF) is a no-op: the shortcut must equal a real run."""
-    from quantsense.quantization.formats import GGUFFormat
+    from quantsense.backends.llama_cpp.formats import GGUFFormat
 
     model = causal_model("llama")
     units = discover_units(model)

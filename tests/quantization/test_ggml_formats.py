@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from quantsense.errors import QuantsenseError
-from quantsense.quantization.formats import GGMLFormat, parse_format
-from quantsense.quantization.formats.ggml import FALLBACK, LAYOUT, NEEDS_IMATRIX
-from quantsense.quantization.gguf_quants import fake_quantize_gguf
+from quantsense.backends.llama_cpp.formats import GGMLFormat
+from quantsense.quantization.formats import parse_format
+from quantsense.backends.llama_cpp.types import TYPES, names
+from quantsense.backends.llama_cpp.gguf_quants import fake_quantize_gguf
 from tests.conftest import ASSETS
 from tests.quantization.test_gguf_quants import _smollm2_weights
 
 gguf = pytest.importorskip("gguf")
-ggml_lib = pytest.importorskip("quantsense.quantization.ggml_lib")
+ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
 if not ggml_lib.available():
     pytest.skip("llama-cpp-python (ggml's library) is not installed", allow_module_level=True)
 
-NAMES = list(LAYOUT)
+NAMES = list(names("ggml"))
 # GGUF name -> the Hugging Face name the float stand-in's tool seeds its dither with
 TENSORS = {"blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
            "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
@@ -51,11 +52,11 @@ def weights() -> dict[str, torch.Tensor]:
 
 
 def _fits(name: str, weight: torch.Tensor) -> bool:
-    return weight.shape[1] % LAYOUT[name][0] == 0
+    return weight.shape[1] % TYPES[name].block == 0
 
 
 def test_layout_table_is_ggml_own():
-    for name, (block, nbytes) in LAYOUT.items():
+    for name, (block, nbytes) in ((n, (TYPES[n].block, TYPES[n].nbytes)) for n in NAMES):
         assert ggml_lib.block_size(name) == block
         assert ggml_lib.row_bytes(name, 4 * block) == 4 * nbytes
 
@@ -67,7 +68,7 @@ def test_fake_quantization_is_what_gguf_reads_from_ggml_bytes(weights, name):
     for key, weight in weights.items():
         if not _fits(name, weight):
             continue
-        ones = np.ones(weight.shape[1], np.float32) if name in NEEDS_IMATRIX else None  # their grids need weights
+        ones = np.ones(weight.shape[1], np.float32) if TYPES[name].needs_imatrix else None  # their grids need weights
         ours = fmt.fake_quantize(weight) if ones is None else torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), ones))
         data = ggml_lib.quantize(name, weight.numpy(), ones)
         qtype = gguf.GGMLQuantizationType[name.upper()]
@@ -108,10 +109,10 @@ def test_transposed_weights_quantize_along_the_other_axis(weights):
     assert torch.equal(fmt.fake_quantize(weight.t().contiguous(), transposed=True), fmt.fake_quantize(weight).t())
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if LAYOUT[n][0] == 256])
+@pytest.mark.parametrize("name", [n for n in NAMES if TYPES[n].block == 256])
 def test_rows_that_do_not_fit_are_refused_naming_llama_cpp_fallback(name):
     fmt = GGMLFormat(name)
-    with pytest.raises(QuantsenseError, match=f"multiples of 256.*falls back to {FALLBACK[name]}"):
+    with pytest.raises(QuantsenseError, match=f"multiples of 256.*falls back to {TYPES[name].fallback}"):
         fmt.check_shape((576, 576), where="model.layers.0.self_attn.q_proj")
     with pytest.raises(QuantsenseError, match="multiples of 256"):
         fmt.fake_quantize(torch.zeros(4, 576))
@@ -140,7 +141,7 @@ def test_without_llama_cpp_the_formats_say_how_to_install(monkeypatch):
 
 @pytest.mark.parametrize("name", ["q8_0", "q4_K", "iq4_xs"])
 def test_ggml_quantizes_the_same_bytes_split_across_threads_as_on_one(name, monkeypatch):
-    from quantsense.quantization import ggml_lib
+    from quantsense.backends.llama_cpp import ggml_lib
 
     rows = np.random.default_rng(0).standard_normal((601, 512)).astype(np.float32)  # over the threshold, odd rows
     imatrix = np.abs(rows).mean(axis=0) + 0.1

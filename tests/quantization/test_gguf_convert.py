@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.gguf_convert import check_convertible, convert_hf_to_gguf, pre_tokenizer_name
+from quantsense.backends.llama_cpp.gguf_convert import check_convertible, convert_hf_to_gguf, pre_tokenizer_name
 from tests.conftest import WIKI, tiny_tokenizer
 
 gguf = pytest.importorskip("gguf")

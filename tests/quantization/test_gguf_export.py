@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters import gguf_check as verify_gguf
-from quantsense.exporters.gguf_file import (hf_to_gguf_name, llama_quantize_args, predicted_gguf_bytes, tensor_nbytes,
+from quantsense.backends.llama_cpp import gguf_check as verify_gguf
+from quantsense.backends.llama_cpp.gguf_file import (hf_to_gguf_name, llama_quantize_args, predicted_gguf_bytes, tensor_nbytes,
                                                  write_gguf)
 from tests.conftest import WIKI
 

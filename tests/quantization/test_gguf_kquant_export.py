@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from quantsense.cli import main
-from quantsense.exporters.gguf_file import IMATRIX_KEYS, predicted_gguf_bytes, write_gguf
+from quantsense.backends.llama_cpp.gguf_file import IMATRIX_KEYS, predicted_gguf_bytes, write_gguf
 from tests.conftest import WIKI
 
 gguf = pytest.importorskip("gguf")
-ggml_lib = pytest.importorskip("quantsense.quantization.ggml_lib")
+ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
 if not ggml_lib.available():
     pytest.skip("llama-cpp-python (ggml's library) is not installed", allow_module_level=True)
 
@@ -93,7 +93,7 @@ def test_export_with_imatrix_reads_back_as_simulated(smollm2, tmp_path, capsys):
 def test_llama_model_quantize_with_the_plan_writes_the_same_tensor_bytes(smollm2, tmp_path):
     """The plan as llama-quantize arguments (--pure, a --tensor-type per tensor, the imatrix) run through
     llama_model_quantize itself gives quantsense's GGUF writer's tensor data byte for byte."""
-    from quantsense.exporters.llama_quantize import llama_quantize
+    from quantsense.backends.llama_cpp.llama_quantize import llama_quantize
 
     rows = {t.name: int(t.shape[0]) for t in gguf.GGUFReader(str(smollm2)).tensors if len(t.shape) >= 2}
     cycle = ["q4_0", "q5_0", "iq4_nl", "q5_1", "q8_0", "q4_1"]

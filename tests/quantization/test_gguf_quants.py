@@ -13,14 +13,14 @@ import torch
 
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.fake_quant import sqnr_db
-from quantsense.quantization.gguf_quants import (
+from quantsense.backends.llama_cpp.gguf_quants import (
     BLOCK_SIZE,
     GGUF_FORMATS,
     block_size,
     fake_quantize_gguf,
-    ggml_type,
     gguf_storage_bits,
 )
+from quantsense.backends.llama_cpp.types import ggml_type
 from tests.conftest import STANDIN_MODEL
 
 gguf = pytest.importorskip("gguf")
@@ -233,7 +233,7 @@ def test_storage_bits_examples():
 
 
 def test_works_without_gguf_installed(monkeypatch):
-    import quantsense.quantization.gguf_quants as module
+    import quantsense.backends.llama_cpp.gguf_quants as module
 
     w = _gaussian(2, 64, seed=13)
     expected = reference(w, "q5_1")
@@ -242,4 +242,4 @@ def test_works_without_gguf_installed(monkeypatch):
     assert torch.equal(module.fake_quantize_gguf(w, "q5_1"), expected)
     assert module.gguf_storage_bits((2, 64), "q5_1") == 2 * 24 * 8 * 2
     with pytest.raises(QuantsenseError, match="pip install gguf"):
-        module.ggml_type("q5_1")
+        ggml_type("q5_1")

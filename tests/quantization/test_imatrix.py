@@ -13,16 +13,15 @@ import torch
 from quantsense.cli import main
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats import format_from_dict, parse_format
-from quantsense.quantization.formats.ggml import NEEDS_IMATRIX
-from quantsense.quantization.formats.weighted import USES_IMATRIX
-from quantsense.exporters.imatrix_file import load, save
-from quantsense.quantization.imatrix import Imatrix, collect, known
+from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.backends.llama_cpp.imatrix_file import load, save
+from quantsense.backends.llama_cpp.imatrix import Imatrix, collect, known
 from quantsense.quantization.plan import Plan
 from tests.conftest import WIKI
 from tests.quantization.test_gguf_quants import _smollm2_weights
 
 gguf = pytest.importorskip("gguf")
-ggml_lib = pytest.importorskip("quantsense.quantization.ggml_lib")
+ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
 needs_ggml = pytest.mark.skipif(not ggml_lib.available(), reason="llama-cpp-python (ggml's library) is not installed")
 
 
@@ -95,7 +94,7 @@ def down_proj() -> dict[str, torch.Tensor]:
 
 @needs_ggml
 @pytest.mark.parametrize("model", ["q41", "float"])
-@pytest.mark.parametrize("name", sorted(USES_IMATRIX))
+@pytest.mark.parametrize("name", sorted(n for n, t in TYPES.items() if t.uses_imatrix))
 def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, model, name):
     weight = down_proj[model]
     rng = np.random.default_rng(1)
@@ -105,7 +104,7 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, mod
     ours = bound.quantize_weight(weight, False, "down")
     want = ggml_lib.fake_quantize(name, weight.numpy(), imx.weights("down"))
     assert torch.equal(ours, torch.from_numpy(want))
-    if name in NEEDS_IMATRIX:  # no weights for this tensor: refused, as llama-quantize refuses it (ggml would abort)
+    if TYPES[name].needs_imatrix:  # no weights for this tensor: refused, as llama-quantize refuses it (ggml would abort)
         with pytest.raises(QuantsenseError, match="needs importance-matrix weights for not in the imatrix"):
             bound.check_unit(SimpleNamespace(name="not in the imatrix", shape=tuple(weight.shape), transposed=False))
     else:
@@ -114,7 +113,7 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, mod
     # Q4_1 grid q4_1 is exact either way)
     w = torch.from_numpy(imx.weights("down")).double()
     weighted = lambda q: float(((q.double() - weight.double()) ** 2 * w).sum())  # noqa: E731
-    unweighted = plain.fake_quantize(weight) if name not in NEEDS_IMATRIX else \
+    unweighted = plain.fake_quantize(weight) if not TYPES[name].needs_imatrix else \
         torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), np.ones(1536, np.float32)))  # uniform weights
     if model == "float":
         assert weighted(ours) < weighted(unweighted)

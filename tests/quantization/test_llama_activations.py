@@ -11,10 +11,11 @@ import torch
 
 import quantsense as qs
 from quantsense.cli import main
-from quantsense.quantization.llama_activations import VEC_DOT, round_activations
+from quantsense.backends.llama_cpp.activations import round_activations
+from quantsense.backends.llama_cpp.types import TYPES
 from tests.conftest import WIKI, save_tiny_llama, tiny_tokenizer
 
-ggml_lib = pytest.importorskip("quantsense.quantization.ggml_lib")
+ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
 if not ggml_lib.available():
     pytest.skip("llama-cpp-python (ggml's library) is not installed", allow_module_level=True)
 
@@ -45,8 +46,8 @@ def test_q8_k_is_ggml_own_quantizer():
 
 
 def test_every_type_rounds_its_inputs_as_ggml_cpu_pairs_it():
-    assert {VEC_DOT[t] for t in ("q4_0", "q5_0", "q8_0", "iq4_nl")} == {"q8_0"}
-    assert {VEC_DOT[t] for t in ("q2_K", "q4_K", "q6_K", "iq4_xs", "iq3_s", "iq2_xxs")} == {"q8_K"}
+    assert {TYPES[t].vec_dot for t in ("q4_0", "q5_0", "q8_0", "iq4_nl")} == {"q8_0"}
+    assert {TYPES[t].vec_dot for t in ("q2_K", "q4_K", "q6_K", "iq4_xs", "iq3_s", "iq2_xxs")} == {"q8_K"}
     assert qs.parse_format("q4_0").activation_rounding() is qs.parse_format("q5_0").activation_rounding()
     assert qs.parse_format("int4").activation_rounding() is None and qs.parse_format("ort-int4").activation_rounding() is None
 

@@ -15,14 +15,15 @@ import torch
 from quantsense.errors import QuantsenseError
 from quantsense.models.units import discover_units
 from quantsense.quantization.apply import PlanApplier
-from quantsense.quantization.formats import OrtFormat, parse_format
+from quantsense.backends.onnxruntime.formats import OrtFormat
+from quantsense.quantization.formats import parse_format
 from quantsense.quantization.plan import Plan
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from quantsense.quantization.ort_lib import int8_kernel_saturates  # noqa: E402
+from quantsense.backends.onnxruntime.ort_lib import int8_kernel_saturates  # noqa: E402
 
 K, N = 384, 1536
 
@@ -157,7 +158,7 @@ def test_names_levels_and_refusals():
 
 
 def test_without_onnxruntime_one_line_says_how_to_install(monkeypatch):
-    from quantsense.exporters import onnx_writer
+    from quantsense.backends.onnxruntime import writer as onnx_writer
 
     for name in ("onnxruntime", "onnxruntime.quantization", "onnxruntime.capi._pybind_state"):
         monkeypatch.setitem(__import__("sys").modules, name, None)

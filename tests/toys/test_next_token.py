@@ -10,7 +10,7 @@ import torch
 import quantsense as qs
 from quantsense.cli import main
 from quantsense.tasks import TASKS, register_task
-from quantsense.visualization.summary import write_results_folder
+from quantsense.visualization.results_folder import write_results_folder
 from tests.toys.next_token import NextTokenAccuracy
 
 CONTEXT, MAX_TOKENS = 48, 240

@@ -10,7 +10,7 @@ import quantsense as qs
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.fake_quant import sqnr_db
 from quantsense.quantization.formats import FORMAT_FAMILIES, format_from_dict, parse_format, register_format
-from quantsense.visualization.summary import write_results_folder
+from quantsense.visualization.results_folder import write_results_folder
 from tests.toys.toy3 import GROUP, Toy3
 
 

@@ -26,7 +26,7 @@ def test_linear_frontier_lines_count_every_unit_by_format_and_by_layer_kind():
     groups = results["frontier"]["groups"]
     assert results["frontier"]["choices"]
     for name, choice in results["frontier"]["choices"].items():
-        line = next(l for l in text.splitlines() if l.startswith(f"{name}: "))
+        line = next(x for x in text.splitlines() if x.startswith(f"{name}: "))
         assert _parse_counts(line[len(name) + 2:]) == Counter(choice.values())
         kinds_line = text.splitlines()[text.splitlines().index(line) + 1]
         assert kinds_line.startswith("  by layer kind: ")
@@ -43,7 +43,7 @@ def test_layer_kinds_come_from_the_frontier_groups_not_the_unit_names():
         info["layer_kind"] = "tied[q|k]" if i % 2 else "custom_kind"
     name, choice = next(iter(fr["choices"].items()))
     lines = frontier_text(results).splitlines()
-    kinds_line = lines[lines.index(next(l for l in lines if l.startswith(f"{name}: "))) + 1]
+    kinds_line = lines[lines.index(next(x for x in lines if x.startswith(f"{name}: "))) + 1]
     kinds = dict(part.split(" ", 1) for part in kinds_line[len("  by layer kind: "):].split("; "))
     assert sorted(kinds) == ["custom_kind", "tied[q|k]"]
     assert sum(sum(_parse_counts(c).values()) for c in kinds.values()) == len(choice)

@@ -56,7 +56,7 @@ def _check_out(args) -> None:
         raise QuantsenseError(EMBEDDING_REFUSAL)
     if getattr(args, "out", None):
         export = args.command == "export"
-        single = args.command == "imatrix" or (export and _writer(args).SINGLE_FILE)
+        single = args.command == "imatrix" or (export and _writer(args).single_file)
         check_output(args.out, single_file=single, empty_folder=export)
     if args.command == "plot" and not args.out and Path("sensitivity.png").exists():
         raise QuantsenseError("sensitivity.png already exists here; pass --out DIR or remove it (plot never overwrites silently)")
@@ -137,7 +137,7 @@ def _run(args, ws):
 
     show = _printer(args.command)
     if args.command == "imatrix":
-        from quantsense.calibrate import imatrix_text, make_imatrix
+        from quantsense.backends.llama_cpp.calibrate import imatrix_text, make_imatrix
 
         if not args.out:
             raise QuantsenseError("imatrix needs --out FILE.gguf (the importance matrix file to write)")
@@ -151,7 +151,7 @@ def _run(args, ws):
             raise QuantsenseError("export needs --out (a folder for torchao, a .gguf file for gguf)")
         return study.run_export(ws, args.plan_file, args.out, args.export_format, not args.no_verify, on_phase=show)
     if args.command in ("allocate", "frontier"):
-        from quantsense.ggml_plans import plan_from_gguf
+        from quantsense.backends.llama_cpp.plans import plan_from_gguf
         from quantsense.search import run_frontier
 
         presets = args.preset if args.command == "frontier" else [args.max_size_of] if args.max_size_of else []
@@ -191,10 +191,10 @@ def _write_outputs(args, results: dict) -> None:
         return
     if not args.out:
         return
-    from quantsense.visualization.summary import write_results_folder
+    from quantsense.visualization.results_folder import write_results_folder
 
     folder = Path(args.out)
-    if args.command == "export" and _writer(args).SINGLE_FILE:
+    if args.command == "export" and _writer(args).single_file:
         folder = folder.parent / f"{folder.stem}-report"  # beside the exported file
     written = write_results_folder(folder, results)
     plan = folder / "plan.json" if args.command == "allocate" and (folder / "plan.json").is_file() else None

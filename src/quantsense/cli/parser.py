@@ -9,7 +9,7 @@ import os
 
 from quantsense.config import DEFAULT_STORE, DEFAULT_TASK, GRANULARITIES, LOSS_METRICS, REFERENCE_MODEL, UNIT_KINDS, VIEWS
 from quantsense.errors import QuantsenseError
-from quantsense.exporters import TARGETS
+from quantsense.exporters import export_targets
 from quantsense.quantization.formats import format_vocabulary
 from quantsense.tasks import TASKS
 
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _allocation_flags(front)
     exp = sub.add_parser("export", parents=[common], help="write a plan as a real quantized model and verify it")
     exp.add_argument("plan_file", metavar="PLAN", help="plan JSON (from 'quantsense allocate' or by hand)")
-    exp.add_argument("--format", dest="export_format", choices=tuple(TARGETS), default="torchao",
+    exp.add_argument("--format", dest="export_format", choices=export_targets(), default="torchao",
                      help="torchao: a transformers checkpoint (int formats); gguf: a llama.cpp file (GGUF formats, Llama models)")
     exp.add_argument("--emit", choices=("llama-quantize",), help="print the llama-quantize --tensor-type arguments for the plan")
     exp.add_argument("--no-verify", action="store_true", help="skip the fresh-process checks")

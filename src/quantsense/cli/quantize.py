@@ -1,5 +1,5 @@
 """``quantsense quantize MODEL OUT.gguf --size-of Q4_K_M``: the one command from a model to the shipped GGUF file
-(:mod:`quantsense.gguf_quantize`)."""
+(:mod:`quantsense.backends.llama_cpp.quantize`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 
 def add_parser(sub, parser_class) -> None:
-    from quantsense.gguf_quantize import CANDIDATES
+    from quantsense.backends.llama_cpp.quantize import CANDIDATES
 
     p = sub.add_parser("quantize", help="write a llama.cpp GGUF file of a given size: imatrix, reduced sweep, allocation, "
                        "file, held-out score in llama.cpp and the llama-quantize recipe", allow_abbrev=False)
@@ -46,7 +46,7 @@ def add_parser(sub, parser_class) -> None:
 
 
 def run(args) -> int:
-    from quantsense.gguf_quantize import quantize
+    from quantsense.backends.llama_cpp.quantize import quantize
 
     for flag in ("calibration_tokens", "choose_tokens", "score_tokens", "context"):
         if getattr(args, flag) < 1:

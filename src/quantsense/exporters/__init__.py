@@ -1,28 +1,34 @@
-"""Export targets, one writer module each, looked up by name: ``torchao`` (a transformers checkpoint), ``gguf`` (a
-llama.cpp file) and ``onnx`` (an ONNX Runtime model). Each takes explicit inputs (:class:`~quantsense.exporters.base.ExportSource`, a plan, an output
-path), writes atomically, and keeps its fresh-process check beside it (``torchao_check.py``, ``gguf_check.py``).
+"""Export targets, looked up by name: each runtime's package under :mod:`quantsense.backends` registers its own
+(``torchao``: a transformers checkpoint, ``gguf``: a llama.cpp file, ``onnx``: an ONNX Runtime model) as an
+:class:`~quantsense.exporters.base.Exporter` class with ``@register_exporter``, as formats and tasks register.
 
-The folder is ``exporters`` (not ``export``) because ``quantsense.export`` is the API function that runs a target;
-writer modules are ``<target>_writer.py`` because a check script run from this folder must import the real
-``torchao`` and ``gguf`` packages, not a sibling file of that name.
+An exporter takes explicit inputs (:class:`~quantsense.exporters.base.ExportSource`, a plan, an output path), writes
+atomically, and keeps its fresh-process check beside it in its backend folder (``torchao_check.py``,
+``gguf_check.py``, ``onnx_check.py``).
 
-A target module provides ``write(source, plan, out, check=None) -> report``, ``check_plan(source, plan)``
-(everything checkable before writing) and ``SINGLE_FILE`` (``--out`` is a file, else a folder). Modules are imported on first use (torchao and gguf are optional).
+The folder is ``exporters`` (not ``export``) because ``quantsense.export`` is the API function that runs a target.
 """
 
 from __future__ import annotations
 
-import importlib
-
-TARGETS = {"torchao": "quantsense.exporters.torchao_writer", "gguf": "quantsense.exporters.gguf_writer",
-           "onnx": "quantsense.exporters.onnx_writer"}
 EMBEDDING_REFUSAL = ("--embedding adds the embedding to plans being measured; export writes PLAN as it is (a plan "
                      "measured with --embedding names the embedding already): drop --embedding")
 
 
 def export_target(name: str):
-    """The module that writes target ``name``."""
-    from quantsense.exporters.base import refuse_unknown_target
+    """The registered exporter for target ``name`` (refused, naming the targets, when there is none)."""
+    from quantsense.exporters.base import EXPORTERS, refuse_unknown_target
+    from quantsense.quantization.formats.base import load_backends
 
-    refuse_unknown_target(name, TARGETS)
-    return importlib.import_module(TARGETS[name])
+    load_backends()
+    refuse_unknown_target(name, EXPORTERS)
+    return EXPORTERS[name]()
+
+
+def export_targets() -> tuple[str, ...]:
+    """The names of every registered export target, in registration order."""
+    from quantsense.exporters.base import EXPORTERS
+    from quantsense.quantization.formats.base import load_backends
+
+    load_backends()
+    return tuple(EXPORTERS)

@@ -1,9 +1,11 @@
-"""What every export target takes (explicit inputs, never the workspace) and how its fresh-process check runs."""
+"""What every export target is (an :class:`Exporter`, registered by name), what it takes (explicit inputs, never the
+workspace) and how its fresh-process check runs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from quantsense.errors import QuantsenseError
 
@@ -28,6 +30,38 @@ class ExportSource:
         """The model's own GGUF file, or None for a Hugging Face model."""
         path = Path(self.name)
         return path if path.suffix == ".gguf" and path.is_file() else None
+
+
+class Exporter:
+    """An export target, registered with :func:`register_exporter` by its runtime's package.
+
+    ``name``: what ``export --format`` takes; ``single_file``: ``--out`` is a file (else a folder);
+    :meth:`check_plan`: everything checkable before writing (refusals before work); :meth:`write`: the file or folder,
+    written atomically, and a report (its size, and the fresh-process ``check`` when one is given); :meth:`own_check`:
+    a check of the written file that the target runs itself, whatever the task (else the task's check is used)."""
+
+    name: ClassVar[str]
+    single_file: ClassVar[bool] = False
+
+    def check_plan(self, source: ExportSource, plan) -> None:
+        raise NotImplementedError
+
+    def write(self, source: ExportSource, plan, out, check=None) -> dict:
+        raise NotImplementedError
+
+    def own_check(self, source: ExportSource, plan):
+        """A callable the writer calls with the written path, returning figures and ``lines`` (e.g. the file read back
+        in a fresh process against the simulated weights), or None: then the task checks the export on its data."""
+        return None
+
+
+EXPORTERS: dict[str, type[Exporter]] = {}
+
+
+def register_exporter(cls: type[Exporter]) -> type[Exporter]:
+    """Add an export target to the registry (a decorator), under ``cls.name``."""
+    EXPORTERS[cls.name] = cls
+    return cls
 
 
 def check_plan_formats(plan, target: str) -> None:

@@ -296,8 +296,6 @@ def load_model(source: str, head: ModelHead, device: str | torch.device = "auto"
 
 
 def _load_model(source: str, head: ModelHead, device: str | torch.device, dtype: str, hint: str) -> LoadedModel:
-    import transformers
-
     if dtype not in (*DTYPES, "auto"):
         raise QuantsenseError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -23,17 +23,24 @@ conventions (7.5 vs 7) differ by several sentences on SST-2.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from quantsense.quantization.formats import QuantConfig
+
+class Grid(Protocol):
+    """The integer grid a weight is rounded to (what :class:`~quantsense.quantization.formats.QuantConfig` holds):
+    this module asks only for these fields, so it needs no format class."""
+
+    bits: int
+    symmetric: bool
+    granularity: str
+    group_size: int | None
 
 _EPS = torch.finfo(torch.float32).smallest_normal
 
 
-def _grouped(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+def _grouped(weight: torch.Tensor, config: Grid) -> torch.Tensor:
     """View a 2-D [out, in] weight as [n_scales, elements_per_scale]."""
     if config.granularity == "per_tensor":
         return weight.reshape(1, -1)
@@ -45,7 +52,7 @@ def _grouped(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     return weight.reshape(-1, config.group_size)
 
 
-def quantize_qparams(weight: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_qparams(weight: torch.Tensor, config: Grid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer codes, scales and zero points of a 2-D [out, in] weight, each scale row-aligned."""
     w = _grouped(weight.detach().float(), config)
     lo = torch.clamp(w.amin(dim=1, keepdim=True), max=0.0)
@@ -61,7 +68,7 @@ def quantize_qparams(weight: torch.Tensor, config: QuantConfig) -> tuple[torch.T
     return codes, scale, zero_point
 
 
-def fake_quantize(weight: torch.Tensor, config: QuantConfig, transposed: bool = False) -> torch.Tensor:
+def fake_quantize(weight: torch.Tensor, config: Grid, transposed: bool = False) -> torch.Tensor:
     """Quantize-dequantize ``weight`` and return a new tensor of the same shape and dtype.
 
     ``transposed`` is for weights stored [in, out] (GPT-2's ``Conv1D``): output channels are columns.

@@ -136,13 +136,14 @@ class SentenceClassification(Task):
         import tempfile
         from pathlib import Path
 
-        from quantsense.exporters.onnx_writer import run_check
+        from quantsense.exporters import export_target
 
+        onnx = export_target("onnx")
         with tempfile.TemporaryDirectory() as tmp:
             inputs = Path(tmp) / "inputs.json"
             inputs.write_text(json.dumps({"texts": data.texts, "max_length": self.max_length,
                                           "batches": [b.index.tolist() for b in batches]}))
-            check = run_check([str(Path(export_dir).resolve()), str(inputs)], cwd=tmp)
+            check = onnx.run_check([str(Path(export_dir).resolve()), str(inputs)], cwd=tmp)
         logits = np.asarray(check["logits"], dtype=np.float32)
         exported, alone = logits.argmax(axis=1), np.asarray(check["predictions_alone"])
         rep = {
@@ -153,7 +154,7 @@ class SentenceClassification(Task):
             "batch1_predictions_differing": int((alone != exported).sum()),
             "operators": check["operators"], "onnxruntime": check["onnxruntime"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
-            "int8_kernel_saturates": "MatMulInteger" in check["operators"] and _saturates(),
+            "int8_kernel_saturates": "MatMulInteger" in check["operators"] and onnx.saturation_note() is not None,
         }
         ops = ", ".join(f"{n} {k}" for k, n in rep["operators"].items())
         rep["lines"] = [f"run in a fresh process by ONNX Runtime {rep['onnxruntime']} (quantsense imported: "
@@ -165,9 +166,7 @@ class SentenceClassification(Task):
                         "predictions differ from the batched run" + (" (its activation scales see one sentence)"
                                                                      if "DynamicQuantizeLinear" in rep["operators"] else "")]
         if rep["int8_kernel_saturates"]:
-            from quantsense.quantization.ort_lib import SATURATION_NOTE
-
-            rep["lines"].append(f"note: {SATURATION_NOTE}")
+            rep["lines"].append(f"note: {onnx.saturation_note()}")
         return rep
 
     def _check_torchao(self, export_dir, source, data: ClassificationData, simulated) -> dict:
@@ -175,13 +174,14 @@ class SentenceClassification(Task):
         import tempfile
         from pathlib import Path
 
-        from quantsense.exporters.torchao_writer import reload_line, run_check
+        from quantsense.exporters import export_target
 
+        torchao = export_target("torchao")
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "data.tsv"
-            table.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(data.texts, data.labels.tolist())))
+            table.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in zip(data.texts, data.labels.tolist())))
             fp32 = str(Path(source).resolve()) if Path(source).exists() else source
-            check = run_check([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
+            check = torchao.run_check([str(Path(export_dir).resolve()), fp32, str(table)], cwd=tmp)
         exported = np.asarray(check["predictions"])
         rep = {
             **_agreement(exported, simulated.predictions, data.labels),
@@ -191,7 +191,7 @@ class SentenceClassification(Task):
             "reloaded_weight_class": check["weight_class"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
         }
-        rep["lines"] = [reload_line(check),
+        rep["lines"] = [torchao.reload_line(check),
                         f"accuracy: exported {rep['exported_accuracy']:.2f} %, simulated {rep['simulated_accuracy']:.2f} %, "
                         f"{rep['predictions_differing']} predictions differ",
                         f"CPU latency per batch {tuple(rep['latency_batch_shape'])}: exported {rep['latency_exported_ms']:.1f} ms, "
@@ -205,8 +205,3 @@ def _agreement(exported: np.ndarray, simulated: np.ndarray, labels: np.ndarray) 
             "simulated_accuracy": 100 * float((simulated == labels).mean()),
             "predictions_differing": int((exported != simulated).sum())}
 
-
-def _saturates() -> bool:
-    from quantsense.quantization.ort_lib import int8_kernel_saturates
-
-    return int8_kernel_saturates()

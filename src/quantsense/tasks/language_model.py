@@ -245,13 +245,14 @@ class LanguageModelPerplexity(Task):
 
     def export_check(self, target, source, data: TextData, simulate, batches):
         if target == "gguf":
-            from quantsense.exporters.gguf_writer import check_llama_cpp, verify
+            from quantsense.exporters import export_target
 
-            check_llama_cpp()  # a broken install is refused now, not after the file is written
+            gguf = export_target("gguf")
+            gguf.check_available()  # a broken install is refused now, not after the file is written
 
             def check(path, source_file):
                 arrays = simulate().arrays
-                return verify(path, source_file, token_ids(batches), self.context, self.stride, arrays["token_logprob"],
+                return gguf.verify(path, source_file, token_ids(batches), self.context, self.stride, arrays["token_logprob"],
                               simulated_kl=arrays.get("kl"))
             return check
         if target != "torchao":
@@ -262,9 +263,10 @@ class LanguageModelPerplexity(Task):
 
     def _check_torchao(self, export_dir, data: TextData, simulated) -> dict:
         """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
-        from quantsense.exporters.torchao_writer import reload_line, run_check
+        from quantsense.exporters import export_target
 
-        check = run_check(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
+        torchao = export_target("torchao")
+        check = torchao.run_check(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
                               str(self.max_tokens), str(self.context), str(self.stride), str(self.first_token)])
         exported = np.asarray(check["token_logprob"], dtype=np.float64)
         sim = simulated.arrays["token_logprob"].astype(np.float64)
@@ -275,7 +277,7 @@ class LanguageModelPerplexity(Task):
             "reloaded_weight_class": check["weight_class"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
         }
-        rep["lines"] = [reload_line(check),
+        rep["lines"] = [torchao.reload_line(check),
                         f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
                         f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}"]
         return rep

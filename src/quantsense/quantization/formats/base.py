@@ -111,9 +111,14 @@ class WeightFormat:
 
     # -- calibration ----------------------------------------------------------------------------
     def with_imatrix(self, imatrix) -> "WeightFormat":
-        """This format weighting its rounding by ``imatrix`` (:mod:`quantsense.quantization.imatrix`) where its
+        """This format weighting its rounding by ``imatrix`` (:mod:`quantsense.backends.llama_cpp.imatrix`) where its
         quantizer takes one (llama.cpp's do), else itself unchanged."""
         return self
+
+    def with_named_imatrix(self, fingerprint, where: str = "config") -> "WeightFormat":
+        """This format bound to the imatrix a plan entry names by fingerprint (``"imatrix": FINGERPRINT``), which must
+        be loaded already; refused for a format that takes none."""
+        raise QuantsenseError(f"{where}: {self.name} does not use an importance matrix; remove its 'imatrix' key")
 
     def importance(self, tensor: str):
         """The per-column weights this format quantizes ``tensor`` with (its bound imatrix's), or None."""
@@ -159,6 +164,19 @@ class WeightFormat:
 
 
 FORMAT_FAMILIES: dict[str, type[WeightFormat]] = {}
+BACKENDS = "quantsense.backends"  # the folder of runtime packages, each registering its formats and export target
+
+
+def load_backends() -> None:
+    """Import every runtime package under :data:`BACKENDS` once, in name order (each registers its formats and export
+    target): the one way the core reaches a runtime, by discovery as a plugin system would, never by name."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(BACKENDS)
+    for found in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if found.ispkg:
+            importlib.import_module(f"{BACKENDS}.{found.name}")
 
 
 def register_format(cls: type[WeightFormat]) -> type[WeightFormat]:
@@ -200,26 +218,12 @@ def format_from_dict(data, where: str = "config") -> WeightFormat:
             fmt = parse_format(data["format"])
         except QuantsenseError as exc:
             raise QuantsenseError(f"{where}: {exc}") from None
-        return _with_named_imatrix(fmt, data["imatrix"], where) if "imatrix" in data else fmt
+        return fmt.with_named_imatrix(data["imatrix"], where) if "imatrix" in data else fmt
     if isinstance(data, dict):
         for cls in FORMAT_FAMILIES.values():
             if cls.claims(data):
                 return cls.from_dict(data, where)
     raise QuantsenseError(f"{where}: expected an object with 'bits' or 'format', got {data!r}")
-
-
-def _with_named_imatrix(fmt: WeightFormat, fingerprint, where: str) -> WeightFormat:
-    """A plan entry's ``"imatrix": FINGERPRINT``: the format bound to that imatrix, which must be loaded already."""
-    from quantsense.quantization.imatrix import known
-
-    found = known(str(fingerprint))
-    if found is None:
-        raise QuantsenseError(f"{where}: {fmt.name} was planned with imatrix {fingerprint}; pass --imatrix FILE with the "
-                              "importance matrix it was made with")
-    bound = fmt.with_imatrix(found)
-    if bound is fmt:
-        raise QuantsenseError(f"{where}: {fmt.name} does not use an importance matrix; remove its 'imatrix' key")
-    return bound
 
 
 def format_levels(fmt: WeightFormat, scheme) -> tuple[WeightFormat, WeightFormat, WeightFormat] | None:

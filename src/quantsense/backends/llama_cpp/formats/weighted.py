@@ -1,7 +1,7 @@
 """What llama.cpp's two format families share: quantizers that weight their rounding by an importance matrix.
 
-:class:`ImatrixWeighted` is mixed into :class:`~quantsense.quantization.formats.gguf.GGUFFormat` and
-:class:`~quantsense.quantization.formats.ggml.GGMLFormat`. A format bound to an imatrix (``fmt.with_imatrix(m)``,
+:class:`ImatrixWeighted` is mixed into :class:`~quantsense.backends.llama_cpp.formats.legacy.GGUFFormat` and
+:class:`~quantsense.backends.llama_cpp.formats.ggml.GGMLFormat`. A format bound to an imatrix (``fmt.with_imatrix(m)``,
 done by a workspace given ``--imatrix``) quantizes each tensor that the imatrix covers through ggml's own
 ``ggml_quantize_chunk`` with that tensor's weights, as ``llama-quantize --imatrix`` does; its plan entry names the
 imatrix by fingerprint, so a stored result or a plan file never mixes it up with the unweighted format.
@@ -12,13 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.errors import QuantsenseError
+
 if TYPE_CHECKING:
     import torch
-
-# ggml's quantizers that take an importance matrix (q8_0, f16 and bf16 ignore one)
-USES_IMATRIX = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs",
-                          "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s"})
-
 
 class ImatrixWeighted:
     """Mixin for a frozen dataclass with fields ``format`` (the ggml type name) and ``imatrix`` (or None)."""
@@ -26,9 +24,21 @@ class ImatrixWeighted:
     rows_independent = True  # ggml quantizes each row alone (blocks along the row; the imatrix weighs columns)
 
     def with_imatrix(self, imatrix):
-        if imatrix is None or self.format not in USES_IMATRIX or self.imatrix == imatrix:
+        if imatrix is None or not TYPES[self.format].uses_imatrix or self.imatrix == imatrix:
             return self
         return dataclasses.replace(self, imatrix=imatrix)
+
+    def with_named_imatrix(self, fingerprint, where: str = "config"):
+        from quantsense.backends.llama_cpp.imatrix import known
+
+        found = known(str(fingerprint))
+        if found is None:
+            raise QuantsenseError(f"{where}: {self.name} was planned with imatrix {fingerprint}; pass --imatrix FILE with "
+                                  "the importance matrix it was made with")
+        bound = self.with_imatrix(found)
+        if bound is self:
+            raise QuantsenseError(f"{where}: {self.name} does not use an importance matrix; remove its 'imatrix' key")
+        return bound
 
     def to_dict(self) -> dict:
         entry = {"format": self.format}
@@ -49,7 +59,7 @@ class ImatrixWeighted:
 
     def activation_rounding(self):
         """llama.cpp's rounding of this type's inputs in its CPU dot products (:mod:`..llama_activations`)."""
-        from quantsense.quantization.llama_activations import rounding_for
+        from quantsense.backends.llama_cpp.activations import rounding_for
 
         return rounding_for(self.format)
 
@@ -61,7 +71,7 @@ class ImatrixWeighted:
             return self.fake_quantize(weight, transposed=transposed)
         import torch
 
-        from quantsense.quantization import ggml_lib
+        from quantsense.backends.llama_cpp import ggml_lib
 
         rows = (weight.detach().t() if transposed else weight.detach()).to(torch.float32).cpu().numpy()
         out = torch.from_numpy(ggml_lib.fake_quantize(self.format, rows, weights))

@@ -20,7 +20,7 @@ BOOTSTRAP_BLOCK_TOKENS = 128  # as the simulation's language-model comparison
 def score_in_llama_cpp(path: str | Path, reference: str | Path, token_ids: list[int], context: int, stride: int,
                        threads: int = 2, seed: int = 0) -> dict:
     """``path`` against ``reference`` in llama.cpp on ``token_ids`` (windows of ``context`` every ``stride``)."""
-    from quantsense.exporters import gguf_check
+    from quantsense.backends.llama_cpp import gguf_check
 
     with tempfile.TemporaryDirectory(prefix="quantsense-score-") as tmp:
         ids = Path(tmp) / "ids.json"

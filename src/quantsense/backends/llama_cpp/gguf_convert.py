@@ -6,7 +6,7 @@ keys, the vocabulary, merges and special tokens as ``tokenizer.*`` keys, and eve
 GGUF name, with attn_q/attn_k rows permuted into llama.cpp's rotary layout (the inverse of what
 transformers' GGUF loader undoes). Weights are written in the model's own dtype (float32 -> F32,
 bfloat16 -> BF16, float16 -> F16), so the file holds exactly the weights the simulation measured;
-:func:`quantsense.exporters.gguf_file.write_gguf` then quantizes the planned tensors from it.
+:func:`quantsense.backends.llama_cpp.gguf_file.write_gguf` then quantizes the planned tensors from it.
 
 What this converter does not map is refused in one line naming the llama.cpp converter as the fix:
 other architectures, rope scaling, biases, SentencePiece tokenizers, unknown pre-tokenizers.
@@ -22,7 +22,7 @@ import torch
 
 from quantsense.errors import QuantsenseError
 from quantsense.io import atomic_output
-from quantsense.exporters.gguf_file import _gguf, hf_to_gguf_name
+from quantsense.backends.llama_cpp.gguf_file import _gguf, hf_to_gguf_name
 
 _FIX = "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file with --model"
 # llama.cpp's general.file_type for the model's dtype: ALL_F32, MOSTLY_F16, MOSTLY_BF16

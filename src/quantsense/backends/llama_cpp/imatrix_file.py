@@ -1,5 +1,5 @@
 """llama.cpp's GGUF importance-matrix file: written so that ``llama-quantize --imatrix`` reads it, read whether
-quantsense or ``llama-imatrix`` wrote it.
+quantsense or ``llama-imatrix`` wrote it; registered as the ``imatrix`` calibration (:class:`ImatrixCalibration`).
 
 Layout (tools/imatrix/imatrix.cpp): per tensor ``<tensor>.in_sum2`` (F32, ne [n_in, 1]: the sum of squared
 activations per input column) and ``<tensor>.counts`` (F32, ne [1, 1]: the tokens summed); keys ``general.type =
@@ -16,7 +16,8 @@ from typing import Mapping
 import numpy as np
 
 from quantsense.errors import QuantsenseError
-from quantsense.quantization.imatrix import Imatrix
+from quantsense.backends.llama_cpp.imatrix import Imatrix, collect, product_modules
+from quantsense.quantization.calibration import Calibration, register_calibration
 
 CALIBRATION_KEYS = ("data", "first_token", "tokens")  # stored as quantsense.calibration.<key> (llama.cpp ignores them)
 
@@ -137,3 +138,27 @@ def calibration_of(path: str | Path) -> dict:
         raise
     except Exception as exc:  # a foreign file: load() says so with the fix
         raise QuantsenseError(f"{path} is not a readable GGUF imatrix file ({exc})") from None
+
+
+@register_calibration
+class ImatrixCalibration(Calibration):
+    """``--imatrix FILE``: llama.cpp's importance matrix file, read under the model's module names; collected with
+    :func:`collect` on the modules :func:`product_modules` names."""
+
+    kind = "imatrix"
+
+    def check_path(self, path):
+        return check_path(path)
+
+    def load(self, path, model, units) -> Imatrix:
+        from quantsense.backends.llama_cpp.gguf_file import gguf_tensor_names
+
+        names = list(product_modules(model, units))
+        columns = {name: units.get(name).shape[0 if units.get(name).transposed else -1] for name in names}
+        return load(path, gguf_tensor_names(model, units, names=names), columns)
+
+    def modules(self, model, units) -> dict:
+        return product_modules(model, units)
+
+    def collect(self, model, modules, inputs) -> Imatrix:
+        return collect(model, modules, inputs)

@@ -27,33 +27,22 @@ One platform detail: a block whose float32 scale is below 2**-128 (largest magni
 1e-37) makes ``1 / d`` overflow and its codes inf/NaN; numpy's cast of those to uint8/int8 is
 platform-defined (0 on x86-64, which this module reproduces). Such a block dequantizes to zeros
 whatever the codes; only the sign of those zeros could differ from the reference on another platform.
-``gguf`` is only needed for :func:`ggml_type`.
+``gguf`` is not needed (:func:`~quantsense.backends.llama_cpp.types.ggml_type` names its types).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from quantsense.backends.llama_cpp.types import TYPES, names
 from quantsense.errors import QuantsenseError
-
-if TYPE_CHECKING:
-    import gguf
 
 BLOCK_SIZE = 32
 
-# name -> (elements per block, bytes per block), as gguf.constants.GGML_QUANT_SIZES
-_LAYOUT: dict[str, tuple[int, int]] = {
-    "q8_0": (BLOCK_SIZE, 34),
-    "q5_1": (BLOCK_SIZE, 24),
-    "q5_0": (BLOCK_SIZE, 22),
-    "q4_1": (BLOCK_SIZE, 20),
-    "q4_0": (BLOCK_SIZE, 18),
-    "f16": (1, 2),
-    "bf16": (1, 2),
-}
+# name -> (elements per block, bytes per block) of the types quantized here (:mod:`.types`)
+_LAYOUT: dict[str, tuple[int, int]] = {name: (TYPES[name].block, TYPES[name].nbytes) for name in names("torch")}
 
 GGUF_FORMATS: dict[str, float] = {name: 8 * nbytes / block for name, (block, nbytes) in _LAYOUT.items()}
 
@@ -68,16 +57,6 @@ def _layout(name: str) -> tuple[int, int]:
 def block_size(name: str) -> int:
     """Elements per block of format ``name``: 32 for the q formats, 1 for f16 and bf16."""
     return _layout(name)[0]
-
-
-def ggml_type(name: str) -> gguf.GGMLQuantizationType:
-    """The ``gguf.GGMLQuantizationType`` of format ``name`` (needs the optional ``gguf`` package)."""
-    _layout(name)
-    try:
-        import gguf
-    except ImportError:
-        raise QuantsenseError("GGUF type lookup needs the optional gguf package: pip install gguf") from None
-    return gguf.GGMLQuantizationType[name.upper()]
 
 
 def _check_rows(shape: tuple[int, ...], name: str, transposed: bool) -> None:

@@ -21,7 +21,7 @@ def _llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        from quantsense.quantization.ggml_lib import INSTALL_HINT
+        from quantsense.backends.llama_cpp.ggml_lib import INSTALL_HINT
 
         raise QuantsenseError(INSTALL_HINT.replace("ggml formats need", "llama_model_quantize needs")) from None
     return llama_cpp
@@ -33,11 +33,11 @@ def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: M
     """Quantize the GGUF ``source`` into ``out`` with llama.cpp: ``ftype`` a llama_ftype number (the preset or base
     type), ``overrides`` GGUF tensor name -> type (each an exact-name pattern, like ``--tensor-type``), ``importance``
     GGUF tensor name -> imatrix weights (the mean squared activation per input column, as llama-quantize loads them),
-    ``provenance`` the imatrix's ``quantize.imatrix.*`` keys (:func:`~quantsense.exporters.gguf_file.imatrix_keys`),
+    ``provenance`` the imatrix's ``quantize.imatrix.*`` keys (:func:`~quantsense.backends.llama_cpp.gguf_file.imatrix_keys`),
     which the llama-quantize tool passes as metadata overrides.
     ``pure``: tensors without an override get the base type itself, not the preset rules' choice (``--pure``).
     A quantized source is re-quantized from its de-quantized values (``--allow-requantize``)."""
-    from quantsense.quantization.ggml_lib import ggml_type
+    from quantsense.backends.llama_cpp.types import ggml_type
 
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
@@ -64,7 +64,7 @@ def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: M
         params.imatrix = entries
         keep.append(entries)
     if provenance:
-        from quantsense.exporters.gguf_file import imatrix_keys
+        from quantsense.backends.llama_cpp.gguf_file import imatrix_keys
 
         keys = imatrix_keys(provenance)
         entries = (llama_cpp.llama_model_kv_override * (len(keys) + 1))()

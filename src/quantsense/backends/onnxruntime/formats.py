@@ -1,5 +1,5 @@
 """ONNX Runtime's CPU formats (``ort-int8``, ``ort-int8-tensor``, ``ort-int4``, ``ort-int4-b32``), simulated as its kernels
-compute them and exported as ONNX (:mod:`quantsense.exporters.onnx_writer`).
+compute them and exported as ONNX (:mod:`quantsense.backends.onnxruntime.writer`).
 
 - ``ort-int8``: ``quantize_dynamic``'s int8 ``MatMulInteger``: symmetric int8 weights, one scale per output channel
   (``ort-int8-tensor``: one per tensor, ``quantize_dynamic``'s default), and the linear's *input* quantized at run time
@@ -8,7 +8,7 @@ compute them and exported as ONNX (:mod:`quantsense.exporters.onnx_writer`).
 - ``ort-int4`` / ``ort-int4-b32``: ``MatMulNBits`` as ``MatMulNBitsQuantizer`` writes it: 4-bit weights in blocks of
   128 (or 32) along the input, a float scale and a 4-bit zero point per block, inputs left in float.
 
-Weights go through ONNX Runtime's own quantizers (:mod:`quantsense.quantization.ort_lib`), so onnxruntime must be
+Weights go through ONNX Runtime's own quantizers (:mod:`quantsense.backends.onnxruntime.ort_lib`), so onnxruntime must be
 installed (``pip install -e '.[onnx]'``).
 """
 
@@ -91,12 +91,12 @@ class OrtFormat(WeightFormat):
         """ONNX Runtime's ``DynamicQuantizeLinear`` for an int8 MatMul's input; None for MatMulNBits and embeddings."""
         if not self.quantizes_inputs or kind != "linear":
             return None
-        from quantsense.quantization.ort_lib import dynamic_quantize_linear
+        from quantsense.backends.onnxruntime.ort_lib import dynamic_quantize_linear
 
         return dynamic_quantize_linear
 
     def check_model(self, units, named: bool) -> None:
-        from quantsense.quantization import ort_lib
+        from quantsense.backends.onnxruntime import ort_lib
 
         ort_lib.check_installed()
 
@@ -126,7 +126,7 @@ class OrtFormat(WeightFormat):
     def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str | None, kind: str = "linear") -> torch.Tensor:
         import torch
 
-        from quantsense.quantization import ort_lib
+        from quantsense.backends.onnxruntime import ort_lib
 
         self.check_shape(tuple(weight.shape), transposed, where=tensor or "weight")
         rows = weight.detach().to(torch.float32).cpu().numpy()

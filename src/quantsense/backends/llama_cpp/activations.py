@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from quantsense.quantization.formats.ggml import VEC_DOT
+from quantsense.backends.llama_cpp.types import TYPES
 
 BLOCK = {"q8_0": 32, "q8_1": 32, "q8_K": 256}
 
@@ -60,5 +60,5 @@ def _rounding(kind: str):
 def rounding_for(weight_type: str):
     """The input rounding of a linear stored as ``weight_type`` (a function of the input; types that round alike share
     one), or None for a type llama.cpp multiplies in float (f32)."""
-    kind = VEC_DOT.get(weight_type)
+    kind = TYPES[weight_type].vec_dot if weight_type in TYPES else None
     return None if kind is None else _rounding(kind)

@@ -1,6 +1,6 @@
 """llama.cpp's block formats (``q8_0 q5_1 q5_0 q4_1 q4_0``: blocks of 32 weights along a row with an fp16 scale, and
 an fp16 minimum for the ``_1`` formats) and ``f16 bf16``; fake quantization equals the ``gguf`` package's reference
-quantize/dequantize bit for bit (:mod:`quantsense.quantization.gguf_quants`); exported as GGUF."""
+quantize/dequantize bit for bit (:mod:`quantsense.backends.llama_cpp.gguf_quants`); exported as GGUF."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats.base import WeightFormat, register_format
-from quantsense.quantization.formats.weighted import ImatrixWeighted
+from quantsense.backends.llama_cpp.formats.weighted import ImatrixWeighted
 
 if TYPE_CHECKING:
     import torch
 
 
 def gguf_format_names() -> tuple[str, ...]:
-    from quantsense.quantization.gguf_quants import GGUF_FORMATS
+    from quantsense.backends.llama_cpp.gguf_quants import GGUF_FORMATS
 
     return tuple(GGUF_FORMATS)
 
@@ -28,7 +28,7 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
     is bound: then quantized by ggml's own library, :mod:`.weighted`)."""
 
     format: str
-    imatrix: Any = None  # quantsense.quantization.imatrix.Imatrix
+    imatrix: Any = None  # quantsense.backends.llama_cpp.imatrix.Imatrix
 
     family = "gguf"
     vocabulary = "a GGUF format (q8_0, q5_1, q5_0, q4_1, q4_0, f16, bf16)"
@@ -49,13 +49,15 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
     @property
     def nominal_bits(self) -> float:
         """Bits per weight with the block scales (llama.cpp's own figure: q4_0 4.5, q8_0 8.5, f16 16)."""
-        from quantsense.quantization.gguf_quants import GGUF_FORMATS
+        from quantsense.backends.llama_cpp.gguf_quants import GGUF_FORMATS
 
         return float(GGUF_FORMATS[self.format])
 
     @property
     def code_bits(self) -> int:
-        return 16 if self.format in ("f16", "bf16") else int(self.format[1])
+        from quantsense.backends.llama_cpp.types import TYPES
+
+        return TYPES[self.format].code_bits
 
     @property
     def variant(self) -> str:
@@ -63,13 +65,13 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
 
     @classmethod
     def glossary(cls, scheme=None) -> tuple[str, str]:
-        from quantsense.quantization.gguf_quants import BLOCK_SIZE
+        from quantsense.backends.llama_cpp.gguf_quants import BLOCK_SIZE
 
         return ("q4_0, q5_1, q8_0…", f"GGUF block formats: weights in blocks of {BLOCK_SIZE} sharing one fp16 scale "
                 "(_1 also an fp16 minimum); the digit is the bits per weight before scales.")
 
     def check_shape(self, shape: tuple[int, ...], transposed: bool = False, where: str = "weight") -> None:
-        from quantsense.quantization.gguf_quants import block_size
+        from quantsense.backends.llama_cpp.gguf_quants import block_size
 
         row = shape[0] if transposed else shape[-1]
         if row % block_size(self.format):
@@ -77,13 +79,13 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
                                   f"(llama.cpp's block size); {where} has rows of {row}: use f16 or an int format for it")
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
-        from quantsense.quantization.gguf_quants import fake_quantize_gguf
+        from quantsense.backends.llama_cpp.gguf_quants import fake_quantize_gguf
 
 
         return fake_quantize_gguf(weight, self.format, transposed=transposed)
 
     def storage_bits(self, shape: tuple[int, ...], transposed: bool = False) -> int:
-        from quantsense.quantization.gguf_quants import gguf_storage_bits
+        from quantsense.backends.llama_cpp.gguf_quants import gguf_storage_bits
 
         return gguf_storage_bits(tuple(shape), self.format, transposed)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from quantsense.errors import QuantsenseError
 
-from quantsense.quantization.formats.ggml import ALLOCATION_CANDIDATES as CANDIDATES
+from quantsense.backends.llama_cpp.types import ALLOCATION_CANDIDATES as CANDIDATES
 ALIGNMENT_SLACK = 32  # bytes per tensor a GGUF file may pad between tensors
 
 
@@ -57,8 +57,8 @@ def check_inputs(out, size, size_of, imatrix, calibration_data, tokens: dict[str
             raise QuantsenseError(f"{flag} {count} is too few for an interval at --context {context}: the mean KL's "
                                   f"95 % interval needs {MIN_BOOTSTRAP_BLOCKS} blocks of scored tokens; use {flag} "
                                   f"{need} or more, or a shorter --context")
-    from quantsense.exporters.gguf_writer import check_llama_cpp, llama_cpp_available
-    from quantsense.quantization import ggml_lib
+    from quantsense.backends.llama_cpp.writer import check_llama_cpp, llama_cpp_available
+    from quantsense.backends.llama_cpp import ggml_lib
 
     ggml_lib.library()  # the K and IQ types and the scoring need llama-cpp-python
     if not llama_cpp_available():
@@ -105,7 +105,7 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
                   dtype="float32")  # the F32 reference file's weights, whatever dtype the checkpoint was saved in
     imatrix_path = Path(imatrix) if imatrix else out.with_suffix(".imatrix.gguf")
     if collect:
-        from quantsense.calibrate import imatrix_text, make_imatrix
+        from quantsense.backends.llama_cpp.calibrate import imatrix_text, make_imatrix
 
         first, tokens = (0, calibration_tokens) if calibration_data else ranges["imatrix"]
         cal = qs.open_workspace(model, data=calibration_data or data, first_token=first, max_tokens=tokens, **common)
@@ -140,7 +140,7 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
 def _after_imatrix(path: str, data: str, ranges: dict) -> dict:
     """Selection and scoring ranges moved past the tokens a given imatrix was collected on, when it was this text's."""
     from quantsense.data.text import load_text
-    from quantsense.exporters.imatrix_file import calibration_of
+    from quantsense.backends.llama_cpp.imatrix_file import calibration_of
 
     cal = calibration_of(path)
     if not cal or cal["data"] != load_text(data).fingerprint():
@@ -151,7 +151,7 @@ def _after_imatrix(path: str, data: str, ranges: dict) -> dict:
 
 
 def _given_plans(ws, paths) -> dict:
-    from quantsense.ggml_plans import plan_from_gguf
+    from quantsense.backends.llama_cpp.plans import plan_from_gguf
 
     names = [Path(p).name for p in paths]
     return {f"file:{p if names.count(Path(p).name) > 1 else Path(p).name}": plan_from_gguf(ws, p) for p in paths}
@@ -161,17 +161,17 @@ def _reference_gguf(ws, model: str, folder: Path) -> Path:
     """The model as an F32 GGUF: the source of every file written and the reference every score is taken against."""
     out = folder / "reference-f32.gguf"
     if str(model).endswith(".gguf"):
-        from quantsense.exporters.llama_quantize import llama_quantize
+        from quantsense.backends.llama_cpp.llama_quantize import llama_quantize
 
         return llama_quantize(model, out, ftype=0, nthread=2)  # LLAMA_FTYPE_ALL_F32: llama.cpp de-quantizes the source
-    from quantsense.exporters.gguf_convert import convert_hf_to_gguf
+    from quantsense.backends.llama_cpp.gguf_convert import convert_hf_to_gguf
 
     return convert_hf_to_gguf(ws.model, ws.tokenizer, out, name=Path(str(model)).name)
 
 
 def _file_bytes(ws, plan, reference: Path) -> int:
-    from quantsense.exporters.gguf_file import predicted_gguf_bytes
-    from quantsense.ggml_plans import unit_gguf_names
+    from quantsense.backends.llama_cpp.gguf_file import predicted_gguf_bytes
+    from quantsense.backends.llama_cpp.plans import unit_gguf_names
 
     names = unit_gguf_names(ws)
     types = {names[unit]: fmt.name for unit, fmt in plan.assignments}
@@ -181,7 +181,7 @@ def _file_bytes(ws, plan, reference: Path) -> int:
 def _choose(ws, reference: Path, target: int | None, preset: str | None, candidates, given: dict, estimate: str, say):
     """The plan to write: the allocation under the file size and every candidate plan within it, measured on the
     selection tokens; the lowest mean KL wins."""
-    from quantsense.ggml_plans import preset_plan
+    from quantsense.mixed_precision.presets import preset_plan
     from quantsense.mixed_precision.allocation import Budget
     from quantsense.quantization.plan import Plan
     from quantsense.quantization.size import model_bytes
@@ -226,8 +226,8 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
 
 
 def _write(ws, plan, reference: Path, out: Path) -> dict:
-    from quantsense.exporters.gguf_file import write_gguf
-    from quantsense.ggml_plans import unit_gguf_names
+    from quantsense.backends.llama_cpp.gguf_file import write_gguf
+    from quantsense.backends.llama_cpp.plans import unit_gguf_names
 
     names = unit_gguf_names(ws)
     types = {names[unit]: fmt.name for unit, fmt in plan.assignments}
@@ -240,8 +240,8 @@ def _write(ws, plan, reference: Path, out: Path) -> dict:
 def _recipe(ws, plan, out: Path, reference: Path) -> dict:
     """``OUT.tensor-types.txt`` (one ``tensor=type`` per line, as ``--tensor-type-file`` reads) and the llama-quantize
     command that writes the same file from the model's F32 GGUF."""
-    from quantsense.exporters.gguf_file import llama_quantize_args
-    from quantsense.ggml_plans import unit_gguf_names
+    from quantsense.backends.llama_cpp.gguf_file import llama_quantize_args
+    from quantsense.backends.llama_cpp.plans import unit_gguf_names
 
     names = unit_gguf_names(ws)
     planned = {names[unit]: fmt.name for unit, fmt in plan.assignments}
@@ -257,15 +257,15 @@ def _recipe(ws, plan, out: Path, reference: Path) -> dict:
 
 def _score(ws, scorer, plan, out: Path, reference: Path, preset: str | None, folder: Path, say) -> dict:
     """The written file (and the preset's own, made by llama.cpp) scored in llama.cpp on the held-out tokens."""
-    from quantsense.exporters.llama_score import score_in_llama_cpp
+    from quantsense.backends.llama_cpp.llama_score import score_in_llama_cpp
     from quantsense.tasks.language_model import token_ids
 
     ids = token_ids(scorer.batches)
     files = {out.name: out}
     if preset is not None:
-        from quantsense.exporters.llama_quantize import llama_quantize
-        from quantsense.ggml_plans import imatrix_by_tensor
-        from quantsense.mixed_precision.presets import FTYPES
+        from quantsense.backends.llama_cpp.llama_quantize import llama_quantize
+        from quantsense.backends.llama_cpp.plans import imatrix_by_tensor
+        from quantsense.backends.llama_cpp.presets import FTYPES
 
         importance = imatrix_by_tensor(ws)
         files[f"{preset} (llama.cpp)"] = llama_quantize(reference, folder / f"{preset}.gguf", FTYPES[preset], nthread=2,

@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, write_folder
+from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh, write_folder
 from quantsense.io import check_output
-from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import QuantConfig
 from quantsense.quantization.plan import Plan
-from quantsense.quantization.size import average_bits, model_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+    from quantsense.models.units import UnitMap
 
 PLAN_FILE = "quantsense_plan.json"
 SINGLE_FILE = False  # writes a folder (--out DIR)
 
 
 def torchao_config(config: QuantConfig, unit: str = "a unit"):
+    import torch
+
     config.check_export("torchao", unit)
     try:
         from torchao.quantization import IntxWeightOnlyConfig, MappingType
@@ -72,11 +76,15 @@ def _torchao_unit_bits(unit, config: QuantConfig) -> int:
 
 def export_bytes(model: torch.nn.Module, unit_map: UnitMap, plan: Plan) -> int:
     """Bytes of every parameter in torchao's unpacked layout: int8 codes, fp32 scale + int8 zero point per group."""
+    from quantsense.quantization.size import model_bytes
+
     return model_bytes(model, unit_map, plan, unit_bits=_torchao_unit_bits)
 
 
 def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict:
     """Write the checkpoint and report its sizes; ``check(path)`` (the task's fresh-process check) adds its figures."""
+    from quantsense.quantization.size import average_bits, model_bytes
+
     path = export_plan(source, plan, out)
     fp32_bytes = model_bytes(source.model, source.units, Plan())
     report = {
@@ -118,6 +126,8 @@ def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:
     A GGUF source is first written as an ordinary fp32 checkpoint from the loaded model and tokenizer
     (the de-quantized weights quantsense measured), then quantized from there.
     """
+    import torch
+
     import transformers
 
     check_plan(source, plan)
@@ -166,6 +176,18 @@ def weights_file_bytes(directory: str | Path) -> int:
 
 def run_check(args: list[str], cwd: str | None = None) -> dict:
     """``torchao_check.py`` (the torchao checkpoint reloaded by transformers + torchao alone) in a fresh process."""
-    from quantsense.exporters import torchao_check
+    from quantsense.backends.torchao import torchao_check
 
     return run_fresh(torchao_check, args, cwd)
+
+
+@register_exporter
+class TorchaoExporter(Exporter):
+    """Export target ``torchao`` (:func:`write`, :func:`check_plan`)."""
+
+    name = "torchao"
+    single_file = SINGLE_FILE
+    check_plan = staticmethod(check_plan)
+    write = staticmethod(write)
+    run_check = staticmethod(run_check)  # torchao_check.py in a fresh process
+    reload_line = staticmethod(reload_line)

@@ -2,7 +2,7 @@
 
 :func:`write` writes every planned weight in its GGUF format. The source is the model's own
 GGUF file, or, for a Hugging Face model (a directory, a hub id or an in-memory model), the model
-converted with :mod:`quantsense.exporters.gguf_convert` to a temporary GGUF in its own dtype.
+converted with :mod:`quantsense.backends.llama_cpp.gguf_convert` to a temporary GGUF in its own dtype.
 Weights the plan leaves alone keep the source's bytes, which is exactly what the simulation
 measured (it ran them at the source's de-quantized values). Then :func:`verify` (called by the language-model
 task with its token ids and windows):
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh
+from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh
 from quantsense.quantization.plan import Plan
 
 SINGLE_FILE = True  # writes one .gguf file (--out FILE.gguf)
@@ -38,7 +38,7 @@ def _architecture(source: ExportSource) -> str:
 
     file = source.gguf_file
     if file is None:
-        from quantsense.exporters.gguf_convert import check_convertible
+        from quantsense.backends.llama_cpp.gguf_convert import check_convertible
 
         check_convertible(source.model, source.tokenizer)
         return "llama"
@@ -56,7 +56,7 @@ def gguf_source(source: ExportSource, workdir: Path):
     if file is not None:
         yield file
         return
-    from quantsense.exporters.gguf_convert import convert_hf_to_gguf
+    from quantsense.backends.llama_cpp.gguf_convert import convert_hf_to_gguf
 
     with tempfile.TemporaryDirectory(prefix=".quantsense-convert-", dir=workdir) as tmp:
         yield convert_hf_to_gguf(source.model, source.tokenizer, Path(tmp) / "source.gguf", name=Path(source.name).name)
@@ -64,7 +64,7 @@ def gguf_source(source: ExportSource, workdir: Path):
 
 def gguf_tensor_types(source: ExportSource, plan: Plan) -> dict[str, str]:
     """GGUF tensor name -> type for every planned unit; formats GGUF cannot store are refused by their entry."""
-    from quantsense.exporters.gguf_file import hf_to_gguf_name
+    from quantsense.backends.llama_cpp.gguf_file import hf_to_gguf_name
 
     check_plan_formats(plan, "gguf")
     arch = _architecture(source)
@@ -74,7 +74,7 @@ def gguf_tensor_types(source: ExportSource, plan: Plan) -> dict[str, str]:
 def gguf_tensor_importance(source: ExportSource, plan: Plan) -> tuple[dict, dict | None]:
     """(GGUF tensor name -> imatrix weights, for every planned tensor quantized with one; the imatrix provenance
     llama-quantize writes, or None). A plan may bind one imatrix only, as one llama-quantize run does."""
-    from quantsense.exporters.gguf_file import hf_to_gguf_name
+    from quantsense.backends.llama_cpp.gguf_file import hf_to_gguf_name
 
     arch = _architecture(source)
     weights = {hf_to_gguf_name(name, source.units.num_blocks, arch): fmt.importance(name) for name, fmt in plan.assignments}
@@ -95,7 +95,7 @@ def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
 
     From a Hugging Face model it starts with llama.cpp's converter, in the model's own dtype.
     """
-    from quantsense.exporters.gguf_file import llama_quantize_args
+    from quantsense.backends.llama_cpp.gguf_file import llama_quantize_args
 
     types = gguf_tensor_types(source, plan)
     base = Counter(types.values()).most_common(1)[0][0] if types else "q8_0"
@@ -115,7 +115,7 @@ def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
 
 def _verifier(*args: str) -> dict:
     """``gguf_check.py`` in a fresh interpreter (transformers' GGUF loader, or llama.cpp)."""
-    from quantsense.exporters import gguf_check
+    from quantsense.backends.llama_cpp import gguf_check
 
     return run_fresh(gguf_check, list(args), what="the GGUF check")
 
@@ -159,7 +159,7 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
 
 
 def _write(src: ExportSource, plan: Plan, types: dict[str, str], source: Path, out: Path) -> dict:
-    from quantsense.exporters.gguf_file import predicted_gguf_bytes, write_gguf
+    from quantsense.backends.llama_cpp.gguf_file import predicted_gguf_bytes, write_gguf
     from quantsense.quantization.size import average_bits
 
     importance, provenance = gguf_tensor_importance(src, plan)
@@ -193,8 +193,8 @@ def verify(path: Path, source: Path, token_ids: list[int], context: int, stride:
 
 def _verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, sim_lp, speed_repeats: int) -> dict:
     from quantsense.evaluation.metrics import perplexity
-    from quantsense.exporters.gguf_file import write_gguf
-    from quantsense.exporters.llama_score import score_in_llama_cpp
+    from quantsense.backends.llama_cpp.gguf_file import write_gguf
+    from quantsense.backends.llama_cpp.llama_score import score_in_llama_cpp
 
     out = {"simulated_perplexity": perplexity(sim_lp)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,3 +250,16 @@ def _verify_lines(rep: dict) -> list[str]:
                  f"({rep['gen_tokens_per_s'] / rep['f16_gen_tokens_per_s']:.2f}x); file {rep['file_bytes'] / 1e6:.1f} MB vs F16 "
                  f"{rep['f16_file_bytes'] / 1e6:.1f} MB")
     return lines
+
+
+@register_exporter
+class GGUFExporter(Exporter):
+    """Export target ``gguf`` (:func:`write`, :func:`check_plan`)."""
+
+    name = "gguf"
+    single_file = SINGLE_FILE
+    check_plan = staticmethod(check_plan)
+    write = staticmethod(write)
+    check_available = staticmethod(check_llama_cpp)  # a task's check refuses a broken llama.cpp before writing
+    verify = staticmethod(verify)  # the file in llama.cpp against the simulation's per-token log-probs
+    llama_quantize_command = staticmethod(llama_quantize_command)  # the plan as llama-quantize's own command line

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import ExportSource, check_plan_formats, run_fresh, write_folder
+from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh, write_folder
 from quantsense.quantization.plan import Plan
-from quantsense.quantization.size import average_bits, model_bytes
 
 SINGLE_FILE = False  # writes a folder (--out DIR)
 MODEL_FILE = "model.onnx"
@@ -63,12 +62,16 @@ def check_plan(source: ExportSource, plan: Plan) -> None:
 
 def export_bytes(source: ExportSource, plan: Plan) -> int:
     """The planned model's parameter bytes: each ONNX Runtime format's own storage, FP32 elsewhere."""
+    from quantsense.quantization.size import model_bytes
+
     return model_bytes(source.model, source.units, plan)
 
 
 def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict:
     """Write the folder and report its size against the prediction and the FP32 ONNX file; ``check(path)`` (the task's
     fresh-process check) adds its figures."""
+    from quantsense.quantization.size import average_bits
+
     check_plan(source, plan)
     out = Path(out)
     sizes = {}
@@ -184,6 +187,24 @@ def quantize(fp32_path: Path, out_path: Path, source: ExportSource, plan: Plan) 
 
 def run_check(args: list[str], cwd: str | None = None) -> dict:
     """``onnx_check.py`` (the exported model run by ONNX Runtime and transformers' tokenizer alone) in a fresh process."""
-    from quantsense.exporters import onnx_check
+    from quantsense.backends.onnxruntime import onnx_check
 
     return run_fresh(onnx_check, args, cwd)
+
+
+@register_exporter
+class OnnxExporter(Exporter):
+    """Export target ``onnx`` (:func:`write`, :func:`check_plan`)."""
+
+    name = "onnx"
+    single_file = SINGLE_FILE
+    check_plan = staticmethod(check_plan)
+    write = staticmethod(write)
+    run_check = staticmethod(run_check)  # onnx_check.py in a fresh process
+
+    @staticmethod
+    def saturation_note() -> str | None:
+        """What to say when this CPU's int8 kernel saturates (None where it does not)."""
+        from quantsense.backends.onnxruntime.ort_lib import SATURATION_NOTE, int8_kernel_saturates
+
+        return SATURATION_NOTE if int8_kernel_saturates() else None

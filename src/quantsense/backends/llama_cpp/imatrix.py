@@ -4,7 +4,7 @@ For every linear weight, the sum over calibration tokens of each input column's 
 the number of tokens (``counts``); a quantizer is given their ratio, the mean squared activation per column, exactly
 as ``llama-quantize --imatrix`` passes it to ``ggml_quantize_chunk``. :func:`collect` gathers it with forward hooks on
 the model quantsense evaluates (so on the same activations its simulation sees);
-:mod:`quantsense.exporters.imatrix_file` writes and reads llama.cpp's GGUF imatrix files.
+:mod:`quantsense.backends.llama_cpp.imatrix_file` writes and reads llama.cpp's GGUF imatrix files.
 
 Tensors are keyed by the model's module names (``model.layers.0.self_attn.q_proj``); the GGUF file uses llama.cpp's
 tensor names (``blk.0.attn_q.weight``), given by the caller as a mapping.
@@ -136,3 +136,4 @@ def product_modules(model, units) -> dict:
         if head is not None and (unit.module is head or any(m is head for m in unit.tied_modules)):
             found[name] = head
     return found
+

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantsense.backends.llama_cpp.types import ggml_type
 from quantsense.errors import QuantsenseError
 
 INSTALL_HINT = ('ggml formats need llama.cpp\'s library: install llama-cpp-python '
@@ -72,16 +73,6 @@ def available() -> bool:
     except (QuantsenseError, OSError):
         return False
     return True
-
-
-def ggml_type(name: str) -> int:
-    """enum ggml_type of a type name (any case): gguf's GGMLQuantizationType holds ggml's own numbers."""
-    import gguf
-
-    try:
-        return int(gguf.GGMLQuantizationType[name.upper()])
-    except KeyError:
-        raise QuantsenseError(f"unknown ggml type {name!r}") from None
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantsense.exporters.imatrix_file import save
-from quantsense.quantization.imatrix import Imatrix, collect, product_modules
-from quantsense.workspace import Workspace, gguf_tensor_names
+from quantsense.backends.llama_cpp.imatrix_file import save
+from quantsense.backends.llama_cpp.imatrix import Imatrix, collect, product_modules
+from quantsense.backends.llama_cpp.gguf_file import gguf_tensor_names
+from quantsense.workspace import Workspace
 
 
 def make_imatrix(ws: Workspace, out: str | Path) -> tuple[Imatrix, Path]:

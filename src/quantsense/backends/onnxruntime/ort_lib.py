@@ -1,6 +1,6 @@
 """ONNX Runtime's own quantizers, called from Python, and its dynamic activation quantization in torch.
 
-The simulation of the ``ort`` formats (:mod:`quantsense.quantization.formats.ort`) quantizes weights with the very
+The simulation of the ``ort`` formats (:mod:`quantsense.backends.onnxruntime.formats`) quantizes weights with the very
 functions ONNX Runtime's tools use, so an exported model holds the codes the simulation measured:
 
 - int8 (``quantize_dynamic``): ``onnxruntime.quantization.quant_utils.quantize_data``, symmetric int8

@@ -34,10 +34,9 @@ from quantsense.io import atomic_output
 
 def gguf_types() -> tuple[str, ...]:
     """The tensor types this writer stores (lower case): the GGUF format family's names, ggml's K/IQ4 names, f32."""
-    from quantsense.quantization.formats import gguf_format_names
-    from quantsense.quantization.formats.ggml import LAYOUT
+    from quantsense.backends.llama_cpp.types import names
 
-    return (*gguf_format_names(), *(name.lower() for name in LAYOUT), "f32")
+    return (*names("torch"), *(name.lower() for name in names("ggml")), "f32")
 
 # keys this module sets itself; every other source key is copied unchanged (a source's own imatrix provenance is not:
 # it describes how the source was quantized, not this file)
@@ -261,7 +260,7 @@ def _tensor_data(tensor, qtype_name: str, importance: np.ndarray | None = None) 
     weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
     if importance is None and qtype_name.lower() in (*_gguf_py_types(), "f32"):
         return gguf.quants.quantize(weights, _qtype(qtype_name))
-    from quantsense.quantization import ggml_lib
+    from quantsense.backends.llama_cpp import ggml_lib
 
     rows = weights.reshape(-1, weights.shape[-1])
     data = ggml_lib.quantize(qtype_name, rows, importance)
@@ -269,9 +268,9 @@ def _tensor_data(tensor, qtype_name: str, importance: np.ndarray | None = None) 
 
 
 def _gguf_py_types() -> tuple[str, ...]:
-    from quantsense.quantization.formats import gguf_format_names
+    from quantsense.backends.llama_cpp.types import names
 
-    return gguf_format_names()
+    return names("torch")
 
 
 def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default_type: str | None = "f32",
@@ -342,3 +341,19 @@ def llama_quantize_args(tensor_types: Mapping[str, str]) -> list[str]:
             raise QuantsenseError(f"tensor {name!r} is not a per-block weight (blk.N.NAME.weight), token_embd.weight "
                                   "or output.weight; llama-quantize cannot target it")
     return args
+
+
+def gguf_tensor_names(model, units, purpose: str = "an importance matrix",
+                      names: list[str] | None = None) -> dict[str, str]:
+    """Each block linear's (or each of ``names``') llama.cpp tensor name (``blk.0.attn_q.weight``): how an imatrix file
+    and llama.cpp's presets name it. A model llama.cpp has no names for is refused, saying what needed them."""
+    arch = getattr(model.config, "model_type", "")
+    found = {}
+    for name in names if names is not None else units.linear_units():
+        try:
+            found[name] = hf_to_gguf_name(name, units.num_blocks, arch)
+        except QuantsenseError:
+            raise QuantsenseError(f"{purpose} needs llama.cpp's tensor names, and this {arch or type(model).__name__} "
+                                  f"model ({type(model).__name__}) has none for {name}: use a model llama.cpp runs, e.g. "
+                                  "a Llama-architecture causal LM with --task wikitext") from None
+    return found
