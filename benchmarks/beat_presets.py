@@ -38,8 +38,18 @@ CANDIDATES = ("q2_K", "q3_K", "q4_0", "iq4_xs", "iq4_nl", "q4_K", "q5_0", "q5_1"
 
 
 def _workspace(args, first: int, tokens: int, imatrix: str | None, store: str | None):
-    return qs.open_workspace(args.model, data=args.data, task="wikitext", first_token=first, max_tokens=tokens,
-                             context=args.context, stride=args.context, imatrix=imatrix, store=store, quiet=args.quiet)
+    return qs.open_workspace(
+        args.model,
+        data=args.data,
+        task="wikitext",
+        first_token=first,
+        max_tokens=tokens,
+        context=args.context,
+        stride=args.context,
+        imatrix=imatrix,
+        store=store,
+        quiet=args.quiet,
+    )
 
 
 def reference_gguf(ws, model: str, folder: Path) -> Path:
@@ -56,7 +66,9 @@ def write_plan(ws, plan: Plan, reference: Path, out: Path) -> Path:
     """``plan`` (every 2-D tensor of the file planned) written from the F32 reference by quantsense's GGUF writer."""
     names = unit_gguf_names(ws)
     types = {names[unit]: fmt.name for unit, fmt in plan.assignments}
-    importance = {names[unit]: fmt.importance(unit) for unit, fmt in plan.assignments if fmt.importance(unit) is not None}
+    importance = {
+        names[unit]: fmt.importance(unit) for unit, fmt in plan.assignments if fmt.importance(unit) is not None
+    }
     provenance = ws.imatrix.provenance() if ws.imatrix is not None else None
     write_gguf(reference, types, out, default_type=None, importance=importance, provenance=provenance)
     return out
@@ -93,41 +105,66 @@ def main() -> None:
     del cal_ws
     choose = _workspace(args, cal_end, args.choose_tokens, str(imatrix_path), args.store)
     score = _workspace(args, choose_end, args.score_tokens, str(imatrix_path), args.store)
-    print(f"{args.model}: imatrix on tokens 0..{cal_end}, plans chosen on tokens {cal_end}..{choose_end}, scored in "
-          f"llama.cpp on tokens {choose_end}..{choose_end + args.score_tokens} (windows of {args.context}), KL against "
-          f"the F32 GGUF; imatrix {choose.imatrix.fingerprint}")
+    print(
+        f"{args.model}: imatrix on tokens 0..{cal_end}, plans chosen on tokens {cal_end}..{choose_end}, scored in "
+        f"llama.cpp on tokens {choose_end}..{choose_end + args.score_tokens} (windows of {args.context}), KL against "
+        f"the F32 GGUF; imatrix {choose.imatrix.fingerprint}"
+    )
 
     budgets, named, outside = with_presets(choose, [], presets)
     presets_plans = {preset: named[f"preset {preset}"] for preset in presets}
     plans, record = sweep_and_allocate(choose, budgets, args.candidates, "linear", reduced=not args.exhaustive)
     share = 100 * record["token_evaluations"] / record["full_token_evaluations"]
-    print(f"allocation sweep ({record['mode']}): {record.get('measured', record['pairs'])} of {record['pairs']} (linear, format) "
-          f"pairs measured, {share:.1f} % of a full sweep's token evaluations")
+    print(
+        f"allocation sweep ({record['mode']}): {record.get('measured', record['pairs'])} of {record['pairs']} (linear, format) "
+        f"pairs measured, {share:.1f} % of a full sweep's token evaluations"
+    )
 
     importance = imatrix_by_tensor(choose)  # as llama-quantize loads it
     rows = []
     for preset, budget, (label, allocation) in zip(presets, budgets, plans):
         allocated = with_outside(allocation.plan, budget, outside)
-        preset_file = llama_quantize(reference, folder / f"{preset}-imatrix.gguf", FTYPES[preset], nthread=2,
-                                     importance=importance, provenance=choose.imatrix.provenance())
+        preset_file = llama_quantize(
+            reference,
+            folder / f"{preset}-imatrix.gguf",
+            FTYPES[preset],
+            nthread=2,
+            importance=importance,
+            provenance=choose.imatrix.provenance(),
+        )
         ours = write_plan(choose, allocated, reference, folder / f"quantsense-at-{preset}.gguf")
-        simulated = {r["plan"]: r for r in evaluate_plans(score, {f"{preset}": presets_plans[preset],
-                                                                  f"quantsense@{preset}": allocated}, desc="simulation")}
+        simulated = {
+            r["plan"]: r
+            for r in evaluate_plans(
+                score, {f"{preset}": presets_plans[preset], f"quantsense@{preset}": allocated}, desc="simulation"
+            )
+        }
         ids = token_ids(score.batches)
         for name, path in ((preset, preset_file), (f"quantsense@{preset}", ours)):
             found = score_in_llama_cpp(path, reference, ids, args.context, args.context)
-            rows.append({"plan": name, "bytes": path.stat().st_size, **found, "simulated_kl": simulated[name]["kl_mean"]})
+            rows.append(
+                {"plan": name, "bytes": path.stat().st_size, **found, "simulated_kl": simulated[name]["kl_mean"]}
+            )
         a, b = rows[-2], rows[-1]
         apart = b["kl_ci_high"] < a["kl_ci_low"]
-        rows[-1]["verdict"] = ("lower, intervals apart" if apart else "lower, intervals overlap" if b["kl_mean"] < a["kl_mean"]
-                               else "not lower")
+        rows[-1]["verdict"] = (
+            "lower, intervals apart"
+            if apart
+            else "lower, intervals overlap"
+            if b["kl_mean"] < a["kl_mean"]
+            else "not lower"
+        )
     print("| file | MB | llama.cpp KL [95% CI] | ppl | top-1 % | simulated KL | vs preset |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['plan']} | {r['bytes'] / 1e6:.2f} | {r['kl_mean']:.4f} [{r['kl_ci_low']:.4f}, {r['kl_ci_high']:.4f}] | "
-              f"{r['perplexity']:.2f} | {r['top1_agreement']:.1f} | {r['simulated_kl']:.4f} | {r.get('verdict', '')} |")
-    print(f"F32 reference perplexity in llama.cpp: {rows[0]['reference_perplexity']:.2f} on {rows[0]['scored_tokens']} "
-          f"scored tokens; {time.perf_counter() - started:.0f} s in all; files in {folder}")
+        print(
+            f"| {r['plan']} | {r['bytes'] / 1e6:.2f} | {r['kl_mean']:.4f} [{r['kl_ci_low']:.4f}, {r['kl_ci_high']:.4f}] | "
+            f"{r['perplexity']:.2f} | {r['top1_agreement']:.1f} | {r['simulated_kl']:.4f} | {r.get('verdict', '')} |"
+        )
+    print(
+        f"F32 reference perplexity in llama.cpp: {rows[0]['reference_perplexity']:.2f} on {rows[0]['scored_tokens']} "
+        f"scored tokens; {time.perf_counter() - started:.0f} s in all; files in {folder}"
+    )
 
 
 if __name__ == "__main__":

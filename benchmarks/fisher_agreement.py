@@ -44,9 +44,20 @@ def main() -> None:
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--store", help="results store with the anchors' measurements (computed and kept there if absent)")
     args = p.parse_args()
-    ws = qs.open_workspace(args.model, data=args.data, first_token=args.first_token, max_tokens=args.max_tokens,
-                           task="wikitext", context=args.context, stride=args.context, dtype="float32",
-                           imatrix=args.imatrix, runtime_activations=True, store=args.store, quiet=True)
+    ws = qs.open_workspace(
+        args.model,
+        data=args.data,
+        first_token=args.first_token,
+        max_tokens=args.max_tokens,
+        task="wikitext",
+        context=args.context,
+        stride=args.context,
+        dtype="float32",
+        imatrix=args.imatrix,
+        runtime_activations=True,
+        store=args.store,
+        quiet=True,
+    )
     fmts = ws.formats(list(ALLOCATION_CANDIDATES))
     formats = {f.name: f for f in fmts}
     units = {u.display: u for u in sweep_units(ws.units, "linear", ws.outside_units())}
@@ -57,8 +68,11 @@ def main() -> None:
     fisher_seconds = time.perf_counter() - started
     columns = ws.input_power()
     rounding = activation_errors(ws, {u: units[u].names for u in units}, fmts)
-    weighted = {(u, f): weight_error(ws.applier, units[u].names, formats[f], columns)
-                + rounding.get((u, formats[f].activation_rounding()), 0.0) for u, f in pairs}
+    weighted = {
+        (u, f): weight_error(ws.applier, units[u].names, formats[f], columns)
+        + rounding.get((u, formats[f].activation_rounding()), 0.0)
+        for u, f in pairs
+    }
     labeled = [(f"only:{u.replace(' ', '')}@{f}", Plan.of({n: formats[f] for n in units[u].names})) for u, f in pairs]
     measured = ws.segments().compare(labeled, 1, desc="anchors")
     m = np.array([measured[label]["kl_mean"] for label, _ in labeled])
@@ -67,11 +81,15 @@ def main() -> None:
     ratio = np.log(np.maximum(m, 1e-9) / f)
     tokens = ws.segments().tokens_upto(1)
     print(f"{args.model}: {len(pairs)} tensors, each alone in its anchor type, on {tokens:,} selection tokens")
-    print(f"Fisher estimate ({fisher_seconds:.0f} s, one forward and backward pass and every tensor's quantization): "
-          f"Spearman {spearmanr(m, f).correlation:.3f} with the measured KL, measured/predicted median "
-          f"{float(np.exp(np.median(ratio))):.2f}, RMS log ratio {float(np.sqrt(np.mean(ratio ** 2))):.2f}")
-    print(f"imatrix-weighted weight error (no forward pass): Spearman {spearmanr(m, w).correlation:.3f} with the "
-          "measured KL")
+    print(
+        f"Fisher estimate ({fisher_seconds:.0f} s, one forward and backward pass and every tensor's quantization): "
+        f"Spearman {spearmanr(m, f).correlation:.3f} with the measured KL, measured/predicted median "
+        f"{float(np.exp(np.median(ratio))):.2f}, RMS log ratio {float(np.sqrt(np.mean(ratio**2))):.2f}"
+    )
+    print(
+        f"imatrix-weighted weight error (no forward pass): Spearman {spearmanr(m, w).correlation:.3f} with the "
+        "measured KL"
+    )
 
 
 if __name__ == "__main__":

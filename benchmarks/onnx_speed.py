@@ -27,8 +27,10 @@ def read_sentences(path: str, count: int) -> list[str]:
 
 
 def batches(tokenizer, sentences: list[str], size: int) -> list[dict]:
-    return [dict(tokenizer(sentences[i:i + size], padding=True, truncation=True, max_length=512, return_tensors="np"))
-            for i in range(0, len(sentences), size)]
+    return [
+        dict(tokenizer(sentences[i : i + size], padding=True, truncation=True, max_length=512, return_tensors="np"))
+        for i in range(0, len(sentences), size)
+    ]
 
 
 def torch_runner(model, threads: int):
@@ -39,6 +41,7 @@ def torch_runner(model, threads: int):
         with torch.inference_mode():
             for batch in inputs:
                 model(**{k: torch.from_numpy(v) for k, v in batch.items()})
+
     return run
 
 
@@ -54,6 +57,7 @@ def ort_runner(path: Path, threads: int):
     def run(inputs):
         for batch in inputs:
             session.run(["logits"], {k: batch[k].astype(np.int64) for k in wanted})
+
     return run
 
 
@@ -71,15 +75,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the FP32 Hugging Face model folder the plan was made from")
     parser.add_argument("--data", required=True, help="TSV with a 'sentence' column (SST-2)")
-    parser.add_argument("--export", required=True, nargs="+", help="folders from 'quantsense export PLAN --format onnx'")
+    parser.add_argument(
+        "--export", required=True, nargs="+", help="folders from 'quantsense export PLAN --format onnx'"
+    )
     parser.add_argument("--sentences", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     exports = {Path(folder).name: Path(folder) / "model.onnx" for folder in args.export}
     for folder, path in zip(args.export, exports.values()):
         if not path.is_file():
-            print(f"error: {path} not found; write it with quantsense export PLAN --format onnx --out {folder}",
-                  file=sys.stderr)
+            print(
+                f"error: {path} not found; write it with quantsense export PLAN --format onnx --out {folder}",
+                file=sys.stderr,
+            )
             return 2
     import torch
     import transformers
@@ -89,14 +97,22 @@ def main() -> int:
     sentences = read_sentences(args.data, args.sentences)
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = fp32_onnx(model, tokenizer, tmp)
-        sizes = {"PyTorch FP32": sum(p.stat().st_size for p in Path(args.model).glob("*.safetensors")),
-                 "ONNX Runtime FP32": fp32_path.stat().st_size, **{n: p.stat().st_size for n, p in exports.items()}}
+        sizes = {
+            "PyTorch FP32": sum(p.stat().st_size for p in Path(args.model).glob("*.safetensors")),
+            "ONNX Runtime FP32": fp32_path.stat().st_size,
+            **{n: p.stat().st_size for n, p in exports.items()},
+        }
         print(f"{len(sentences)} sentences, median of {args.repeats} alternating passes; torch {torch.__version__}")
-        print("| threads | batch | engine | sentences/s | x PyTorch FP32 | x ONNX Runtime FP32 | size MB | x FP32 size |")
+        print(
+            "| threads | batch | engine | sentences/s | x PyTorch FP32 | x ONNX Runtime FP32 | size MB | x FP32 size |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for threads in (1, 2):
-            engines = {"PyTorch FP32": torch_runner(model, threads), "ONNX Runtime FP32": ort_runner(fp32_path, threads),
-                       **{n: ort_runner(p, threads) for n, p in exports.items()}}
+            engines = {
+                "PyTorch FP32": torch_runner(model, threads),
+                "ONNX Runtime FP32": ort_runner(fp32_path, threads),
+                **{n: ort_runner(p, threads) for n, p in exports.items()},
+            }
             for size in (1, 32):
                 inputs = batches(tokenizer, sentences, size)
                 seconds = {name: [] for name in engines}
@@ -109,9 +125,11 @@ def main() -> int:
                         seconds[name].append(time.perf_counter() - start)
                 rate = {name: len(sentences) / statistics.median(s) for name, s in seconds.items()}
                 for name in engines:
-                    print(f"| {threads} | {size} | {name} | {rate[name]:.1f} | {rate[name] / rate['PyTorch FP32']:.2f} | "
-                          f"{rate[name] / rate['ONNX Runtime FP32']:.2f} | {sizes[name] / 1e6:.2f} | "
-                          f"{sizes[name] / sizes['PyTorch FP32']:.3f} |")
+                    print(
+                        f"| {threads} | {size} | {name} | {rate[name]:.1f} | {rate[name] / rate['PyTorch FP32']:.2f} | "
+                        f"{rate[name] / rate['ONNX Runtime FP32']:.2f} | {sizes[name] / 1e6:.2f} | "
+                        f"{sizes[name] / sizes['PyTorch FP32']:.3f} |"
+                    )
     return 0
 
 

@@ -17,7 +17,9 @@ import transformers
 
 def plain_quantize_(weight: torch.Tensor, bits: int) -> None:
     qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-    scale = (weight.abs().amax(dim=1, keepdim=True) / ((qmax - qmin) / 2)).clamp(min=torch.finfo(torch.float32).smallest_normal)
+    scale = (weight.abs().amax(dim=1, keepdim=True) / ((qmax - qmin) / 2)).clamp(
+        min=torch.finfo(torch.float32).smallest_normal
+    )
     weight.copy_(torch.clamp(torch.round(weight * (1.0 / scale)), qmin, qmax) * scale)
 
 
@@ -29,7 +31,9 @@ def plain_correct(model, tokenizer, texts, labels, names: list[str], bits: int, 
         plain_quantize_(modules[name].weight, bits)
     correct = 0
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        enc = tokenizer(
+            texts[start : start + batch_size], padding=True, truncation=True, max_length=512, return_tensors="pt"
+        )
         preds = model(**enc).logits.argmax(dim=1).tolist()
         correct += sum(int(p == y) for p, y in zip(preds, labels[start : start + batch_size]))
     return correct
@@ -37,7 +41,10 @@ def plain_correct(model, tokenizer, texts, labels, names: list[str], bits: int, 
 
 def block_linears(model, prefix: str) -> list[list[str]]:
     blocks = dict(model.named_modules())[prefix]
-    return [[f"{prefix}.{i}.{n}" for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)] for i, block in enumerate(blocks)]
+    return [
+        [f"{prefix}.{i}.{n}" for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+        for i, block in enumerate(blocks)
+    ]
 
 
 def main() -> None:

@@ -40,7 +40,9 @@ from quantsense.workspace import StudyOptions, open_workspace
 
 
 def options(args) -> StudyOptions:
-    return StudyOptions(model=args.model, data=args.data, settings={"limit": args.limit}, device="cpu", quiet=True, store=None)
+    return StudyOptions(
+        model=args.model, data=args.data, settings={"limit": args.limit}, device="cpu", quiet=True, store=None
+    )
 
 
 def worker_evaluator(opts: StudyOptions) -> Evaluator:
@@ -51,8 +53,7 @@ def worker_evaluator(opts: StudyOptions) -> Evaluator:
 def fresh_evaluator(ws, prefix_reuse: bool) -> Evaluator:
     """A new evaluator on the loaded model: empty reference, prefix and quantized-weight caches."""
     ev = ws.evaluator
-    return Evaluator(ws.model, ws.units, ev.batches, ws.device, prefix_reuse=prefix_reuse,
-                     head=ClassificationHead())
+    return Evaluator(ws.model, ws.units, ev.batches, ws.device, prefix_reuse=prefix_reuse, head=ClassificationHead())
 
 
 def load_average() -> str:
@@ -75,8 +76,13 @@ def local_phases(ws, items, threads: int) -> dict:
     reference = time.perf_counter() - start
     arrays, sweep = timed_map(LocalExecutor(ev), items)
     _, full = timed_map(LocalExecutor(fresh_evaluator(ws, prefix_reuse=False)), items)
-    return {"reference": reference, "sweep": sweep, "per_item": sweep / len(items),
-            "per_item_full": full / len(items), "arrays": arrays}
+    return {
+        "reference": reference,
+        "sweep": sweep,
+        "per_item": sweep / len(items),
+        "per_item_full": full / len(items),
+        "arrays": arrays,
+    }
 
 
 def ray_run(args, items, workers: int, order_key) -> dict:
@@ -92,8 +98,15 @@ def ray_run(args, items, workers: int, order_key) -> dict:
         compute = sum(executor.seconds[item.key] for item in items)
     finally:
         executor.close()
-    return {"workers": workers, "startup": startup, "load": ready - startup, "sweep": sweep, "arrays": arrays,
-            "total": ready + sweep, "worker_seconds": compute}
+    return {
+        "workers": workers,
+        "startup": startup,
+        "load": ready - startup,
+        "sweep": sweep,
+        "arrays": arrays,
+        "total": ready + sweep,
+        "worker_seconds": compute,
+    }
 
 
 def identical(a: dict, b: dict) -> bool:
@@ -117,8 +130,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the local baseline")
     parser.add_argument("--workers", type=int, default=2, help="Ray actors (1 thread each) of the parallel run")
     parser.add_argument("--gpu-item-seconds", type=float, help="per-item time on one GPU for the predictions")
-    parser.add_argument("--gpu-speedup", type=float, default=50.0,
-                        help="without --gpu-item-seconds: one GPU is assumed this many times faster than one CPU thread here")
+    parser.add_argument(
+        "--gpu-speedup",
+        type=float,
+        default=50.0,
+        help="without --gpu-item-seconds: one GPU is assumed this many times faster than one CPU thread here",
+    )
     args = parser.parse_args()
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -133,8 +150,10 @@ def main() -> None:
     def first_block(item: WorkItem) -> int:
         return ws.units.first_block_of(item.plan().units())
 
-    print(f"model {args.model}: {ws.units.num_blocks} blocks; {len(ws.data)} sentences; {n} items "
-          f"(blocks x int{', int'.join(map(str, args.bits))}); driver load {load:.1f} s")
+    print(
+        f"model {args.model}: {ws.units.num_blocks} blocks; {len(ws.data)} sentences; {n} items "
+        f"(blocks x int{', int'.join(map(str, args.bits))}); driver load {load:.1f} s"
+    )
 
     torch.set_num_threads(args.threads)
     local_ev = fresh_evaluator(ws, prefix_reuse=True)
@@ -147,40 +166,63 @@ def main() -> None:
     rayn = ray_run(args, items, args.workers, first_block)
     loads.append(load_average())
 
-    print(f"\n(a) local, {args.threads} threads:   sweep {local_s:6.1f} s (reference pass included); after it {loads[0]}")
-    print(f"(b) local, 1 thread:    reference {one['reference']:5.2f} s; per item {one['per_item']:5.2f} s with prefix "
-          f"reuse, {one['per_item_full']:5.2f} s without ({one['per_item_full'] / one['per_item']:.2f}x); after it {loads[1]}")
+    print(
+        f"\n(a) local, {args.threads} threads:   sweep {local_s:6.1f} s (reference pass included); after it {loads[0]}"
+    )
+    print(
+        f"(b) local, 1 thread:    reference {one['reference']:5.2f} s; per item {one['per_item']:5.2f} s with prefix "
+        f"reuse, {one['per_item_full']:5.2f} s without ({one['per_item_full'] / one['per_item']:.2f}x); after it {loads[1]}"
+    )
     for run, after in ((ray1, loads[2]), (rayn, loads[3])):
         idle = (run["workers"] * run["sweep"] - run["worker_seconds"]) / n
-        print(f"(c) Ray, {run['workers']} actor(s) x 1 thread: start-up {run['startup']:5.1f} s, actor start + load "
-              f"{run['load']:5.1f} s, sweep {run['sweep']:6.1f} s -> total {run['total']:6.1f} s; "
-              f"actor time not spent evaluating {idle:5.2f} s/item; after it {after}")
-    print(f"\nRay {args.workers} actors vs local {args.threads} threads: sweep only {local_s / rayn['sweep']:.2f}x, "
-          f"with start-up and load {local_s / rayn['total']:.2f}x")
+        print(
+            f"(c) Ray, {run['workers']} actor(s) x 1 thread: start-up {run['startup']:5.1f} s, actor start + load "
+            f"{run['load']:5.1f} s, sweep {run['sweep']:6.1f} s -> total {run['total']:6.1f} s; "
+            f"actor time not spent evaluating {idle:5.2f} s/item; after it {after}"
+        )
+    print(
+        f"\nRay {args.workers} actors vs local {args.threads} threads: sweep only {local_s / rayn['sweep']:.2f}x, "
+        f"with start-up and load {local_s / rayn['total']:.2f}x"
+    )
     print(f"Ray {args.workers} actors vs Ray 1 actor (sweep only): {ray1['sweep'] / rayn['sweep']:.2f}x")
-    print(f"Ray per-item overhead (1 actor: sweep wall minus the actor's own evaluation time, per item): "
-          f"{(ray1['sweep'] - ray1['worker_seconds']) / n * 1000:.1f} ms")
-    print(f"results: Ray 1 actor == Ray {args.workers} actors == local 1 thread bit for bit: "
-          f"{identical(ray1['arrays'], rayn['arrays']) and identical(ray1['arrays'], one['arrays'])}; "
-          f"local {args.threads} threads differs by at most {max_difference(local_arrays, ray1['arrays']):.2e} in a logit "
-          f"(CPU matmul rounding depends on the thread count)")
+    print(
+        f"Ray per-item overhead (1 actor: sweep wall minus the actor's own evaluation time, per item): "
+        f"{(ray1['sweep'] - ray1['worker_seconds']) / n * 1000:.1f} ms"
+    )
+    print(
+        f"results: Ray 1 actor == Ray {args.workers} actors == local 1 thread bit for bit: "
+        f"{identical(ray1['arrays'], rayn['arrays']) and identical(ray1['arrays'], one['arrays'])}; "
+        f"local {args.threads} threads differs by at most {max_difference(local_arrays, ray1['arrays']):.2e} in a logit "
+        f"(CPU matmul rounding depends on the thread count)"
+    )
 
     startup = (ray1["startup"] + rayn["startup"]) / 2
     actor_load = (ray1["load"] + rayn["load"]) / 2
-    print("\ncost model T(N) = startup + load + reference + ceil(items/N) * per_item, "
-          f"startup {startup:.1f} s, actor load {actor_load:.1f} s, reference {one['reference']:.2f} s, "
-          f"per item {one['per_item']:.2f} s (measured at 1 thread, with prefix reuse)")
+    print(
+        "\ncost model T(N) = startup + load + reference + ceil(items/N) * per_item, "
+        f"startup {startup:.1f} s, actor load {actor_load:.1f} s, reference {one['reference']:.2f} s, "
+        f"per item {one['per_item']:.2f} s (measured at 1 thread, with prefix reuse)"
+    )
     for run in (ray1, rayn):
         model = predicted(startup, actor_load, one["reference"], one["per_item"], n, run["workers"])
-        print(f"  N={run['workers']}: predicted {model:6.1f} s, measured {run['total']:6.1f} s "
-              f"({run['total'] / model:.2f}x of predicted)")
+        print(
+            f"  N={run['workers']}: predicted {model:6.1f} s, measured {run['total']:6.1f} s "
+            f"({run['total'] / model:.2f}x of predicted)"
+        )
 
     gpu_item = args.gpu_item_seconds or one["per_item"] / args.gpu_speedup
     gpu_ref = gpu_item * one["reference"] / one["per_item"]
-    source = "--gpu-item-seconds" if args.gpu_item_seconds else (
-        f"assumption: one GPU = {args.gpu_speedup:g}x one CPU thread here; pass --gpu-item-seconds with a measured value")
-    print(f"\npredictions on GPUs: per item {gpu_item * 1000:.1f} ms ({source}); start-up and load as measured here "
-          "(a real cluster adds node scheduling and model download)")
+    source = (
+        "--gpu-item-seconds"
+        if args.gpu_item_seconds
+        else (
+            f"assumption: one GPU = {args.gpu_speedup:g}x one CPU thread here; pass --gpu-item-seconds with a measured value"
+        )
+    )
+    print(
+        f"\npredictions on GPUs: per item {gpu_item * 1000:.1f} ms ({source}); start-up and load as measured here "
+        "(a real cluster adds node scheduling and model download)"
+    )
     for items_count in (n, 100 * n):
         for gpus in (1, 8, 64):
             compute = math.ceil(items_count / gpus) * gpu_item

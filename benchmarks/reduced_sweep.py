@@ -35,7 +35,9 @@ from quantsense.sweeps.sweep import sweep_units, weight_error
 
 
 def _workspace(args, store):
-    settings = {k: getattr(args, k) for k in ("max_tokens", "context", "stride", "limit") if getattr(args, k) is not None}
+    settings = {
+        k: getattr(args, k) for k in ("max_tokens", "context", "stride", "limit") if getattr(args, k) is not None
+    }
     return qs.open_workspace(args.model, data=args.data, task=args.task, store=str(store), quiet=True, **settings)
 
 
@@ -49,8 +51,10 @@ def _per_unit(ws, losses: dict, unit: str) -> dict:
 
 
 def _line(name: str, agree: dict) -> str:
-    return (f"{name}: {agree['pairs']} pairs, Spearman {agree['spearman']:.3f}, "
-            f"median measured/predicted {agree['median_ratio']:.3f}")
+    return (
+        f"{name}: {agree['pairs']} pairs, Spearman {agree['spearman']:.3f}, "
+        f"median measured/predicted {agree['median_ratio']:.3f}"
+    )
 
 
 def main() -> None:
@@ -62,7 +66,9 @@ def main() -> None:
     p.add_argument("--candidates", nargs="+", required=True)
     p.add_argument("--budgets", nargs="+", type=float, required=True)
     p.add_argument("--full-store", help="store of an earlier exhaustive run to reuse (else a fresh one is filled)")
-    p.add_argument("--reduced-store", help="store of an earlier reduced run to reuse (else an empty one: its wall time)")
+    p.add_argument(
+        "--reduced-store", help="store of an earlier reduced run to reuse (else an empty one: its wall time)"
+    )
     for name in ("max-tokens", "context", "stride", "limit"):
         p.add_argument(f"--{name}", type=int)
     args = p.parse_args()
@@ -82,22 +88,28 @@ def main() -> None:
     groups = check_allocation(red_ws, budgets, red_fmts, args.unit)
     sweep = reduced_sweep(red_ws, red_fmts, args.unit, groups, budgets, "kl_mean")
     record = sweep.record
-    red_plans = [(f"allocated@{b.label()}", solve_allocation(red_ws.units, red_ws.model, groups, sweep.losses, red_fmts, b))
-                 for b in budgets]
+    red_plans = [
+        (f"allocated@{b.label()}", solve_allocation(red_ws.units, red_ws.model, groups, sweep.losses, red_fmts, b))
+        for b in budgets
+    ]
     red_seconds = time.perf_counter() - started
 
     pairs = record["pairs"]
     print(f"{full_ws.source}: {pairs} (unit, format) pairs, {len(args.budgets)} budgets")
-    print(f"exhaustive sweep: {pairs} evaluations, {full_record['token_evaluations']:,} token evaluations; "
-          f"{stats.computed} computed now in {full_seconds:.1f} s, {stats.from_store} from the store "
-          f"(recorded {stats.stored_seconds:.1f} s when computed)")
+    print(
+        f"exhaustive sweep: {pairs} evaluations, {full_record['token_evaluations']:,} token evaluations; "
+        f"{stats.computed} computed now in {full_seconds:.1f} s, {stats.from_store} from the store "
+        f"(recorded {stats.stored_seconds:.1f} s when computed)"
+    )
     share = 100 * record["token_evaluations"] / record["full_token_evaluations"]
-    print(f"reduced sweep: {record['measured']} pairs measured ({record['deeper']} on more than one of "
-          f"{record['segments']} segments), {record['estimated']} estimated; {record['token_evaluations']:,} token "
-          f"evaluations ({share:.1f} % of the exhaustive), plus {record['plan_checks']} plan checks "
-          f"({record['plan_check_tokens']:,} tokens, {100 * (record['token_evaluations'] + record['plan_check_tokens']) / record['full_token_evaluations']:.1f} % in all); "
-          f"{len(record['rounds'])} rounds; {red_ws.engine.stats.computed} evaluations computed now in {red_seconds:.1f} s, "
-          f"{red_ws.engine.stats.from_store} from the store (recorded {red_ws.engine.stats.stored_seconds:.1f} s when computed)")
+    print(
+        f"reduced sweep: {record['measured']} pairs measured ({record['deeper']} on more than one of "
+        f"{record['segments']} segments), {record['estimated']} estimated; {record['token_evaluations']:,} token "
+        f"evaluations ({share:.1f} % of the exhaustive), plus {record['plan_checks']} plan checks "
+        f"({record['plan_check_tokens']:,} tokens, {100 * (record['token_evaluations'] + record['plan_check_tokens']) / record['full_token_evaluations']:.1f} % in all); "
+        f"{len(record['rounds'])} rounds; {red_ws.engine.stats.computed} evaluations computed now in {red_seconds:.1f} s, "
+        f"{red_ws.engine.stats.from_store} from the store (recorded {red_ws.engine.stats.stored_seconds:.1f} s when computed)"
+    )
 
     named = {f"exhaustive {name}": a.plan for name, a in full_plans}
     named.update({f"reduced {name}": a.plan for name, a in red_plans})
@@ -109,8 +121,10 @@ def main() -> None:
         f, r = rows[f"exhaustive {name}"], rows[f"reduced {name}"]
         differ = sum(full_alloc.choices[g] != red_alloc.choices[g] for g in full_alloc.choices)
         inside = f["kl_ci_low"] <= r[key] <= f["kl_ci_high"]
-        print(f"| {name} | {f[key]:.4f} [{f['kl_ci_low']:.4f}, {f['kl_ci_high']:.4f}] | {r[key]:.4f} | "
-              f"{'yes' if inside else 'no'} | {differ} of {len(full_alloc.choices)} |")
+        print(
+            f"| {name} | {f[key]:.4f} [{f['kl_ci_low']:.4f}, {f['kl_ci_high']:.4f}] | {r[key]:.4f} | "
+            f"{'yes' if inside else 'no'} | {differ} of {len(full_alloc.choices)} |"
+        )
 
     truth = _per_unit(full_ws, full_losses, args.unit)
     fmts = {f.name: f for f in full_ws.formats(args.candidates)}
@@ -122,19 +136,30 @@ def main() -> None:
     used.update({(u, second): truth[(u, second)] for u in strongest} if second else {})
     model = fit_loss_model(used, errors)
     predicted = {k: v if k in used else model.predict(k[0], errors[k]) for k, v in truth.items()}
-    print(f"loss model fitted on the exhaustive sweep's {anchor} column (+ {second} on 8 units): alpha {model.alpha:.3f}")
+    print(
+        f"loss model fitted on the exhaustive sweep's {anchor} column (+ {second} on 8 units): alpha {model.alpha:.3f}"
+    )
     print("  " + _line("all pairs", agreement(truth, predicted)))
     print("  " + _line("pairs it did not see", agreement({k: v for k, v in truth.items() if k not in used}, predicted)))
     reduced_values = _per_unit(red_ws, sweep.losses, args.unit)
     estimated = {tuple(s.rsplit("@", 1)) for s in record["estimated_pairs"]}
     print("the reduced sweep's own values against the full measurements:")
     print("  " + _line("all pairs", agreement(truth, reduced_values)))
-    print("  " + _line("estimated pairs", agreement({k: v for k, v in truth.items() if k in estimated}, reduced_values)))
-    print("  " + _line("pairs measured on a segment", agreement({k: v for k, v in truth.items() if k not in estimated},
-                                                                 reduced_values)))
-    print(f"  reduced sweep's own check (pairs predicted, then measured): Spearman "
-          f"{_fmt(record['agreement']['spearman'])}, median {_fmt(record['agreement']['median_ratio'])} "
-          f"on {record['agreement']['pairs']} pairs")
+    print(
+        "  " + _line("estimated pairs", agreement({k: v for k, v in truth.items() if k in estimated}, reduced_values))
+    )
+    print(
+        "  "
+        + _line(
+            "pairs measured on a segment",
+            agreement({k: v for k, v in truth.items() if k not in estimated}, reduced_values),
+        )
+    )
+    print(
+        f"  reduced sweep's own check (pairs predicted, then measured): Spearman "
+        f"{_fmt(record['agreement']['spearman'])}, median {_fmt(record['agreement']['median_ratio'])} "
+        f"on {record['agreement']['pairs']} pairs"
+    )
     full_ws.close()
     red_ws.close()
 

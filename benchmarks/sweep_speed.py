@@ -72,11 +72,17 @@ def unavoidable_gflop(ws, starts: list[int]) -> float:
     for i in range(ws.units.num_blocks):
         params = sum(ws.units.get(n).numel for n in ws.units.block_units(i))
         if i == last and ws.evaluator.first_position:
-            heads = ws.model.config.num_attention_heads if hasattr(ws.model.config, "num_attention_heads") else ws.model.config.n_heads
+            heads = (
+                ws.model.config.num_attention_heads
+                if hasattr(ws.model.config, "num_attention_heads")
+                else ws.model.config.n_heads
+            )
             per_block.append(2.0 * params * len(lengths) + 2 * 2.0 * tokens * hidden * heads)
             continue
         per_block.append(2.0 * params * tokens + 2 * 2.0 * attn_pairs * hidden)  # linears + QK^T and AV
-    head = sum(2.0 * ws.units.get(n).numel * len(lengths) for n in ws.units.extra_units() if ws.units.get(n).kind == "head")
+    head = sum(
+        2.0 * ws.units.get(n).numel * len(lengths) for n in ws.units.extra_units() if ws.units.get(n).kind == "head"
+    )
     total = sum(per_block) + head  # the reference pass
     total += sum(sum(per_block[s:]) + head for s in starts)
     return total / 1e9
@@ -100,8 +106,10 @@ def main() -> None:
     texts, labels = ws.data.texts, ws.data.labels
     blocks = ws.units.all_block_units()
     configs = [(block, bits) for bits in args.bits for block in range(len(blocks))]
-    print(f"model {args.model}: {len(blocks)} blocks; {len(texts)} sentences; {len(configs)} configurations; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}: {len(blocks)} blocks; {len(texts)} sentences; {len(configs)} configurations; "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     start = time.perf_counter()
     plain = {(b, bits): plain_correct(model, tokenizer, texts, labels, blocks[b], bits) for b, bits in configs}
@@ -113,7 +121,11 @@ def main() -> None:
     start = time.perf_counter()
     reference = ws.engine.reference()
     results = ws.engine.evaluate_many(
-        [(f"{block}@{bits}", Plan.of({n: QuantConfig(bits) for n in ws.units.block_units(block)})) for block, bits in configs])
+        [
+            (f"{block}@{bits}", Plan.of({n: QuantConfig(bits) for n in ws.units.block_units(block)}))
+            for block, bits in configs
+        ]
+    )
     engine_s = time.perf_counter() - start
     engine = {cfg: int((results[f"{cfg[0]}@{cfg[1]}"].predictions == ws.data.labels).sum()) for cfg in configs}
     assert reference is not None
@@ -126,12 +138,16 @@ def main() -> None:
         n = len(texts)
         print(f"{cfg[0]:>5} {cfg[1]:>4} {100 * plain[cfg] / n:>11.2f} {100 * engine[cfg] / n:>12.2f}")
     print(f"plain:  {plain_s:7.1f} s  ({len(configs) / plain_s * 60:.1f} evaluations/min)")
-    print(f"engine: {engine_s:7.1f} s  ({len(configs) / engine_s * 60:.1f} evaluations/min; "
-          f"+{setup_s:.1f} s to load and tokenize, done once)")
+    print(
+        f"engine: {engine_s:7.1f} s  ({len(configs) / engine_s * 60:.1f} evaluations/min; "
+        f"+{setup_s:.1f} s to load and tokenize, done once)"
+    )
     print(f"ratio plain/engine: {plain_s / engine_s:.2f}x")
     print(f"fp32 matmul rate on the model's linear shapes: {rate:.1f} GFLOP/s")
-    print(f"unavoidable matmul work: {gflop:.0f} GFLOP -> FLOP-bound limit {gflop / rate:.1f} s; "
-          f"engine reaches {100 * gflop / rate / engine_s:.0f} % of it ({gflop / engine_s:.1f} GFLOP/s)")
+    print(
+        f"unavoidable matmul work: {gflop:.0f} GFLOP -> FLOP-bound limit {gflop / rate:.1f} s; "
+        f"engine reaches {100 * gflop / rate / engine_s:.0f} % of it ({gflop / engine_s:.1f} GFLOP/s)"
+    )
     print("accuracies identical: " + ("yes" if not mismatches else f"NO, differ at {mismatches}"))
     if mismatches:
         raise SystemExit(1)
@@ -153,9 +169,21 @@ def whole_process(args, pairs: int = 3) -> None:
     over the pairs with their ranges, and the ratio is the median of the per-pair ratios.
     """
     data = ["--model", args.model, "--data", args.data]
-    commands = {"plain": [sys.executable, str(HERE / "plain_sweep.py"), *data, "--bits", "8", "4"],
-                "quantsense": [sys.executable, "-m", "quantsense.cli", "sensitivity", *data, "--bits", "8", "4",
-                               "--no-store", "--quiet"]}
+    commands = {
+        "plain": [sys.executable, str(HERE / "plain_sweep.py"), *data, "--bits", "8", "4"],
+        "quantsense": [
+            sys.executable,
+            "-m",
+            "quantsense.cli",
+            "sensitivity",
+            *data,
+            "--bits",
+            "8",
+            "4",
+            "--no-store",
+            "--quiet",
+        ],
+    }
     runs = {name: [] for name in commands}
     for _ in range(pairs):
         for name, command in commands.items():
@@ -163,14 +191,23 @@ def whole_process(args, pairs: int = 3) -> None:
     seconds = {name: [s for s, _ in runs[name]] for name in commands}
     ratios = [p / q for p, q in zip(seconds["plain"], seconds["quantsense"])]
     evaluations = len(runs["plain"][0][1].strip().splitlines())
-    print(f"whole processes (imports, loading, tokenizing included), seed sweep of {evaluations} configurations, "
-          f"median of {pairs} alternating pairs [range]:")
+    print(
+        f"whole processes (imports, loading, tokenizing included), seed sweep of {evaluations} configurations, "
+        f"median of {pairs} alternating pairs [range]:"
+    )
     for name, shown in (("plain", "plain script:          "), ("quantsense", "quantsense sensitivity:")):
-        what = "python benchmarks/plain_sweep.py ... --bits 8 4" if name == "plain" else \
-            "quantsense sensitivity ... --bits 8 4 --no-store"
-        print(f"{shown} {statistics.median(seconds[name]):7.1f} s  [{min(seconds[name]):.1f}, {max(seconds[name]):.1f}]  ({what})")
-    print(f"whole-process ratio plain/quantsense: {statistics.median(ratios):.2f}x "
-          f"[{min(ratios):.2f}, {max(ratios):.2f}] over the {pairs} pairs")
+        what = (
+            "python benchmarks/plain_sweep.py ... --bits 8 4"
+            if name == "plain"
+            else "quantsense sensitivity ... --bits 8 4 --no-store"
+        )
+        print(
+            f"{shown} {statistics.median(seconds[name]):7.1f} s  [{min(seconds[name]):.1f}, {max(seconds[name]):.1f}]  ({what})"
+        )
+    print(
+        f"whole-process ratio plain/quantsense: {statistics.median(ratios):.2f}x "
+        f"[{min(ratios):.2f}, {max(ratios):.2f}] over the {pairs} pairs"
+    )
 
 
 if __name__ == "__main__":

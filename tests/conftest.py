@@ -20,8 +20,16 @@ WIKI = ASSETS / "wikitext-2-raw" / "wiki.test.raw"
 
 # A test that needs one of these is `slow` (the real stand-ins, llama.cpp's files, a browser, a Ray cluster):
 # `pytest -m "not slow"` is the quick loop, the whole suite (what CI runs) includes them.
-SLOW_FIXTURES = {"standin_dir", "sst2_validation", "smollm2", "smollm2_hf", "browser", "ray_local", "minilm_weights",
-                 "smollm2_weights"}
+SLOW_FIXTURES = {
+    "standin_dir",
+    "sst2_validation",
+    "smollm2",
+    "smollm2_hf",
+    "browser",
+    "ray_local",
+    "minilm_weights",
+    "smollm2_weights",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,25 +43,43 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128, num_labels: int 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=0)
     if arch == "bert":
-        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **common)
+        cfg = transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **common
+        )
         cls = transformers.BertForSequenceClassification
     elif arch == "distilbert":
         cfg = transformers.DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, **common)
         cls = transformers.DistilBertForSequenceClassification
     elif arch == "roberta":
-        cfg = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **common)
+        cfg = transformers.RobertaConfig(
+            hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **common
+        )
         cfg.pad_token_id = 1
         cls = transformers.RobertaForSequenceClassification
     elif arch == "gpt2":
         cfg = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, **common)
         cls = transformers.GPT2ForSequenceClassification
     elif arch == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                       intermediate_size=64, max_position_embeddings=64, **common)
+        cfg = transformers.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **common,
+        )
         cls = transformers.LlamaForSequenceClassification
     elif arch == "opt":
-        cfg = transformers.OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=64,
-                                     max_position_embeddings=64, word_embed_proj_dim=32, **common)
+        cfg = transformers.OPTConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            ffn_dim=64,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+            **common,
+        )
         cls = transformers.OPTForSequenceClassification
     else:
         raise ValueError(arch)
@@ -69,14 +95,40 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128, num_labels: int 
 ARCHS = ("bert", "distilbert", "roberta", "gpt2", "llama", "opt")
 # linear units per block and their short names
 EXPECTED_BLOCK_UNITS = {
-    "bert": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-             "intermediate.dense", "output.dense"],
-    "roberta": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                "intermediate.dense", "output.dense"],
-    "distilbert": ["attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"],
+    "bert": [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ],
+    "roberta": [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ],
+    "distilbert": [
+        "attention.q_lin",
+        "attention.k_lin",
+        "attention.v_lin",
+        "attention.out_lin",
+        "ffn.lin1",
+        "ffn.lin2",
+    ],
     "gpt2": ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
-    "llama": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-              "mlp.up_proj", "mlp.down_proj"],
+    "llama": [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ],
     "opt": ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "fc1", "fc2"],
 }
 
@@ -156,22 +208,28 @@ def smollm2() -> Path:
     return path
 
 
-
 @pytest.fixture(scope="session")
 def smollm2_hf(smollm2, tmp_path_factory) -> Path:
     """SmolLM2 saved as a Hugging Face directory (fp32 safetensors and tokenizer.json, de-quantized from its GGUF)."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
     path = tmp_path_factory.mktemp("smollm2-hf")
-    model.hf_quantizer = None  # its weights are plain float32 tensors now; transformers refuses to save "gguf-quantized" models
+    model.hf_quantizer = (
+        None  # its weights are plain float32 tensors now; transformers refuses to save "gguf-quantized" models
+    )
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
-WORDS = ("the film was good bad great awful fine dull fun long short plot actors story music ending scene and but "
-         "not very quite really a an it is this that of to in").split()
+
+WORDS = (
+    "the film was good bad great awful fine dull fun long short plot actors story music ending scene and but "
+    "not very quite really a an it is this that of to in"
+).split()
 
 
 def tiny_tokenizer():
@@ -181,17 +239,35 @@ def tiny_tokenizer():
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
-                                                cls_token="[CLS]", sep_token="[SEP]", eos_token="[SEP]")
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[SEP]",
+    )
 
 
 def save_tiny_llama(path: Path, tokenizer, layers: int, intermediate: int, tied: bool) -> torch.nn.Module:
     """A random Llama with 64-wide rows (weights ~ N(0, 0.2), seed 0) saved with ``tokenizer`` at ``path``."""
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=intermediate, max_position_embeddings=256, tie_word_embeddings=tied, pad_token_id=0))
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=intermediate,
+            max_position_embeddings=256,
+            tie_word_embeddings=tied,
+            pad_token_id=0,
+        )
+    )
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -232,5 +308,12 @@ def offline_assets(tmp_path_factory):
     cls.save_pretrained(root / "cls")
     tokenizer.save_pretrained(root / "cls")
     lm = save_tiny_llama(root / "lm", tokenizer, layers=3, intermediate=128, tied=False)
-    return {"cls": root / "cls", "lm": root / "lm", "tsv": root / "data.tsv", "text": root / "text.txt",
-            "cls_model": cls, "lm_model": lm, "tokenizer": tokenizer}
+    return {
+        "cls": root / "cls",
+        "lm": root / "lm",
+        "tsv": root / "data.tsv",
+        "text": root / "text.txt",
+        "cls_model": cls,
+        "lm_model": lm,
+        "tokenizer": tokenizer,
+    }

@@ -13,8 +13,9 @@ from quantsense.errors import QuantsenseError
 
 @pytest.fixture(scope="module")
 def ws(offline_assets):
-    workspace = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"],
-                                  data=str(offline_assets["tsv"]), quiet=True)
+    workspace = qs.open_workspace(
+        offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]), quiet=True
+    )
     yield workspace
     workspace.close()
 
@@ -25,52 +26,75 @@ def _refused(call, expect: str) -> None:
     assert expect in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("call, expect", [
-    (lambda ws: qs.sensitivity(ws, [4.5]), "a format is a name or a number of bits (e.g. 'int4', 4, 'q4_0'), got 4.5"),
-    (lambda ws: qs.sensitivity(ws, [None]), "got None"),
-    (lambda ws: qs.sensitivity(ws, blocks=["0"]), "a block index is an integer 0..2, got '0'"),
-    (lambda ws: qs.mixed(ws, [0, 1]), "a block ranking lists every block 0..2 exactly once"),
-    (lambda ws: qs.mixed(ws, [0, 0, 1]), "got [0, 0, 1]"),
-    (lambda ws: qs.ablation(ws, [2, 1]), "a block ranking lists every block 0..2 exactly once"),
-    (lambda ws: qs.allocate(ws, "4.5", ["int4", "int8"]), "a budget is a number of bits per weight"),
-    (lambda ws: qs.allocate(ws, 1.0, ["int4", "int8"]), "the smallest feasible is --avg-bits"),
-    (lambda ws: qs.frontier(ws, [6.0], ["int4", "int8"], unit="linear", tie="(query"), "is not a valid regular expression"),
-    (lambda ws: qs.export(ws, "missing-plan.json", "out"), "plan file missing-plan.json does not exist"),
-    (lambda ws: qs.export(ws, qs.Plan(), "out", target="tflite"), "unknown export format 'tflite'"),
-    (lambda ws: qs.allocate(ws, 4.5, "int4"), "formats are a list of format names, e.g. ['q4_0', 'q8_0'], got 'int4'"),
-    (lambda ws: qs.sensitivity(ws, "int8"), "write ['int8'] for one"),
-])
+@pytest.mark.parametrize(
+    "call, expect",
+    [
+        (
+            lambda ws: qs.sensitivity(ws, [4.5]),
+            "a format is a name or a number of bits (e.g. 'int4', 4, 'q4_0'), got 4.5",
+        ),
+        (lambda ws: qs.sensitivity(ws, [None]), "got None"),
+        (lambda ws: qs.sensitivity(ws, blocks=["0"]), "a block index is an integer 0..2, got '0'"),
+        (lambda ws: qs.mixed(ws, [0, 1]), "a block ranking lists every block 0..2 exactly once"),
+        (lambda ws: qs.mixed(ws, [0, 0, 1]), "got [0, 0, 1]"),
+        (lambda ws: qs.ablation(ws, [2, 1]), "a block ranking lists every block 0..2 exactly once"),
+        (lambda ws: qs.allocate(ws, "4.5", ["int4", "int8"]), "a budget is a number of bits per weight"),
+        (lambda ws: qs.allocate(ws, 1.0, ["int4", "int8"]), "the smallest feasible is --avg-bits"),
+        (
+            lambda ws: qs.frontier(ws, [6.0], ["int4", "int8"], unit="linear", tie="(query"),
+            "is not a valid regular expression",
+        ),
+        (lambda ws: qs.export(ws, "missing-plan.json", "out"), "plan file missing-plan.json does not exist"),
+        (lambda ws: qs.export(ws, qs.Plan(), "out", target="tflite"), "unknown export format 'tflite'"),
+        (
+            lambda ws: qs.allocate(ws, 4.5, "int4"),
+            "formats are a list of format names, e.g. ['q4_0', 'q8_0'], got 'int4'",
+        ),
+        (lambda ws: qs.sensitivity(ws, "int8"), "write ['int8'] for one"),
+    ],
+)
 def test_api_refuses_before_any_evaluation(ws, call, expect):
     before = ws.engine.stats.computed
     _refused(lambda: call(ws), expect)
     assert ws.engine.stats.computed == before
 
 
-@pytest.mark.parametrize("call, expect", [
-    (lambda: qs.Budget(avg_bits="4"), "avg_bits (--avg-bits) must be a positive number of bits per weight, got '4'"),
-    (lambda: qs.Budget(max_bytes=-5), "max_bytes (--max-size) must be a positive number of bytes, got -5"),
-    (lambda: qs.parse_format("int²"), "unknown format 'int²'"),
-    (lambda: qs.parse_format(4.5), "a format is a name or a number of bits"),
-    (lambda: qs.Budget(avg_bits=4.5, preset="nonsense"), "unknown llama.cpp preset 'nonsense'"),
-    (lambda: qs.Budget(avg_bits=4.5, preset="Q4_K_M"), "a budget of preset Q4_K_M is computed on a workspace: "
-                                                        "quantsense.preset_budget(ws, 'Q4_K_M')"),
-])
+@pytest.mark.parametrize(
+    "call, expect",
+    [
+        (
+            lambda: qs.Budget(avg_bits="4"),
+            "avg_bits (--avg-bits) must be a positive number of bits per weight, got '4'",
+        ),
+        (lambda: qs.Budget(max_bytes=-5), "max_bytes (--max-size) must be a positive number of bytes, got -5"),
+        (lambda: qs.parse_format("int²"), "unknown format 'int²'"),
+        (lambda: qs.parse_format(4.5), "a format is a name or a number of bits"),
+        (lambda: qs.Budget(avg_bits=4.5, preset="nonsense"), "unknown llama.cpp preset 'nonsense'"),
+        (
+            lambda: qs.Budget(avg_bits=4.5, preset="Q4_K_M"),
+            "a budget of preset Q4_K_M is computed on a workspace: quantsense.preset_budget(ws, 'Q4_K_M')",
+        ),
+    ],
+)
 def test_values_are_checked_where_they_are_made(call, expect):
     _refused(call, expect)
 
 
-@pytest.mark.parametrize("option, expect", [
-    ({"scheme": "int4"}, "scheme must be a QuantConfig"),
-    ({"seed": "x"}, "seed (--seed) must be a non-negative integer, got 'x'"),
-    ({"seed": -1}, "seed (--seed) must be a non-negative integer, got -1"),
-    ({"batch_tokens": 0}, "batch_tokens (--batch-tokens) must be a positive integer, got 0"),
-    ({"max_length": 0}, "max_length (--max-length) must be a positive integer, got 0"),
-    ({"workers": 0}, "workers (--workers) must be a positive integer, got 0"),
-    ({"executor": "dask"}, "executor (--executor) must be one of local, ray, got 'dask'"),
-    ({"imatrix": 123}, "imatrix (--imatrix) is the path of an importance matrix file (a str or Path), got 123"),
-    ({"imatrix": ["imatrix.gguf"]}, "got ['imatrix.gguf']"),
-    ({"imatrix": b"imatrix.gguf"}, "got b'imatrix.gguf'"),
-])
+@pytest.mark.parametrize(
+    "option, expect",
+    [
+        ({"scheme": "int4"}, "scheme must be a QuantConfig"),
+        ({"seed": "x"}, "seed (--seed) must be a non-negative integer, got 'x'"),
+        ({"seed": -1}, "seed (--seed) must be a non-negative integer, got -1"),
+        ({"batch_tokens": 0}, "batch_tokens (--batch-tokens) must be a positive integer, got 0"),
+        ({"max_length": 0}, "max_length (--max-length) must be a positive integer, got 0"),
+        ({"workers": 0}, "workers (--workers) must be a positive integer, got 0"),
+        ({"executor": "dask"}, "executor (--executor) must be one of local, ray, got 'dask'"),
+        ({"imatrix": 123}, "imatrix (--imatrix) is the path of an importance matrix file (a str or Path), got 123"),
+        ({"imatrix": ["imatrix.gguf"]}, "got ['imatrix.gguf']"),
+        ({"imatrix": b"imatrix.gguf"}, "got b'imatrix.gguf'"),
+    ],
+)
 def test_workspace_options_are_checked_before_the_model_loads(offline_assets, option, expect):
     _refused(lambda: qs.open_workspace(str(offline_assets["cls"]), data=str(offline_assets["tsv"]), **option), expect)
 
@@ -92,8 +116,12 @@ def test_token_ids_beyond_the_embedding_are_refused(offline_assets):
     from tests.conftest import tiny_model
 
     small = tiny_model("bert", vocab_size=len(offline_assets["tokenizer"]) - 10)
-    _refused(lambda: qs.open_workspace(small, tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]), quiet=True),
-             "token embeddings: the tokenizer belongs to another model")
+    _refused(
+        lambda: qs.open_workspace(
+            small, tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]), quiet=True
+        ),
+        "token embeddings: the tokenizer belongs to another model",
+    )
 
 
 def test_export_checks_its_output_before_any_work(ws, tmp_path):
@@ -104,8 +132,14 @@ def test_export_checks_its_output_before_any_work(ws, tmp_path):
 
 
 def test_numpy_numbers_are_numbers(offline_assets):
-    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]),
-                           quiet=True, batch_tokens=np.int64(512), seed=np.int64(3))
+    ws = qs.open_workspace(
+        offline_assets["cls_model"],
+        tokenizer=offline_assets["tokenizer"],
+        data=str(offline_assets["tsv"]),
+        quiet=True,
+        batch_tokens=np.int64(512),
+        seed=np.int64(3),
+    )
     assert ws.options.settings["batch_tokens"] == 512 and ws.task.batch_tokens == 512
     assert qs.Budget(avg_bits=np.float64(4.5)).avg_bits == 4.5
 
@@ -119,11 +153,17 @@ def test_positions_of_roberta_style_embeddings_exclude_the_padding_offset():
     assert max_positions(tiny_model("bert")) == 512 and max_positions(tiny_model("gpt2")) == 64
 
 
-@pytest.mark.parametrize("settings, expect", [
-    ({"context": 64}, "task sst2 takes no setting context (context belongs to task wikitext); its settings: limit (--limit), "
-                      "max_length (--max-length), batch_tokens (--batch-tokens)"),
-    ({"contxt": 64}, "task sst2 takes no setting contxt (no task takes contxt)"),
-])
+@pytest.mark.parametrize(
+    "settings, expect",
+    [
+        (
+            {"context": 64},
+            "task sst2 takes no setting context (context belongs to task wikitext); its settings: limit (--limit), "
+            "max_length (--max-length), batch_tokens (--batch-tokens)",
+        ),
+        ({"contxt": 64}, "task sst2 takes no setting contxt (no task takes contxt)"),
+    ],
+)
 def test_a_setting_the_task_does_not_take_is_an_error(settings, expect):
     with pytest.raises(QuantsenseError) as info:
         qs.StudyOptions(task="sst2", settings=settings)
@@ -133,13 +173,21 @@ def test_a_setting_the_task_does_not_take_is_an_error(settings, expect):
 def test_a_grid_torchao_cannot_store_is_refused_before_any_evaluation(ws, tmp_path):
     plan = qs.Plan.of({ws.units.linear_units()[0]: qs.QuantConfig(bits=4, granularity="per_tensor")})
     before = ws.engine.stats.computed
-    _refused(lambda: qs.run_export(ws, plan, tmp_path / "out"), "torchao's IntxWeightOnlyConfig has no per-tensor granularity")
+    _refused(
+        lambda: qs.run_export(ws, plan, tmp_path / "out"),
+        "torchao's IntxWeightOnlyConfig has no per-tensor granularity",
+    )
     assert ws.engine.stats.computed == before
 
 
 def test_a_bad_grid_for_the_strategies_is_refused_before_the_baseline(offline_assets):
-    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]),
-                           quiet=True, scheme=qs.QuantConfig(bits=8, granularity="per_group", group_size=48))
+    ws = qs.open_workspace(
+        offline_assets["cls_model"],
+        tokenizer=offline_assets["tokenizer"],
+        data=str(offline_assets["tsv"]),
+        quiet=True,
+        scheme=qs.QuantConfig(bits=8, granularity="per_group", group_size=48),
+    )
     _refused(lambda: qs.run_study(ws, phases=("baseline", "mixed")), "group size 48 does not divide")
     assert ws.engine.stats.computed == 0 and ws.engine.evaluator._reference is None
 
@@ -160,5 +208,7 @@ def test_a_preset_budget_belongs_to_the_model_it_was_computed_on(offline_assets,
     smol = qs.open_workspace(str(smollm2), **lm)
     budget = qs.preset_budget(smol, "Q8_0")
     assert budget.preset == "Q8_0" and budget.model == smol.model_fp
-    _refused(lambda: qs.frontier(tiny, [budget], ["q4_0", "q8_0"]), "this Q8_0 size budget was computed on another model")
+    _refused(
+        lambda: qs.frontier(tiny, [budget], ["q4_0", "q8_0"]), "this Q8_0 size budget was computed on another model"
+    )
     assert tiny.engine.stats.computed == 0

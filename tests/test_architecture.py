@@ -11,7 +11,6 @@ import os
 import re
 from pathlib import Path
 
-import pytest
 
 import quantsense
 
@@ -54,8 +53,9 @@ def _strings(node: ast.AST) -> set[str]:
 
 
 def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
-        {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+    }
 
 
 def _part(module: str) -> str:
@@ -99,8 +99,11 @@ def test_folder_import_graph_has_no_cycles():
 
 
 def _module_name(rel: str) -> str:
-    return "quantsense." + rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".") if rel != "__init__.py" \
+    return (
+        "quantsense." + rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        if rel != "__init__.py"
         else "quantsense"
+    )
 
 
 def _imported(node: ast.AST, known: set[str]) -> list[str]:
@@ -117,8 +120,10 @@ def _module_graph() -> dict[str, set[str]]:
     """Module -> the quantsense modules it imports anywhere: at module level, inside functions, under TYPE_CHECKING."""
     trees = {_module_name(rel): tree for _, rel, tree in _modules()}
     known = set(trees)
-    return {name: {m for node in ast.walk(tree) for m in _imported(node, known) if m != name and m in known}
-            for name, tree in trees.items()}
+    return {
+        name: {m for node in ast.walk(tree) for m in _imported(node, known) if m != name and m in known}
+        for name, tree in trees.items()
+    }
 
 
 def test_no_module_imports_itself_back():
@@ -128,7 +133,7 @@ def test_no_module_imports_itself_back():
 
     def visit(node, trail):
         if state.get(node) == 1:
-            cycles.append(" -> ".join(trail[trail.index(node):] + [node]))
+            cycles.append(" -> ".join(trail[trail.index(node) :] + [node]))
             return
         if state.get(node) == 2:
             return
@@ -140,7 +145,9 @@ def test_no_module_imports_itself_back():
     for node in sorted(graph):
         visit(node, [])
     assert len(graph) > 50 and "quantsense.workspace" in graph  # the graph was really built
-    assert not cycles, "modules that import each other (move the shared part down, or pass it in):\n" + "\n".join(cycles)
+    assert not cycles, "modules that import each other (move the shared part down, or pass it in):\n" + "\n".join(
+        cycles
+    )
 
 
 # ------------------------------------------------------------------ backends: one folder per runtime
@@ -160,6 +167,7 @@ def test_only_its_own_backend_imports_a_runtime_package():
     def rule(node, rel):
         names = [m for m in _imported(node, known) if m.startswith("quantsense.backends.")]
         return any(m.split(".")[2] != _backend(rel) for m in names)
+
     offenders = _offenders(rule, skip=lambda rel: _inside(rel, "cli"))
     assert not offenders, "a runtime's package imported from outside it:\n" + "\n".join(offenders)
 
@@ -180,6 +188,7 @@ def test_llama_cpp_type_facts_live_in_one_table():
             keys = node.keys if isinstance(node, ast.Dict) else node.elts
             return len({k.value for k in keys if isinstance(k, ast.Constant)} & types) >= 3
         return isinstance(node, ast.FunctionDef) and node.name == "ggml_type"
+
     # a task's default formats are names it chooses, not facts about them
     offenders = _offenders(rule, skip=lambda rel: rel == "backends/llama_cpp/types.py" or _inside(rel, "tasks"))
     assert not offenders, "llama.cpp type facts outside backends/llama_cpp/types.py:\n" + "\n".join(offenders)
@@ -195,15 +204,19 @@ def _task_branch(node, rel) -> bool:
         literals = _strings(node)
         if literals & TASK_WORDS:
             return True
-        return any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) and \
-            isinstance(node.left, ast.Constant) and node.left.value in TASK_KEYS
+        return (
+            any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+            and isinstance(node.left, ast.Constant)
+            and node.left.value in TASK_KEYS
+        )
     if isinstance(node, (ast.Dict, ast.Tuple, ast.List, ast.Set)):
         keys = node.keys if isinstance(node, ast.Dict) else node.elts
         return len({k.value for k in keys if isinstance(k, ast.Constant)} & TASK_WORDS) >= 2
     if isinstance(node, (ast.Name, ast.Attribute)):
         name = node.id if isinstance(node, ast.Name) else node.attr
-        return name in ("model_kind", "TASK_FOR_KIND", "TASK_KINDS", "causal", "is_lm") or \
-            (name in HEAD_CLASSES and not _inside(rel, "evaluation"))
+        return name in ("model_kind", "TASK_FOR_KIND", "TASK_KINDS", "causal", "is_lm") or (
+            name in HEAD_CLASSES and not _inside(rel, "evaluation")
+        )
     return isinstance(node, ast.ClassDef) and node.name == "Task"
 
 
@@ -247,6 +260,7 @@ def test_export_targets_take_explicit_inputs():
     """Writers never reach into a workspace (``ws``) or its engine; quantization/ writes no files. In a backend, only
     the modules that work on a workspace (:data:`WORKSPACE_TOOLS`: presets and plans on a model, the imatrix command,
     the one-command quantize) take one."""
+
     def rule(node, rel):
         if isinstance(node, ast.arg) and node.arg == "ws":
             return True
@@ -254,12 +268,14 @@ def test_export_targets_take_explicit_inputs():
 
     def skip(rel):
         return not _inside(rel, "exporters", "quantization", "backends") or rel.rsplit("/", 1)[-1] in WORKSPACE_TOOLS
+
     offenders = _offenders(rule, skip=skip)
     assert not offenders, "\n".join(offenders)
 
 
 def test_reports_read_fields_not_labels():
     """summary, plots and report.html read the results' typed fields: no regex over names, no label split apart."""
+
     def rule(node, rel):
         if isinstance(node, ast.Import):
             return any(a.name == "re" for a in node.names)
@@ -268,6 +284,7 @@ def test_reports_read_fields_not_labels():
             if isinstance(func, ast.Attribute) and func.attr in ("split", "rsplit", "partition"):
                 return bool((_strings(func.value) | _names(func.value)) & LABEL_FIELDS)
         return False
+
     offenders = _offenders(rule, skip=lambda rel: not _inside(rel, "visualization"))
     assert not offenders, "\n".join(offenders)
 
@@ -280,8 +297,12 @@ def test_ruff_format_and_lint_pass():
 
     root = Path(__file__).resolve().parents[1]
     for args in (["format", "--check"], ["check"]):
-        proc = subprocess.run([sys.executable, "-m", "ruff", *args, "src", "tests", "benchmarks", "scripts", "experiments"],
-                              cwd=root, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, "src", "tests", "benchmarks", "scripts", "experiments"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, f"ruff {' '.join(args)}:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
 
 

@@ -26,8 +26,23 @@ def tiny(tmp_path_factory, standin_dir, sst2_validation):
 
 
 def test_public_api_is_exported():
-    for name in ("open_workspace", "run_study", "baseline", "sensitivity", "mixed", "ablation", "allocate", "frontier",
-                 "export", "Plan", "QuantConfig", "GGUFFormat", "Budget", "register_task", "__version__"):
+    for name in (
+        "open_workspace",
+        "run_study",
+        "baseline",
+        "sensitivity",
+        "mixed",
+        "ablation",
+        "allocate",
+        "frontier",
+        "export",
+        "Plan",
+        "QuantConfig",
+        "GGUFFormat",
+        "Budget",
+        "register_task",
+        "__version__",
+    ):
         assert name in qs.__all__ and getattr(qs, name) is not None
     assert callable(qs.sensitivity)  # the function, not a sub-package of the same name
 
@@ -40,10 +55,48 @@ def test_in_memory_workspace_gives_the_cli_numbers(tiny, tmp_path, capsys):
     front = qs.frontier(ws, [qs.Budget(avg_bits=5.0)], ["int3", "int8"])
 
     out = tmp_path / "cli"
-    assert main(["sensitivity", "--model", str(model_dir), "--data", str(data), "--bits", "8", "3", "--no-store",
-                 "--quiet", "--exhaustive", "--out", str(out / "sens")]) == 0
-    assert main(["allocate", "--model", str(model_dir), "--data", str(data), "--avg-bits", "5", "--candidates", "3", "8",
-                 "--no-store", "--quiet", "--exhaustive", "--out", str(out / "alloc")]) == 0
+    assert (
+        main(
+            [
+                "sensitivity",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(data),
+                "--bits",
+                "8",
+                "3",
+                "--no-store",
+                "--quiet",
+                "--exhaustive",
+                "--out",
+                str(out / "sens"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "allocate",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(data),
+                "--avg-bits",
+                "5",
+                "--candidates",
+                "3",
+                "8",
+                "--no-store",
+                "--quiet",
+                "--exhaustive",
+                "--out",
+                str(out / "alloc"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     cli_sens = json.loads((out / "sens" / "results.json").read_text())["sensitivity"]
     cli_front = json.loads((out / "alloc" / "results.json").read_text())["frontier"]
@@ -82,7 +135,11 @@ def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_p
     front = qs.frontier(ws, [qs.Budget(avg_bits=6.0)], candidates)
     allocated = front.rows[0]
     assert allocated["kind"] == "allocated" and allocated["avg_bits"] <= 6.0 + 1e-9
-    assert allocated[ws.task.loss.key + "_ci_low"] <= allocated[ws.task.loss.key] <= allocated[ws.task.loss.key + "_ci_high"]
+    assert (
+        allocated[ws.task.loss.key + "_ci_low"]
+        <= allocated[ws.task.loss.key]
+        <= allocated[ws.task.loss.key + "_ci_high"]
+    )
     uniform = {r["plan"]: r for r in front.rows if r["kind"] == "uniform"}
     low, high = (f"uniform {c}" for c in candidates)
     assert uniform[low]["kl_mean"] > uniform[high]["kl_mean"]  # fewer bits, more KL
@@ -90,8 +147,30 @@ def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_p
 
     out = tmp_path / "front"
     path = a["lm"] if lm else a["cls"]
-    assert main(["frontier", "--task", task, "--model", str(path), "--data", str(data), *flags, "--budgets", "6",
-                 "--candidates", *candidates, "--no-store", "--quiet", "--exhaustive", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "frontier",
+                "--task",
+                task,
+                "--model",
+                str(path),
+                "--data",
+                str(data),
+                *flags,
+                "--budgets",
+                "6",
+                "--candidates",
+                *candidates,
+                "--no-store",
+                "--quiet",
+                "--exhaustive",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     cli = json.loads((out / "results.json").read_text())["frontier"]
     assert [r["plan"] for r in cli["rows"]] == [r["plan"] for r in front.rows]
@@ -100,11 +179,32 @@ def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_p
 
     plan = tmp_path / "blocks.json"
     plan.write_text(json.dumps({"blocks": {"0": {"format": candidates[0]}, "2": {"format": candidates[1]}}}))
-    assert main(["mixed", "--task", task, "--model", str(path), "--data", str(data), *flags, "--plan", str(plan),
-                 "--no-store", "--quiet", "--out", str(tmp_path / "mixed")]) == 0
+    assert (
+        main(
+            [
+                "mixed",
+                "--task",
+                task,
+                "--model",
+                str(path),
+                "--data",
+                str(data),
+                *flags,
+                "--plan",
+                str(plan),
+                "--no-store",
+                "--quiet",
+                "--out",
+                str(tmp_path / "mixed"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     rows = json.loads((tmp_path / "mixed" / "results.json").read_text())["mixed"]["rows"]
     by_plan = {r["plan"]: r for r in rows}
-    assert by_plan["file:blocks.json"]["formats"] == {candidates[0]: len(ws.units.block_units(0)),
-                                                      candidates[1]: len(ws.units.block_units(2))}
+    assert by_plan["file:blocks.json"]["formats"] == {
+        candidates[0]: len(ws.units.block_units(0)),
+        candidates[1]: len(ws.units.block_units(2)),
+    }
     assert len(rows) == 4  # the three strategies and the plan file

@@ -56,7 +56,9 @@ def test_directory_as_store_path(tmp_path):
 def test_parent_that_is_a_file(tmp_path, below):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("keep me")
-    with pytest.raises(QuantsenseError, match=rf"cannot create the directory for results store .*: {blocker} is a file"):
+    with pytest.raises(
+        QuantsenseError, match=rf"cannot create the directory for results store .*: {blocker} is a file"
+    ):
         ResultStore(blocker / below)
     assert blocker.read_text() == "keep me"
 
@@ -104,7 +106,10 @@ def test_read_only_store_file(shared_dir):
     shared_dir.chmod(0o777)
     path.chmod(0o444)
     message = _message_when_opened_unprivileged(path)
-    assert message == f"results store {path} is not writable; fix its permissions (chmod u+w) or pass another path with --store"
+    assert (
+        message
+        == f"results store {path} is not writable; fix its permissions (chmod u+w) or pass another path with --store"
+    )
     assert path.read_bytes() == before
 
 
@@ -129,8 +134,10 @@ def test_locked_store_says_locked_not_corrupt(tmp_path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert str(info.value) == (f"results store {path} is locked by another process (waited 0.3 s); "
-                               "wait for that process to finish or pass another path with --store")
+    assert str(info.value) == (
+        f"results store {path} is locked by another process (waited 0.3 s); "
+        "wait for that process to finish or pass another path with --store"
+    )
     assert ResultStore(path).get("k")["logits"].tolist() == [1.0, 1.0]
     assert path.read_bytes() == before
 

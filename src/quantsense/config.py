@@ -26,9 +26,23 @@ UNIT_KINDS = ("block", "linear")  # what a sweep or an allocation treats as one 
 VIEWS = ("only", "all_but")
 LOSS_METRICS = ("kl", "loss")  # --rank-by and --objective: mean KL, or the task's own loss
 
-__all__ = ["BlockPlan", "DEFAULT_STORE", "DEFAULT_TASK", "Format", "GRANULARITIES", "LOSS_METRICS",
-           "MAX_BITS", "MIN_BITS", "Plan", "QuantConfig", "REFERENCE_MODEL", "UNIT_KINDS", "VIEWS", "format_from_dict",
-           "parse_format"]
+__all__ = [
+    "BlockPlan",
+    "DEFAULT_STORE",
+    "DEFAULT_TASK",
+    "Format",
+    "GRANULARITIES",
+    "LOSS_METRICS",
+    "MAX_BITS",
+    "MIN_BITS",
+    "Plan",
+    "QuantConfig",
+    "REFERENCE_MODEL",
+    "UNIT_KINDS",
+    "VIEWS",
+    "format_from_dict",
+    "parse_format",
+]
 
 
 def __getattr__(name: str):

@@ -28,9 +28,15 @@ def metric_key(ws: Workspace, metric: str) -> str:
     return "kl_mean" if metric == "kl" else ws.task.loss.key
 
 
-
-def sweep_inputs(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
-                 rank_by: str = "kl", blocks: list[int] | None = None):
+def sweep_inputs(
+    ws: Workspace,
+    formats=None,
+    unit: str = "block",
+    views=("only",),
+    include_extra: bool = False,
+    rank_by: str = "kl",
+    blocks: list[int] | None = None,
+):
     """A sweep's formats, views, ranking key and entries, every argument checked (no evaluation)."""
     check_choice(unit, UNIT_KINDS, "unit")
     for view in views:
@@ -48,10 +54,11 @@ def sweep_inputs(ws: Workspace, formats=None, unit: str = "block", views=("only"
 def calibration(ws: Workspace, calibration_data: str, size: int = 128):
     """(calibration examples, their batches): a seeded sample of ``size`` from the file, none in the evaluation data.
     Cheap (no evaluation), so commands call it first to refuse a bad file before any work."""
-    calib, batches = ws.task.calibration_batches(calibration_data, size, ws.tokenizer, ws.id2label(), ws.data, ws.options.seed)
+    calib, batches = ws.task.calibration_batches(
+        calibration_data, size, ws.tokenizer, ws.id2label(), ws.data, ws.options.seed
+    )
     ws.task.check_model(ws.model, batches, ws.source)
     return calib, batches
-
 
 
 def load_plan(ws: Workspace, path: str) -> Plan:
@@ -76,12 +83,13 @@ def as_plan(ws: Workspace, plan: Plan | BlockPlan | str | Path) -> Plan:
     for name, fmt in plan.assignments:  # an imatrix-weighted format must use this workspace's own --imatrix
         used = fmt.calibration()
         if used is not None and used != ws.imatrix:
-            raise QuantsenseError(f"{name} is planned as {fmt.label()} with imatrix {used.fingerprint}; pass --imatrix "
-                                  "with that importance matrix file"
-                                  + (f" (this run's is {ws.imatrix.fingerprint})" if ws.imatrix is not None else ""))
+            raise QuantsenseError(
+                f"{name} is planned as {fmt.label()} with imatrix {used.fingerprint}; pass --imatrix "
+                "with that importance matrix file"
+                + (f" (this run's is {ws.imatrix.fingerprint})" if ws.imatrix is not None else "")
+            )
     ws.record_formats(f for _, f in plan.assignments)
     return plan
-
 
 
 def check_ranking(ws: Workspace, ranking) -> list[int]:
@@ -92,14 +100,21 @@ def check_ranking(ws: Workspace, ranking) -> list[int]:
     items = list(ranking) if not isinstance(ranking, (str, bytes, dict)) and hasattr(ranking, "__iter__") else None
     whole = items is not None and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in items)
     if not whole or sorted(int(b) for b in items) != blocks:
-        raise QuantsenseError(f"a block ranking lists every block 0..{len(blocks) - 1} exactly once, most sensitive first "
-                              f"(e.g. sens.block_ranking()), got {ranking!r}")
+        raise QuantsenseError(
+            f"a block ranking lists every block 0..{len(blocks) - 1} exactly once, most sensitive first "
+            f"(e.g. sens.block_ranking()), got {ranking!r}"
+        )
     return [int(b) for b in items]
 
 
-
-def check_allocation(ws: Workspace, budgets: list[Budget], candidates: list[Format], unit: str = "block",
-                     tie: str | None = None, outside: tuple[str, ...] = ()) -> list[Group]:
+def check_allocation(
+    ws: Workspace,
+    budgets: list[Budget],
+    candidates: list[Format],
+    unit: str = "block",
+    tie: str | None = None,
+    outside: tuple[str, ...] = (),
+) -> list[Group]:
     """The allocation groups, after checking from sizes alone (no evaluation) that every budget is feasible."""
     check_choice(unit, UNIT_KINDS, "unit")
     for budget in budgets:
@@ -111,13 +126,12 @@ def check_allocation(ws: Workspace, budgets: list[Budget], candidates: list[Form
             try:
                 fmt.check_unit(ws.units.get(ws.units.linear_units()[0]))
             except QuantsenseError as exc:  # the format's own reason, for the first unit
-                raise QuantsenseError(f"candidate {fmt.name} fits no linear unit of this model: {exc}; drop it from "
-                                      "--candidates") from None
+                raise QuantsenseError(
+                    f"candidate {fmt.name} fits no linear unit of this model: {exc}; drop it from --candidates"
+                ) from None
     zero = {(name, f.name): 0.0 for group in groups for name in group.units for f in candidates}
     problem = build_problem(ws.units, ws.model, groups, zero, candidates, outside=ws.embedding_plan())
     for budget in budgets:
         budget_limit(problem, budget, candidates)
     ws.check_intervals()
     return groups
-
-

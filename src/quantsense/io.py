@@ -44,7 +44,9 @@ def atomic_output(path: Path):
         try:
             os.replace(tmp, path)
         except OSError as err:  # e.g. a folder in the way
-            raise QuantsenseError(f"cannot write {path} ({err.strerror or err}); move what is there or choose another folder") from None
+            raise QuantsenseError(
+                f"cannot write {path} ({err.strerror or err}); move what is there or choose another folder"
+            ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -56,10 +58,14 @@ def check_output(out: str | Path, single_file: bool = False, empty_folder: bool 
     path = Path(out)
     parent = next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir():
-        raise QuantsenseError(f"--out {out}: {parent} is a file, so nothing can be written under it; choose a folder path")
+        raise QuantsenseError(
+            f"--out {out}: {parent} is a file, so nothing can be written under it; choose a folder path"
+        )
     if single_file:
         if path.is_dir():
-            raise QuantsenseError(f"--out {out} is a folder; this command writes one file: pass e.g. --out {out}/model.gguf")
+            raise QuantsenseError(
+                f"--out {out} is a folder; this command writes one file: pass e.g. --out {out}/model.gguf"
+            )
         if path.exists():
             raise QuantsenseError(f"--out {out} already exists; choose another file name or remove it")
         return path

@@ -39,9 +39,19 @@ class ReducedSweep:
     record: dict  # what was done, for results.json and the printed summary
 
 
-def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Group], budgets: list[Budget],
-                  key: str, seed: int = 0, outside: tuple[str, ...] = (), estimate: str = "weight-error",
-                  calibration_units: int = CALIBRATION_UNITS, per_round: int | None = None) -> ReducedSweep:
+def reduced_sweep(
+    ws: Workspace,
+    fmts: list[Format],
+    unit: str,
+    groups: list[Group],
+    budgets: list[Budget],
+    key: str,
+    seed: int = 0,
+    outside: tuple[str, ...] = (),
+    estimate: str = "weight-error",
+    calibration_units: int = CALIBRATION_UNITS,
+    per_round: int | None = None,
+) -> ReducedSweep:
     """Single-unit losses for every (unit, format): measured where the plans under ``budgets`` hinge, else estimated
     (``outside``: units outside the blocks that the allocation chooses for too). ``estimate``: ``"weight-error"``
     measures every unit once and scales its weight errors by that measurement; ``"fisher"`` predicts every pair's
@@ -63,8 +73,9 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
         errors = {(u, f): weight_error(ws.applier, by_name[u].names, formats[f], columns) for u, f in pairs}
         if ws.applier.runtime_activations:  # the runtime's rounding of the inputs adds its own output error
             rounding = activation_errors(ws, {u.display: u.names for u in units}, fmts)
-            errors = {(u, f): e + rounding.get((u, formats[f].activation_rounding()), 0.0)
-                      for (u, f), e in errors.items()}
+            errors = {
+                (u, f): e + rounding.get((u, formats[f].activation_rounding()), 0.0) for (u, f), e in errors.items()
+            }
     segments = ws.segments()
     low, high = interval_keys(key)
 
@@ -83,8 +94,14 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
                 out[pair] = (max(row[key], 0.0), (row[high] - row[low]) / (2 * Z95))
         return out
 
-    problem = build_problem(ws.units, ws.model, groups, {(n, f.name): 0.0 for g in groups for n in g.units for f in fmts},
-                            fmts, outside=ws.embedding_plan())
+    problem = build_problem(
+        ws.units,
+        ws.model,
+        groups,
+        {(n, f.name): 0.0 for g in groups for n in g.units for f in fmts},
+        fmts,
+        outside=ws.embedding_plan(),
+    )
     limits = [budget_limit(problem, b, fmts) for b in budgets]
     display_of = {n: u.display for u in units for n in u.names}
 
@@ -93,38 +110,67 @@ def reduced_sweep(ws: Workspace, fmts: list[Format], unit: str, groups: list[Gro
         plans = []
         for limit in limits:
             chosen = solve(problem, limit)
-            plans.append(frozenset((display_of[n], problem.options[o].name) for g, o in enumerate(chosen)
-                                   if problem.options[o] is not None for n in problem.groups[g].units))
+            plans.append(
+                frozenset(
+                    (display_of[n], problem.options[o].name)
+                    for g, o in enumerate(chosen)
+                    if problem.options[o] is not None
+                    for n in problem.groups[g].units
+                )
+            )
         return plans
 
     checked: set[frozenset[Pair]] = set()
 
     def check(plans: list[frozenset[Pair]]) -> list[tuple[float, float]]:
-        labeled = {f"check {i}": Plan.of({n: formats[f] for u, f in plan for n in by_name[u].names})
-                   for i, plan in enumerate(plans)}
+        labeled = {
+            f"check {i}": Plan.of({n: formats[f] for u, f in plan for n in by_name[u].names})
+            for i, plan in enumerate(plans)
+        }
         checked.update(plans)
         metrics = segments.compare(list(labeled.items()), 1, desc="plan checks")
         return [(metrics[label][low], metrics[label][high]) for label in labeled]
 
-    always = frozenset(p for p in pairs if formats[p[1]].input_quantizer() is not None)  # no weight error predicts these
-    result = refine(pairs, errors, anchors, _second(fmts, always), measure, solve_all, check,
-                    max_depth=segments.count, seed=seed, always=always, shared_scale=estimate == "fisher",
-                    per_round=per_round or (max(4, -(-len(pairs) * FISHER_ROUND_SHARE // 1000)) if estimate == "fisher"
-                                            else None))
+    always = frozenset(
+        p for p in pairs if formats[p[1]].input_quantizer() is not None
+    )  # no weight error predicts these
+    result = refine(
+        pairs,
+        errors,
+        anchors,
+        _second(fmts, always),
+        measure,
+        solve_all,
+        check,
+        max_depth=segments.count,
+        seed=seed,
+        always=always,
+        shared_scale=estimate == "fisher",
+        per_round=per_round or (max(4, -(-len(pairs) * FISHER_ROUND_SHARE // 1000)) if estimate == "fisher" else None),
+    )
     losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
     reference = segments.tokens_upto(max(result.depth.values(), default=1))  # FP32 on the segments anything used
     record = {
-        "mode": "reduced", "estimate": estimate, "pairs": len(pairs), "measured": len(result.measured),
+        "mode": "reduced",
+        "estimate": estimate,
+        "pairs": len(pairs),
+        "measured": len(result.measured),
         "estimated": len(result.estimated),
-        "token_evaluations": swept + reference, "reference_tokens": reference,
+        "token_evaluations": swept + reference,
+        "reference_tokens": reference,
         "full_token_evaluations": (len(pairs) + 1) * segments.total_tokens,
-        "segments": segments.count, "screen_tokens": segments.tokens_upto(1),
+        "segments": segments.count,
+        "screen_tokens": segments.tokens_upto(1),
         "deeper": sum(d > 1 for d in result.depth.values()),
-        "plan_checks": len(checked), "plan_check_tokens": len(checked) * segments.tokens_upto(1),
-        "anchor": _anchor(fmts).name, "second": _second(fmts, always), "alpha": result.model.alpha,
+        "plan_checks": len(checked),
+        "plan_check_tokens": len(checked) * segments.tokens_upto(1),
+        "anchor": _anchor(fmts).name,
+        "second": _second(fmts, always),
+        "alpha": result.model.alpha,
         "always_measured": len(always),
-        "agreement": result.agreement(), "rounds": result.rounds,
+        "agreement": result.agreement(),
+        "rounds": result.rounds,
         "estimated_pairs": sorted(f"{u}@{f}" for u, f in result.estimated),
         "seconds": time.perf_counter() - started,
     }
@@ -138,10 +184,21 @@ def fisher_errors(ws: Workspace, units: dict, pairs: list[Pair], formats: dict[s
     from quantsense.sweeps.fisher import fisher_pass
 
     runtime = ws.applier.runtime_activations
-    roundings = list(dict.fromkeys(r for f in formats.values() if runtime and (r := f.activation_rounding()) is not None))
+    roundings = list(
+        dict.fromkeys(r for f in formats.values() if runtime and (r := f.activation_rounding()) is not None)
+    )
     names = [n for u in units.values() for n in u.names]
-    found = fisher_pass(ws.model, ws.units, names, ws.segments().parts[0], ws.task.head().kwargs_for, roundings,
-                        draws=FISHER_DRAWS, seed=ws.options.seed, device=ws.device)
+    found = fisher_pass(
+        ws.model,
+        ws.units,
+        names,
+        ws.segments().parts[0],
+        ws.task.head().kwargs_for,
+        roundings,
+        draws=FISHER_DRAWS,
+        seed=ws.options.seed,
+        device=ws.device,
+    )
     samples = {n: sample for n in names if (sample := found.row_sample(n, ws.units.get(n).transposed)) is not None}
     out = {}
     for u, f in pairs:
@@ -183,20 +240,35 @@ def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list
         labels = [e.label for e in entries if e.format == fmt]
 
         def measure(chosen, depth):
-            return segments.compare([(label, by_label[label].plan) for label in chosen], depth,
-                                    desc=f"sequential sweep at {fmt.name}")
+            return segments.compare(
+                [(label, by_label[label].plan) for label in chosen], depth, desc=f"sequential sweep at {fmt.name}"
+            )
 
         found, depth = sequential_rows(labels, measure, segments.count, low, high)
         depths.update(depth)
-        rows += [sweep_row(by_label[label], found[label], ws.applier, ws.units,
-                           100 * segments.tokens_upto(depth[label]) / segments.total_tokens) for label in labels]
+        rows += [
+            sweep_row(
+                by_label[label],
+                found[label],
+                ws.applier,
+                ws.units,
+                100 * segments.tokens_upto(depth[label]) / segments.total_tokens,
+            )
+            for label in labels
+        ]
     spent = sum(segments.tokens_upto(d) for d in depths.values())
     others = total - len(entries)  # rows of other views, measured on all the data
     reference = segments.total_tokens if others else segments.tokens_upto(max(depths.values(), default=1))
-    record = {"mode": "sequential", "evaluations": total, "sequential_rows": len(entries), "segments": segments.count,
-              "stopped_early": sum(d < segments.count for d in depths.values()),
-              "token_evaluations": spent + others * segments.total_tokens + reference, "reference_tokens": reference,
-              "full_token_evaluations": (total + 1) * segments.total_tokens}
+    record = {
+        "mode": "sequential",
+        "evaluations": total,
+        "sequential_rows": len(entries),
+        "segments": segments.count,
+        "stopped_early": sum(d < segments.count for d in depths.values()),
+        "token_evaluations": spent + others * segments.total_tokens + reference,
+        "reference_tokens": reference,
+        "full_token_evaluations": (total + 1) * segments.total_tokens,
+    }
     return rows, record
 
 
@@ -250,6 +322,7 @@ def activation_errors(ws: Workspace, units: dict[str, tuple[str, ...]], fmts: li
             signal[unit] = signal.get(unit, 0.0) + float((x @ weight.t()).pow(2).sum())
             for r in roundings:  # a row the rounding's block does not divide comes back unchanged: no error
                 noise[(unit, r)] = noise.get((unit, r), 0.0) + float(((r(x) - x) @ weight.t()).pow(2).sum())
+
         return record
 
     handles = []
@@ -264,7 +337,10 @@ def activation_errors(ws: Workspace, units: dict[str, tuple[str, ...]], fmts: li
     try:
         with torch.inference_mode():
             for batch in ws.segments().parts[0]:
-                ws.model(**{k: v.to(ws.device) for k, v in batch.inputs.items()}, **ws.task.head().kwargs_for(ws.model, batch))
+                ws.model(
+                    **{k: v.to(ws.device) for k, v in batch.inputs.items()},
+                    **ws.task.head().kwargs_for(ws.model, batch),
+                )
     finally:
         for handle in handles:
             handle.remove()

@@ -66,7 +66,9 @@ class FrontierResult:
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
     sweep: dict = field(default_factory=dict)  # how the single-unit losses were obtained (quantsense.reduced)
     skipped: dict[str, str] = field(default_factory=dict)  # uniform or hand plans not measured -> why
-    preferred: dict[str, str] = field(default_factory=dict)  # allocated plan -> a given plan that measured better, returned
+    preferred: dict[str, str] = field(
+        default_factory=dict
+    )  # allocated plan -> a given plan that measured better, returned
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +122,12 @@ def provenance(argv: list[str] | None = None) -> dict:
     return {
         "command": " ".join(argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": {"quantsense": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "numpy": numpy.__version__},
+        "versions": {
+            "quantsense": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": numpy.__version__,
+        },
         "git": _git_hash(),
     }

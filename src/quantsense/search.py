@@ -20,8 +20,9 @@ from quantsense.sweeps.sweep import sweep_units
 from quantsense.workspace import Workspace
 
 
-def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: str,
-                outside: tuple[str, ...] = ()) -> dict[tuple[str, str], float]:
+def unit_losses(
+    ws: Workspace, candidates: list[Format], unit: str, objective: str, outside: tuple[str, ...] = ()
+) -> dict[tuple[str, str], float]:
     """Measured loss of every unit alone in every candidate format (from the store when finished); ``outside``: units
     outside the blocks measured too."""
     sens = sensitivity(ws, candidates, unit, include_extra=tuple(outside))
@@ -35,23 +36,45 @@ def unit_losses(ws: Workspace, candidates: list[Format], unit: str, objective: s
     return losses
 
 
-def allocate(ws: Workspace, budget: Budget, candidates=None, unit: str = "block", tie: str | None = None,
-             objective: str = "kl", reduced: bool | str = False, outside: str = "fp32") -> Allocation:
+def allocate(
+    ws: Workspace,
+    budget: Budget,
+    candidates=None,
+    unit: str = "block",
+    tie: str | None = None,
+    objective: str = "kl",
+    reduced: bool | str = False,
+    outside: str = "fp32",
+) -> Allocation:
     """The optimal plan under one budget (a :class:`Budget` or average bits per weight), from single-unit losses
     (the plan itself is not measured here: see :func:`frontier`)."""
     return allocations(ws, [budget], candidates, unit, tie, objective, reduced, outside)[0][1]
 
 
-def allocations(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                objective: str = "kl", reduced: bool | str = False,
-                outside: str = "fp32") -> list[tuple[str, Allocation]]:
+def allocations(
+    ws: Workspace,
+    budgets: list[Budget],
+    candidates=None,
+    unit: str = "block",
+    tie: str | None = None,
+    objective: str = "kl",
+    reduced: bool | str = False,
+    outside: str = "fp32",
+) -> list[tuple[str, Allocation]]:
     """The optimal plan under each budget (exact MILP over single-unit losses); see :func:`sweep_and_allocate`."""
     return sweep_and_allocate(ws, budgets, candidates, unit, tie, objective, reduced, outside)[0]
 
 
-def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, unit: str = "block", tie: str | None = None,
-                       objective: str = "kl", reduced: bool | str = False,
-                       outside: str = "fp32") -> tuple[list[tuple[str, Allocation]], dict]:
+def sweep_and_allocate(
+    ws: Workspace,
+    budgets: list[Budget],
+    candidates=None,
+    unit: str = "block",
+    tie: str | None = None,
+    objective: str = "kl",
+    reduced: bool | str = False,
+    outside: str = "fp32",
+) -> tuple[list[tuple[str, Allocation]], dict]:
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
@@ -70,15 +93,25 @@ def sweep_and_allocate(ws: Workspace, budgets: list[Budget], candidates=None, un
         losses = unit_losses(ws, fmts, unit, objective, extra)
         pairs = len(sweep_units(ws.units, unit, extra)) * len(fmts)
         full = (pairs + 1) * tokens  # every pair and the FP32 reference on all the data
-        record = {"mode": "exhaustive", "pairs": pairs, "measured": pairs, "estimated": 0, "token_evaluations": full,
-                  "full_token_evaluations": full, "seconds": time.perf_counter() - started}
+        record = {
+            "mode": "exhaustive",
+            "pairs": pairs,
+            "measured": pairs,
+            "estimated": 0,
+            "token_evaluations": full,
+            "full_token_evaluations": full,
+            "seconds": time.perf_counter() - started,
+        }
     else:
-        sweep = reduced_sweep(ws, fmts, unit, groups, budgets, key, seed=ws.options.seed, outside=extra,
-                              estimate=estimate)
+        sweep = reduced_sweep(
+            ws, fmts, unit, groups, budgets, key, seed=ws.options.seed, outside=extra, estimate=estimate
+        )
         losses, record = sweep.losses, sweep.record
     outside = ws.embedding_plan()  # a size budget counts the embedding as it will be stored
-    plans = [(f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))
-             for b in budgets]
+    plans = [
+        (f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))
+        for b in budgets
+    ]
     return plans, record
 
 
@@ -90,9 +123,18 @@ def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
     return [Budget(avg_bits=v) for v in sorted(set(sizes + mids))]
 
 
-def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-             tie: str | None = None, objective: str = "kl", reduced: bool | str = False, presets=(),
-             outside: str = "fp32", given: dict[str, Plan] | None = None) -> FrontierResult:
+def frontier(
+    ws: Workspace,
+    budgets: list[Budget] | None = None,
+    candidates=None,
+    unit: str = "block",
+    tie: str | None = None,
+    objective: str = "kl",
+    reduced: bool | str = False,
+    presets=(),
+    outside: str = "fp32",
+    given: dict[str, Plan] | None = None,
+) -> FrontierResult:
     """Allocated plans over budgets, uniform baselines and hand strategies, all measured; predicted vs measured.
     ``reduced``: the single-unit losses come from a reduced sweep (see :func:`sweep_and_allocate`) and the hand strategies'
     block ranking from the first data segment. ``presets``: llama.cpp presets measured too, each with an allocation
@@ -140,9 +182,18 @@ def frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None
         row["measured_over_predicted"] = row[key] / row["predicted_loss"] if row["predicted_loss"] else None
     groups = {name: info for _, a in allocated for name, info in a.groups.items()}
     preferred = better_measured(rows, [name for name, _ in allocated], budgets, key)
-    return FrontierResult(objective, unit, [f.name for f in fmts], rows,
-                          {name: named[preferred.get(name, name)].to_json_dict() for name, _ in allocated},
-                          {name: dict(a.choices) for name, a in allocated}, groups, sweep, skipped, preferred)
+    return FrontierResult(
+        objective,
+        unit,
+        [f.name for f in fmts],
+        rows,
+        {name: named[preferred.get(name, name)].to_json_dict() for name, _ in allocated},
+        {name: dict(a.choices) for name, a in allocated},
+        groups,
+        sweep,
+        skipped,
+        preferred,
+    )
 
 
 def better_measured(rows: list[dict], allocated: list[str], budgets: list[Budget], key: str) -> dict[str, str]:
@@ -152,8 +203,11 @@ def better_measured(rows: list[dict], allocated: list[str], budgets: list[Budget
     out = {}
     for name, budget in zip(allocated, budgets):
         cap = by_name.get(f"preset {budget.preset}", {}).get("model_mb") if budget.preset else None
-        fitting = [r for r in rows if r["kind"] in ("given", "preset") and _within(r, budget)
-                   and (cap is None or r["model_mb"] <= cap + 1e-9)]  # a preset's size bounds the whole model too
+        fitting = [
+            r
+            for r in rows
+            if r["kind"] in ("given", "preset") and _within(r, budget) and (cap is None or r["model_mb"] <= cap + 1e-9)
+        ]  # a preset's size bounds the whole model too
         best = min(fitting, key=lambda r: r[key], default=None)
         if best is not None and best[key] < by_name[name][key]:
             out[name] = best["plan"]
@@ -166,9 +220,20 @@ def _within(row: dict, budget: Budget) -> bool:
     return row["avg_bits"] <= budget.avg_bits + 1e-9
 
 
-def run_frontier(ws: Workspace, budgets: list[Budget] | None = None, candidates=None, unit: str = "block",
-                 tie: str | None = None, objective: str = "kl", argv: list[str] | None = None, on_phase=None,
-                 reduced: bool | str = False, presets=(), outside: str = "fp32", given: dict[str, Plan] | None = None) -> StudyResult:
+def run_frontier(
+    ws: Workspace,
+    budgets: list[Budget] | None = None,
+    candidates=None,
+    unit: str = "block",
+    tie: str | None = None,
+    objective: str = "kl",
+    argv: list[str] | None = None,
+    on_phase=None,
+    reduced: bool | str = False,
+    presets=(),
+    outside: str = "fp32",
+    given: dict[str, Plan] | None = None,
+) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
     budgets = [Budget.of(b) for b in budgets] if budgets else None
     fmts = ws.formats(candidates or ws.task.default_candidates)
@@ -197,15 +262,18 @@ def preset_budget(ws: Workspace, preset: str, outside: str = "allocate") -> Budg
 
 def _budget_of(ws: Workspace, preset: str, plan: Plan, outside: str) -> tuple[Budget, Plan | None]:
     if outside == "allocate":
-        return Budget(max_bytes=model_bytes(ws.model, ws.units, plan), preset=preset_name(preset), model=ws.model_fp), None
+        return Budget(
+            max_bytes=model_bytes(ws.model, ws.units, plan), preset=preset_name(preset), model=ws.model_fp
+        ), None
     linears = set(ws.units.linear_units())
     kept = Plan.of({name: fmt for name, fmt in plan.assignments if name not in linears})
     bits = average_bits(ws.units, plan, scope=sorted(linears))
     return Budget(avg_bits=bits, preset=preset_name(preset), model=ws.model_fp), kept
 
 
-def with_presets(ws: Workspace, budgets: list[Budget], presets,
-                 outside: str = "preset") -> tuple[list[Budget], dict[str, Plan], dict[str, Plan]]:
+def with_presets(
+    ws: Workspace, budgets: list[Budget], presets, outside: str = "preset"
+) -> tuple[list[Budget], dict[str, Plan], dict[str, Plan]]:
     """``budgets`` and each preset's own budget; the preset plans to measure beside the allocations (``preset Q4_K_M``);
     with ``outside="preset"``, per preset the types it gives outside the blocks, which an allocation at its size takes
     too (with ``"allocate"`` the budget is the preset's whole size and the allocation chooses those units itself)."""

@@ -43,14 +43,20 @@ def _decode(blob: bytes) -> dict[str, np.ndarray]:
 
 def _non_finite(arrays: dict[str, np.ndarray]) -> list[str]:
     """Names of the float/complex arrays holding a NaN or an infinity."""
-    return [name for name, array in arrays.items()
-            if np.asarray(array).dtype.kind in "fc" and not np.isfinite(array).all()]
+    return [
+        name for name, array in arrays.items() if np.asarray(array).dtype.kind in "fc" and not np.isfinite(array).all()
+    ]
 
 
 _MESSAGE_KINDS = (  # fallback for Pythons before 3.11, whose sqlite3 errors carry no error name
-    ("locked", "SQLITE_BUSY"), ("busy", "SQLITE_BUSY"), ("readonly", "SQLITE_READONLY"),
-    ("read-only", "SQLITE_READONLY"), ("disk is full", "SQLITE_FULL"), ("unable to open", "SQLITE_CANTOPEN"),
-    ("not a database", "SQLITE_NOTADB"), ("malformed", "SQLITE_CORRUPT"),
+    ("locked", "SQLITE_BUSY"),
+    ("busy", "SQLITE_BUSY"),
+    ("readonly", "SQLITE_READONLY"),
+    ("read-only", "SQLITE_READONLY"),
+    ("disk is full", "SQLITE_FULL"),
+    ("unable to open", "SQLITE_CANTOPEN"),
+    ("not a database", "SQLITE_NOTADB"),
+    ("malformed", "SQLITE_CORRUPT"),
 )
 
 
@@ -90,7 +96,9 @@ class ResultStore:
         """Refuse, before SQLite sees it, a path that cannot hold a writable store, naming why."""
         where = f"results store {self.path}"
         if self.path.is_dir():
-            raise QuantsenseError(f"{where} is a directory; pass a file path with --store (e.g. {self.path / 'results.sqlite'})")
+            raise QuantsenseError(
+                f"{where} is a directory; pass a file path with --store (e.g. {self.path / 'results.sqlite'})"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -104,7 +112,9 @@ class ResultStore:
                 "pass a --store path in a writable directory"
             ) from None
         if self.path.exists() and not os.access(self.path, os.W_OK):
-            raise QuantsenseError(f"{where} is not writable; fix its permissions (chmod u+w) or pass another path with --store")
+            raise QuantsenseError(
+                f"{where} is not writable; fix its permissions (chmod u+w) or pass another path with --store"
+            )
         if not os.access(self.path.parent, os.W_OK | os.X_OK):
             raise QuantsenseError(
                 f"{where} is in a directory that is not writable ({self.path.parent}; SQLite creates its -wal and -shm "
@@ -172,7 +182,9 @@ class ResultStore:
                 f"{where} is not writable ({exc}); fix its permissions or pass another path with --store"
             )
         if kind == "SQLITE_FULL":
-            return QuantsenseError(f"the disk holding {where} is full; free some space or pass another path with --store")
+            return QuantsenseError(
+                f"the disk holding {where} is full; free some space or pass another path with --store"
+            )
         if kind in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
             return QuantsenseError(
                 f"{where} is corrupt or not a quantsense store ({exc}); move it aside or pass another path with --store"

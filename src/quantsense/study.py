@@ -44,25 +44,48 @@ def baseline(ws: Workspace) -> dict:
     return {**base, "summary": ws.task.baseline_text(base)}
 
 
-def sensitivity(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
-                rank_by: str = "kl", blocks: list[int] | None = None, reduced: bool = False) -> SensitivityResult:
+def sensitivity(
+    ws: Workspace,
+    formats=None,
+    unit: str = "block",
+    views=("only",),
+    include_extra: bool = False,
+    rank_by: str = "kl",
+    blocks: list[int] | None = None,
+    reduced: bool = False,
+) -> SensitivityResult:
     """Phase 2: every unit x format x view measured against FP32, and a ranking per (view, format).
     ``reduced`` (the command line's default): the ``only`` view is measured sequentially
     (:mod:`quantsense.sweeps.sequential`), each unit on as many data segments as its tier needs."""
     started = time.perf_counter()
     fmts, views, key, entries = sweep_inputs(ws, formats, unit, views, include_extra, rank_by, blocks)
     sequential = [e for e in entries if e.view == "only"] if reduced else []
-    rows = run_sweep(ws.engine, ws.applier, ws.units, [e for e in entries if e not in sequential], ws.compare,
-                     ws.task.loss.key, desc=f"{unit} sweep")
+    rows = run_sweep(
+        ws.engine,
+        ws.applier,
+        ws.units,
+        [e for e in entries if e not in sequential],
+        ws.compare,
+        ws.task.loss.key,
+        desc=f"{unit} sweep",
+    )
     full = (len(entries) + 1) * ws.batches.num_tokens  # every row and the FP32 reference on all the data
-    record = {"mode": "exhaustive", "evaluations": len(entries), "token_evaluations": full, "full_token_evaluations": full}
+    record = {
+        "mode": "exhaustive",
+        "evaluations": len(entries),
+        "token_evaluations": full,
+        "full_token_evaluations": full,
+    }
     if sequential:
         seq_rows, record = sequential_sweep(ws, sequential, key, len(entries))
         rows = seq_rows + rows
     record["seconds"] = time.perf_counter() - started
     record["skipped"] = skipped_pairs(ws.units, fmts, unit, include_extra, blocks)
-    rankings = {f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
-                for f in fmts for view in views}
+    rankings = {
+        f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
+        for f in fmts
+        for view in views
+    }
     return SensitivityResult(unit, [f.name for f in fmts], list(views), key, rows, rankings, record)
 
 
@@ -77,8 +100,12 @@ def proxies(ws: Workspace, calibration_data: str, size: int = 128, formats=None,
     fisher = fisher_diagonal(ws.model, ws.units, calib_eval.device_batches(), calib.labels)
     entries = build_entries(ws.units, ws.formats(measured.formats), unit, ("only",))
     rows = proxy_rows(entries, ws.applier, calib_eval, calib_eval.reference(), fisher)
-    return {"calibration": {"source": calib.source, "examples": len(calib), "disjoint_from_evaluation": True},
-            "unit": unit, "rows": rows, "correlations": proxy_correlations(rows, measured.rows, ws.task.loss.key)}
+    return {
+        "calibration": {"source": calib.source, "examples": len(calib), "disjoint_from_evaluation": True},
+        "unit": unit,
+        "rows": rows,
+        "correlations": proxy_correlations(rows, measured.rows, ws.task.loss.key),
+    }
 
 
 def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans", kind: str = "mixed") -> list[dict]:
@@ -97,9 +124,20 @@ def evaluate_plans(ws: Workspace, named: dict[str, Plan], desc: str = "plans", k
     for name, plan in named.items():
         size = model_bytes(ws.model, ws.units, plan)
         planned = set(plan.units())
-        rows.append({"plan": name, **ws.compare(reference, results[name]), "avg_bits": average_bits(ws.units, plan),
-                     "model_mb": size / 1e6, "compression": fp32_bytes / size, "formats": plan.format_counts(),
-                     "kind": kind, "format": None, "budget": None, "fp32_units": sum(n not in planned for n in linear)})
+        rows.append(
+            {
+                "plan": name,
+                **ws.compare(reference, results[name]),
+                "avg_bits": average_bits(ws.units, plan),
+                "model_mb": size / 1e6,
+                "compression": fp32_bytes / size,
+                "formats": plan.format_counts(),
+                "kind": kind,
+                "format": None,
+                "budget": None,
+                "fp32_units": sum(n not in planned for n in linear),
+            }
+        )
     return rows
 
 
@@ -114,13 +152,15 @@ def mixed(ws: Workspace, ranking: list[int] | None = None, plan_files=(), rank_f
     rank_fmt = ws.format(rank_format or ws.task.default_ablation_format)
     if ranking is not None:
         ranking = check_ranking(ws, ranking)
-    plan_paths = {f"file:{Path(path).name}": load_plan(ws, path) for path in plan_files}  # checked before any evaluation
+    plan_paths = {
+        f"file:{Path(path).name}": load_plan(ws, path) for path in plan_files
+    }  # checked before any evaluation
     _check_strategy_formats(ws, [rank_fmt], need_levels=not plan_paths)
     ws.check_intervals()
     levels, why = strategy_levels(rank_fmt, ws.options.scheme, ws.format, ws.units)
     ranking = ranking if ranking is not None or levels is None else block_ranking(ws, rank_fmt)
     named, by_block = {}, {}
-    for name, (plan, formats) in (strategy_plans(ws.units, ranking, levels).items() if levels else ()):
+    for name, (plan, formats) in strategy_plans(ws.units, ranking, levels).items() if levels else ():
         named[name], by_block[name] = plan, formats
     named.update(plan_paths)
     named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
@@ -141,11 +181,17 @@ def ablation(ws: Workspace, ranking: list[int] | None = None, fmt: str | None = 
     ws.check_intervals()
     if block is None:
         block = (ranking if ranking is not None else block_ranking(ws, fmt))[-1]
-    row = evaluate_plans(ws, {f"block{block}@{fmt.name}": blocks_plan(ws.units, {block: fmt})}, desc="ablation",
-                         kind="ablation")[0]
+    row = evaluate_plans(
+        ws, {f"block{block}@{fmt.name}": blocks_plan(ws.units, {block: fmt})}, desc="ablation", kind="ablation"
+    )[0]
     outside = {name: f.name for name, f in ws.embedding_plan().assignments}  # --embedding's table, quantized too
-    return {"block": block, "format": fmt.name, **{k: v for k, v in row.items() if k != "format"},
-            "outside": outside, "summary": ws.task.effect_text(row)}
+    return {
+        "block": block,
+        "format": fmt.name,
+        **{k: v for k, v in row.items() if k != "format"},
+        "outside": outside,
+        "summary": ws.task.effect_text(row),
+    }
 
 
 def low_level(ws: Workspace, fmt: Format) -> Format:
@@ -176,7 +222,9 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
     return plan
 
 
-def prepare_export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True):
+def prepare_export(
+    ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True
+):
     """Every check of an export (the target, --out, the plan, the target's rules, the task's check), before any work;
     returns the call that writes it (and, unless ``verify=False``, checks it, simulating the plan when the check runs)."""
     from quantsense.exporters import export_target
@@ -187,13 +235,19 @@ def prepare_export(ws: Workspace, plan: Plan | str | Path, out: str | Path, targ
         check = exporter.own_check(export_source(ws), plan)
     if verify and check is None:
         ws.check_intervals()
+
         def simulate():
             return ws.engine.evaluate_many([("export plan", plan)], desc="simulated plan")["export plan"]
-        check = ws.task.export_check(target, ws.source, ws.data, simulate, ws.batches)  # refuses a target it cannot check
+
+        check = ws.task.export_check(
+            target, ws.source, ws.data, simulate, ws.batches
+        )  # refuses a target it cannot check
     return lambda: exporter.write(export_source(ws), plan, out, check=check)
 
 
-def export(ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True) -> dict:
+def export(
+    ws: Workspace, plan: Plan | str | Path, out: str | Path, target: str = "torchao", verify: bool = True
+) -> dict:
     """Write ``plan`` (a :class:`Plan` or a plan file) with export target ``target`` (a torchao checkpoint, or a
     GGUF file) and, unless ``verify=False``, check it in a fresh process with the task's own check."""
     return prepare_export(ws, plan, out, target, verify)()
@@ -206,10 +260,25 @@ def llama_quantize_command(ws: Workspace, plan: Plan | str | Path) -> str:
     return export_target("gguf").llama_quantize_command(export_source(ws), check_export(ws, plan, None, "gguf"))
 
 
-def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",), include_extra: bool = False,
-              rank_by: str = "kl", blocks: list[int] | None = None, plan_files=(), calibration_data: str | None = None,
-              calibration_size: int = 128, argv: list[str] | None = None, phases=PHASES, rank_format=None,
-              ablation_format=None, ablation_block: int | None = None, on_phase=None, reduced: bool = False) -> StudyResult:
+def run_study(
+    ws: Workspace,
+    formats=None,
+    unit: str = "block",
+    views=("only",),
+    include_extra: bool = False,
+    rank_by: str = "kl",
+    blocks: list[int] | None = None,
+    plan_files=(),
+    calibration_data: str | None = None,
+    calibration_size: int = 128,
+    argv: list[str] | None = None,
+    phases=PHASES,
+    rank_format=None,
+    ablation_format=None,
+    ablation_block: int | None = None,
+    on_phase=None,
+    reduced: bool = False,
+) -> StudyResult:
     """The reference study end to end: baseline, sensitivity, proxies (with ``calibration_data``), the mixed
     strategies and the ablation; ``phases`` picks some of them. Every input is checked before the first
     evaluation; ``on_phase(name, result)`` is called as each phase finishes (the CLI prints there). ``reduced``: the
@@ -217,7 +286,9 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
     for phase in phases:
         check_choice(phase, PHASES, "phase")
     wanted = set(phases) | ({"sensitivity"} if "proxies" in phases else set())
-    fmts = sweep_inputs(ws, formats, unit, views, include_extra, rank_by, blocks)[0] if "sensitivity" in wanted else None
+    fmts = (
+        sweep_inputs(ws, formats, unit, views, include_extra, rank_by, blocks)[0] if "sensitivity" in wanted else None
+    )
     rank_fmt = ws.format(rank_format) if rank_format else None
     abl_fmt = ws.format(ablation_format) if ablation_format else None
     if ablation_block is not None:
@@ -225,7 +296,9 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
     for path in plan_files:
         load_plan(ws, path)
     if {"mixed", "ablation"} & wanted:  # the ranking format (the sweep's with the fewest bits) and its strategies
-        rank_fmt = rank_fmt or (min(fmts, key=lambda f: f.nominal_bits) if fmts else ws.format(ws.task.default_ablation_format))
+        rank_fmt = rank_fmt or (
+            min(fmts, key=lambda f: f.nominal_bits) if fmts else ws.format(ws.task.default_ablation_format)
+        )
         _check_strategy_formats(ws, [rank_fmt], "mixed" in wanted and not plan_files)
     if calibration_data and "proxies" in wanted:
         calibration(ws, calibration_data, calibration_size)
@@ -240,8 +313,14 @@ def run_study(ws: Workspace, formats=None, unit: str = "block", views=("only",),
         result.proxies = proxies(ws, calibration_data, calibration_size, result.sensitivity.formats, unit)
         notify("proxies", result)
     if {"mixed", "ablation"} & wanted:
-        swept = (result.sensitivity is not None and unit == "block" and blocks is None and "only" in views
-                 and rank_by == "kl" and rank_fmt.name in result.sensitivity.formats)  # else the default ranking sweep
+        swept = (
+            result.sensitivity is not None
+            and unit == "block"
+            and blocks is None
+            and "only" in views
+            and rank_by == "kl"
+            and rank_fmt.name in result.sensitivity.formats
+        )  # else the default ranking sweep
         ranking = result.sensitivity.block_ranking(rank_fmt.name) if swept else block_ranking(ws, rank_fmt)
         result.ranking = {"format": rank_fmt.name, "blocks": ranking}
         notify("ranking", result)
@@ -266,16 +345,27 @@ def _check_strategy_formats(ws: Workspace, candidates, need_levels: bool) -> Non
     for fmt in candidates:
         why = misfit(ws.units, fmt)
         if why:
-            raise QuantsenseError(f"the block ranking at {fmt.name} needs every block linear in {fmt.name}: {why}; "
-                                  "rank with another format (--rank-format)")
+            raise QuantsenseError(
+                f"the block ranking at {fmt.name} needs every block linear in {fmt.name}: {why}; "
+                "rank with another format (--rank-format)"
+            )
         levels, why = strategy_levels(fmt, ws.options.scheme, ws.format, ws.units)
         if levels is None and need_levels:
-            raise QuantsenseError(f"no reference strategy can be built at {fmt.name}: {why}; rank with another format "
-                                  "(--rank-format) or pass --plan files")
+            raise QuantsenseError(
+                f"no reference strategy can be built at {fmt.name}: {why}; rank with another format "
+                "(--rank-format) or pass --plan files"
+            )
 
 
-def run_export(ws: Workspace, plan, out: str | Path, target: str = "torchao", verify: bool = True,
-               argv: list[str] | None = None, on_phase=None) -> StudyResult:
+def run_export(
+    ws: Workspace,
+    plan,
+    out: str | Path,
+    target: str = "torchao",
+    verify: bool = True,
+    argv: list[str] | None = None,
+    on_phase=None,
+) -> StudyResult:
     """Baseline and the export report, everything about the export checked first."""
     write = prepare_export(ws, plan, out, target, verify)
     result, notify = _begin(ws, argv, on_phase)

@@ -65,9 +65,15 @@ class StudyOptions:
     workers: int = 2  # Ray actors
     ray_address: str | None = None  # None: start a private Ray on this machine; "auto" or HOST:PORT: connect
     settings: dict = field(default_factory=dict)  # the task's own settings (its settings_spec), e.g. {"limit": 100}
-    imatrix: str | None = None  # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
-    embedding: str | None = None  # a format for the token embedding in every measured plan (e.g. ort-int8), not in sweeps
-    runtime_activations: bool = False  # also round each quantized linear's input as the format's runtime does (llama.cpp)
+    imatrix: str | None = (
+        None  # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
+    )
+    embedding: str | None = (
+        None  # a format for the token embedding in every measured plan (e.g. ort-int8), not in sweeps
+    )
+    runtime_activations: bool = (
+        False  # also round each quantized linear's input as the format's runtime does (llama.cpp)
+    )
 
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
@@ -78,10 +84,14 @@ class StudyOptions:
             if getattr(self, name) not in allowed:
                 raise QuantsenseError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.scheme, QuantConfig):
-            raise QuantsenseError(f"scheme must be a QuantConfig, the integer grid that int<b> names use "
-                                  f"(e.g. QuantConfig(bits=8, symmetric=False)), got {self.scheme!r}")
+            raise QuantsenseError(
+                f"scheme must be a QuantConfig, the integer grid that int<b> names use "
+                f"(e.g. QuantConfig(bits=8, symmetric=False)), got {self.scheme!r}"
+            )
         if not isinstance(self.settings, dict):
-            raise QuantsenseError(f"settings must be a dict of the task's settings (e.g. {{'limit': 100}}), got {self.settings!r}")
+            raise QuantsenseError(
+                f"settings must be a dict of the task's settings (e.g. {{'limit': 100}}), got {self.settings!r}"
+            )
         make_task(self.task, **self.settings)  # the task refuses a setting it does not take, or a bad value
         if self.imatrix is not None:
             self.imatrix = str(calibration("imatrix").check_path(self.imatrix))
@@ -114,10 +124,14 @@ class Workspace:
     model_fp: str
     data_fp: str
     formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
-    imatrix: object = None  # the importance matrix from options.imatrix (quantization/calibration.py), bound to every format named
+    imatrix: object = (
+        None  # the importance matrix from options.imatrix (quantization/calibration.py), bound to every format named
+    )
     _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
     _embedding: object = field(default=None, repr=False)  # the --embedding plan, built on first use
-    _input_power: object = field(default=None, repr=False)  # the linears' input power per column, collected on first use
+    _input_power: object = field(
+        default=None, repr=False
+    )  # the linears' input power per column, collected on first use
 
     @property
     def source(self) -> str:
@@ -178,8 +192,11 @@ class Workspace:
         """The units outside the blocks that a model file stores as weights of their own: the token embedding (which an
         output head tied to it shares) and an untied output head; what ``outside="allocate"`` adds to an allocation."""
         wanted = [self.model.get_input_embeddings(), getattr(self.model, "get_output_embeddings", lambda: None)()]
-        return tuple(name for name, unit in self.units.units.items()
-                     if unit.block is None and any(unit.module is module for module in wanted if module is not None))
+        return tuple(
+            name
+            for name, unit in self.units.units.items()
+            if unit.block is None and any(unit.module is module for module in wanted if module is not None)
+        )
 
     def allocated_outside(self, mode: str, presets=()) -> tuple[str, ...]:
         """The units outside the blocks an allocation chooses formats for: with ``mode="allocate"`` those of
@@ -188,13 +205,16 @@ class Workspace:
         if mode not in OUTSIDE_MODES:
             raise QuantsenseError(f"unknown --outside mode {mode!r}; use one of {', '.join(OUTSIDE_MODES)}")
         if mode == "preset" and not presets:
-            raise QuantsenseError("--outside preset takes a preset's own types outside the blocks: give --max-size-of "
-                                  "PRESET or --preset, or use --outside allocate or fp32")
+            raise QuantsenseError(
+                "--outside preset takes a preset's own types outside the blocks: give --max-size-of "
+                "PRESET or --preset, or use --outside allocate or fp32"
+            )
         if mode != "allocate":
             return ()
         if self.options.embedding:
-            raise QuantsenseError("--outside allocate chooses the token embedding's format, and --embedding fixes it: "
-                                  "drop one")
+            raise QuantsenseError(
+                "--outside allocate chooses the token embedding's format, and --embedding fixes it: drop one"
+            )
         return self.outside_units()
 
     def embedding_plan(self) -> Plan:
@@ -210,11 +230,15 @@ class Workspace:
         table = self.model.get_input_embeddings()
         name = next((n for n, u in self.units.units.items() if u.module is table), None)
         if name is None:
-            raise QuantsenseError("--embedding: this model's token embedding is not a unit quantsense found; drop --embedding")
+            raise QuantsenseError(
+                "--embedding: this model's token embedding is not a unit quantsense found; drop --embedding"
+            )
         tied = self.units.get(name).tied_to
         if tied:
-            raise QuantsenseError(f"--embedding: {name} shares its weight with {', '.join(tied)}, so it would quantize that too; "
-                                  "name the unit in a plan file instead (quantsense units lists it)")
+            raise QuantsenseError(
+                f"--embedding: {name} shares its weight with {', '.join(tied)}, so it would quantize that too; "
+                "name the unit in a plan file instead (quantsense units lists it)"
+            )
         plan = Plan.of({name: self.format(self.options.embedding)})
         self.applier.check(plan)  # a format that cannot store a table refuses here
         return plan
@@ -246,8 +270,9 @@ class Workspace:
     def formats(self, names) -> list[Format]:
         """Formats from names, duplicates dropped (``--formats 8 8`` evaluates once)."""
         if isinstance(names, (str, bytes, numbers.Number, WeightFormat)) or not hasattr(names, "__iter__"):
-            raise QuantsenseError(f"formats are a list of format names, e.g. ['q4_0', 'q8_0'], got {names!r}; write "
-                                  f"[{names!r}] for one")
+            raise QuantsenseError(
+                f"formats are a list of format names, e.g. ['q4_0', 'q8_0'], got {names!r}; write [{names!r}] for one"
+            )
         return list(dict.fromkeys(self.format(n) for n in names))
 
     def close(self) -> None:
@@ -262,22 +287,40 @@ class Workspace:
 
     def describe(self) -> dict:
         return {
-            "model": {"source": self.source, "fingerprint": self.model_fp, "blocks": self.units.num_blocks,
-                      "block_path": self.units.block_prefix, "device": str(self.device), "dtype": self.dtype,
-                      "head": self.task.model_head.description},
-            "data": {"task": self.task.name, "fingerprint": self.data_fp, **self.task.describe_data(self.data, self.batches)},
+            "model": {
+                "source": self.source,
+                "fingerprint": self.model_fp,
+                "blocks": self.units.num_blocks,
+                "block_path": self.units.block_prefix,
+                "device": str(self.device),
+                "dtype": self.dtype,
+                "head": self.task.model_head.description,
+            },
+            "data": {
+                "task": self.task.name,
+                "fingerprint": self.data_fp,
+                **self.task.describe_data(self.data, self.batches),
+            },
             "task": self.task.describe(),
-            "scheme": {k: v for k, v in self.options.scheme.to_dict().items() if k != "bits"},  # the grid int<b> names use
+            "scheme": {
+                k: v for k, v in self.options.scheme.to_dict().items() if k != "bits"
+            },  # the grid int<b> names use
             "seed": self.options.seed,
             **({"runtime_activations": True} if self.options.runtime_activations else {}),
-            **({"imatrix": {"file": self.options.imatrix, **self.imatrix.describe()}} if self.imatrix is not None else {}),
+            **(
+                {"imatrix": {"file": self.options.imatrix, **self.imatrix.describe()}}
+                if self.imatrix is not None
+                else {}
+            ),
         }
 
 
 def _options(model, kwargs: dict) -> StudyOptions:
     """StudyOptions from keyword arguments: its own fields, and the task's settings (``limit=100``) given flat."""
     known = {f.name for f in fields(StudyOptions)}
-    takes = {s.name for s in make_task(kwargs.get("task", DEFAULT_TASK)).settings_spec}  # an unknown task is refused here
+    takes = {
+        s.name for s in make_task(kwargs.get("task", DEFAULT_TASK)).settings_spec
+    }  # an unknown task is refused here
     settings = {k: kwargs.pop(k) for k in list(kwargs) if k not in known and k in takes}
     unknown = sorted(set(kwargs) - known)
     if unknown:
@@ -292,7 +335,9 @@ def _options(model, kwargs: dict) -> StudyOptions:
     return StudyOptions(**kwargs)
 
 
-def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL, *, tokenizer=None, **options) -> Workspace:
+def open_workspace(
+    model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL, *, tokenizer=None, **options
+) -> Workspace:
     """Load (or take) the model, find its units, load the task's data, and set up the engine.
 
     ``model`` is a hub id, a local directory, a ``.gguf`` file, a model in memory (then pass its
@@ -302,7 +347,9 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
     task = make_task(opts.task, **opts.task_settings())
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
-            raise QuantsenseError("open_workspace on a model in memory needs its tokenizer: open_workspace(model, tokenizer=tok, ...)")
+            raise QuantsenseError(
+                "open_workspace on a model in memory needs its tokenizer: open_workspace(model, tokenizer=tok, ...)"
+            )
         check_tokenizer(model, tokenizer, opts.model)
         device = resolve_device(opts.device)
         net, dtype = model.to(device).eval(), str(next(model.parameters()).dtype).replace("torch.", "")
@@ -315,17 +362,36 @@ def open_workspace(model: str | torch.nn.Module | StudyOptions = REFERENCE_MODEL
         net.config.pad_token_id = tokenizer.pad_token_id
     units = discover_units(net, opts.blocks_regex)
     imatrix = calibration("imatrix").load(opts.imatrix, net, units) if opts.imatrix else None  # before a plan names it
-    data, batches = task.load(opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()})
+    data, batches = task.load(
+        opts.data, tokenizer, {int(k): v for k, v in (getattr(net.config, "id2label", None) or {}).items()}
+    )
     task.check_model(net, batches, opts.model)
     check_held_out(task, data, batches, imatrix)
-    evaluator = Evaluator(net, units, batches, device, prefix_reuse=opts.prefix_reuse, head=task.head(),
-                          runtime_activations=opts.runtime_activations)
+    evaluator = Evaluator(
+        net,
+        units,
+        batches,
+        device,
+        prefix_reuse=opts.prefix_reuse,
+        head=task.head(),
+        runtime_activations=opts.runtime_activations,
+    )
     model_fp = weights_fingerprint(net)
     data_fp = f"{data.fingerprint()}-{batches.fingerprint()}"
     store = ResultStore(opts.store) if opts.store else None
-    engine = Engine(evaluator, model_fp, data_fp, store=store, fresh=opts.fresh, quiet=opts.quiet,
-                    valid=lambda arrays: task.arrays_valid(arrays, batches), executor=_executor(opts, model, units))
-    ws = Workspace(opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp, imatrix=imatrix)
+    engine = Engine(
+        evaluator,
+        model_fp,
+        data_fp,
+        store=store,
+        fresh=opts.fresh,
+        quiet=opts.quiet,
+        valid=lambda arrays: task.arrays_valid(arrays, batches),
+        executor=_executor(opts, model, units),
+    )
+    ws = Workspace(
+        opts, task, net, tokenizer, device, dtype, units, data, batches, engine, model_fp, data_fp, imatrix=imatrix
+    )
     ws.embedding_plan()  # --embedding checked before any evaluation
     return ws
 
@@ -337,9 +403,11 @@ def check_held_out(task: Task, data, batches, imatrix) -> None:
     if shared:
         cal = imatrix.calibration
         end = cal["first_token"] + cal["tokens"]
-        raise QuantsenseError(f"the importance matrix was collected on tokens {cal['first_token']}..{end} of this text "
-                              f"and the evaluation would score tokens {span[0]}..{span[0] + span[1]} (both cover "
-                              f"{shared[0]}..{shared[1]}): score held-out tokens instead, e.g. --first-token {end}")
+        raise QuantsenseError(
+            f"the importance matrix was collected on tokens {cal['first_token']}..{end} of this text "
+            f"and the evaluation would score tokens {span[0]}..{span[0] + span[1]} (both cover "
+            f"{shared[0]}..{shared[1]}): score held-out tokens instead, e.g. --first-token {end}"
+        )
 
 
 def worker_evaluator(options: StudyOptions) -> Evaluator:
@@ -358,6 +426,11 @@ def _executor(opts: StudyOptions, model, units: UnitMap):
     from quantsense.engine.ray_executor import RayExecutor
 
     gpus = 1 if resolve_device(opts.device).type == "cuda" else 0
-    return RayExecutor(partial(worker_evaluator, opts), opts.workers, address=opts.ray_address, num_gpus_per_worker=gpus,
-                       quiet=opts.quiet,
-                       order_key=lambda item: units.first_block_of(item.plan().units()))
+    return RayExecutor(
+        partial(worker_evaluator, opts),
+        opts.workers,
+        address=opts.ray_address,
+        num_gpus_per_worker=gpus,
+        quiet=opts.quiet,
+        order_key=lambda item: units.first_block_of(item.plan().units()),
+    )

@@ -11,9 +11,36 @@ from tests.conftest import WIKI
 
 def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["sensitivity", "--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "1024",
-                 "--context", "128", "--stride", "64", "--unit", "linear", "--views", "only", "--blocks", "29",
-                 "--formats", "q4_0", "2", "--no-store", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "sensitivity",
+            "--task",
+            "wikitext",
+            "--model",
+            str(smollm2),
+            "--data",
+            str(WIKI),
+            "--max-tokens",
+            "1024",
+            "--context",
+            "128",
+            "--stride",
+            "64",
+            "--unit",
+            "linear",
+            "--views",
+            "only",
+            "--blocks",
+            "29",
+            "--formats",
+            "q4_0",
+            "2",
+            "--no-store",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "FP32 perplexity:" in printed
@@ -22,9 +49,18 @@ def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     assert base["scored_tokens"] == 1023 and 5 < base["perplexity"] < 200
     assert results["workspace"]["task"]["name"] == "wikitext" and results["workspace"]["model"]["dtype"] == "float32"
     rows = results["sensitivity"]["rows"]
-    assert sorted({r["unit"] for r in rows}) == sorted(f"model.layers.29.{n}" for n in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-        "mlp.down_proj"))
+    assert sorted({r["unit"] for r in rows}) == sorted(
+        f"model.layers.29.{n}"
+        for n in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    )
     for row in rows:
         assert row["kl_ci_low"] <= row["kl_mean"] <= row["kl_ci_high"]
         assert row["ppl_ratio"] > 0 and 0 <= row["top1_agreement"] <= 100
@@ -43,8 +79,22 @@ def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(source, reques
     blocks = {str(b): {"format": ("q4_0", "q5_0", "q8_0", "q5_1")[b % 4]} for b in range(30)}
     plan.write_text(json.dumps({"blocks": blocks}))
     out = tmp_path / "smollm2-mixed.gguf"
-    common = ["--task", "wikitext", "--model", str(model), "--data", str(WIKI), "--max-tokens", "1024", "--context", "128",
-              "--stride", "64", "--no-store", "--quiet"]
+    common = [
+        "--task",
+        "wikitext",
+        "--model",
+        str(model),
+        "--data",
+        str(WIKI),
+        "--max-tokens",
+        "1024",
+        "--context",
+        "128",
+        "--stride",
+        "64",
+        "--no-store",
+        "--quiet",
+    ]
     assert main(["export", str(plan), "--format", "gguf", "--out", str(out), *common]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "smollm2-mixed-report" / "results.json").read_text())["export"]
@@ -70,14 +120,38 @@ def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(source, reques
     assert main(["export", str(plan), "--format", "gguf", "--emit", "llama-quantize", *common]) == 0
     command = capsys.readouterr().out.strip().splitlines()[-1]
     assert "llama-quantize --allow-requantize " in command and "--tensor-type blk.1.ffn_down=q5_0" in command
-    assert command.startswith("llama-quantize" if source == "smollm2" else f"python convert_hf_to_gguf.py {model} --outtype f32")
+    assert command.startswith(
+        "llama-quantize" if source == "smollm2" else f"python convert_hf_to_gguf.py {model} --outtype f32"
+    )
 
 
 def test_integer_plans_are_refused_for_gguf(smollm2, tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"blocks": {"0": {"bits": 4}}}))
-    code = main(["export", str(plan), "--format", "gguf", "--out", str(tmp_path / "x.gguf"), "--task", "wikitext", "--model",
-                 str(smollm2), "--data", str(WIKI), "--max-tokens", "1024", "--context", "128", "--stride", "128", "--no-store", "--quiet"])
+    code = main(
+        [
+            "export",
+            str(plan),
+            "--format",
+            "gguf",
+            "--out",
+            str(tmp_path / "x.gguf"),
+            "--task",
+            "wikitext",
+            "--model",
+            str(smollm2),
+            "--data",
+            str(WIKI),
+            "--max-tokens",
+            "1024",
+            "--context",
+            "128",
+            "--stride",
+            "128",
+            "--no-store",
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "is planned as int4, which the gguf export cannot write; plan it in a GGUF format" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
@@ -93,21 +167,25 @@ def test_smollm2_perplexity_equals_the_hugging_face_recipe_with_stride_equal_to_
 
     import quantsense as qs
 
-    ws = qs.open_workspace(str(smollm2), data=str(WIKI), task="wikitext", max_tokens=4096, context=1024, stride=1024,
-                           quiet=True)
+    ws = qs.open_workspace(
+        str(smollm2), data=str(WIKI), task="wikitext", max_tokens=4096, context=1024, stride=1024, quiet=True
+    )
     base = qs.baseline(ws)
     assert base["scored_tokens"] == 4092
     ids = ws.tokenizer(WIKI.read_text(), add_special_tokens=False, return_tensors="pt").input_ids[:, :4096]
-    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32,
-                                                              trust_remote_code=False).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2.parent, gguf_file=smollm2.name, dtype=torch.float32, trust_remote_code=False
+    ).eval()
     nll_sum, counted, prev_end = 0.0, 0, 0
     with torch.no_grad():
         for begin in range(0, ids.shape[1], 1024):
             end = min(begin + 1024, ids.shape[1])
             inputs = ids[:, begin:end]
             labels = inputs.clone()
-            labels[:, :-(end - prev_end)] = -100
-            scored = int((labels[:, 1:] != -100).sum())  # the model shifts labels: the window's first token is never scored
+            labels[:, : -(end - prev_end)] = -100
+            scored = int(
+                (labels[:, 1:] != -100).sum()
+            )  # the model shifts labels: the window's first token is never scored
             nll_sum += model(inputs, labels=labels).loss.item() * scored
             counted, prev_end = counted + scored, end
     assert counted == 4092

@@ -9,13 +9,18 @@ from quantsense.cli import main
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "quantsense.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "quantsense.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def _one_line_error(proc):
     assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines()
-             if line.strip() and "Loading weights" not in line and "torchao" not in line and "_pytree" not in line]
+    lines = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and "Loading weights" not in line and "torchao" not in line and "_pytree" not in line
+    ]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]
@@ -46,7 +51,9 @@ def test_malformed_data_file(tiny_model_dir, tmp_path):
 def test_block_index_out_of_range(tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "d.tsv"
     data.write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n")
-    code = main(["ablation", "--model", str(tiny_model_dir), "--data", str(data), "--no-store", "--quiet", "--block", "7"])
+    code = main(
+        ["ablation", "--model", str(tiny_model_dir), "--data", str(data), "--no-store", "--quiet", "--block", "7"]
+    )
     assert code == 2
     assert "block index 7 is out of range: the model has blocks 0..2" in capsys.readouterr().err
 

@@ -13,10 +13,38 @@ pytest.importorskip("llama_cpp")
 @pytest.mark.parametrize("outside", ["preset", "allocate"])
 def test_allocate_at_a_preset_size_measures_the_preset_beside(smollm2, tmp_path, capsys, outside):
     out = tmp_path / "out"
-    code = main(["allocate", "--max-size-of", "q4_k_m", "--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI),
-                 "--max-tokens", "1024", "--context", "256", "--stride", "256", "--unit", "block",
-                 "--candidates", "q4_0", "q5_0", "q8_0", "q4_K", "q6_K", "--no-store", "--quiet", "--out", str(out),
-                 *(["--outside", "preset"] if outside == "preset" else [])])  # allocate: the default with a preset
+    code = main(
+        [
+            "allocate",
+            "--max-size-of",
+            "q4_k_m",
+            "--task",
+            "wikitext",
+            "--model",
+            str(smollm2),
+            "--data",
+            str(WIKI),
+            "--max-tokens",
+            "1024",
+            "--context",
+            "256",
+            "--stride",
+            "256",
+            "--unit",
+            "block",
+            "--candidates",
+            "q4_0",
+            "q5_0",
+            "q8_0",
+            "q4_K",
+            "q6_K",
+            "--no-store",
+            "--quiet",
+            "--out",
+            str(out),
+            *(["--outside", "preset"] if outside == "preset" else []),
+        ]
+    )  # allocate: the default with a preset
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     rows = {r["plan"]: r for r in json.loads((out / "results.json").read_text())["frontier"]["rows"]}

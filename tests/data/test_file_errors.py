@@ -40,22 +40,29 @@ def test_unclosed_quote_beyond_the_field_limit_names_its_line(tmp_path):
     path = tmp_path / "quote.csv"
     path.write_text('sentence,label\ngood,1\n"never closed,0\n' + "x" * (FIELD_LIMIT + 10) + "\n")
     assert _refused(read_table, path) == (
-        f"data file {path}, line 3: field larger than field limit ({FIELD_LIMIT}); check for an unclosed quote")
+        f"data file {path}, line 3: field larger than field limit ({FIELD_LIMIT}); check for an unclosed quote"
+    )
 
 
-@pytest.mark.parametrize("content,line", [(b"sentence\tlabel\ngood\t1\nba\x00d\t0\n", 3),
-                                          ("sentence\tlabel\n".encode("utf-16"), 1)], ids=["nul", "utf16"])
+@pytest.mark.parametrize(
+    "content,line",
+    [(b"sentence\tlabel\ngood\t1\nba\x00d\t0\n", 3), ("sentence\tlabel\n".encode("utf-16"), 1)],
+    ids=["nul", "utf16"],
+)
 def test_binary_or_utf16_table(tmp_path, content, line):
     path = tmp_path / "d.tsv"
     path.write_bytes(content)
     assert _refused(read_table, path) == (
-        f"data file {path}, line {line}: contains NUL bytes, so it is binary or UTF-16, not UTF-8 text; save it as UTF-8 text")
+        f"data file {path}, line {line}: contains NUL bytes, so it is binary or UTF-16, not UTF-8 text; save it as UTF-8 text"
+    )
 
 
 def test_latin1_table_names_the_line_and_byte(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes("sentence,label\nfine,1\ncaf\xe9,0\n".encode("latin-1"))
-    assert _refused(read_table, path) == f"data file {path}, line 3: byte 0xe9 is not UTF-8; save the file as UTF-8 text"
+    assert (
+        _refused(read_table, path) == f"data file {path}, line 3: byte 0xe9 is not UTF-8; save the file as UTF-8 text"
+    )
 
 
 def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
@@ -68,7 +75,8 @@ def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
 def test_directory_as_data(tmp_path, name):
     (tmp_path / name).mkdir()
     assert _refused(read_table, tmp_path / name) == (
-        f"data file {tmp_path / name} is a directory; pass a .tsv/.csv/.jsonl/.parquet file with --data")
+        f"data file {tmp_path / name} is a directory; pass a .tsv/.csv/.jsonl/.parquet file with --data"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "\n  \n\n"], ids=["empty", "blank-lines"])
@@ -76,7 +84,8 @@ def test_empty_jsonl(tmp_path, text):
     path = tmp_path / "d.jsonl"
     path.write_text(text)
     assert _refused(read_table, path) == (
-        f"data file {path} is empty; it needs one JSON object per line with the text column and 'label'")
+        f"data file {path} is empty; it needs one JSON object per line with the text column and 'label'"
+    )
 
 
 def _jsonl(tmp_path, *rows) -> str:
@@ -85,14 +94,23 @@ def _jsonl(tmp_path, *rows) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("rows,problem", [
-    ([{"review": "good", "stars": 1}], "needs columns 'sentence' (or 'text') and 'label'; found review, stars"),
-    ([{"sentence": "good", "label": 1}, {"sentence": "bad"}], ", row 2: missing 'label'; every row needs a text column and 'label'"),
-    ([{"sentence": "good", "label": 1}, {"sentence": "bad", "label": None}], ", row 2: missing 'label'; every row needs"
-                                                                           " a text column and 'label'"),
-    ([{"sentence": "good", "label": 1}, {"text": "bad", "label": 0}], ", row 2: empty or missing 'sentence'"),
-    ([{"sentence": 42, "label": 1}], ", row 1: 'sentence' must be text, got int 42"),
-], ids=["no-columns", "row-without-label", "null-label", "other-text-column", "number-as-text"])
+@pytest.mark.parametrize(
+    "rows,problem",
+    [
+        ([{"review": "good", "stars": 1}], "needs columns 'sentence' (or 'text') and 'label'; found review, stars"),
+        (
+            [{"sentence": "good", "label": 1}, {"sentence": "bad"}],
+            ", row 2: missing 'label'; every row needs a text column and 'label'",
+        ),
+        (
+            [{"sentence": "good", "label": 1}, {"sentence": "bad", "label": None}],
+            ", row 2: missing 'label'; every row needs a text column and 'label'",
+        ),
+        ([{"sentence": "good", "label": 1}, {"text": "bad", "label": 0}], ", row 2: empty or missing 'sentence'"),
+        ([{"sentence": 42, "label": 1}], ", row 1: 'sentence' must be text, got int 42"),
+    ],
+    ids=["no-columns", "row-without-label", "null-label", "other-text-column", "number-as-text"],
+)
 def test_jsonl_rows_lacking_columns(tmp_path, rows, problem):
     path = _jsonl(tmp_path, *rows)
     message = _refused(load_classification_data, path, LABELS)
@@ -102,14 +120,21 @@ def test_jsonl_rows_lacking_columns(tmp_path, rows, problem):
 
 def test_text_file_errors(tmp_path):
     (tmp_path / "dir").mkdir()
-    assert _refused(load_text, str(tmp_path / "dir")) == f"text file {tmp_path / 'dir'} is a directory; pass a plain-text file with --data"
+    assert (
+        _refused(load_text, str(tmp_path / "dir"))
+        == f"text file {tmp_path / 'dir'} is a directory; pass a plain-text file with --data"
+    )
     binary = tmp_path / "weights.bin"
     binary.write_bytes(bytes(range(256)) * 4)
     assert _refused(load_text, str(binary)) == (
-        f"text file {binary}, line 1: contains NUL bytes, so it is binary or UTF-16, not UTF-8 text; save it as UTF-8 text")
+        f"text file {binary}, line 1: contains NUL bytes, so it is binary or UTF-16, not UTF-8 text; save it as UTF-8 text"
+    )
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"one\ntwo\ncaf\xe9\n")
-    assert _refused(load_text, str(latin)) == f"text file {latin}, line 3: byte 0xe9 is not UTF-8; save the file as UTF-8 text"
+    assert (
+        _refused(load_text, str(latin))
+        == f"text file {latin}, line 3: byte 0xe9 is not UTF-8; save the file as UTF-8 text"
+    )
 
 
 def test_text_file_newlines_and_bom(tmp_path):

@@ -25,7 +25,10 @@ def test_first_position_logits_equal_the_full_forward(arch, attention):
     model = tiny_model(arch)
     model.set_attn_implementation(attention)
     assert last_block.supported(model)
-    inputs, blocks = padded_inputs(), model.base_model.encoder.layer if arch != "distilbert" else model.distilbert.transformer.layer
+    inputs, blocks = (
+        padded_inputs(),
+        model.base_model.encoder.layer if arch != "distilbert" else model.distilbert.transformer.layer,
+    )
     seen = []
     blocks[-1].register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape)))
     with torch.inference_mode():
@@ -55,7 +58,9 @@ def test_the_variant_has_its_own_store_key_and_the_plain_key_is_unchanged():
 
     plain = WorkItem("x", '{"units": {}}', "m", "d")
     pruned = WorkItem("x", '{"units": {}}', "m", "d", last_block.VARIANT)
-    old = json.dumps({"model": "m", "data": "d", "plan": '{"units": {}}', "metric_version": METRIC_VERSION}, sort_keys=True)
+    old = json.dumps(
+        {"model": "m", "data": "d", "plan": '{"units": {}}', "metric_version": METRIC_VERSION}, sort_keys=True
+    )
     assert plain.key == hashlib.sha256(old.encode()).hexdigest()  # rows stored before the variant existed stay valid
     assert pruned.key != plain.key
 

@@ -34,7 +34,14 @@ def test_plan_with_embedding_starts_at_block_zero_and_head_at_last():
     assert ev.start_block(Plan.of({"bert.embeddings.word_embeddings": QuantConfig(8)})) == 0
     assert ev.start_block(Plan.of({"classifier": QuantConfig(8)})) == units.num_blocks
     head_plan = Plan.of({"classifier": QuantConfig(2)})
-    plain = Evaluator(model, units, make_batches(random_encoded(23), 0), torch.device("cpu"), prefix_reuse=False, head=ClassificationHead())
+    plain = Evaluator(
+        model,
+        units,
+        make_batches(random_encoded(23), 0),
+        torch.device("cpu"),
+        prefix_reuse=False,
+        head=ClassificationHead(),
+    )
     assert np.array_equal(ev.evaluate(head_plan).logits, plain.evaluate(head_plan).logits)
 
 

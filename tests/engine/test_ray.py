@@ -40,14 +40,24 @@ STANDIN_LIMIT = 64
 def tiny_evaluator(arch: str = "bert") -> Evaluator:
     """The same tiny model and token batches in every process (seeded), on CPU."""
     model = tiny_model(arch)
-    return Evaluator(model, discover_units(model), make_batches(random_encoded(), pad_id=0, max_batch_tokens=64), torch.device("cpu"), head=ClassificationHead())
+    return Evaluator(
+        model,
+        discover_units(model),
+        make_batches(random_encoded(), pad_id=0, max_batch_tokens=64),
+        torch.device("cpu"),
+        head=ClassificationHead(),
+    )
 
 
 def standin_evaluator(model: str, data: str, limit: int) -> Evaluator:
-    return open_workspace(StudyOptions(model=model, data=data, settings={"limit": limit}, device="cpu", quiet=True, store=None)).evaluator
+    return open_workspace(
+        StudyOptions(model=model, data=data, settings={"limit": limit}, device="cpu", quiet=True, store=None)
+    ).evaluator
 
 
-def _items(evaluator: Evaluator, model_fp: str, data_fp: str, bits: list[int], granularity: str = "block") -> list[WorkItem]:
+def _items(
+    evaluator: Evaluator, model_fp: str, data_fp: str, bits: list[int], granularity: str = "block"
+) -> list[WorkItem]:
     entries = build_entries(evaluator.unit_map, [QuantConfig(b) for b in bits], granularity)
     return [WorkItem(e.label, e.plan.canonical_json(), model_fp, data_fp, evaluator.variant) for e in entries]
 
@@ -90,8 +100,13 @@ def ray_local():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
     # 4 logical CPUs on this 2-core machine: the shared 2-actor executor below and one more 2-actor executor fit at once
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
     yield RayExecutor
     ray.shutdown()
 
@@ -119,8 +134,16 @@ def test_block_sweep_on_two_actors_equals_local_tiny_model(tiny_on_ray):
 
 
 def test_block_sweep_on_two_actors_equals_local_standin(ray_local, standin_dir, sst2_validation):
-    ws = open_workspace(StudyOptions(model=str(standin_dir), data=str(sst2_validation), settings={"limit": STANDIN_LIMIT}, device="cpu",
-                                     quiet=True, store=None))
+    ws = open_workspace(
+        StudyOptions(
+            model=str(standin_dir),
+            data=str(sst2_validation),
+            settings={"limit": STANDIN_LIMIT},
+            device="cpu",
+            quiet=True,
+            store=None,
+        )
+    )
     evaluator = ws.evaluator
     items = _items(evaluator, ws.model_fp, ws.data_fp, [4])
     want = _local_arrays(evaluator, items)
@@ -149,13 +172,18 @@ def test_killed_actor_is_replaced_and_results_are_unchanged(tiny_on_ray):
 def test_worker_exception_is_raised_once_with_the_item_label(tiny_on_ray):
     local_eval, executor = tiny_on_ray
     items = _tiny_items(local_eval, [4])
-    uneven = QuantConfig(4, granularity="per_group", group_size=5)  # valid as a config, but 5 does not divide 32 features
+    uneven = QuantConfig(
+        4, granularity="per_group", group_size=5
+    )  # valid as a config, but 5 does not divide 32 features
     plan = Plan.of({name: uneven for name in local_eval.unit_map.block_units(1)})
     bad = WorkItem("block1@int4-g5", plan.canonical_json(), items[0].model_fp, items[0].data_fp)
     pids, restarts = executor.actor_pids(), executor.restarts
     seen = []
-    with pytest.raises(QuantsenseError, match=r"^block1@int4-g5: the evaluation failed on a Ray worker: "
-                                              r"QuantsenseError: group size 5 does not divide the 32 input features of \S+layer\.1\."):
+    with pytest.raises(
+        QuantsenseError,
+        match=r"^block1@int4-g5: the evaluation failed on a Ray worker: "
+        r"QuantsenseError: group size 5 does not divide the 32 input features of \S+layer\.1\.",
+    ):
         for item, _ in executor.map([*items, bad]):
             seen.append(item.label)
     assert executor.restarts == restarts
@@ -198,7 +226,9 @@ def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
     from quantsense.engine.ray_executor import RayExecutor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
-    with pytest.raises(QuantsenseError, match=r"^--executor ray needs Ray: pip install -c constraints.txt -e '\.\[ray\]'$"):
+    with pytest.raises(
+        QuantsenseError, match=r"^--executor ray needs Ray: pip install -c constraints.txt -e '\.\[ray\]'$"
+    ):
         RayExecutor(tiny_evaluator, 2)
 
 
@@ -225,7 +255,9 @@ def _sweep(store: str, model: str, data: str, executor: str) -> dict:
     """A block sweep (6 blocks x 5 bit-widths) through the Engine with a results store; its run statistics."""
     from quantsense.engine.ray_executor import RayExecutor
 
-    ws = open_workspace(StudyOptions(model=model, data=data, settings={"limit": STANDIN_LIMIT}, device="cpu", quiet=True, store=None))
+    ws = open_workspace(
+        StudyOptions(model=model, data=data, settings={"limit": STANDIN_LIMIT}, device="cpu", quiet=True, store=None)
+    )
     evaluator = ws.evaluator
     if executor == "ray":
         factory = functools.partial(standin_evaluator, model, data, STANDIN_LIMIT)
@@ -264,8 +296,14 @@ def test_killed_driver_then_rerun_computes_only_the_rest(standin_dir, sst2_valid
 
     total, at_least = 6 * 5, 4
     store = tmp_path / "killed.sqlite"
-    proc = subprocess.Popen(_driver(store, standin_dir, sst2_validation), cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _driver(store, standin_dir, sst2_validation),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while store_rows(store) < at_least:
         assert proc.poll() is None, proc.communicate()
@@ -285,8 +323,9 @@ def test_killed_driver_then_rerun_computes_only_the_rest(standin_dir, sst2_valid
         if agent.is_running():
             agent.kill()
 
-    resumed = subprocess.run(_driver(store, standin_dir, sst2_validation), cwd=REPO, env=_env(), capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _driver(store, standin_dir, sst2_validation), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1]) == {"computed": total - saved, "from_store": saved}
 
@@ -299,20 +338,42 @@ if __name__ == "__main__":
     print(json.dumps(_sweep(sys.argv[1], sys.argv[2], sys.argv[3], "ray")))
 
 
-def test_cli_sweep_with_the_ray_executor_equals_the_local_one(ray_local, tiny_model_dir, sst2_validation, tmp_path, capsys):
+def test_cli_sweep_with_the_ray_executor_equals_the_local_one(
+    ray_local, tiny_model_dir, sst2_validation, tmp_path, capsys
+):
     """The user's way in: --executor ray --workers 2 gives the rows the local executor gives."""
     from quantsense.cli import main
 
-    common = ["sensitivity", "--model", str(tiny_model_dir), "--data", str(sst2_validation), "--limit", "40", "--bits", "8", "3",
-              "--no-store", "--quiet", "--device", "cpu", "--exhaustive"]
+    common = [
+        "sensitivity",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(sst2_validation),
+        "--limit",
+        "40",
+        "--bits",
+        "8",
+        "3",
+        "--no-store",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--exhaustive",
+    ]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
-    assert main([*common, "--executor", "ray", "--workers", "2", "--ray-address", "auto", "--out", str(tmp_path / "ray")]) == 0
+    assert (
+        main([*common, "--executor", "ray", "--workers", "2", "--ray-address", "auto", "--out", str(tmp_path / "ray")])
+        == 0
+    )
     capsys.readouterr()
     local = json.loads((tmp_path / "local" / "results.json").read_text())["sensitivity"]["rows"]
     on_ray = json.loads((tmp_path / "ray" / "results.json").read_text())["sensitivity"]["rows"]
     assert [(r["unit"], r["format"]) for r in local] == [(r["unit"], r["format"]) for r in on_ray]
     for a, b in zip(local, on_ray):
-        assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4, abs=1e-9)  # 1 thread per actor vs 2: float rounding only
+        assert a["kl_mean"] == pytest.approx(
+            b["kl_mean"], rel=1e-4, abs=1e-9
+        )  # 1 thread per actor vs 2: float rounding only
         assert a["accuracy"] == b["accuracy"]
 
 
@@ -327,8 +388,18 @@ def test_quiet_drops_rays_cluster_error_messages_but_not_worker_output(capsys, m
     silence_ray_error_messages(True)  # two quiet executors: wrapped once
     ray_worker.print_to_stdstream(died, ignore_prefix=True)
     assert "worker died" not in capsys.readouterr().out
-    ray_worker.print_to_stdstream({"lines": ["a worker's own line"], "pid": 4242, "ip": "127.0.0.1", "is_err": False,
-                                   "actor_name": "", "task_name": "", "job": "01"}, ignore_prefix=True)
+    ray_worker.print_to_stdstream(
+        {
+            "lines": ["a worker's own line"],
+            "pid": 4242,
+            "ip": "127.0.0.1",
+            "is_err": False,
+            "actor_name": "",
+            "task_name": "",
+            "job": "01",
+        },
+        ignore_prefix=True,
+    )
     assert "a worker's own line" in capsys.readouterr().out
     silence_ray_error_messages(False)
     ray_worker.print_to_stdstream(died, ignore_prefix=True)
@@ -352,6 +423,8 @@ def test_the_lookup_is_asked_before_each_item_goes_to_an_actor(tiny_on_ray):
     executor.seconds.clear()
     got = {item.label: result.arrays for item, result in executor.map(items, lookup=lookup)}
     assert sorted(asked) == sorted(item.label for item in items)
-    assert items[1].key not in executor.seconds and all(item.key in executor.seconds for item in items if item is not items[1])
+    assert items[1].key not in executor.seconds and all(
+        item.key in executor.seconds for item in items if item is not items[1]
+    )
     assert np.array_equal(got[items[1].label]["logits"], known[items[1].key]["logits"])
     assert set(got) == {item.label for item in items}

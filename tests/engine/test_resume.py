@@ -10,8 +10,27 @@ from tests.conftest import REPO, store_rows
 
 
 def _args(model, data, store, out, limit=160):
-    return ["sensitivity", "--model", str(model), "--data", str(data), "--limit", str(limit), "--bits", "8", "6", "4", "3", "2",
-            "--store", str(store), "--out", str(out), "--quiet", "--exhaustive"]
+    return [
+        "sensitivity",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--limit",
+        str(limit),
+        "--bits",
+        "8",
+        "6",
+        "4",
+        "3",
+        "2",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--quiet",
+        "--exhaustive",
+    ]
 
 
 def _cli(args, **kwargs):
@@ -26,8 +45,9 @@ def _as_from_a_terminal():
 
 
 def _start_and_stop_after(args, store, rows, sig):
-    proc = subprocess.Popen(_cli(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_as_from_a_terminal)
+    proc = subprocess.Popen(
+        _cli(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal
+    )
     deadline = time.time() + 300
     while store_rows(store) < rows:
         assert proc.poll() is None, proc.communicate()
@@ -46,17 +66,29 @@ def _sensitivity_rows(out):
 def test_sigkill_then_rerun_equals_uninterrupted_and_recomputes_only_the_rest(standin_dir, sst2_validation, tmp_path):
     total = 1 + 6 * 5  # fp32 reference + 6 blocks x 5 bit-widths
     store = tmp_path / "killed.sqlite"
-    code, _, _ = _start_and_stop_after(_args(standin_dir, sst2_validation, store, tmp_path / "a"), store, 9, signal.SIGKILL)
+    code, _, _ = _start_and_stop_after(
+        _args(standin_dir, sst2_validation, store, tmp_path / "a"), store, 9, signal.SIGKILL
+    )
     assert code == -signal.SIGKILL
     saved = store_rows(store)
     assert 9 <= saved < total
-    resumed = subprocess.run(_cli(_args(standin_dir, sst2_validation, store, tmp_path / "a")), cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _cli(_args(standin_dir, sst2_validation, store, tmp_path / "a")),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{total - saved} evaluation(s) computed" in resumed.stdout
     assert f"{saved} came from the store" in resumed.stdout
-    fresh = subprocess.run(_cli(_args(standin_dir, sst2_validation, tmp_path / "clean.sqlite", tmp_path / "b")), cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+    fresh = subprocess.run(
+        _cli(_args(standin_dir, sst2_validation, tmp_path / "clean.sqlite", tmp_path / "b")),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert fresh.returncode == 0, fresh.stderr
     assert _sensitivity_rows(tmp_path / "a") == _sensitivity_rows(tmp_path / "b")
 

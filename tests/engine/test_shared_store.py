@@ -32,7 +32,13 @@ class _OtherWriterFirst(LocalExecutor):
 def test_a_row_committed_by_another_writer_meanwhile_is_reused(tmp_path):
     model = tiny_model("bert")
     units = discover_units(model)
-    evaluator = Evaluator(model, units, make_batches(random_encoded(), pad_id=0, max_batch_tokens=64), torch.device("cpu"), head=ClassificationHead())
+    evaluator = Evaluator(
+        model,
+        units,
+        make_batches(random_encoded(), pad_id=0, max_batch_tokens=64),
+        torch.device("cpu"),
+        head=ClassificationHead(),
+    )
     plans = [(f"block{i}@int4", Plan.of({n: QuantConfig(4) for n in units.block_units(i)})) for i in range(3)]
     path = tmp_path / "shared.sqlite"
     other = Engine(evaluator, "model", "data", store=ResultStore(path), quiet=True)

@@ -103,8 +103,10 @@ def test_tier_sentence_is_true_on_random_intervals(seed):
             if tiers[i] != tiers[j]:
                 assert not overlap
         if sum(t == tiers[i] for t in tiers) > 1:
-            assert any(tiers[j] == tiers[i] and j != i and a[0] <= intervals[j][1] and intervals[j][0] <= a[1]
-                       for j in range(len(intervals)))
+            assert any(
+                tiers[j] == tiers[i] and j != i and a[0] <= intervals[j][1] and intervals[j][0] <= a[1]
+                for j in range(len(intervals))
+            )
     order = sorted(range(12), key=lambda i: -centers[i])
     assert [tiers[i] for i in order] == sorted(tiers)  # tier numbers follow the ranking
 

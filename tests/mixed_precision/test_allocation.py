@@ -117,8 +117,9 @@ def test_gguf_candidates_priced_by_their_own_table():
 def test_formats_that_do_not_fit_a_shape_are_excluded():
     import transformers
 
-    config = transformers.BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                     vocab_size=64)
+    config = transformers.BertConfig(
+        hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=64
+    )
     model = transformers.BertForSequenceClassification(config).eval()
     units = discover_units(model)  # rows of 48 (q4_0 cannot take them) except output.dense (rows of 64)
     groups = make_groups(units, "linear")
@@ -126,8 +127,9 @@ def test_formats_that_do_not_fit_a_shape_are_excluded():
     losses = {(n, f.name): 1.0 for n in units.linear_units() for f in candidates}
     result = allocate(units, model, groups, losses, candidates, Budget(avg_bits=7.9))
     chosen = result.plan.as_dict()
-    assert {n for n, f in chosen.items() if f.name == "q4_0"} == {n for n in units.linear_units() if n.endswith("output.dense")
-                                                                  and "attention" not in n}
+    assert {n for n, f in chosen.items() if f.name == "q4_0"} == {
+        n for n in units.linear_units() if n.endswith("output.dense") and "attention" not in n
+    }
     for name, fmt in chosen.items():
         fmt.check_shape(units.get(name).shape, where=name)  # never a format the shape cannot take
 

@@ -19,8 +19,20 @@ def test_export_matches_simulation_and_predicted_size(standin_dir, sst2_validati
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"blocks": blocks}))
     out = tmp_path / "exported"
-    args = ["export", str(plan), "--model", str(standin_dir), "--data", str(sst2_validation), "--limit", "200",
-            "--out", str(out), "--no-store", "--quiet"]
+    args = [
+        "export",
+        str(plan),
+        "--model",
+        str(standin_dir),
+        "--data",
+        str(sst2_validation),
+        "--limit",
+        "200",
+        "--out",
+        str(out),
+        "--no-store",
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "0 predictions differ" in printed

@@ -39,9 +39,16 @@ def untied_llama(tmp_path_factory, smollm2):
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
-                                      num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, tie_word_embeddings=False)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
     return convert_hf_to_gguf(model, tokenizer, tmp_path_factory.mktemp("llama16") / "llama16-f32.gguf", "llama16")
 
@@ -76,11 +83,17 @@ def test_smollm2_q4_k_m_is_mostly_fallbacks():
     # the account of it: 576-wide rows fall back (q4_K -> q5_0, q6_K -> q8_0), ffn_down (1536) stays K
     rows = {"token_embd.weight": 576}
     for i in range(30):
-        rows.update({f"blk.{i}.{n}.weight": 576 for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up")})
+        rows.update(
+            {f"blk.{i}.{n}.weight": 576 for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up")}
+        )
         rows[f"blk.{i}.ffn_down.weight"] = 1536
     types = preset_types("q4_k_m", rows, 30)
     assert types["token_embd.weight"] == "q8_0"
-    assert sum(t == "q8_0" for n, t in types.items() if "attn_v" in n) == sum(use_more_bits(i, 30) for i in range(30)) == 14
+    assert (
+        sum(t == "q8_0" for n, t in types.items() if "attn_v" in n)
+        == sum(use_more_bits(i, 30) for i in range(30))
+        == 14
+    )
     assert {t for n, t in types.items() if "ffn_down" in n} == {"q6_K", "q4_K"}
     assert {t for n, t in types.items() if "attn_q" in n} == {"q5_0"}
 

@@ -15,7 +15,7 @@ def _world(n_units=40, seed=0, odd=()):
     rng = np.random.default_rng(seed)
     units = [f"u{i:02d}" for i in range(n_units)]
     scale = {u: float(rng.lognormal(0, 1.2)) for u in units}
-    errors = {(u, f): float(4.0 ** -bits * rng.uniform(0.8, 1.25)) for u in units for f, bits in FORMATS.items()}
+    errors = {(u, f): float(4.0**-bits * rng.uniform(0.8, 1.25)) for u in units for f, bits in FORMATS.items()}
     truth = {(u, f): scale[u] * errors[(u, f)] ** (0.6 if u in odd else 1.2) for u, f in errors}
     return units, errors, truth
 
@@ -23,8 +23,15 @@ def _world(n_units=40, seed=0, odd=()):
 def _solver(units, budgets):
     options = list(FORMATS)
     cost = np.array([[FORMATS[f] * NUMEL for f in options] for _ in units])
-    problem = Problem([Group(u, (u,)) for u in units], options, np.zeros(cost.shape), cost,
-                      np.ones(cost.shape, dtype=bool), NUMEL * len(units), 0)
+    problem = Problem(
+        [Group(u, (u,)) for u in units],
+        options,
+        np.zeros(cost.shape),
+        cost,
+        np.ones(cost.shape, dtype=bool),
+        NUMEL * len(units),
+        0,
+    )
 
     class _Fmt(str):
         name = property(lambda self: str(self))
@@ -33,7 +40,9 @@ def _solver(units, budgets):
 
     def solve_all(values):
         problem.loss = np.array([[values[(u, f)] for f in options] for u in units])
-        return [frozenset((u, options[o]) for u, o in zip(units, solve(problem, b * NUMEL * len(units)))) for b in budgets]
+        return [
+            frozenset((u, options[o]) for u, o in zip(units, solve(problem, b * NUMEL * len(units)))) for b in budgets
+        ]
 
     return solve_all
 
@@ -76,7 +85,9 @@ def test_units_the_model_mispredicts_are_found_and_measured():
         assert sum(truth[p] for p in got) <= 1.01 * sum(truth[p] for p in want)
     for got, want in zip(result.chosen, best):  # the mispredicted units get the format full measurement gives them
         assert {p for p in got if p[0] in odd} == {p for p in want if p[0] in odd}
-    assert any(p[0] in odd and p[1] != "f3" for p in result.predicted_before)  # ... because their estimates were checked
+    assert any(
+        p[0] in odd and p[1] != "f3" for p in result.predicted_before
+    )  # ... because their estimates were checked
 
 
 def test_an_exact_loss_model_needs_only_the_anchors_and_the_alpha_units():
@@ -88,9 +99,17 @@ def test_an_exact_loss_model_needs_only_the_anchors_and_the_alpha_units():
         return {pair: (exact[pair], 0.001 * exact[pair]) for pair, _ in todo}
 
     solve_all = _solver(units, budgets)
-    result = refine(list(errors), errors, "f3", "f4", measure, solve_all,
-                    lambda plans: [(0.99 * sum(exact[p] for p in pl), 1.01 * sum(exact[p] for p in pl)) for pl in plans],
-                    max_depth=4, alpha_units=5)
+    result = refine(
+        list(errors),
+        errors,
+        "f3",
+        "f4",
+        measure,
+        solve_all,
+        lambda plans: [(0.99 * sum(exact[p] for p in pl), 1.01 * sum(exact[p] for p in pl)) for pl in plans],
+        max_depth=4,
+        alpha_units=5,
+    )
     assert result.model.alpha == pytest.approx(1.2, rel=1e-6)
     assert result.chosen == solve_all(exact)
     assert result.agreement()["median_ratio"] in (None, pytest.approx(1.0, rel=1e-6))
@@ -116,6 +135,7 @@ def test_contention_is_judged_per_budget_not_over_their_union():
     # whichever way the draws fall, the two budgets' plans together use both pairs; each budget's own choice swaps
     values = {("a", "f3"): 0.50, ("b", "f3"): 0.51}
     found = {p: (v, 0.05) for p, v in values.items()}
-    contended = _contended(values, found, _cheaper_and_dearer(values), _cheaper_and_dearer, 0.5, 16,
-                           np.random.default_rng(0))
+    contended = _contended(
+        values, found, _cheaper_and_dearer(values), _cheaper_and_dearer, 0.5, 16, np.random.default_rng(0)
+    )
     assert contended == set(values)

@@ -19,15 +19,34 @@ from tests.conftest import EXPECTED_BLOCK_UNITS
 def causal_model(arch: str, tie: bool = True) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "gpt2":
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=3, n_head=4, n_positions=64))
+        model = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=3, n_head=4, n_positions=64)
+        )
     elif arch == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=tie))
+        model = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=96,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                tie_word_embeddings=tie,
+            )
+        )
     else:
-        model = transformers.OPTForCausalLM(transformers.OPTConfig(
-            vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=64,
-            max_position_embeddings=64, word_embed_proj_dim=32))
+        model = transformers.OPTForCausalLM(
+            transformers.OPTConfig(
+                vocab_size=96,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                ffn_dim=64,
+                max_position_embeddings=64,
+                word_embed_proj_dim=32,
+            )
+        )
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -83,10 +102,10 @@ def test_window_scores_equal_a_plain_hugging_face_loop(n, stride):
         for begin in range(0, n, stride):  # the Hugging Face perplexity recipe: score the last end - prev_end labels
             end = min(begin + context, n)
             logp = torch.log_softmax(model(torch.tensor([ids[begin:end]])).logits[0].float(), dim=-1)
-            targets = torch.tensor(ids[begin + 1:end])
+            targets = torch.tensor(ids[begin + 1 : end])
             scores = logp[:-1].gather(1, targets[:, None])[:, 0]
             new = min(end - prev_end, end - begin - 1)
-            expected.append(scores[len(scores) - new:])
+            expected.append(scores[len(scores) - new :])
             prev_end = end
             if end == n:
                 break
@@ -137,11 +156,18 @@ def test_causal_sweep_and_metrics():
     same = compare_language_model(ev.reference(), ev.evaluate(Plan.of({units.block_units(0)[0]: QuantConfig(8)})))
     assert same["top1_agreement"] > 90
     ident = ev.reference()
-    ident_q = type(ident)({**ident.arrays, "kl": np.zeros_like(ident.arrays["token_logprob"]),
-                            "top1": np.ones_like(ident.arrays["token_logprob"], dtype=bool)})
+    ident_q = type(ident)(
+        {
+            **ident.arrays,
+            "kl": np.zeros_like(ident.arrays["token_logprob"]),
+            "top1": np.ones_like(ident.arrays["token_logprob"], dtype=bool),
+        }
+    )
     m = compare_language_model(ident, ident_q)
     assert m["ppl_ratio"] == 1.0 and m["delta_nll"] == 0.0 and not m["distinguishable_from_fp32"]
-    assert perplexity(ident.arrays["token_logprob"]) == pytest.approx(np.exp(-ident.arrays["token_logprob"].mean()), rel=1e-6)
+    assert perplexity(ident.arrays["token_logprob"]) == pytest.approx(
+        np.exp(-ident.arrays["token_logprob"].mean()), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])

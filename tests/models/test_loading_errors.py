@@ -40,11 +40,20 @@ def _save(model, tokenizer, path: Path) -> Path:
 def _tiny_lm(arch: str, vocab_size: int, tie: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "llama":
-        config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          intermediate_size=64, max_position_embeddings=64, vocab_size=vocab_size,
-                                          tie_word_embeddings=tie)
+        config = transformers.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=vocab_size,
+            tie_word_embeddings=tie,
+        )
         return transformers.LlamaForCausalLM(config).eval()
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=vocab_size, tie_word_embeddings=tie)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=vocab_size, tie_word_embeddings=tie
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
@@ -55,13 +64,17 @@ def test_classifier_loaded_as_language_model_is_refused(tiny_model_dir):
         f"model {tiny_model_dir} has no trained language-model head (these weights would be randomly initialised: "
         "cls.predictions.bias, cls.predictions.decoder.bias, cls.predictions.transform.LayerNorm.bias, "
         "cls.predictions.transform.LayerNorm.weight and 2 more); use --task sst2 if it has a classification head, "
-        "or a model trained for --task wikitext")
+        "or a model trained for --task wikitext"
+    )
 
 
 def test_untied_decoder_classifier_loaded_as_language_model_is_refused(tmp_path, tokenizer):
     path = _save(tiny_model("llama", vocab_size=tokenizer.vocab_size), tokenizer, tmp_path / "llama-cls")
-    with pytest.raises(QuantsenseError, match=r"no trained language-model head \(these weights would be randomly "
-                                              r"initialised: lm_head\.weight\); use --task sst2"):
+    with pytest.raises(
+        QuantsenseError,
+        match=r"no trained language-model head \(these weights would be randomly "
+        r"initialised: lm_head\.weight\); use --task sst2",
+    ):
         _load(str(path), "causal", "cpu")
 
 
@@ -79,7 +92,8 @@ def test_language_model_loaded_as_classifier_is_refused(tmp_path, tokenizer, arc
         _load(str(path), "classification", "cpu")
     assert _one_line(info) == (
         f"model {path} has no trained classification head (these weights would be randomly initialised: score.weight); "
-        "use --task wikitext if it has a language-model head, or a model trained for --task sst2")
+        "use --task wikitext if it has a language-model head, or a model trained for --task sst2"
+    )
     loaded = _load(str(path), "causal", "cpu")
     assert loaded.head.description == "language-model head" and loaded.dtype == "float32"
 
@@ -96,8 +110,10 @@ def test_gguf_as_classifier_is_refused_before_reading_it():
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     with pytest.raises(QuantsenseError) as info:
         _load(str(path), "classification", "cpu")
-    assert _one_line(info) == (f"model {path} is a GGUF language model with no trained classification head; "
-                               "use --task wikitext if it has a language-model head, or a model trained for --task sst2")
+    assert _one_line(info) == (
+        f"model {path} is a GGUF language model with no trained classification head; "
+        "use --task wikitext if it has a language-model head, or a model trained for --task sst2"
+    )
 
 
 def test_a_gguf_model_is_parsed_once_per_load(smollm2, monkeypatch):
@@ -129,7 +145,8 @@ def test_missing_trunk_weight_is_refused(tmp_path, tiny_model_dir):
         _load(str(path), "classification", "cpu")
     assert _one_line(info) == (
         f"model {path} is incomplete (these weights are missing from its files and would be randomly initialised: "
-        "bert.encoder.layer.1.output.dense.weight); re-save the model or pass a complete checkpoint")
+        "bert.encoder.layer.1.output.dense.weight); re-save the model or pass a complete checkpoint"
+    )
 
 
 def _copy(source: Path, path: Path) -> Path:
@@ -150,20 +167,38 @@ def _shape_mismatch(path: Path) -> None:
     (path / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (_truncate, r"its \.safetensors weights are truncated or not safetensors \(Error while deserializing header: "
-                r"incomplete metadata, file not fully covered\)"),
-    (lambda p: (p / "model.safetensors").write_bytes(b"\xff" * 4096),
-     r"its \.safetensors weights are truncated or not safetensors \(Error while deserializing header: header too large\)"),
-    (lambda p: (p / "config.json").write_text("{not json"), r"It looks like the config file at '.*config\.json' is not a valid JSON file"),
-    (lambda p: (p / "config.json").write_text('{"hidden_size": 32}'), r"Unrecognized model in .*damaged\. Should have a `model_type` key in its config\.json"),
-    (_shape_mismatch, r"its weights do not have the shapes its config\.json describes"),
-], ids=["truncated", "random-bytes", "bad-json", "no-model-type", "shape-mismatch"])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (
+            _truncate,
+            r"its \.safetensors weights are truncated or not safetensors \(Error while deserializing header: "
+            r"incomplete metadata, file not fully covered\)",
+        ),
+        (
+            lambda p: (p / "model.safetensors").write_bytes(b"\xff" * 4096),
+            r"its \.safetensors weights are truncated or not safetensors \(Error while deserializing header: header too large\)",
+        ),
+        (
+            lambda p: (p / "config.json").write_text("{not json"),
+            r"It looks like the config file at '.*config\.json' is not a valid JSON file",
+        ),
+        (
+            lambda p: (p / "config.json").write_text('{"hidden_size": 32}'),
+            r"Unrecognized model in .*damaged\. Should have a `model_type` key in its config\.json",
+        ),
+        (_shape_mismatch, r"its weights do not have the shapes its config\.json describes"),
+    ],
+    ids=["truncated", "random-bytes", "bad-json", "no-model-type", "shape-mismatch"],
+)
 def test_damaged_files_give_one_line(tmp_path, tiny_model_dir, damage, reason):
     path = _copy(tiny_model_dir, tmp_path / "damaged")
     damage(path)
-    with pytest.raises(QuantsenseError, match=rf"^could not load model from {path}: {reason}; re-save it with save_pretrained"
-                                              r" or pass another --model$") as info:
+    with pytest.raises(
+        QuantsenseError,
+        match=rf"^could not load model from {path}: {reason}; re-save it with save_pretrained"
+        r" or pass another --model$",
+    ) as info:
         _load(str(path), "classification", "cpu")
     _one_line(info)
 
@@ -194,7 +229,8 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_model_di
         _load(str(path), "classification", "cpu")
     assert _one_line(info) == (
         f"model directory {path} holds only pickled weights (pytorch_model.bin); quantsense loads only safetensors "
-        "(pickle files can execute code): in a trusted environment load it and save_pretrained(DIR, safe_serialization=True)")
+        "(pickle files can execute code): in a trusted environment load it and save_pretrained(DIR, safe_serialization=True)"
+    )
     assert not marker.exists()
 
 
@@ -212,7 +248,9 @@ def test_dtype_choice(tmp_path, tiny_model_dir, tokenizer):
     loaded = _load(str(tiny_model_dir), "classification", "cpu", dtype="bfloat16")
     assert loaded.dtype == "bfloat16"
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
-    bf16_dir = _save(tiny_model("bert", vocab_size=tokenizer.vocab_size).to(torch.bfloat16), tokenizer, tmp_path / "bf16")
+    bf16_dir = _save(
+        tiny_model("bert", vocab_size=tokenizer.vocab_size).to(torch.bfloat16), tokenizer, tmp_path / "bf16"
+    )
     auto = _load(str(bf16_dir), "classification", "cpu")
     assert auto.dtype == "float32" and {p.dtype for p in auto.model.parameters()} == {torch.float32}
     # on CUDA, auto means the config's own dtype (resolved without a GPU: only the device type matters)

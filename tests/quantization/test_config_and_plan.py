@@ -29,7 +29,9 @@ def test_qmin_qmax():
 
 
 def test_plan_round_trips_through_json(tmp_path):
-    plan = Plan.of({"a.b": QuantConfig(4), "c": QuantConfig(8, symmetric=False, granularity="per_group", group_size=64)})
+    plan = Plan.of(
+        {"a.b": QuantConfig(4), "c": QuantConfig(8, symmetric=False, granularity="per_group", group_size=64)}
+    )
     path = tmp_path / "plan.json"
     plan.save(path)
     loaded = Plan.load(path)

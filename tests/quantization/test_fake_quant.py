@@ -69,7 +69,9 @@ def test_per_group_uses_groups_of_input_features():
 
 def test_transposed_quantizes_columns():
     w = _weight(rows=16, cols=48)
-    assert torch.equal(fake_quantize(w.t().contiguous(), QuantConfig(4), transposed=True), fake_quantize(w, QuantConfig(4)).t())
+    assert torch.equal(
+        fake_quantize(w.t().contiguous(), QuantConfig(4), transposed=True), fake_quantize(w, QuantConfig(4)).t()
+    )
 
 
 def test_bad_group_size_is_an_error():

@@ -25,9 +25,11 @@ if not ggml_lib.available():
 
 NAMES = list(names("ggml"))
 # GGUF name -> the Hugging Face name the float stand-in's tool seeds its dither with
-TENSORS = {"blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
-           "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
-           "blk.29.ffn_gate.weight": "model.layers.29.mlp.gate_proj.weight"}
+TENSORS = {
+    "blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
+    "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
+    "blk.29.ffn_gate.weight": "model.layers.29.mlp.gate_proj.weight",
+}
 
 
 def _dither():
@@ -69,7 +71,11 @@ def test_fake_quantization_is_what_gguf_reads_from_ggml_bytes(weights, name):
         if not _fits(name, weight):
             continue
         ones = np.ones(weight.shape[1], np.float32) if TYPES[name].needs_imatrix else None  # their grids need weights
-        ours = fmt.fake_quantize(weight) if ones is None else torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), ones))
+        ours = (
+            fmt.fake_quantize(weight)
+            if ones is None
+            else torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), ones))
+        )
         data = ggml_lib.quantize(name, weight.numpy(), ones)
         qtype = gguf.GGMLQuantizationType[name.upper()]
         read = gguf.quants.dequantize(np.frombuffer(data, dtype=np.uint8).reshape(weight.shape[0], -1), qtype)
@@ -83,7 +89,9 @@ def test_fake_quantization_is_what_gguf_reads_from_ggml_bytes(weights, name):
 
 def test_more_bits_mean_less_error_on_float_weights(weights):
     weight = weights["float blk.0.ffn_down.weight"]
-    errors = [float((parse_format(n).fake_quantize(weight) - weight).norm()) for n in ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K")]
+    errors = [
+        float((parse_format(n).fake_quantize(weight) - weight).norm()) for n in ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K")
+    ]
     assert errors == sorted(errors, reverse=True)
 
 

@@ -63,8 +63,15 @@ def test_llama_cpp_tokenizes_like_the_hf_tokenizer(smollm2_hf, converted):
 
 def test_bfloat16_weights_are_written_as_bf16_bit_for_bit(smollm2_hf, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_hf)
-    config = transformers.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    config = transformers.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
     out = convert_hf_to_gguf(model, tokenizer, tmp_path / "tiny-bf16.gguf", "tiny")
@@ -90,21 +97,32 @@ def test_pre_tokenizer_names():
     assert pre_tokenizer_name({"normalizer": None, "pre_tokenizer": byte_level}) == "gpt-2"
     digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
     assert pre_tokenizer_name({"normalizer": None, "pre_tokenizer": digits}) == "smollm"
-    with pytest.raises(QuantsenseError, match=r"pre-tokenizer \(Whitespace\) is not one of gpt-2, smollm, llama-bpe; "
-                                              r"convert it with llama.cpp's convert_hf_to_gguf.py"):
+    with pytest.raises(
+        QuantsenseError,
+        match=r"pre-tokenizer \(Whitespace\) is not one of gpt-2, smollm, llama-bpe; "
+        r"convert it with llama.cpp's convert_hf_to_gguf.py",
+    ):
         pre_tokenizer_name({"normalizer": None, "pre_tokenizer": {"type": "Whitespace"}})
 
 
 def test_what_is_not_mapped_is_refused(smollm2_hf):
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_hf)
-    config = transformers.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     check_convertible(transformers.LlamaForCausalLM(config), tokenizer)
     with pytest.raises(QuantsenseError, match="not a byte-level BPE tokenizer"):
         check_convertible(transformers.LlamaForCausalLM(config), tiny_tokenizer())
     biased = transformers.LlamaConfig(**{**config.to_dict(), "attention_bias": True})
     with pytest.raises(QuantsenseError, match="linear biases are not mapped"):
         check_convertible(transformers.LlamaForCausalLM(biased), tokenizer)
-    bert = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    bert = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     with pytest.raises(QuantsenseError, match="model type 'bert' is not mapped"):
         check_convertible(transformers.BertModel(bert), tokenizer)

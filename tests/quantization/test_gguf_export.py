@@ -18,8 +18,13 @@ import torch
 
 from quantsense.errors import QuantsenseError
 from quantsense.backends.llama_cpp import gguf_check as verify_gguf
-from quantsense.backends.llama_cpp.gguf_file import (hf_to_gguf_name, llama_quantize_args, predicted_gguf_bytes, tensor_nbytes,
-                                                 write_gguf)
+from quantsense.backends.llama_cpp.gguf_file import (
+    hf_to_gguf_name,
+    llama_quantize_args,
+    predicted_gguf_bytes,
+    tensor_nbytes,
+    write_gguf,
+)
 from tests.conftest import WIKI
 
 gguf = pytest.importorskip("gguf")
@@ -29,11 +34,22 @@ VERIFY = Path(verify_gguf.__file__)
 N_BLOCKS = 30
 TOKENS, CONTEXT, STRIDE = 320, 128, 64
 # blocks 0-1 q4_0, block 2 q8_0, a few single tensors in the other types; everything else the default q8_0
-PLAN = {f"blk.{block}.{name}.weight": qtype for block, qtype in ((0, "q4_0"), (1, "q4_0"), (2, "q8_0"))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
-PLAN.update({"blk.3.attn_q.weight": "q5_0", "blk.3.attn_k.weight": "q5_1", "blk.3.ffn_down.weight": "q5_1",
-             "blk.4.attn_v.weight": "f16", "blk.5.ffn_up.weight": "bf16", "blk.6.ffn_gate.weight": "f32",
-             "token_embd.weight": "q8_0"})
+PLAN = {
+    f"blk.{block}.{name}.weight": qtype
+    for block, qtype in ((0, "q4_0"), (1, "q4_0"), (2, "q8_0"))
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+}
+PLAN.update(
+    {
+        "blk.3.attn_q.weight": "q5_0",
+        "blk.3.attn_k.weight": "q5_1",
+        "blk.3.ffn_down.weight": "q5_1",
+        "blk.4.attn_v.weight": "f16",
+        "blk.5.ffn_up.weight": "bf16",
+        "blk.6.ffn_gate.weight": "f32",
+        "token_embd.weight": "q8_0",
+    }
+)
 DEFAULT = "q8_0"
 
 
@@ -60,7 +76,9 @@ def hf_result(written, token_ids) -> dict:
 
 
 def load_hf(path: Path):
-    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
 
 
 def round_trip(weight: torch.Tensor, qtype: str) -> torch.Tensor:
@@ -109,9 +127,22 @@ def test_hf_to_gguf_name():
 
 
 def test_llama_quantize_args_exact():
-    plan = {"blk.0.attn_q.weight": "q4_0", "blk.12.ffn_down.weight": "Q8_0", "token_embd.weight": "q5_1", "output.weight": "f16"}
-    assert llama_quantize_args(plan) == ["--tensor-type", "blk.0.attn_q=q4_0", "--tensor-type", "blk.12.ffn_down=q8_0",
-                                         "--token-embedding-type", "q5_1", "--output-tensor-type", "f16"]
+    plan = {
+        "blk.0.attn_q.weight": "q4_0",
+        "blk.12.ffn_down.weight": "Q8_0",
+        "token_embd.weight": "q5_1",
+        "output.weight": "f16",
+    }
+    assert llama_quantize_args(plan) == [
+        "--tensor-type",
+        "blk.0.attn_q=q4_0",
+        "--tensor-type",
+        "blk.12.ffn_down=q8_0",
+        "--token-embedding-type",
+        "q5_1",
+        "--output-tensor-type",
+        "f16",
+    ]
     with pytest.raises(QuantsenseError, match="cannot target"):
         llama_quantize_args({"blk.0.attn_norm": "q8_0"})
     with pytest.raises(QuantsenseError, match="unknown GGUF tensor type"):

@@ -50,20 +50,20 @@ def _gaussian(*shape: int, seed: int = 0) -> torch.Tensor:
 
 def _edge_cases() -> dict[str, torch.Tensor]:
     w = _gaussian(12, 64, seed=1)
-    w[0] = 0.0                                   # all-zero row
-    w[1, 5] = 1e4                                # one huge value drowns its block
-    w[2] = -w[2].abs()                           # negative-only row
-    w[3] = w[3].abs()                            # positive-only row
+    w[0] = 0.0  # all-zero row
+    w[1, 5] = 1e4  # one huge value drowns its block
+    w[2] = -w[2].abs()  # negative-only row
+    w[3] = w[3].abs()  # positive-only row
     w[4, :32] = 0.0
-    w[4, 3], w[4, 7] = 3.0, -3.0                 # magnitude tie of opposite signs: the first wins
+    w[4, 3], w[4, 7] = 3.0, -3.0  # magnitude tie of opposite signs: the first wins
     w[4, 40], w[4, 50] = -2.0, 2.0
-    w[5] = 0.37                                  # constant row: max == min
-    w[6, :32] = torch.arange(-16, 16) + 0.5      # exact half-way codes for q8_0 after scaling
+    w[5] = 0.37  # constant row: max == min
+    w[6, :32] = torch.arange(-16, 16) + 0.5  # exact half-way codes for q8_0 after scaling
     w[6, 0] = 127.0
-    w[7, :32] = torch.arange(32) / 2 - 8.0       # q4_0/q5_0 codes landing exactly on .5
-    w[8] *= 1e-30                                # scale underflows float16 to zero
-    w[9] *= 7e4                                  # scale near / over the float16 maximum
-    w[10, :32] = -0.0                            # negative zeros
+    w[7, :32] = torch.arange(32) / 2 - 8.0  # q4_0/q5_0 codes landing exactly on .5
+    w[8] *= 1e-30  # scale underflows float16 to zero
+    w[9] *= 7e4  # scale near / over the float16 maximum
+    w[10, :32] = -0.0  # negative zeros
     w[11, :32] = torch.tensor([1.0, -1.0] * 16) * 65504.0
     return {
         "edges": w,
@@ -126,8 +126,10 @@ def _minilm_weights() -> dict[str, torch.Tensor]:
 
     state = load_file(str(path))
     prefix = "bert.encoder.layer.0."
-    return {key: state[prefix + key] for key in
-            ("attention.self.query.weight", "intermediate.dense.weight", "output.dense.weight")}
+    return {
+        key: state[prefix + key]
+        for key in ("attention.self.query.weight", "intermediate.dense.weight", "output.dense.weight")
+    }
 
 
 def _smollm2_path() -> Path:
@@ -143,8 +145,10 @@ def _smollm2_path() -> Path:
 def _smollm2_weights(names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Dequantized float32 [out, in] tensors of the SmolLM2 GGUF (numpy's shape is reversed ne)."""
     tensors = {t.name: t for t in gguf.GGUFReader(_smollm2_path()).tensors}
-    return {name: torch.from_numpy(gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type).copy())
-            for name in names}
+    return {
+        name: torch.from_numpy(gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type).copy())
+        for name in names
+    }
 
 
 SMOLLM2_TENSORS = ("blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.29.ffn_down.weight", "blk.29.attn_k.weight")

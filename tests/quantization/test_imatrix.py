@@ -52,8 +52,14 @@ def test_collect_sums_squared_inputs_per_column_over_real_tokens_only():
 def test_gguf_file_has_llama_cpp_layout_and_reads_back(tmp_path):
     sums = {"m.q": np.arange(1, 9, dtype=np.float32), "m.k": np.full(4, 2.5, dtype=np.float32)}
     names = {"m.q": "blk.0.attn_q.weight", "m.k": "blk.0.attn_k.weight"}
-    imx = Imatrix(sums, {"m.q": 10, "m.k": 10}, ("wiki.test.raw",), 512, 3,
-                  calibration={"data": "abc", "first_token": 4096, "tokens": 1536})
+    imx = Imatrix(
+        sums,
+        {"m.q": 10, "m.k": 10},
+        ("wiki.test.raw",),
+        512,
+        3,
+        calibration={"data": "abc", "first_token": 4096, "tokens": 1536},
+    )
     path = save(imx, tmp_path / "imatrix.gguf", names)
     reader = gguf.GGUFReader(str(path))
     tensors = {t.name: t for t in reader.tensors}
@@ -77,7 +83,9 @@ def test_bad_imatrix_files_are_refused_with_the_fix(tmp_path):
     junk.write_bytes(b"not a gguf file at all")
     with pytest.raises(QuantsenseError, match="is not a GGUF imatrix file .it does not start with GGUF's magic"):
         load(junk, {"m": "blk.0.attn_q.weight"})
-    other = save(Imatrix({"x": np.ones(4, np.float32)}, {"x": 1}), tmp_path / "other.gguf", {"x": "blk.9.ffn_up.weight"})
+    other = save(
+        Imatrix({"x": np.ones(4, np.float32)}, {"x": 1}), tmp_path / "other.gguf", {"x": "blk.9.ffn_up.weight"}
+    )
     with pytest.raises(QuantsenseError, match="another model"):
         load(other, {"m": "blk.0.attn_q.weight"})
 
@@ -104,7 +112,9 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, mod
     ours = bound.quantize_weight(weight, False, "down")
     want = ggml_lib.fake_quantize(name, weight.numpy(), imx.weights("down"))
     assert torch.equal(ours, torch.from_numpy(want))
-    if TYPES[name].needs_imatrix:  # no weights for this tensor: refused, as llama-quantize refuses it (ggml would abort)
+    if TYPES[
+        name
+    ].needs_imatrix:  # no weights for this tensor: refused, as llama-quantize refuses it (ggml would abort)
         with pytest.raises(QuantsenseError, match="needs importance-matrix weights for not in the imatrix"):
             bound.check_unit(SimpleNamespace(name="not in the imatrix", shape=tuple(weight.shape), transposed=False))
     else:
@@ -113,8 +123,11 @@ def test_bound_formats_are_ggml_weighted_quantization_bit_for_bit(down_proj, mod
     # Q4_1 grid q4_1 is exact either way)
     w = torch.from_numpy(imx.weights("down")).double()
     weighted = lambda q: float(((q.double() - weight.double()) ** 2 * w).sum())  # noqa: E731
-    unweighted = plain.fake_quantize(weight) if not TYPES[name].needs_imatrix else \
-        torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), np.ones(1536, np.float32)))  # uniform weights
+    unweighted = (
+        plain.fake_quantize(weight)
+        if not TYPES[name].needs_imatrix
+        else torch.from_numpy(ggml_lib.fake_quantize(name, weight.numpy(), np.ones(1536, np.float32)))
+    )  # uniform weights
     if model == "float":
         assert weighted(ours) < weighted(unweighted)
     else:
@@ -129,7 +142,9 @@ def test_formats_that_ignore_an_imatrix_stay_themselves_and_plan_files_name_it()
     entry = json.loads(plan.canonical_json())
     assert known(imx.fingerprint) == imx
     fmt = format_from_dict({"format": "q4_K", "imatrix": imx.fingerprint})
-    assert fmt == parse_format("q4_K").with_imatrix(imx) and entry != json.loads(Plan.of({"m": parse_format("q4_K")}).canonical_json())
+    assert fmt == parse_format("q4_K").with_imatrix(imx) and entry != json.loads(
+        Plan.of({"m": parse_format("q4_K")}).canonical_json()
+    )
     with pytest.raises(QuantsenseError, match="pass --imatrix"):
         format_from_dict({"format": "q4_K", "imatrix": "0000000000000000"})
     with pytest.raises(QuantsenseError, match="does not use an importance matrix"):
@@ -139,8 +154,20 @@ def test_formats_that_ignore_an_imatrix_stay_themselves_and_plan_files_name_it()
 @needs_ggml
 def test_imatrix_command_then_held_out_sweep_on_smollm2(smollm2, tmp_path, capsys):
     out = tmp_path / "smollm2.imatrix.gguf"
-    lm = ["--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--context", "128", "--stride", "128",
-          "--no-store", "--quiet"]
+    lm = [
+        "--task",
+        "wikitext",
+        "--model",
+        str(smollm2),
+        "--data",
+        str(WIKI),
+        "--context",
+        "128",
+        "--stride",
+        "128",
+        "--no-store",
+        "--quiet",
+    ]
     assert main(["imatrix", *lm, "--max-tokens", "256", "--out", str(out)]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "211 weight tensors from 256 tokens" in printed and "tokens 0..256" in printed  # 30 blocks x 7, the head
@@ -148,25 +175,89 @@ def test_imatrix_command_then_held_out_sweep_on_smollm2(smollm2, tmp_path, capsy
     # the tied output head's input is recorded under the tensor it multiplies by, as llama-imatrix --process-output does
     assert {"blk.0.attn_q.weight.in_sum2", "token_embd.weight.in_sum2"} <= {t.name for t in reader.tensors}
     # scoring the tokens it was collected on is refused; the next tokens are held out and run
-    code = main(["sensitivity", *lm, "--max-tokens", "256", "--imatrix", str(out), "--unit", "linear", "--blocks", "29",
-                 "--formats", "q4_K"])
+    code = main(
+        [
+            "sensitivity",
+            *lm,
+            "--max-tokens",
+            "256",
+            "--imatrix",
+            str(out),
+            "--unit",
+            "linear",
+            "--blocks",
+            "29",
+            "--formats",
+            "q4_K",
+        ]
+    )
     assert code == 2 and "--first-token 256" in capsys.readouterr().err
     res = tmp_path / "res"
-    code = main(["sensitivity", *lm, "--max-tokens", "1024", "--first-token", "256", "--imatrix", str(out), "--unit",
-                 "linear", "--blocks", "29", "--formats", "q4_K", "q4_0", "--exhaustive", "--out", str(res)])
+    code = main(
+        [
+            "sensitivity",
+            *lm,
+            "--max-tokens",
+            "1024",
+            "--first-token",
+            "256",
+            "--imatrix",
+            str(out),
+            "--unit",
+            "linear",
+            "--blocks",
+            "29",
+            "--formats",
+            "q4_K",
+            "q4_0",
+            "--exhaustive",
+            "--out",
+            str(res),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads((res / "results.json").read_text())
     assert results["workspace"]["imatrix"]["calibration"]["tokens"] == 256
     assert results["workspace"]["data"]["first_token"] == 256
     rows = results["sensitivity"]["rows"]
-    assert {r["unit"] for r in rows if r["format"] == "q4_K"} == {"model.layers.29.mlp.down_proj"}  # 1536-wide rows only
+    assert {r["unit"] for r in rows if r["format"] == "q4_K"} == {
+        "model.layers.29.mlp.down_proj"
+    }  # 1536-wide rows only
     assert len([r for r in rows if r["format"] == "q4_0"]) == 7
-    assert results["sensitivity"]["sweep"]["skipped"] == [f"model.layers.29.{n}@q4_K" for n in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj")]
+    assert results["sensitivity"]["sweep"]["skipped"] == [
+        f"model.layers.29.{n}@q4_K"
+        for n in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+        )
+    ]
     assert all(0 < r["kl_mean"] < 1 for r in rows)
 
 
 def test_missing_imatrix_file_exits_2(smollm2, tmp_path, capsys):
-    code = main(["baseline", "--task", "wikitext", "--model", str(smollm2), "--data", str(WIKI), "--max-tokens", "128",
-                 "--context", "128", "--stride", "128", "--no-store", "--quiet", "--imatrix", str(tmp_path / "nope.gguf")])
+    code = main(
+        [
+            "baseline",
+            "--task",
+            "wikitext",
+            "--model",
+            str(smollm2),
+            "--data",
+            str(WIKI),
+            "--max-tokens",
+            "128",
+            "--context",
+            "128",
+            "--stride",
+            "128",
+            "--no-store",
+            "--quiet",
+            "--imatrix",
+            str(tmp_path / "nope.gguf"),
+        ]
+    )
     assert code == 2 and "quantsense imatrix" in capsys.readouterr().err

@@ -47,18 +47,27 @@ def _quantized_linear_graph(linear, fmt, tmp_path):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     fp32, out = tmp_path / "fp32.onnx", tmp_path / f"{fmt.name}.onnx"
-    _save([helper.make_node("MatMul", ["x", "W"], ["y0"], name="lin/MatMul"), helper.make_node("Add", ["y0", "b"], ["y"], name="lin/Add")],
-          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
-          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, N])],
-          [numpy_helper.from_array(linear.weight.detach().numpy().T.copy(), "W"),
-           numpy_helper.from_array(linear.bias.detach().numpy(), "b")], fp32)
+    _save(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["y0"], name="lin/MatMul"),
+            helper.make_node("Add", ["y0", "b"], ["y"], name="lin/Add"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, N])],
+        [
+            numpy_helper.from_array(linear.weight.detach().numpy().T.copy(), "W"),
+            numpy_helper.from_array(linear.bias.detach().numpy(), "b"),
+        ],
+        fp32,
+    )
     logging.disable(logging.WARNING)
     try:
         if fmt.bits == 8:
             quantize_dynamic(str(fp32), str(out), per_channel=fmt.per_channel, nodes_to_quantize=["lin/MatMul"])
         else:
-            quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), block_size=fmt.block, is_symmetric=False,
-                                             nodes_to_include=["lin/MatMul"])
+            quantizer = MatMulNBitsQuantizer(
+                onnx.load(str(fp32)), block_size=fmt.block, is_symmetric=False, nodes_to_include=["lin/MatMul"]
+            )
             quantizer.process()
             quantizer.model.save_model_to_file(str(out))
     finally:
@@ -123,10 +132,13 @@ def test_an_embedding_in_ort_int8_is_quantize_dynamic_s_gather(tmp_path):
     table = torch.nn.Embedding(500, 64)
     ids = np.random.default_rng(0).integers(0, 500, size=(2, 30)).astype(np.int64)
     fp32, out = tmp_path / "emb.onnx", tmp_path / "emb-int8.onnx"
-    _save([helper.make_node("Gather", ["E", "ids"], ["y"], name="emb/Gather")],
-          [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
-          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 64])],
-          [numpy_helper.from_array(table.weight.detach().numpy(), "E")], fp32)
+    _save(
+        [helper.make_node("Gather", ["E", "ids"], ["y"], name="emb/Gather")],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 64])],
+        [numpy_helper.from_array(table.weight.detach().numpy(), "E")],
+        fp32,
+    )
     logging.disable(logging.WARNING)
     try:
         quantize_dynamic(str(fp32), str(out), nodes_to_quantize=["emb/Gather"], op_types_to_quantize=["Gather"])

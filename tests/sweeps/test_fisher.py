@@ -21,8 +21,15 @@ def _kwargs(model, batch):
 
 def _model(tied: bool):
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    config = transformers.LlamaConfig(
+        vocab_size=500,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -49,10 +56,14 @@ def test_the_fisher_pass_predicts_the_kl_of_a_small_weight_error(tied):
     names = LINEARS + outside
     found = fisher_pass(model, units, names, batches, _kwargs, draws=64)
     assert found.rows == 2 * 127 * 64
-    assert all(torch.isfinite(found.fisher[n]).all() and found.fisher[n].shape == units.get(n).weight.shape for n in names)
+    assert all(
+        torch.isfinite(found.fisher[n]).all() and found.fisher[n].shape == units.get(n).weight.shape for n in names
+    )
     for name in names:
         weight = units.get(name).weight
-        delta = 0.02 * weight.detach().abs().mean() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(2))
+        delta = (
+            0.02 * weight.detach().abs().mean() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(2))
+        )
 
         class Change:
             def __enter__(self):
@@ -83,8 +94,9 @@ def test_a_row_sample_predicts_what_the_whole_tensor_does():
         part = found.predicted_kl((name,), {name: delta[sample.index]}, samples={name: sample})
         assert abs(part / whole - 1) < 0.15, (name, part, whole)
         every = row_sample(found.fisher[name].sum(1), exact_share=1)  # every row with mass, exactly
-        assert found.predicted_kl((name,), {name: delta[every.index]}, samples={name: every}) == \
-            pytest.approx(whole, rel=1e-5)
+        assert found.predicted_kl((name,), {name: delta[every.index]}, samples={name: every}) == pytest.approx(
+            whole, rel=1e-5
+        )
     seen = set(torch.cat([b.inputs["input_ids"].reshape(-1) for b in batches]).tolist())
     assert set(found.row_sample(embedding, False).index.tolist()) <= seen
 
@@ -141,8 +153,15 @@ def test_fisher_estimates_rank_the_measured_single_unit_kl_of_a_workspace(offlin
     from quantsense.reduced import fisher_errors
     from quantsense.sweeps.sweep import sweep_units
 
-    ws = qs.open_workspace(str(offline_assets["lm"]), data=str(offline_assets["text"]), task="wikitext", quiet=True,
-                           max_tokens=4096, context=128, stride=128)
+    ws = qs.open_workspace(
+        str(offline_assets["lm"]),
+        data=str(offline_assets["text"]),
+        task="wikitext",
+        quiet=True,
+        max_tokens=4096,
+        context=128,
+        stride=128,
+    )
     fmt = ws.formats(["q4_0"])[0]
     units = {u.display: u for u in sweep_units(ws.units, "linear", ws.outside_units())}
     predicted = fisher_errors(ws, units, [(u, fmt.name) for u in units], {fmt.name: fmt})

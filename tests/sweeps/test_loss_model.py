@@ -51,8 +51,9 @@ def test_one_measurement_per_linear_unit_predicts_the_rest_of_a_real_sweep(offli
     (never used in the fit) with a rank correlation above 0.9 and a median ratio near 1."""
     from quantsense.sweeps.sweep import weight_error
 
-    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"],
-                           data=str(offline_assets["tsv"]), quiet=True)
+    ws = qs.open_workspace(
+        offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"], data=str(offline_assets["tsv"]), quiet=True
+    )
     sens = qs.sensitivity(ws, ["int3", "int4", "int5", "int6", "int8"], unit="linear")
     measured = {(r["unit"], r["format"]): r["kl_mean"] for r in sens.rows}
     fmts = {f.name: f for f in ws.formats(sens.formats)}

@@ -11,7 +11,10 @@ def _measure(means, width, calls):
     def measure(labels, depth):
         calls.extend((label, depth) for label in labels)
         half = width / depth**0.5  # an interval narrows as the data grows
-        return {label: {"kl_mean": means[label], "lo": means[label] - half, "hi": means[label] + half} for label in labels}
+        return {
+            label: {"kl_mean": means[label], "lo": means[label] - half, "hi": means[label] + half} for label in labels
+        }
+
     return measure
 
 
@@ -22,8 +25,9 @@ def test_separated_units_stop_early_and_overlapping_ones_go_to_all_the_data():
     assert depth == {"a": 1, "b": 4, "c": 4, "d": 1}
     assert ("a", 2) not in calls and ("b", 4) in calls
     full = _measure(means, 1.0, [])(list(means), 4)
-    assert overlap_tiers([(rows[k]["lo"], rows[k]["hi"]) for k in means]) == \
-        overlap_tiers([(full[k]["lo"], full[k]["hi"]) for k in means])
+    assert overlap_tiers([(rows[k]["lo"], rows[k]["hi"]) for k in means]) == overlap_tiers(
+        [(full[k]["lo"], full[k]["hi"]) for k in means]
+    )
 
 
 def test_a_stopped_unit_goes_on_when_a_neighbour_comes_to_overlap_it():

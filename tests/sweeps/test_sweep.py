@@ -64,10 +64,14 @@ def test_calibration_excludes_evaluation_sentences(ws, sst2_validation):
 
 
 def test_spearman_known_values():
-    measured = [{"unit": u, "format": "int4", "view": "only", "kl_mean": k, "drop": d}
-                for u, k, d in [("a", 0.1, 1.0), ("b", 0.2, 0.0), ("c", 0.3, 2.0), ("d", 0.4, 3.0)]]
-    proxy = [{"unit": u, "format": "int4", "weight_error": w, "calib_kl": c, "fisher": f}
-             for u, w, c, f in [("a", 4, 1, 1), ("b", 3, 2, 2), ("c", 2, 3, 3), ("d", 1, 4, 4)]]
+    measured = [
+        {"unit": u, "format": "int4", "view": "only", "kl_mean": k, "drop": d}
+        for u, k, d in [("a", 0.1, 1.0), ("b", 0.2, 0.0), ("c", 0.3, 2.0), ("d", 0.4, 3.0)]
+    ]
+    proxy = [
+        {"unit": u, "format": "int4", "weight_error": w, "calib_kl": c, "fisher": f}
+        for u, w, c, f in [("a", 4, 1, 1), ("b", 3, 2, 2), ("c", 2, 3, 3), ("d", 1, 4, 4)]
+    ]
     corr = {r["proxy"]: r for r in proxy_correlations(proxy, measured, "drop")}
     assert corr["calib_kl"]["spearman_vs_kl"] == pytest.approx(1.0)
     assert corr["weight_error"]["spearman_vs_kl"] == pytest.approx(-1.0)

@@ -53,14 +53,25 @@ class NextTokenAccuracy(Task):
     default_formats = ("int8", "int4")
     default_candidates = ("int4", "int8")
     default_ablation_format = "int4"
-    sensitivity_columns = [("unit", "unit"), ("format", "format"), ("next_token_accuracy", "acc %"),
-                           ("accuracy_drop", "drop pts"), ("kl_mean", "KL mean")]
+    sensitivity_columns = [
+        ("unit", "unit"),
+        ("format", "format"),
+        ("next_token_accuracy", "acc %"),
+        ("accuracy_drop", "drop pts"),
+        ("kl_mean", "KL mean"),
+    ]
     ranking_columns = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("tier", "tier")]
-    plan_columns = [("plan", "plan"), ("next_token_accuracy", "acc %"), ("accuracy_drop", "drop pts"),
-                    ("avg_bits", "avg bits/weight")]
-    report_columns = [("accuracy %", "next-token accuracy", "next_token_accuracy"),
-                      ("drop (pts)", "FP32 minus quantized next-token accuracy", "accuracy_drop"),
-                      ("drop 95% CI", "paired bootstrap 95% CI", "loss_ci")]
+    plan_columns = [
+        ("plan", "plan"),
+        ("next_token_accuracy", "acc %"),
+        ("accuracy_drop", "drop pts"),
+        ("avg_bits", "avg bits/weight"),
+    ]
+    report_columns = [
+        ("accuracy %", "next-token accuracy", "next_token_accuracy"),
+        ("drop (pts)", "FP32 minus quantized next-token accuracy", "accuracy_drop"),
+        ("drop 95% CI", "paired bootstrap 95% CI", "loss_ci"),
+    ]
     glossary_terms = [("next-token accuracy", "share of scored tokens whose most likely prediction is the true token.")]
 
     def __init__(self, max_tokens: int = 256, context: int = 64):
@@ -75,8 +86,11 @@ class NextTokenAccuracy(Task):
         return "--context", self.context
 
     def describe_data(self, data: TextData, batches) -> dict:
-        return {"source": data.source, "tokens": batches.settings["tokens"],
-                "description": f"first {batches.settings['tokens']} tokens in windows of {self.context}"}
+        return {
+            "source": data.source,
+            "tokens": batches.settings["tokens"],
+            "description": f"first {batches.settings['tokens']} tokens in windows of {self.context}",
+        }
 
     def head(self):
         return NextTokenHead()
@@ -90,10 +104,17 @@ class NextTokenAccuracy(Task):
         lo, hi = paired_bootstrap_ci(diff, seed=seed)
         kl = quantized.arrays["kl"].astype(np.float64)
         kl_lo, kl_hi = bootstrap_mean_ci(kl, seed=seed)
-        return {"next_token_accuracy": 100 * float(quantized.arrays["correct"].mean()), "accuracy_drop": 100 * float(diff.mean()),
-                "accuracy_drop_ci_low": 100 * lo, "accuracy_drop_ci_high": 100 * hi,
-                "distinguishable_from_fp32": not (lo <= 0.0 <= hi), "kl_mean": float(kl.mean()), "kl_ci_low": kl_lo,
-                "kl_ci_high": kl_hi, "kl_p95": float(np.percentile(kl, 95))}
+        return {
+            "next_token_accuracy": 100 * float(quantized.arrays["correct"].mean()),
+            "accuracy_drop": 100 * float(diff.mean()),
+            "accuracy_drop_ci_low": 100 * lo,
+            "accuracy_drop_ci_high": 100 * hi,
+            "distinguishable_from_fp32": not (lo <= 0.0 <= hi),
+            "kl_mean": float(kl.mean()),
+            "kl_ci_low": kl_lo,
+            "kl_ci_high": kl_hi,
+            "kl_p95": float(np.percentile(kl, 95)),
+        }
 
     def arrays_valid(self, arrays, batches) -> bool:
         scored = sum(len(b.index) for b in batches)

@@ -29,7 +29,7 @@ def _plain_accuracy(model, tokenizer, text: str) -> float:
     hits = []
     with torch.no_grad():
         for begin in range(0, len(ids) - 1, CONTEXT):
-            window = torch.tensor([ids[begin:begin + CONTEXT]])
+            window = torch.tensor([ids[begin : begin + CONTEXT]])
             if window.shape[1] < 2:
                 continue
             predicted = model(window).logits[0, :-1].argmax(dim=-1)
@@ -39,8 +39,16 @@ def _plain_accuracy(model, tokenizer, text: str) -> float:
 
 def test_every_phase_and_the_report(next_token, offline_assets, tmp_path):
     model, tokenizer = offline_assets["lm_model"], offline_assets["tokenizer"]
-    ws = qs.open_workspace(model, tokenizer=tokenizer, task="next-token", data=str(offline_assets["text"]), quiet=True,
-                           device="cpu", max_tokens=MAX_TOKENS, context=CONTEXT)
+    ws = qs.open_workspace(
+        model,
+        tokenizer=tokenizer,
+        task="next-token",
+        data=str(offline_assets["text"]),
+        quiet=True,
+        device="cpu",
+        max_tokens=MAX_TOKENS,
+        context=CONTEXT,
+    )
     base = qs.baseline(ws)
     expected = _plain_accuracy(model, tokenizer, offline_assets["text"].read_text())
     assert abs(base["next_token_accuracy"] - expected) < 1e-9 and base["summary"].startswith("FP32 next-token accuracy")
@@ -51,8 +59,14 @@ def test_every_phase_and_the_report(next_token, offline_assets, tmp_path):
     front = qs.frontier(ws, [6.0], ["int4", "int8"])
     allocated = next(r for r in front.rows if r["kind"] == "allocated")
     assert allocated["avg_bits"] <= 6.0 + 1e-9 and "accuracy_drop_ci_low" in allocated
-    result = qs.StudyResult({"command": "test", "created": "", "versions": {}, "git": None}, ws.describe(), base,
-                            sensitivity=sens, frontier=front, formats=ws.format_table())
+    result = qs.StudyResult(
+        {"command": "test", "created": "", "versions": {}, "git": None},
+        ws.describe(),
+        base,
+        sensitivity=sens,
+        frontier=front,
+        formats=ws.format_table(),
+    )
     write_results_folder(tmp_path / "out", result.to_dict())
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["workspace"]["task"]["name"] == "next-token"
@@ -61,10 +75,27 @@ def test_every_phase_and_the_report(next_token, offline_assets, tmp_path):
 
 
 def test_from_the_command_line(next_token, offline_assets, tmp_path, capsys):
-    args = ["baseline", "--task", "next-token", "--model", str(offline_assets["lm"]), "--data", str(offline_assets["text"]),
-            "--max-tokens", str(MAX_TOKENS), "--context", str(CONTEXT), "--no-store", "--quiet", "--device", "cpu"]
+    args = [
+        "baseline",
+        "--task",
+        "next-token",
+        "--model",
+        str(offline_assets["lm"]),
+        "--data",
+        str(offline_assets["text"]),
+        "--max-tokens",
+        str(MAX_TOKENS),
+        "--context",
+        str(CONTEXT),
+        "--no-store",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
-    expected = _plain_accuracy(offline_assets["lm_model"], offline_assets["tokenizer"], offline_assets["text"].read_text())
+    expected = _plain_accuracy(
+        offline_assets["lm_model"], offline_assets["tokenizer"], offline_assets["text"].read_text()
+    )
     assert f"FP32 next-token accuracy: {expected:.2f} %" in capsys.readouterr().out
     assert main([*args, "--stride", "8"]) == 2  # wikitext's setting, not this task's: refused in one line
     assert "task next-token takes no setting stride" in capsys.readouterr().err

@@ -43,8 +43,13 @@ def test_numerics_and_cost(toy3):
 
 
 def test_every_phase_and_the_report(toy3, offline_assets, tmp_path):
-    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"],
-                           data=str(offline_assets["tsv"]), quiet=True, device="cpu")
+    ws = qs.open_workspace(
+        offline_assets["cls_model"],
+        tokenizer=offline_assets["tokenizer"],
+        data=str(offline_assets["tsv"]),
+        quiet=True,
+        device="cpu",
+    )
     base = qs.baseline(ws)
     sens = qs.sensitivity(ws, ["toy3", "int8"])
     toy_rows = [r for r in sens.rows if r["format"] == "toy3"]
@@ -59,8 +64,14 @@ def test_every_phase_and_the_report(toy3, offline_assets, tmp_path):
     assert set(uniform) == {"toy3", "int8"} and abs(uniform["toy3"]["avg_bits"] - 5.0) < 1e-9
     hand = [r for r in front.rows if r["kind"] == "hand"]  # toy3's family defines no strategy levels: ranked at int8
     assert len(hand) == 3 and all(set(r["formats"]) <= {"int8", "int6", "int4"} for r in hand)
-    result = qs.StudyResult({"command": "test", "created": "", "versions": {}, "git": None}, ws.describe(), base,
-                            sensitivity=sens, frontier=front, formats=ws.format_table())
+    result = qs.StudyResult(
+        {"command": "test", "created": "", "versions": {}, "git": None},
+        ws.describe(),
+        base,
+        sensitivity=sens,
+        frontier=front,
+        formats=ws.format_table(),
+    )
     written = write_results_folder(tmp_path / "out", result.to_dict())
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["formats"]["toy3"]["bits_per_weight"] == 5.0 and saved["formats"]["toy3"]["family"] == "toy"
@@ -68,5 +79,10 @@ def test_every_phase_and_the_report(toy3, offline_assets, tmp_path):
     assert "test format: 3-bit codes per group of 16" in html  # its own glossary entry
     assert {p.name for p in written} >= {"frontier.png", "sensitivity.png", "report.html", "summary.md"}
     with pytest.raises(QuantsenseError, match="planned as toy3, which the torchao export cannot write"):
-        qs.export(ws, qs.Plan.from_json_dict(front.plans[allocated["plan"]]) if "toy3" in allocated["formats"]
-                  else qs.Plan.of({ws.units.linear_units()[0]: toy3}), tmp_path / "export")
+        qs.export(
+            ws,
+            qs.Plan.from_json_dict(front.plans[allocated["plan"]])
+            if "toy3" in allocated["formats"]
+            else qs.Plan.of({ws.units.linear_units()[0]: toy3}),
+            tmp_path / "export",
+        )

@@ -26,8 +26,12 @@ def toyrt():
 
 
 def test_the_toy_backend_uses_the_registries_alone():
-    imported = {node.module for path in TOY.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-                if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        node.module
+        for path in TOY.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not {m for m in imported if m.startswith("quantsense.backends")}  # no other runtime's code
     assert {"quantsense.exporters.base", "quantsense.quantization.formats"} <= imported
 
@@ -44,8 +48,13 @@ def test_registered_format_and_target(toyrt):
 
 
 def test_sweep_export_and_its_own_check(toyrt, offline_assets, tmp_path):
-    ws = qs.open_workspace(offline_assets["cls_model"], tokenizer=offline_assets["tokenizer"],
-                           data=str(offline_assets["tsv"]), quiet=True, device="cpu")
+    ws = qs.open_workspace(
+        offline_assets["cls_model"],
+        tokenizer=offline_assets["tokenizer"],
+        data=str(offline_assets["tsv"]),
+        quiet=True,
+        device="cpu",
+    )
     sens = qs.sensitivity(ws, ["tr4", "int8"])
     tr4 = {r["unit"]: r["kl_mean"] for r in sens.rows if r["format"] == "tr4"}
     int8 = {r["unit"]: r["kl_mean"] for r in sens.rows if r["format"] == "int8"}

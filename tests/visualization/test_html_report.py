@@ -26,8 +26,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 REPORTS = {  # fixture -> (plot divs expected, a sortable table and the column to sort by)
-    "classification_run": (["fig-bars-only", "fig-bars-all_but", "fig-heatmap", "fig-frontier"],
-                           "sensitivity-table", "KL mean"),
+    "classification_run": (
+        ["fig-bars-only", "fig-bars-all_but", "fig-heatmap", "fig-frontier"],
+        "sensitivity-table",
+        "KL mean",
+    ),
     "classification_linear": (["fig-bars-only", "fig-heatmap"], "sensitivity-table", "KL mean"),
     "classification_frontier": (["fig-bars-only", "fig-heatmap", "fig-frontier"], "frontier-table", "model MB"),
     "llm_frontier": (["fig-bars-only", "fig-heatmap", "fig-frontier"], "frontier-table", "dNLL"),
@@ -55,15 +58,25 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--host-resolver-rules=MAP * ~NOTFOUND",
-                 "--window-size=1440,1000", "--hide-scrollbars"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--proxy-server=127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--window-size=1440,1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
-                                                                "downloadThroughput": 0, "uploadThroughput": 0})
+    driver.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0},
+    )
     return driver
 
 
@@ -80,7 +93,9 @@ def _column(driver, table_id: str, header: str) -> list[str]:
         "var i = Array.prototype.map.call(t.tHead.rows[0].cells, function (c) { return c.textContent.replace(/ [▲▼]$/, ''); }).indexOf(arguments[1]);"
         "return Array.prototype.map.call(t.tBodies[0].rows, function (r) {"
         "  var c = r.cells[i]; return c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent; });",
-        table_id, header)
+        table_id,
+        header,
+    )
 
 
 def _click_header(driver, table_id: str, header: str) -> None:
@@ -132,14 +147,17 @@ def test_report_opens_offline_plots_sort_and_screenshot(browser, name, tmp_path)
     browser.execute_script("return document.readyState")
     problems = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert problems == []
-    requested = [json.loads(e["message"])["message"]["params"].get("request", {}).get("url", "")
-                 for e in browser.get_log("performance")
-                 if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"]
+    requested = [
+        json.loads(e["message"])["message"]["params"].get("request", {}).get("url", "")
+        for e in browser.get_log("performance")
+        if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"
+    ]
     assert requested and all(u.startswith(("file:", "data:", "blob:")) for u in requested), requested
 
     traces = browser.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('.js-plotly-plot'),"
-        " function (d) { return [d.id, d.data.length, d.querySelectorAll('.main-svg').length]; });")
+        " function (d) { return [d.id, d.data.length, d.querySelectorAll('.main-svg').length]; });"
+    )
     assert sorted(t[0] for t in traces) == sorted(divs)
     assert all(n_traces > 0 and svgs > 0 for _, n_traces, svgs in traces)
 
@@ -162,11 +180,12 @@ def test_frontier_labels_do_not_overlap_in_the_browser(browser, tmp_path):
     browser.get(page.as_uri())
     boxes = browser.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('#fig-frontier .annotation-text-g text'),"
-        " function (t) { var r = t.getBoundingClientRect(); return [t.textContent, r.left, r.top, r.right, r.bottom]; });")
+        " function (t) { var r = t.getBoundingClientRect(); return [t.textContent, r.left, r.top, r.right, r.bottom]; });"
+    )
     labels = [b for b in boxes if b[0] != "FP32"]
     assert len(labels) == 13
     for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
+        for b in labels[i + 1 :]:
             overlap_w = min(a[3], b[3]) - max(a[1], b[1])
             overlap_h = min(a[4], b[4]) - max(a[2], b[2])
             assert overlap_w <= 0 or overlap_h <= 0, (a, b)
@@ -212,7 +231,8 @@ def test_ship_advice_says_so_when_no_plan_is_indistinguishable():
     assert within.startswith("No plan's upper 95% bound")
     assert ship_advice(fixtures.export_only()) == [
         "This folder has no measured plans (no frontier or mixed-precision rows with a loss interval), "
-        "so there is no plan to recommend."]
+        "so there is no plan to recommend."
+    ]
 
 
 def test_every_number_in_the_ship_sentence_is_the_plans(tmp_path):
@@ -244,8 +264,10 @@ def test_plotting_libraries_are_imported_only_when_drawing():
     import subprocess
     import sys
 
-    code = ("import sys, quantsense.visualization.html_report, quantsense.visualization.plots; "
-            "print(sorted(m for m in ('plotly', 'matplotlib', 'selenium') if m in sys.modules))")
+    code = (
+        "import sys, quantsense.visualization.html_report, quantsense.visualization.plots; "
+        "print(sorted(m for m in ('plotly', 'matplotlib', 'selenium') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -257,10 +279,14 @@ def _frontier_labels(results) -> list[str]:
 
 def test_plan_labels_come_from_kind_format_and_budget_not_the_plan_name():
     assert plan_label({"plan": "uniform anything", "kind": "uniform", "format": "q8_0", "budget": None}) == "q8_0"
-    assert plan_label({"plan": "allocated whatever", "kind": "allocated", "format": None,
-                       "budget": {"avg_bits": 4.5}}) == "@4.5"
-    assert plan_label({"plan": "allocated@x", "kind": "allocated", "format": None,
-                       "budget": {"max_bytes": 20_000_000}}) == "@20.00MB"
+    assert (
+        plan_label({"plan": "allocated whatever", "kind": "allocated", "format": None, "budget": {"avg_bits": 4.5}})
+        == "@4.5"
+    )
+    assert (
+        plan_label({"plan": "allocated@x", "kind": "allocated", "format": None, "budget": {"max_bytes": 20_000_000}})
+        == "@20.00MB"
+    )
     assert plan_label({"plan": "first_last q8_0", "kind": "hand", "format": None, "budget": None}) == "first_last q8_0"
     assert plan_label({"plan": "uniform q4_0", "kind": "uniform", "format": None, "budget": None}) == "uniform q4_0"
 
@@ -280,8 +306,12 @@ def test_glossary_has_one_line_per_format_family_from_the_table():
     results = fixtures.llm_frontier()  # six GGUF formats, one family
     terms = [t for t, _ in glossary(results)]
     assert terms.count(fixtures.GGUF_GLOSSARY[0]) == 1 and fixtures.INT_GLOSSARY[0] not in terms
-    results["formats"]["zz9"] = {**fixtures.format_entry("q4_0"), "name": "zz9", "family": "zz",
-                                 "glossary": ["zz formats", "a family named like nothing known"]}
+    results["formats"]["zz9"] = {
+        **fixtures.format_entry("q4_0"),
+        "name": "zz9",
+        "family": "zz",
+        "glossary": ["zz formats", "a family named like nothing known"],
+    }
     assert dict(glossary(results))["zz formats"] == "a family named like nothing known"
     del results["formats"]  # older results: no format lines at all, whatever the names
     terms = [t for t, _ in glossary(results)]

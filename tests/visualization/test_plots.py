@@ -65,9 +65,17 @@ def _described(*extra: dict) -> dict:
 
 
 def _entry(name: str, code_bits: int, variant: str = "", bits: float | None = None) -> dict:
-    return {"name": name, "family": "test", "spec": {"format": name}, "label": name,
-            "bits_per_weight": float(code_bits) if bits is None else bits, "code_bits": code_bits, "variant": variant,
-            "export_targets": [], "glossary": ["test formats", "formats made up for a test"]}
+    return {
+        "name": name,
+        "family": "test",
+        "spec": {"format": name},
+        "label": name,
+        "bits_per_weight": float(code_bits) if bits is None else bits,
+        "code_bits": code_bits,
+        "variant": variant,
+        "export_targets": [],
+        "glossary": ["test formats", "formats made up for a test"],
+    }
 
 
 def test_format_color_is_fixed_and_families_share_a_hue():
@@ -97,12 +105,21 @@ def test_format_colour_comes_from_the_table_not_the_name():
 def test_format_color_is_the_same_in_another_process():
     import subprocess
 
-    code = ("from quantsense.visualization.plots import FormatInfo, format_color as f; "
-            "print(f(FormatInfo('q4_K', code_bits=4, variant='K')), f(FormatInfo('something')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", **__import__("os").environ})
-    assert out.stdout.split() == [format_color(FormatInfo("q4_K", code_bits=4, variant="K")),
-                                  format_color(FormatInfo("something"))]
+    code = (
+        "from quantsense.visualization.plots import FormatInfo, format_color as f; "
+        "print(f(FormatInfo('q4_K', code_bits=4, variant='K')), f(FormatInfo('something')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", **__import__("os").environ},
+    )
+    assert out.stdout.split() == [
+        format_color(FormatInfo("q4_K", code_bits=4, variant="K")),
+        format_color(FormatInfo("something")),
+    ]
 
 
 def test_sensitivity_formats_are_ordered_by_the_tables_widths():
@@ -175,8 +192,12 @@ def test_unit_grid_places_linear_units():
 
 
 def test_unit_grid_reads_block_and_sub_not_the_unit_name():
-    rows = [{"unit": "encoder.layer.3.mlp.fc1", "block": None, "sub": None},  # a name that looks like a grid cell
-            {"unit": "x", "block": 1, "sub": "mlp.fc1"}]
+    rows = [
+        {"unit": "encoder.layer.3.mlp.fc1", "block": None, "sub": None},  # a name that looks like a grid cell
+        {"unit": "x", "block": 1, "sub": "mlp.fc1"},
+    ]
     assert unit_grid(rows) is None
-    blocks, subs, cells = unit_grid([{"unit": "whatever", "block": 7, "sub": "attn"}, {"unit": "w2", "block": 2, "sub": "mlp"}])
+    blocks, subs, cells = unit_grid(
+        [{"unit": "whatever", "block": 7, "sub": "attn"}, {"unit": "w2", "block": 2, "sub": "mlp"}]
+    )
     assert blocks == [2, 7] and subs == ["attn", "mlp"] and cells[(7, "attn")]["unit"] == "whatever"

@@ -22,7 +22,9 @@ def test_fixture_format_entries_are_what_the_format_registry_writes():
     for name in fixtures.BITS_PER_WEIGHT:
         written = parse_format(name, scheme).describe(scheme)
         entry = fixtures.format_entry(name)
-        assert {k: v for k, v in written.items() if k != "glossary"} == {k: v for k, v in entry.items() if k != "glossary"}
+        assert {k: v for k, v in written.items() if k != "glossary"} == {
+            k: v for k, v in entry.items() if k != "glossary"
+        }
         assert written["glossary"][0] == entry["glossary"][0]
 
 
@@ -39,8 +41,12 @@ def test_format_info_reads_the_entry_and_knows_nothing_without_one():
 def test_task_info_reads_the_workspace_task_and_refuses_an_incomplete_one():
     results = fixtures.llm_blocks()
     task = TaskInfo.from_results(results)
-    assert (task.name, task.head, task.loss, task.ci_high) == ("wikitext", "language-model head", "delta_nll",
-                                                               "delta_nll_ci_high")
+    assert (task.name, task.head, task.loss, task.ci_high) == (
+        "wikitext",
+        "language-model head",
+        "delta_nll",
+        "delta_nll_ci_high",
+    )
     assert task.plan_columns == tuple(tuple(c) for c in results["workspace"]["task"]["plan_columns"])
     assert task.loss_name == "NLL increase per token"
     del results["workspace"]["task"]["loss"]

@@ -27,10 +27,10 @@ def test_linear_frontier_lines_count_every_unit_by_format_and_by_layer_kind():
     assert results["frontier"]["choices"]
     for name, choice in results["frontier"]["choices"].items():
         line = next(x for x in text.splitlines() if x.startswith(f"{name}: "))
-        assert _parse_counts(line[len(name) + 2:]) == Counter(choice.values())
+        assert _parse_counts(line[len(name) + 2 :]) == Counter(choice.values())
         kinds_line = text.splitlines()[text.splitlines().index(line) + 1]
         assert kinds_line.startswith("  by layer kind: ")
-        for part in kinds_line[len("  by layer kind: "):].split("; "):
+        for part in kinds_line[len("  by layer kind: ") :].split("; "):
             kind, counts = part.split(" ", 1)
             expected = Counter(fmt for unit, fmt in choice.items() if groups[unit]["layer_kind"] == kind)
             assert _parse_counts(counts) == expected and sum(expected.values()) == 30
@@ -44,7 +44,7 @@ def test_layer_kinds_come_from_the_frontier_groups_not_the_unit_names():
     name, choice = next(iter(fr["choices"].items()))
     lines = frontier_text(results).splitlines()
     kinds_line = lines[lines.index(next(x for x in lines if x.startswith(f"{name}: "))) + 1]
-    kinds = dict(part.split(" ", 1) for part in kinds_line[len("  by layer kind: "):].split("; "))
+    kinds = dict(part.split(" ", 1) for part in kinds_line[len("  by layer kind: ") :].split("; "))
     assert sorted(kinds) == ["custom_kind", "tied[q|k]"]
     assert sum(sum(_parse_counts(c).values()) for c in kinds.values()) == len(choice)
     del fr["groups"]  # results written before groups were recorded: no kind line rather than a guess from names
@@ -67,8 +67,9 @@ def test_sentences_are_the_ones_the_results_carry():
     results["baseline"]["summary"] = "FP32 accuracy: as the producer says"
     results["ablation"]["summary"] = "an effect sentence from the producer"
     assert baseline_text(results) == "FP32 accuracy: as the producer says"
-    assert ablation_text(results) == ("Ablation: only block 5 (least sensitive) at int4, all others FP32: "
-                                      "an effect sentence from the producer")
+    assert ablation_text(results) == (
+        "Ablation: only block 5 (least sensitive) at int4, all others FP32: an effect sentence from the producer"
+    )
 
 
 def test_tables_use_the_columns_the_results_carry_for_an_unregistered_task():

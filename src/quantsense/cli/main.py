@@ -13,9 +13,15 @@ from quantsense.cli.parser import build_parser, task_settings
 from quantsense.config import DEFAULT_STORE
 from quantsense.errors import QuantsenseError
 
-PHASES_OF = {"baseline": ("baseline",), "sensitivity": ("baseline", "sensitivity"), "plot": ("baseline", "sensitivity"),
-             "proxies": ("baseline", "proxies"), "mixed": ("baseline", "mixed"), "ablation": ("baseline", "ablation"),
-             "run": ("baseline", "sensitivity", "proxies", "mixed", "ablation")}
+PHASES_OF = {
+    "baseline": ("baseline",),
+    "sensitivity": ("baseline", "sensitivity"),
+    "plot": ("baseline", "sensitivity"),
+    "proxies": ("baseline", "proxies"),
+    "mixed": ("baseline", "mixed"),
+    "ablation": ("baseline", "ablation"),
+    "run": ("baseline", "sensitivity", "proxies", "mixed", "ablation"),
+}
 
 
 def _say(text: str = "") -> None:
@@ -38,13 +44,32 @@ def _options(args):
 
     if args.group_size and args.weight_granularity != "per_group":
         raise QuantsenseError("--group-size needs --weight-granularity per_group")
-    scheme = QuantConfig(bits=8, symmetric=not args.asymmetric, granularity=args.weight_granularity,
-                         group_size=args.group_size if args.weight_granularity == "per_group" else None)
-    return StudyOptions(model=args.model, data=args.data, task=args.task, device=args.device, dtype=args.dtype,
-                        blocks_regex=args.blocks_regex, store=_store(args), fresh=args.fresh, quiet=args.quiet,
-                        seed=args.seed, scheme=scheme, executor=args.executor, workers=args.workers,
-                        ray_address=args.ray_address, settings=task_settings(args), imatrix=args.imatrix,
-                        embedding=args.embedding, runtime_activations=args.runtime_activations)
+    scheme = QuantConfig(
+        bits=8,
+        symmetric=not args.asymmetric,
+        granularity=args.weight_granularity,
+        group_size=args.group_size if args.weight_granularity == "per_group" else None,
+    )
+    return StudyOptions(
+        model=args.model,
+        data=args.data,
+        task=args.task,
+        device=args.device,
+        dtype=args.dtype,
+        blocks_regex=args.blocks_regex,
+        store=_store(args),
+        fresh=args.fresh,
+        quiet=args.quiet,
+        seed=args.seed,
+        scheme=scheme,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        settings=task_settings(args),
+        imatrix=args.imatrix,
+        embedding=args.embedding,
+        runtime_activations=args.runtime_activations,
+    )
 
 
 def _check_out(args) -> None:
@@ -59,7 +84,9 @@ def _check_out(args) -> None:
         single = args.command == "imatrix" or (export and _writer(args).single_file)
         check_output(args.out, single_file=single, empty_folder=export)
     if args.command == "plot" and not args.out and Path("sensitivity.png").exists():
-        raise QuantsenseError("sensitivity.png already exists here; pass --out DIR or remove it (plot never overwrites silently)")
+        raise QuantsenseError(
+            "sensitivity.png already exists here; pass --out DIR or remove it (plot never overwrites silently)"
+        )
 
 
 def _writer(args):
@@ -86,26 +113,38 @@ def _quiet_third_party(quiet: bool) -> None:
 def _store_note(ws) -> None:
     stats = ws.engine.stats
     if stats.from_store and not stats.computed:
-        _say(f"All {stats.from_store} evaluation(s) came from the results store {ws.options.store} (nothing recomputed; "
-             f"they took {stats.stored_seconds:.1f} s to compute when first run).")
+        _say(
+            f"All {stats.from_store} evaluation(s) came from the results store {ws.options.store} (nothing recomputed; "
+            f"they took {stats.stored_seconds:.1f} s to compute when first run)."
+        )
     elif stats.computed:
         where = f"; all saved in {ws.options.store}" if ws.options.store else ""
-        _say(f"{stats.computed} evaluation(s) computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}.")
+        _say(
+            f"{stats.computed} evaluation(s) computed in {stats.seconds:.1f} s, {stats.from_store} came from the store{where}."
+        )
 
 
 def _printer(command: str):
     """``on_phase`` for the library: print each phase's text as it finishes."""
     from quantsense.visualization import summary as text
 
-    texts = {"baseline": text.baseline_text, "proxies": text.proxies_text, "ablation": text.ablation_text,
-             "frontier": text.frontier_text, "sensitivity": None if command == "proxies" else text.sensitivity_text,
-             "mixed": lambda r: text.plans_text(r, r["mixed"]["rows"], r["mixed"].get("skipped")),
-             "export": lambda r: text.export_text(r["export"]),
-             "ranking": lambda r: f"Block ranking at {r['ranking']['format']}, most sensitive first: {r['ranking']['blocks']}"}
+    texts = {
+        "baseline": text.baseline_text,
+        "proxies": text.proxies_text,
+        "ablation": text.ablation_text,
+        "frontier": text.frontier_text,
+        "sensitivity": None if command == "proxies" else text.sensitivity_text,
+        "mixed": lambda r: text.plans_text(r, r["mixed"]["rows"], r["mixed"].get("skipped")),
+        "export": lambda r: text.export_text(r["export"]),
+        "ranking": lambda r: (
+            f"Block ranking at {r['ranking']['format']}, most sensitive first: {r['ranking']['blocks']}"
+        ),
+    }
 
     def show(phase: str, result) -> None:
         if texts.get(phase) is not None:
             _say(texts[phase](result.to_dict()))
+
     return show
 
 
@@ -156,14 +195,38 @@ def _run(args, ws):
 
         presets = args.preset if args.command == "frontier" else [args.max_size_of] if args.max_size_of else []
         given = {f"file:{Path(p).name}": plan_from_gguf(ws, p) for p in args.plan_from_gguf}  # read before any work
-        return run_frontier(ws, _budgets(args), args.candidates, args.unit, args.tie, args.objective, on_phase=show,
-                            reduced=_reduced(args), presets=presets, outside=args.outside or ("allocate" if presets else "fp32"),
-                            given=given)
+        return run_frontier(
+            ws,
+            _budgets(args),
+            args.candidates,
+            args.unit,
+            args.tie,
+            args.objective,
+            on_phase=show,
+            reduced=_reduced(args),
+            presets=presets,
+            outside=args.outside or ("allocate" if presets else "fp32"),
+            given=given,
+        )
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (flags a command may lack)
-    return study.run_study(ws, get("formats"), get("unit", "block"), get("views", ("only",)), get("include_extra", False),
-                           get("rank_by", "kl"), get("blocks"), get("plan", []), get("calibration_data"),
-                           get("calibration_size", 128), phases=PHASES_OF[args.command], rank_format=get("rank_format"),
-                           ablation_format=get("ablation_format"), ablation_block=get("block"), on_phase=show, reduced=_reduced(args))
+    return study.run_study(
+        ws,
+        get("formats"),
+        get("unit", "block"),
+        get("views", ("only",)),
+        get("include_extra", False),
+        get("rank_by", "kl"),
+        get("blocks"),
+        get("plan", []),
+        get("calibration_data"),
+        get("calibration_size", 128),
+        phases=PHASES_OF[args.command],
+        rank_format=get("rank_format"),
+        ablation_format=get("ablation_format"),
+        ablation_block=get("block"),
+        on_phase=show,
+        reduced=_reduced(args),
+    )
 
 
 def _list_units(args) -> None:
@@ -171,16 +234,19 @@ def _list_units(args) -> None:
     from quantsense.tasks import make_task
 
     task = make_task(args.task, **task_settings(args))
-    units = discover_units(task.load_model(args.model, args.device, dtype=args.dtype, quiet=args.quiet).model,
-                           args.blocks_regex)
+    units = discover_units(
+        task.load_model(args.model, args.device, dtype=args.dtype, quiet=args.quiet).model, args.blocks_regex
+    )
     total = sum(u.numel for u in units.units.values())
     _say(f"{units.num_blocks} blocks under {units.block_prefix}; {len(units.units)} units, {total:,} weights")
     _say(f"{'block':>5}  {'kind':9}  {'shape':14}  {'params':>11}  name")
     for name, unit in units.units.items():
         block = "-" if unit.block is None else unit.block
         tied = f" (tied: {', '.join(unit.tied_to)})" if unit.tied_to else ""
-        _say(f"{block:>5}  {unit.kind:9}  {str(tuple(unit.shape)):14}  {unit.numel:>11,}  {name}"
-             f"{' [transposed]' if unit.transposed else ''}{tied}")
+        _say(
+            f"{block:>5}  {unit.kind:9}  {str(tuple(unit.shape)):14}  {unit.numel:>11,}  {name}"
+            f"{' [transposed]' if unit.transposed else ''}{tied}"
+        )
 
 
 def _write_outputs(args, results: dict) -> None:
@@ -198,8 +264,10 @@ def _write_outputs(args, results: dict) -> None:
         folder = folder.parent / f"{folder.stem}-report"  # beside the exported file
     written = write_results_folder(folder, results)
     plan = folder / "plan.json" if args.command == "allocate" and (folder / "plan.json").is_file() else None
-    _say(f"Wrote {len(written)} {'report ' if args.command == 'export' else ''}files to {written[0].parent} (open report.html)"
-         + (f"; the plan to export: {plan}" if plan else ""))
+    _say(
+        f"Wrote {len(written)} {'report ' if args.command == 'export' else ''}files to {written[0].parent} (open report.html)"
+        + (f"; the plan to export: {plan}" if plan else "")
+    )
 
 
 def _report(args) -> int:
@@ -242,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         where = f"in the results store {store}" if store else "nowhere (no store was in use)"
-        print(f"\nquantsense: interrupted. Finished evaluations are kept {where}; "
-              "run the same command again to resume.", file=sys.stderr)
+        print(
+            f"\nquantsense: interrupted. Finished evaluations are kept {where}; run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if ws is not None:

@@ -85,8 +85,9 @@ def _rows_from_hub() -> tuple[list[dict], str]:
     return [dict(row) for row in split], "glue/sst2:validation"
 
 
-def load_classification_data(path: str | None, id2label: dict[int, str], limit: int | None = None,
-                             flag: str = "--data") -> ClassificationData:
+def load_classification_data(
+    path: str | None, id2label: dict[int, str], limit: int | None = None, flag: str = "--data"
+) -> ClassificationData:
     """Rows with a text column (``sentence`` or ``text``) and ``label``; labels checked against the model.
     ``flag`` is the option that named the file (``--data``, ``--calibration-data``), for the messages."""
     if path:

@@ -72,8 +72,10 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict]:
         raise QuantsenseError(f"data file {path} is empty; it needs a header row naming the text column and 'label'")
     repeated = sorted({name for name in fieldnames if fieldnames.count(name) > 1})
     if repeated:
-        raise QuantsenseError(f"data file {path}, line 1: column(s) {', '.join(map(repr, repeated))} appear more than once "
-                              "in the header; keep one column of each name")
+        raise QuantsenseError(
+            f"data file {path}, line 1: column(s) {', '.join(map(repr, repeated))} appear more than once "
+            "in the header; keep one column of each name"
+        )
     rows = []
     for line_no, row in _records(reader, path):
         if None in row or any(v is None for v in row.values()):
@@ -99,7 +101,9 @@ def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
 def _read_jsonl(path: Path) -> list[dict]:
     text = read_text_file(path, "data file")
     if not text.strip():
-        raise QuantsenseError(f"data file {path} is empty; it needs one JSON object per line with the text column and 'label'")
+        raise QuantsenseError(
+            f"data file {path} is empty; it needs one JSON object per line with the text column and 'label'"
+        )
     rows = []
     for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -109,8 +113,9 @@ def _read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise QuantsenseError(f"data file {path}, line {line_no}: not valid JSON ({exc.msg})") from None
         except _RepeatedKey as exc:
-            raise QuantsenseError(f"data file {path}, line {line_no}: key {exc.args[0]!r} appears more than once; "
-                                  "keep one of each") from None
+            raise QuantsenseError(
+                f"data file {path}, line {line_no}: key {exc.args[0]!r} appears more than once; keep one of each"
+            ) from None
         if not isinstance(row, dict):
             raise QuantsenseError(f"data file {path}, line {line_no}: expected a JSON object per line")
         rows.append(row)

@@ -22,12 +22,16 @@ def _text_from_hub() -> tuple[str, str]:
     try:
         import datasets
     except ImportError:
-        raise QuantsenseError("no --data file given and the 'datasets' package is missing; pass a text file with --data "
-                              "(e.g. wiki.test.raw) or pip install datasets") from None
+        raise QuantsenseError(
+            "no --data file given and the 'datasets' package is missing; pass a text file with --data "
+            "(e.g. wiki.test.raw) or pip install datasets"
+        ) from None
     try:
         split = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     except Exception:
-        raise QuantsenseError("could not download WikiText-2 from the hub (offline?); pass a local text file with --data PATH") from None
+        raise QuantsenseError(
+            "could not download WikiText-2 from the hub (offline?); pass a local text file with --data PATH"
+        ) from None
     return "\n\n".join(split["text"]), "wikitext-2-raw-v1:test"
 
 

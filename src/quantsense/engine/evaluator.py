@@ -25,9 +25,19 @@ class Evaluator:
     ``variant`` then names this forward.
     """
 
-    def __init__(self, model: torch.nn.Module, unit_map: UnitMap, batches: TokenBatches, device: torch.device,
-                 prefix_reuse: bool = True, weight_cache_bytes: int = 1 << 30, applier: PlanApplier | None = None,
-                 head=None, prefix_cache_bytes: int = 2 << 30, runtime_activations: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        unit_map: UnitMap,
+        batches: TokenBatches,
+        device: torch.device,
+        prefix_reuse: bool = True,
+        weight_cache_bytes: int = 1 << 30,
+        applier: PlanApplier | None = None,
+        head=None,
+        prefix_cache_bytes: int = 2 << 30,
+        runtime_activations: bool = False,
+    ):
         if head is None:
             raise TypeError("Evaluator needs the task's head (task.head()): it turns logits into the outputs kept")
         self.model = model
@@ -35,11 +45,17 @@ class Evaluator:
         self.batches = batches
         self.device = device
         self.head = head
-        self.applier = applier or PlanApplier(unit_map, cache_bytes=weight_cache_bytes, runtime_activations=runtime_activations)
+        self.applier = applier or PlanApplier(
+            unit_map, cache_bytes=weight_cache_bytes, runtime_activations=runtime_activations
+        )
         self.prefix = None
         self.prefix_cache_bytes = prefix_cache_bytes
         if prefix_reuse:
-            hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None) or getattr(model.config, "dim", 1)
+            hidden = (
+                getattr(model.config, "hidden_size", None)
+                or getattr(model.config, "n_embd", None)
+                or getattr(model.config, "dim", 1)
+            )
             per_boundary = 4 * hidden * sum(b.inputs["input_ids"].numel() for b in batches)
             every = max(1, -(-per_boundary * unit_map.num_blocks // prefix_cache_bytes))
             self.prefix = PrefixCache(unit_map.blocks, every=every)
@@ -82,7 +98,9 @@ class Evaluator:
         quantizes its input with one scale per tensor (ONNX Runtime's dynamic int8), since that scale sees every
         position (and the shortcut reads the key and value weights without calling those modules)."""
         last = self.unit_map.num_blocks - 1
-        return self.first_position and all(self.unit_map.get(n).block != last for n in self.applier.input_quantized(plan))
+        return self.first_position and all(
+            self.unit_map.get(n).block != last for n in self.applier.input_quantized(plan)
+        )
 
     @torch.inference_mode()
     def _run(self, start: int, reference: bool, first_position: bool = True) -> EvalResult:

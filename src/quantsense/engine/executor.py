@@ -24,7 +24,12 @@ class WorkItem:
 
     @property
     def key(self) -> str:
-        fields = {"model": self.model_fp, "data": self.data_fp, "plan": self.plan_json, "metric_version": METRIC_VERSION}
+        fields = {
+            "model": self.model_fp,
+            "data": self.data_fp,
+            "plan": self.plan_json,
+            "metric_version": METRIC_VERSION,
+        }
         text = json.dumps({**fields, "forward": self.variant} if self.variant else fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

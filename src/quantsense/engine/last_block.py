@@ -51,8 +51,14 @@ def _attend_first(query, hidden, key: nn.Linear, value: nn.Linear, mask, heads: 
 def _bert_layer(layer, hidden_states, attention_mask=None, *args, **kwargs):
     """transformers' BertLayer or RobertaLayer (self-attention encoder) for the first position only."""
     attention, first = layer.attention.self, hidden_states[:, :1]
-    context = _attend_first(attention.query(first), hidden_states, attention.key, attention.value, attention_mask,
-                            attention.num_attention_heads)
+    context = _attend_first(
+        attention.query(first),
+        hidden_states,
+        attention.key,
+        attention.value,
+        attention_mask,
+        attention.num_attention_heads,
+    )
     attended = layer.attention.output(context, first)
     return layer.output(layer.intermediate(attended), attended)
 
@@ -60,15 +66,19 @@ def _bert_layer(layer, hidden_states, attention_mask=None, *args, **kwargs):
 def _distilbert_block(block, hidden_states, attention_mask=None, *args, **kwargs):
     """transformers' DistilBERT TransformerBlock for the first position only."""
     attention, first = block.attention, hidden_states[:, :1]
-    context = _attend_first(attention.q_lin(first), hidden_states, attention.k_lin, attention.v_lin, attention_mask,
-                            attention.n_heads)
+    context = _attend_first(
+        attention.q_lin(first), hidden_states, attention.k_lin, attention.v_lin, attention_mask, attention.n_heads
+    )
     attended = block.sa_layer_norm(attention.out_lin(context) + first)
     return block.output_layer_norm(block.ffn(attended) + attended)
 
 
 # classifier class name -> the first-position forward of its blocks
-_FORWARDS = {"BertForSequenceClassification": _bert_layer, "RobertaForSequenceClassification": _bert_layer,
-             "DistilBertForSequenceClassification": _distilbert_block}
+_FORWARDS = {
+    "BertForSequenceClassification": _bert_layer,
+    "RobertaForSequenceClassification": _bert_layer,
+    "DistilBertForSequenceClassification": _distilbert_block,
+}
 
 
 def supported(model) -> bool:

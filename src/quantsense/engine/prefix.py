@@ -46,6 +46,7 @@ class PrefixCache:
 
             def hook(module, args, output, j=j):
                 self.outputs[j][self.current_batch] = output
+
             handles.append(block.register_forward_hook(hook))
         try:
             yield

@@ -120,10 +120,19 @@ class RayExecutor:
     item's evaluation time on its worker, which the driver's time between results is not.
     """
 
-    def __init__(self, factory: Callable[[], Evaluator], workers: int, *, address: str | None = None,
-                 num_cpus_per_worker: int = 1, num_gpus_per_worker: float = 0,
-                 order_key: Callable[[WorkItem], int] | None = None, max_retries: int = 2, chunks_per_worker: int = 4,
-                 quiet: bool = False):
+    def __init__(
+        self,
+        factory: Callable[[], Evaluator],
+        workers: int,
+        *,
+        address: str | None = None,
+        num_cpus_per_worker: int = 1,
+        num_gpus_per_worker: float = 0,
+        order_key: Callable[[WorkItem], int] | None = None,
+        max_retries: int = 2,
+        chunks_per_worker: int = 4,
+        quiet: bool = False,
+    ):
         if workers < 1:
             raise QuantsenseError(f"--workers {workers} must be at least 1")
         self.ray = import_ray()
@@ -157,8 +166,10 @@ class RayExecutor:
             have, each, kind = available_cpus(), self.num_cpus_per_worker, "CPU"
         most = int(have // each)
         if self.workers > most:
-            raise QuantsenseError(f"--workers {self.workers} needs {self.workers * each:g} {kind}s but this machine has {have}; "
-                                  f"use --workers {max(most, 1)} or less, or a Ray cluster with --ray-address")
+            raise QuantsenseError(
+                f"--workers {self.workers} needs {self.workers * each:g} {kind}s but this machine has {have}; "
+                f"use --workers {max(most, 1)} or less, or a Ray cluster with --ray-address"
+            )
 
     # -- cluster and actors -------------------------------------------------------------------------
 
@@ -173,15 +184,21 @@ class RayExecutor:
         quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         if self.address is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address="local", num_cpus=self.workers * self.num_cpus_per_worker,
-                     object_store_memory=256 << 20, **quiet)
+            ray.init(
+                address="local",
+                num_cpus=self.workers * self.num_cpus_per_worker,
+                object_store_memory=256 << 20,
+                **quiet,
+            )
             self._started_ray = True
         else:
             try:
                 ray.init(address=self.address, **quiet)
             except ConnectionError as exc:
-                raise QuantsenseError(f"cannot reach the Ray cluster at --ray-address {self.address} ({exc}); "
-                                      "start it with `ray start --head` or pass its HOST:PORT") from None
+                raise QuantsenseError(
+                    f"cannot reach the Ray cluster at --ray-address {self.address} ({exc}); "
+                    "start it with `ray start --head` or pass its HOST:PORT"
+                ) from None
             self._started_ray = True  # our connection, not the cluster: shutdown() only disconnects
         self.startup_seconds += time.perf_counter() - start
 
@@ -201,7 +218,8 @@ class RayExecutor:
             if need > total.get(resource, 0):
                 raise QuantsenseError(
                     f"--workers {self.workers} x {each:g} {resource} each needs {need:g} {resource}s but the Ray cluster "
-                    f"has {total.get(resource, 0):g}; lower --workers or add nodes to the cluster")
+                    f"has {total.get(resource, 0):g}; lower --workers or add nodes to the cluster"
+                )
 
     def _ensure_actors(self) -> None:
         self._connect()
@@ -260,7 +278,9 @@ class RayExecutor:
 class _Run:
     """The state of one ``map``: the chunk queue, the refs in flight, retries per item."""
 
-    def __init__(self, executor: RayExecutor, chunks: list[list[WorkItem]], sample: WorkItem, lookup: Lookup | None = None):
+    def __init__(
+        self, executor: RayExecutor, chunks: list[list[WorkItem]], sample: WorkItem, lookup: Lookup | None = None
+    ):
         self.ex = executor
         self.ray = executor.ray
         self.lookup = lookup
@@ -281,11 +301,13 @@ class _Run:
             raise QuantsenseError(
                 f"the Ray worker on {info['host']} loaded different weights or data (model {info['model_fp']}, "
                 f"batches {info['batches_fp']}) than the driver (model {self.sample.model_fp}, data {self.sample.data_fp}); "
-                "give every node the same model and data files")
+                "give every node the same model and data files"
+            )
         if info["variant"] != self.sample.variant:
             raise QuantsenseError(
                 f"the Ray worker on {info['host']} runs forward {info['variant'] or 'plain'!r}, the driver "
-                f"{self.sample.variant or 'plain'!r}; install the same quantsense and transformers on every node")
+                f"{self.sample.variant or 'plain'!r}; install the same quantsense and transformers on every node"
+            )
 
     def _next_run_for(self, slot: _Slot) -> bool:
         """Give an actor with nothing left the next chunk, or the back half of the largest remainder."""
@@ -324,7 +346,8 @@ class _Run:
             if self.attempts[item.key] > self.ex.max_retries:
                 raise QuantsenseError(
                     f"{item.label}: Ray workers died {self.attempts[item.key]} times while evaluating it "
-                    f"({type(reason).__name__}); check the workers' memory and logs")
+                    f"({type(reason).__name__}); check the workers' memory and logs"
+                )
         unfinished = deque(dead.in_flight.values())
         unfinished.extend(dead.pending)
         if unfinished:
@@ -336,8 +359,10 @@ class _Run:
     def _on_load_death(self, slot: _Slot, reason: Exception) -> None:
         self.load_deaths += 1
         if self.load_deaths > self.ex.max_retries:
-            raise QuantsenseError(f"Ray workers died {self.load_deaths} times while loading the evaluator "
-                                  f"({reason}); check the workers' memory and logs")
+            raise QuantsenseError(
+                f"Ray workers died {self.load_deaths} times while loading the evaluator "
+                f"({reason}); check the workers' memory and logs"
+            )
         self._replace(slot, reason)
 
     def results(self, total: int) -> Iterator[tuple[WorkItem, EvalResult]]:
@@ -350,7 +375,9 @@ class _Run:
                 yield self.found.popleft()
             if done >= total:
                 return
-            waiting = [r for s in self.ex._slots for r in ([s.ready_ref] if s.ready_ref is not None else [*s.in_flight])]
+            waiting = [
+                r for s in self.ex._slots for r in ([s.ready_ref] if s.ready_ref is not None else [*s.in_flight])
+            ]
             if not waiting:
                 raise RuntimeError(f"Ray scheduler stalled with {total - done} item(s) unassigned")
             ready, _ = self.ray.wait(waiting, num_returns=1)

@@ -29,9 +29,17 @@ class RunStats:
 
 
 class Engine:
-    def __init__(self, evaluator, model_fp: str, data_fp: str, store: ResultStore | None = None,
-                 executor=None, fresh: bool = False, quiet: bool = False,
-                 valid: Callable[[dict], bool] | None = None):
+    def __init__(
+        self,
+        evaluator,
+        model_fp: str,
+        data_fp: str,
+        store: ResultStore | None = None,
+        executor=None,
+        fresh: bool = False,
+        quiet: bool = False,
+        valid: Callable[[dict], bool] | None = None,
+    ):
         """``valid(arrays)`` says whether stored arrays fit this evaluation; a row that does not is recomputed."""
         self.evaluator = evaluator
         self.valid = valid
@@ -45,8 +53,13 @@ class Engine:
         self._memo: dict[str, EvalResult] = {}
 
     def item(self, label: str, plan: Plan) -> WorkItem:
-        return WorkItem(label=label, plan_json=plan.canonical_json(), model_fp=self.model_fp, data_fp=self.data_fp,
-                        variant=self.evaluator.variant)
+        return WorkItem(
+            label=label,
+            plan_json=plan.canonical_json(),
+            model_fp=self.model_fp,
+            data_fp=self.data_fp,
+            variant=self.evaluator.variant,
+        )
 
     def _from_store(self, item: WorkItem) -> EvalResult | None:
         """A finished evaluation from the store (counted in the stats), or None."""
@@ -63,8 +76,10 @@ class Engine:
     def _save(self, item: WorkItem, result: EvalResult, seconds: float) -> None:
         bad = [k for k, v in result.arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
         if bad:
-            raise QuantsenseError(f"evaluation {item.label} produced NaN or infinite {', '.join(bad)} (the model overflows "
-                                  "in this format or dtype); nothing was stored: try --dtype float32 or another format")
+            raise QuantsenseError(
+                f"evaluation {item.label} produced NaN or infinite {', '.join(bad)} (the model overflows "
+                "in this format or dtype); nothing was stored: try --dtype float32 or another format"
+            )
         self._memo[item.key] = result
         if self.store is not None:
             meta = {"model_fp": item.model_fp, "data_fp": item.data_fp, "plan": item.plan_json}

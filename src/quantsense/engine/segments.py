@@ -34,8 +34,10 @@ class Segments:
         batches = engine.evaluator.batches
         self.engine, self.task, self.data, self.seed = engine, task, data, seed
         self.count = max(1, min(count or DEFAULT_SEGMENTS, len(batches)))
-        while self.count > 1 and task.interval_blocks(sum(len(b.index) for b in list(batches)[::self.count])) \
-                < MIN_BOOTSTRAP_BLOCKS:
+        while (
+            self.count > 1
+            and task.interval_blocks(sum(len(b.index) for b in list(batches)[:: self.count])) < MIN_BOOTSTRAP_BLOCKS
+        ):
             self.count -= 1  # the first segment alone (the smallest prefix scored) must hold an interval's blocks
         self.parts = [[b for i, b in enumerate(batches) if i % self.count == s] for s in range(self.count)]
         every = np.sort(np.concatenate([b.index for b in batches]))
@@ -53,16 +55,31 @@ class Segments:
         if s not in self._engines:
             full = self.engine.evaluator
             sub = TokenBatches(self.parts[s], full.batches.num_examples, full.batches.settings)
-            evaluator = Evaluator(full.model, full.unit_map, sub, full.device, prefix_reuse=full.prefix is not None,
-                                  applier=full.applier, head=self.task.head(),
-                                  prefix_cache_bytes=full.prefix_cache_bytes // self.count)  # all segments: one cap
-            self._engines[s] = Engine(evaluator, self.engine.model_fp, f"{self.engine.data_fp}#segment{s}of{self.count}",
-                                      store=self.engine.store, fresh=self.engine.fresh, quiet=self.engine.quiet,
-                                      valid=lambda arrays, sub=sub: self.task.arrays_valid(arrays, sub))
+            evaluator = Evaluator(
+                full.model,
+                full.unit_map,
+                sub,
+                full.device,
+                prefix_reuse=full.prefix is not None,
+                applier=full.applier,
+                head=self.task.head(),
+                prefix_cache_bytes=full.prefix_cache_bytes // self.count,
+            )  # all segments: one cap
+            self._engines[s] = Engine(
+                evaluator,
+                self.engine.model_fp,
+                f"{self.engine.data_fp}#segment{s}of{self.count}",
+                store=self.engine.store,
+                fresh=self.engine.fresh,
+                quiet=self.engine.quiet,
+                valid=lambda arrays, sub=sub: self.task.arrays_valid(arrays, sub),
+            )
             self._engines[s].stats = self.engine.stats  # the command's count of evaluations includes the segments'
         return self._engines[s]
 
-    def results(self, labeled_plans: list[tuple[str, Plan]], upto: int, desc: str = "evaluations") -> dict[str, EvalResult]:
+    def results(
+        self, labeled_plans: list[tuple[str, Plan]], upto: int, desc: str = "evaluations"
+    ) -> dict[str, EvalResult]:
         """Each plan's outputs on segments ``0..upto-1``, in data order (sliced from a known full evaluation, taken
         from the store, or computed one segment at a time)."""
         upto = max(1, min(upto, self.count))
@@ -77,15 +94,19 @@ class Segments:
                 for label, _ in todo:
                     parts[label][s] = found[label]
         order = np.argsort(np.concatenate(self.positions[:upto]), kind="stable")
-        return {label: EvalResult({k: np.concatenate([p.arrays[k] for p in pieces])[order] for k in pieces[0].arrays})
-                for label, pieces in parts.items()}
+        return {
+            label: EvalResult({k: np.concatenate([p.arrays[k] for p in pieces])[order] for k in pieces[0].arrays})
+            for label, pieces in parts.items()
+        }
 
     def compare(self, labeled_plans: list[tuple[str, Plan]], upto: int, desc: str = "evaluations") -> dict[str, dict]:
         """Each plan's paired metrics against FP32 on segments ``0..upto-1``."""
         upto = max(1, min(upto, self.count))
         found = self.results([("fp32", Plan()), *labeled_plans], upto, desc)
         data = self.task.subset(self.data, np.sort(np.concatenate(self.positions[:upto])))
-        return {label: self.task.compare(found["fp32"], found[label], data, seed=self.seed) for label, _ in labeled_plans}
+        return {
+            label: self.task.compare(found["fp32"], found[label], data, seed=self.seed) for label, _ in labeled_plans
+        }
 
     def _slice(self, full: EvalResult, s: int) -> EvalResult:
         return EvalResult({k: v[self.rows[s]] for k, v in full.arrays.items()})

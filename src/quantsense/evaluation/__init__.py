@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"Batch": "batching", "TokenBatches": "batching", "make_batches": "batching", "tokenize_texts": "batching",
-            "EvalResult": "metrics", "compare_classification": "metrics"}
+_EXPORTS = {
+    "Batch": "batching",
+    "TokenBatches": "batching",
+    "make_batches": "batching",
+    "tokenize_texts": "batching",
+    "EvalResult": "metrics",
+    "compare_classification": "metrics",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -94,5 +94,10 @@ def make_batches(
     if current:
         groups.append(current)
     batches = [Batch(index=np.array(g), inputs=_pad([encoded[i] for i in g], pad_id)) for g in groups]
-    settings = {"max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size, "sorted": sort_by_length, "batch_size": batch_size}
+    settings = {
+        "max_batch_tokens": max_batch_tokens,
+        "max_batch_size": max_batch_size,
+        "sorted": sort_by_length,
+        "batch_size": batch_size,
+    }
     return TokenBatches(batches=batches, num_examples=len(encoded), settings=settings)

@@ -105,7 +105,9 @@ class CausalLMHead:
         logprob = np.empty(len(positions), dtype=np.float32)
         kl = np.empty(len(positions), dtype=np.float32)
         top1 = np.empty(len(positions), dtype=bool)
-        for lo in range(0, len(positions), ROWS_PER_STEP):  # rows in chunks that stay in cache: same values, less traffic
+        for lo in range(
+            0, len(positions), ROWS_PER_STEP
+        ):  # rows in chunks that stay in cache: same values, less traffic
             hi = min(lo + ROWS_PER_STEP, len(positions))
             logp = torch.log_softmax(logits[0, rows[lo:hi]].float(), dim=-1)
             logprob[lo:hi] = logp.gather(1, targets[lo:hi, None])[:, 0].cpu().numpy()

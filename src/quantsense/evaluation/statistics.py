@@ -42,20 +42,23 @@ def _percentile_ci(means: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bootstrap_mean_ci(values: np.ndarray, seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
-                      level: float = 0.95) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: np.ndarray, seed: int = 0, resamples: int = DEFAULT_RESAMPLES, level: float = 0.95
+) -> tuple[float, float]:
     """CI of mean(values), resampling single values (independent examples)."""
     return block_bootstrap_mean_ci(values, block=1, seed=seed, resamples=resamples, level=level)
 
 
-def paired_bootstrap_ci(diff: np.ndarray, seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
-                        level: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    diff: np.ndarray, seed: int = 0, resamples: int = DEFAULT_RESAMPLES, level: float = 0.95
+) -> tuple[float, float]:
     """CI of mean(diff) where diff[i] = metric_ref[i] - metric_quant[i] on the same example i."""
     return bootstrap_mean_ci(diff, seed=seed, resamples=resamples, level=level)
 
 
-def block_bootstrap_mean_ci(values: np.ndarray, block: int, seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
-                            level: float = 0.95) -> tuple[float, float]:
+def block_bootstrap_mean_ci(
+    values: np.ndarray, block: int, seed: int = 0, resamples: int = DEFAULT_RESAMPLES, level: float = 0.95
+) -> tuple[float, float]:
     """CI of mean(values) resampling consecutive blocks of ``block`` values (the last may be shorter)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:

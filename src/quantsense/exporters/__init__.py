@@ -11,8 +11,10 @@ The folder is ``exporters`` (not ``export``) because ``quantsense.export`` is th
 
 from __future__ import annotations
 
-EMBEDDING_REFUSAL = ("--embedding adds the embedding to plans being measured; export writes PLAN as it is (a plan "
-                     "measured with --embedding names the embedding already): drop --embedding")
+EMBEDDING_REFUSAL = (
+    "--embedding adds the embedding to plans being measured; export writes PLAN as it is (a plan "
+    "measured with --embedding names the embedding already): drop --embedding"
+)
 
 
 def export_target(name: str):

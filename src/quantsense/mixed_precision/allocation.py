@@ -66,11 +66,19 @@ class Budget:
             if preset_name(self.preset) != self.preset:
                 raise QuantsenseError(f"preset {self.preset!r} is spelled {preset_name(self.preset)!r}")
             if self.model is None:
-                raise QuantsenseError(f"a budget of preset {self.preset} is computed on a workspace: "
-                                      f"quantsense.preset_budget(ws, {self.preset!r}) (its size differs from model to model)")
-        if self.avg_bits is not None and not (_is_number(self.avg_bits) and math.isfinite(self.avg_bits) and self.avg_bits > 0):
-            raise QuantsenseError(f"avg_bits (--avg-bits) must be a positive number of bits per weight, got {self.avg_bits!r}")
-        if self.max_bytes is not None and not (_is_number(self.max_bytes) and math.isfinite(self.max_bytes) and self.max_bytes > 0):
+                raise QuantsenseError(
+                    f"a budget of preset {self.preset} is computed on a workspace: "
+                    f"quantsense.preset_budget(ws, {self.preset!r}) (its size differs from model to model)"
+                )
+        if self.avg_bits is not None and not (
+            _is_number(self.avg_bits) and math.isfinite(self.avg_bits) and self.avg_bits > 0
+        ):
+            raise QuantsenseError(
+                f"avg_bits (--avg-bits) must be a positive number of bits per weight, got {self.avg_bits!r}"
+            )
+        if self.max_bytes is not None and not (
+            _is_number(self.max_bytes) and math.isfinite(self.max_bytes) and self.max_bytes > 0
+        ):
             raise QuantsenseError(f"max_bytes (--max-size) must be a positive number of bytes, got {self.max_bytes!r}")
 
     @classmethod
@@ -85,9 +93,11 @@ class Budget:
     def check_model(self, model_fp: str) -> None:
         """Refuse a preset's budget computed on another model (its bits per weight are that model's)."""
         if self.model is not None and self.model != model_fp:
-            raise QuantsenseError(f"this {self.label()} budget was computed on another model (weights {self.model}, this "
-                                  f"one's are {model_fp}); compute it on this workspace: "
-                                  f"quantsense.preset_budget(ws, {self.preset!r})")
+            raise QuantsenseError(
+                f"this {self.label()} budget was computed on another model (weights {self.model}, this "
+                f"one's are {model_fp}); compute it on this workspace: "
+                f"quantsense.preset_budget(ws, {self.preset!r})"
+            )
 
     def label(self) -> str:
         if self.preset is not None:
@@ -113,7 +123,9 @@ class Group:
         return {"block": self.block, "layer_kind": self.layer_kind}
 
 
-def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None, outside: tuple[str, ...] = ()) -> list[Group]:
+def make_groups(
+    unit_map: UnitMap, unit_kind: str, tie: str | None = None, outside: tuple[str, ...] = ()
+) -> list[Group]:
     """Allocation groups: one per block, or one per linear unit with ``tie`` regex matches merged per block; and one per
     unit outside the blocks named in ``outside`` (the token embedding, an untied output head)."""
     extra = [Group(name, (name,), None, unit_map.get(name).kind) for name in outside]
@@ -133,8 +145,10 @@ def make_groups(unit_map: UnitMap, unit_kind: str, tie: str | None = None, outsi
             groups.append(Group(name, (name,), unit.block, unit.short_name(unit_map.block_prefix)))
     if pattern and not tied:
         names = sorted({unit_map.get(n).short_name(unit_map.block_prefix) for n in unit_map.linear_units()})
-        raise QuantsenseError(f"--tie {tie!r} matches no linear unit's name inside a block ({', '.join(names[:8])}"
-                              f"{' ...' if len(names) > 8 else ''}); fix the pattern (quantsense units lists the names)")
+        raise QuantsenseError(
+            f"--tie {tie!r} matches no linear unit's name inside a block ({', '.join(names[:8])}"
+            f"{' ...' if len(names) > 8 else ''}); fix the pattern (quantsense units lists the names)"
+        )
     return groups + extra
 
 
@@ -170,8 +184,15 @@ class Problem:
     outside_bits: int
 
 
-def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
-                  candidates: list[Format], allow_fp32: bool = True, outside: Plan = Plan()) -> Problem:
+def build_problem(
+    unit_map: UnitMap,
+    model,
+    groups: list[Group],
+    losses: dict[tuple[str, str], float],
+    candidates: list[Format],
+    allow_fp32: bool = True,
+    outside: Plan = Plan(),
+) -> Problem:
     """``losses[(unit name, format name)]`` is the measured loss of that unit alone in that format; ``outside``: the
     formats of units outside the allocation (a quantized embedding), which a size budget counts as stored."""
     options: list[Format | None] = sorted(dict.fromkeys(candidates), key=lambda f: (f.nominal_bits, f.name))
@@ -182,15 +203,18 @@ def build_problem(unit_map: UnitMap, model, groups: list[Group], losses: dict[tu
         for o, fmt in enumerate(options):
             allowed[g, o] = fmt is None or fits(unit_map, group.units, fmt)
             if allowed[g, o]:
-                cost[g, o] = sum(storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units)
+                cost[g, o] = sum(
+                    storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units
+                )
     loss = loss_matrix(groups, options, allowed, losses)
     scope_numel = sum(unit_map.get(n).numel for group in groups for n in group.units)
     outside_bits = 8 * model_bytes(model, unit_map, outside) - 32 * scope_numel
     return Problem(groups, options, loss, cost, allowed, scope_numel, outside_bits)
 
 
-def loss_matrix(groups: list[Group], options: list[Format | None], allowed: np.ndarray,
-                losses: dict[tuple[str, str], float]) -> np.ndarray:
+def loss_matrix(
+    groups: list[Group], options: list[Format | None], allowed: np.ndarray, losses: dict[tuple[str, str], float]
+) -> np.ndarray:
     """The loss of every allowed (group, option): the sum of its units' single-unit losses in that format (FP32: 0)."""
     loss = np.zeros(allowed.shape)
     for g, group in enumerate(groups):
@@ -209,18 +233,33 @@ def smallest_budget(problem: Problem) -> tuple[float, int]:
 def budget_limit(problem: Problem, budget: Budget, candidates: list[Format]) -> float:
     """The budget in bits over the scope; an impossible one names the smallest feasible budget."""
     avg, size = smallest_budget(problem)
-    limit = budget.avg_bits * problem.scope_numel if budget.avg_bits is not None else 8 * budget.max_bytes - problem.outside_bits
+    limit = (
+        budget.avg_bits * problem.scope_numel
+        if budget.avg_bits is not None
+        else 8 * budget.max_bytes - problem.outside_bits
+    )
     if limit < avg * problem.scope_numel:
-        need = f"--avg-bits {math.ceil(avg * 1000) / 1000:.3f}" if budget.avg_bits is not None else \
-            f"--max-size {math.ceil(size / 1e4) / 100:.2f}MB"
+        need = (
+            f"--avg-bits {math.ceil(avg * 1000) / 1000:.3f}"
+            if budget.avg_bits is not None
+            else f"--max-size {math.ceil(size / 1e4) / 100:.2f}MB"
+        )
         names = " ".join(f.name for f in candidates)
-        stuck = [g.name for g, row in zip(problem.groups, problem.allowed)
-                 if problem.options[-1] is None and not row[:-1].any()]  # no candidate stores them: they stay FP32
-        why = (f": {len(stuck)} of {len(problem.groups)} units ({', '.join(stuck[:2])}{', ...' if len(stuck) > 2 else ''}) "
-               f"hold none of the candidates and stay FP32; add a candidate their rows hold (e.g. q8_0 or 4), or "
-               f"--unit linear to place {names} where rows allow" if stuck else "")
-        raise QuantsenseError(f"budget {budget.label()} is impossible with candidates {names}: the smallest feasible is "
-                              f"{need}{why}")
+        stuck = [
+            g.name
+            for g, row in zip(problem.groups, problem.allowed)
+            if problem.options[-1] is None and not row[:-1].any()
+        ]  # no candidate stores them: they stay FP32
+        why = (
+            f": {len(stuck)} of {len(problem.groups)} units ({', '.join(stuck[:2])}{', ...' if len(stuck) > 2 else ''}) "
+            f"hold none of the candidates and stay FP32; add a candidate their rows hold (e.g. q8_0 or 4), or "
+            f"--unit linear to place {names} where rows allow"
+            if stuck
+            else ""
+        )
+        raise QuantsenseError(
+            f"budget {budget.label()} is impossible with candidates {names}: the smallest feasible is {need}{why}"
+        )
     return limit
 
 
@@ -239,8 +278,13 @@ def solve(problem: Problem, limit: float) -> np.ndarray:
     tie_break = 1e-9 * problem.cost.reshape(-1) / problem.cost.max() / n_g
     upper = problem.allowed.reshape(-1).astype(float)
     with without_solver_chatter():
-        result = milp(loss.reshape(-1) + tie_break, constraints=constraints, integrality=np.ones(n_g * n_o),
-                      bounds=Bounds(0, upper), options={"mip_rel_gap": 0.0})
+        result = milp(
+            loss.reshape(-1) + tie_break,
+            constraints=constraints,
+            integrality=np.ones(n_g * n_o),
+            bounds=Bounds(0, upper),
+            options={"mip_rel_gap": 0.0},
+        )
     if not result.success:
         raise QuantsenseError(f"the allocation solver failed: {result.message}")
     return np.rint(result.x).reshape(n_g, n_o).argmax(axis=1)
@@ -265,14 +309,25 @@ def without_solver_chatter():
             os.dup2(saved, 1)
             os.close(saved)
             sink.seek(0)
-            other = [line for line in sink.read().decode(errors="replace").splitlines()
-                     if line.strip() and not line.startswith("HighsMipSolverData::")]
+            other = [
+                line
+                for line in sink.read().decode(errors="replace").splitlines()
+                if line.strip() and not line.startswith("HighsMipSolverData::")
+            ]
             if other:
                 print("\n".join(other), file=sys.stderr)
 
 
-def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[str, str], float],
-             candidates: list[Format], budget: Budget, allow_fp32: bool = True, outside: Plan = Plan()) -> Allocation:
+def allocate(
+    unit_map: UnitMap,
+    model,
+    groups: list[Group],
+    losses: dict[tuple[str, str], float],
+    candidates: list[Format],
+    budget: Budget,
+    allow_fp32: bool = True,
+    outside: Plan = Plan(),
+) -> Allocation:
     """Exact minimum-loss choice of one option per group under ``budget`` (``outside``: see :func:`build_problem`)."""
     problem = build_problem(unit_map, model, groups, losses, candidates, allow_fp32, outside)
     chosen = solve(problem, budget_limit(problem, budget, candidates))
@@ -284,7 +339,11 @@ def allocate(unit_map: UnitMap, model, groups: list[Group], losses: dict[tuple[s
             mapping.update({n: fmt for n in group.units})
     rows = np.arange(len(groups))
     total_bits = float(problem.cost[rows, chosen].sum())
-    return Allocation(plan=Plan.of(mapping), choices=choices, predicted_loss=float(problem.loss[rows, chosen].sum()),
-                      avg_bits=total_bits / problem.scope_numel,
-                      model_bytes=int((total_bits + problem.outside_bits) // 8),
-                      groups={g.name: g.describe() for g in groups})
+    return Allocation(
+        plan=Plan.of(mapping),
+        choices=choices,
+        predicted_loss=float(problem.loss[rows, chosen].sum()),
+        avg_bits=total_bits / problem.scope_numel,
+        model_bytes=int((total_bits + problem.outside_bits) // 8),
+        groups={g.name: g.describe() for g in groups},
+    )

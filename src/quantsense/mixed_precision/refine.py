@@ -58,10 +58,23 @@ class Refinement:
         return agreement({p: self.measured[p] for p in self.predicted_before}, self.predicted_before)
 
 
-def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str, str], second: str | None, measure: Measure,
-           solve: Solve, check: CheckPlans, max_depth: int, alpha_units: int = 8, per_round: int | None = None,
-           max_rounds: int = 4, draws: int = 8, seed: int = 0, always: frozenset[Pair] = frozenset(),
-           shared_scale: bool = False) -> Refinement:
+def refine(
+    pairs: list[Pair],
+    errors: dict[Pair, float],
+    anchor: str | dict[str, str],
+    second: str | None,
+    measure: Measure,
+    solve: Solve,
+    check: CheckPlans,
+    max_depth: int,
+    alpha_units: int = 8,
+    per_round: int | None = None,
+    max_rounds: int = 4,
+    draws: int = 8,
+    seed: int = 0,
+    always: frozenset[Pair] = frozenset(),
+    shared_scale: bool = False,
+) -> Refinement:
     """Measure the anchors (``anchor``: one format for every unit, or each unit's own, for units some candidates cannot
     store; with ``shared_scale``, errors that are already predicted losses, only the units ``anchor`` names, and an
     unmeasured unit's loss is its error on the measured units' common scale), the ``always`` pairs (a format whose
@@ -78,12 +91,16 @@ def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str,
         depth.update(dict(todo))
 
     anchors = anchor if isinstance(anchor, dict) else {u: anchor for u in units}
-    take([((u, anchors[u]), 1) for u in units if u in anchors]
-         + [(p, 1) for p in sorted(always) if p[1] != anchors.get(p[0])])
+    take(
+        [((u, anchors[u]), 1) for u in units if u in anchors]
+        + [(p, 1) for p in sorted(always) if p[1] != anchors.get(p[0])]
+    )
 
     def weight_only(found_now: dict[Pair, Measurement]) -> dict[Pair, float]:
         kept = {p: v for p, (v, _) in found_now.items() if p not in always}
-        return kept or {p: v for p, (v, _) in found_now.items()}  # every candidate measured everywhere: nothing to estimate
+        return kept or {
+            p: v for p, (v, _) in found_now.items()
+        }  # every candidate measured everywhere: nothing to estimate
 
     if second is not None and alpha_units:
         first = fit_loss_model(weight_only(found), errors, shared_scale=shared_scale)
@@ -105,10 +122,22 @@ def refine(pairs: list[Pair], errors: dict[Pair, float], anchor: str | dict[str,
         todo = []
         if number < max_rounds and (number == 1 or not all(held)):  # round 1 always checks what the plans hinge on
             todo = _next_measurements(contended, chosen, held, values, found, depth, max_depth, per_round)
-        round_info = {"round": number, "alpha": model.alpha, "contended": len(contended), "measured": len(todo),
-                      "plans_held": held}
-        refinement = Refinement(values, {p: v for p, (v, _) in found.items()}, dict(depth), dict(predicted_before),
-                                model, chosen, (refinement.rounds if refinement else []) + [round_info])
+        round_info = {
+            "round": number,
+            "alpha": model.alpha,
+            "contended": len(contended),
+            "measured": len(todo),
+            "plans_held": held,
+        }
+        refinement = Refinement(
+            values,
+            {p: v for p, (v, _) in found.items()},
+            dict(depth),
+            dict(predicted_before),
+            model,
+            chosen,
+            (refinement.rounds if refinement else []) + [round_info],
+        )
         if not todo:
             break
         for pair, _ in todo:
@@ -126,8 +155,15 @@ def _spread(found: dict[Pair, Measurement], predicted_before: dict[Pair, float])
     return max(MIN_SPREAD, float(np.sqrt(np.mean(np.square(logs)))))
 
 
-def _contended(values: dict[Pair, float], found: dict[Pair, Measurement], chosen: list[frozenset[Pair]], solve: Solve,
-               spread: float, draws: int, rng) -> set[Pair]:
+def _contended(
+    values: dict[Pair, float],
+    found: dict[Pair, Measurement],
+    chosen: list[frozenset[Pair]],
+    solve: Solve,
+    spread: float,
+    draws: int,
+    rng,
+) -> set[Pair]:
     """Pairs that a budget's plan takes under some draw of the values within their uncertainty and not under another
     (judged plan by plan: a pair that moves from one budget's plan to another's changes both)."""
     keys = list(values)
@@ -145,8 +181,9 @@ def _contended(values: dict[Pair, float], found: dict[Pair, Measurement], chosen
     return set().union(*(t - k for t, k in zip(taken, kept)))
 
 
-def _next_measurements(contended: set[Pair], chosen, held, values, found, depth, max_depth: int,
-                       per_round: int) -> list[tuple[Pair, int]]:
+def _next_measurements(
+    contended: set[Pair], chosen, held, values, found, depth, max_depth: int, per_round: int
+) -> list[tuple[Pair, int]]:
     """What to measure next, at most ``per_round`` pairs. Estimates on one segment, the largest loss first: the
     contended ones, and while a plan misses its prediction, also that plan's own estimates. Then, while a plan
     misses, contended measured pairs on one more segment (up to ``max_depth``)."""

@@ -38,20 +38,24 @@ def blocks_plan(unit_map: UnitMap, by_block: dict[int, Format]) -> Plan:
 def strategy_formats(ranking: list[int], levels: Levels) -> dict[str, dict[int, Format]]:
     """Each strategy's format per block."""
     half = len(ranking) // 2
-    robust = set(ranking[-max(1, len(ranking) // 3):])
+    robust = set(ranking[-max(1, len(ranking) // 3) :])
     return {
-        f"aggressive_{levels.mid.name}_{levels.low.name}":
-            {b: (levels.mid if i < half else levels.low) for i, b in enumerate(ranking)},
-        f"{levels.high.name}_selective_{levels.low.name}":
-            {b: (levels.low if b in robust else levels.high) for b in ranking},
+        f"aggressive_{levels.mid.name}_{levels.low.name}": {
+            b: (levels.mid if i < half else levels.low) for i, b in enumerate(ranking)
+        },
+        f"{levels.high.name}_selective_{levels.low.name}": {
+            b: (levels.low if b in robust else levels.high) for b in ranking
+        },
         "targeted_single_block": {b: (levels.high if i == 0 else levels.low) for i, b in enumerate(ranking)},
     }
 
 
 def strategy_plans(unit_map: UnitMap, ranking: list[int], levels: Levels) -> dict[str, tuple[Plan, dict[int, str]]]:
     """Every strategy as (plan, format name per block)."""
-    return {name: (blocks_plan(unit_map, by_block), {b: f.name for b, f in by_block.items()})
-            for name, by_block in strategy_formats(ranking, levels).items()}
+    return {
+        name: (blocks_plan(unit_map, by_block), {b: f.name for b, f in by_block.items()})
+        for name, by_block in strategy_formats(ranking, levels).items()
+    }
 
 
 def uniform_plan(unit_map: UnitMap, fmt: Format) -> Plan:
@@ -79,13 +83,16 @@ def strategy_levels(fmt: Format, scheme: QuantConfig, bind, unit_map: UnitMap) -
     for level in dict.fromkeys((fmt, levels.high, levels.mid, levels.low)):
         why = misfit(unit_map, level)
         if why:
-            return None, (f"their formats ({levels.high.name}, {levels.mid.name}, {levels.low.name}, ranked at {fmt.name}) "
-                          f"must fit every block: {why}")
+            return None, (
+                f"their formats ({levels.high.name}, {levels.mid.name}, {levels.low.name}, ranked at {fmt.name}) "
+                f"must fit every block: {why}"
+            )
     return levels, None
 
 
-def frontier_levels(fmts: list[Format], scheme: QuantConfig, bind,
-                    unit_map: UnitMap) -> tuple[Format | None, Levels | None, str | None]:
+def frontier_levels(
+    fmts: list[Format], scheme: QuantConfig, bind, unit_map: UnitMap
+) -> tuple[Format | None, Levels | None, str | None]:
     """A frontier's hand strategies: ranked at the candidate with the fewest bits of at least 4 (else the fewest) among
     those whose strategies fit every block; (None, None, why) when none does."""
     why = None

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"LoadedModel": "loading", "load_model": "loading", "resolve_device": "loading", "ModelHead": "head",
-            "Unit": "units", "UnitMap": "units", "discover_units": "units"}
+_EXPORTS = {
+    "LoadedModel": "loading",
+    "load_model": "loading",
+    "resolve_device": "loading",
+    "ModelHead": "head",
+    "Unit": "units",
+    "UnitMap": "units",
+    "discover_units": "units",
+}
 __all__ = sorted(_EXPORTS)
 
 

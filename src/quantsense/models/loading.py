@@ -37,7 +37,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise QuantsenseError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu or auto")
+            raise QuantsenseError(
+                f"--device {name} was asked for but no CUDA GPU is available; use --device cpu or auto"
+            )
         return torch.device(name)
     raise QuantsenseError(f"unknown device {name!r}; use auto, cpu or cuda")
 
@@ -93,7 +95,9 @@ def _head_check(model: torch.nn.Module, missing: list[str], source: str, head: M
     """Refuse a model for which transformers had to initialise weights at random (a head it lacks, or an incomplete file)."""
     if not missing:
         return
-    shown = ", ".join(sorted(missing)[:SHOWN_KEYS]) + (f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else "")
+    shown = ", ".join(sorted(missing)[:SHOWN_KEYS]) + (
+        f" and {len(missing) - SHOWN_KEYS} more" if len(missing) > SHOWN_KEYS else ""
+    )
     prefix = f"{model.base_model_prefix}."
     if any(not key.startswith(prefix) for key in missing):
         raise QuantsenseError(
@@ -159,7 +163,9 @@ def _check_weight_files(path: Path, source: str) -> None:
             f"model directory {source} holds only pickled weights ({', '.join(pickles)}); quantsense loads only safetensors "
             "(pickle files can execute code): in a trusted environment load it and save_pretrained(DIR, safe_serialization=True)"
         )
-    raise QuantsenseError(f"model directory {source} has no model.safetensors; point --model at a saved Hugging Face model")
+    raise QuantsenseError(
+        f"model directory {source} has no model.safetensors; point --model at a saved Hugging Face model"
+    )
 
 
 def _check_no_custom_code(path: Path, source: str) -> None:
@@ -242,7 +248,9 @@ def _locate(source: str, head: ModelHead, hint: str) -> tuple[str, dict, bool]:
         has_config = (path / "config.json").is_file()
         ggufs = [] if has_config else sorted(path.glob("*.gguf"))
         if not has_config and not ggufs:
-            raise QuantsenseError(f"model directory {source} has no config.json; point --model at a saved Hugging Face model")
+            raise QuantsenseError(
+                f"model directory {source} has no config.json; point --model at a saved Hugging Face model"
+            )
         if ggufs:
             _check_gguf_head(source, head, hint)
         else:
@@ -250,8 +258,14 @@ def _locate(source: str, head: ModelHead, hint: str) -> tuple[str, dict, bool]:
             _check_weight_files(path, source)
         return str(path), _source_kwargs(ggufs[0].name if ggufs else None, True), True
     if _looks_like_path(source):
-        raise QuantsenseError(f"model path {source} does not exist; pass a local model directory or a hub id with --model")
-    return source, _source_kwargs(None, not _hub_reachable()), False  # offline: a cached copy still loads, nothing retries
+        raise QuantsenseError(
+            f"model path {source} does not exist; pass a local model directory or a hub id with --model"
+        )
+    return (
+        source,
+        _source_kwargs(None, not _hub_reachable()),
+        False,
+    )  # offline: a cached copy still loads, nothing retries
 
 
 @contextlib.contextmanager
@@ -278,11 +292,24 @@ def _progress_bars(shown: bool):
             transformers.utils.logging.enable_progress_bar()
 
 
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError)  # what transformers raises for bad files
+LOAD_ERRORS = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+    SafetensorError,
+)  # what transformers raises for bad files
 
 
-def load_model(source: str, head: ModelHead, device: str | torch.device = "auto", dtype: str = "auto",
-               quiet: bool = False, hint: str = "use a model trained for this task") -> LoadedModel:
+def load_model(
+    source: str,
+    head: ModelHead,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    quiet: bool = False,
+    hint: str = "use a model trained for this task",
+) -> LoadedModel:
     """Load ``source`` (hub id, local directory, or ``.gguf`` file) ending in ``head`` (a task's), in eval mode.
 
     ``dtype`` is float32, bfloat16, float16 or auto (float32 on CPU; on CUDA the dtype the model's
@@ -304,8 +331,9 @@ def _load_model(source: str, head: ModelHead, device: str | torch.device, dtype:
         return _load_located(source, head, device, dtype, hint, load_from, kwargs, local)
 
 
-def _load_located(source: str, head: ModelHead, device: torch.device, dtype: str, hint: str, load_from: str,
-                  kwargs: dict, local: bool) -> LoadedModel:
+def _load_located(
+    source: str, head: ModelHead, device: torch.device, dtype: str, hint: str, load_from: str, kwargs: dict, local: bool
+) -> LoadedModel:
     import transformers
 
     try:
@@ -334,8 +362,14 @@ def _load_located(source: str, head: ModelHead, device: torch.device, dtype: str
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, head=head, device=device,
-                       dtype=str(torch_dtype).removeprefix("torch."))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        source=source,
+        head=head,
+        device=device,
+        dtype=str(torch_dtype).removeprefix("torch."),
+    )
 
 
 def max_positions(model: torch.nn.Module) -> int | None:
@@ -344,10 +378,20 @@ def max_positions(model: torch.nn.Module) -> int | None:
     RoBERTa-style position embeddings with a padding index number positions from ``padding_idx + 1``, so
     ``padding_idx + 1`` of their rows are never an input's position."""
     config = getattr(model, "config", None)
-    limit = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions")
-                  if isinstance(getattr(config, a, None), int)), None)
+    limit = next(
+        (
+            getattr(config, a)
+            for a in ("max_position_embeddings", "n_positions")
+            if isinstance(getattr(config, a, None), int)
+        ),
+        None,
+    )
     for name, module in model.named_modules():
-        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+        if (
+            name.endswith("position_embeddings")
+            and isinstance(module, torch.nn.Embedding)
+            and module.padding_idx is not None
+        ):
             usable = module.num_embeddings - (module.padding_idx + 1)
             limit = usable if limit is None else min(limit, usable)
     return limit

@@ -139,7 +139,9 @@ def _find_block_list(model: nn.Module, blocks_regex: str | None) -> tuple[str, l
             raise QuantsenseError(f"--blocks-regex {blocks_regex!r} is not a valid regex: {exc}") from None
         names = [n for n in modules if n and pattern.fullmatch(n)]
         if not names:
-            raise QuantsenseError(f"--blocks-regex {blocks_regex!r} matched no module; module names look like {next(iter(n for n in modules if n))}")
+            raise QuantsenseError(
+                f"--blocks-regex {blocks_regex!r} matched no module; module names look like {next(iter(n for n in modules if n))}"
+            )
         prefixes = {n.rsplit(".", 1)[0] for n in names}
         if len(prefixes) != 1 or not all(n.rsplit(".", 1)[1].isdigit() for n in names):
             raise QuantsenseError(f"--blocks-regex must match the numbered children of one ModuleList, got {names[:4]}")
@@ -155,7 +157,9 @@ def _find_block_list(model: nn.Module, blocks_regex: str | None) -> tuple[str, l
         if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1
     ]
     if not candidates:
-        raise QuantsenseError("found no transformer blocks in this model; pass --blocks-regex 'path\\.to\\.layers\\.\\d+'")
+        raise QuantsenseError(
+            "found no transformer blocks in this model; pass --blocks-regex 'path\\.to\\.layers\\.\\d+'"
+        )
     _, path = max(candidates)
     return path, list(modules[path])
 

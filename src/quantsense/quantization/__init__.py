@@ -9,12 +9,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "PlanApplier": "apply", "apply_plan": "apply",
-    "fake_quantize": "fake_quant", "quantize_qparams": "fake_quant", "sqnr_db": "fake_quant",
-    "Format": "formats", "QuantConfig": "formats", "format_from_dict": "formats",
+    "PlanApplier": "apply",
+    "apply_plan": "apply",
+    "fake_quantize": "fake_quant",
+    "quantize_qparams": "fake_quant",
+    "sqnr_db": "fake_quant",
+    "Format": "formats",
+    "QuantConfig": "formats",
+    "format_from_dict": "formats",
     "parse_format": "formats",
-    "BlockPlan": "plan", "Plan": "plan",
-    "average_bits": "size", "model_bytes": "size", "storage_bits": "size",
+    "BlockPlan": "plan",
+    "Plan": "plan",
+    "average_bits": "size",
+    "model_bytes": "size",
+    "storage_bits": "size",
 }
 __all__ = sorted(_EXPORTS)
 

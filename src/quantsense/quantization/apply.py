@@ -69,7 +69,9 @@ class PlanApplier:
     def changes_nothing(self, plan: Plan) -> bool:
         """True when every planned weight is already on its format's grid (e.g. q4_1 on a Q4_1 GGUF model)."""
         self.check(plan)
-        if self.input_quantized(plan) or (self.runtime_activations and any(f.activation_rounding() for _, f in plan.assignments)):
+        if self.input_quantized(plan) or (
+            self.runtime_activations and any(f.activation_rounding() for _, f in plan.assignments)
+        ):
             return False
         return all(torch.equal(self.quantized(name, fmt), self.original(name)) for name, fmt in plan.assignments)
 
@@ -92,12 +94,16 @@ class PlanApplier:
         unit = self.unit_map.get(name)
         quantize = config.input_quantizer(unit.kind)
         modules = [unit.module]
-        if quantize is None and self.runtime_activations:  # the matrix products that use this weight: not a table lookup
+        if (
+            quantize is None and self.runtime_activations
+        ):  # the matrix products that use this weight: not a table lookup
             quantize = config.activation_rounding()
             modules = [m for m in [unit.module, *unit.tied_modules] if not isinstance(m, torch.nn.Embedding)]
         if quantize is not None:
+
             def pre_hook(module, args, quantize=quantize):
                 return (quantize(args[0]), *args[1:])
+
             self._hooks += [module.register_forward_pre_hook(pre_hook) for module in modules]
 
     @torch.no_grad()

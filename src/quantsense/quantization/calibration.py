@@ -51,5 +51,7 @@ def calibration(kind: str = "imatrix") -> Calibration:
 
     load_backends()
     if kind not in CALIBRATIONS:
-        raise QuantsenseError(f"no runtime registers a {kind!r} calibration; known: {', '.join(CALIBRATIONS) or 'none'}")
+        raise QuantsenseError(
+            f"no runtime registers a {kind!r} calibration; known: {', '.join(CALIBRATIONS) or 'none'}"
+        )
     return CALIBRATIONS[kind]()

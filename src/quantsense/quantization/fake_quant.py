@@ -37,6 +37,7 @@ class Grid(Protocol):
     granularity: str
     group_size: int | None
 
+
 _EPS = torch.finfo(torch.float32).smallest_normal
 
 

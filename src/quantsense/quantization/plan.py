@@ -62,12 +62,18 @@ class Plan:
     @classmethod
     def from_json_dict(cls, data, where: str = "plan") -> "Plan | BlockPlan":
         if not isinstance(data, dict):
-            raise QuantsenseError(f"{where}: expected a JSON object with 'units' or 'blocks', got {type(data).__name__}")
+            raise QuantsenseError(
+                f"{where}: expected a JSON object with 'units' or 'blocks', got {type(data).__name__}"
+            )
         unknown = sorted(set(data) - {"version", "units", "blocks", "meta"})
         if unknown:
-            raise QuantsenseError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: version, units, blocks, meta")
+            raise QuantsenseError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; allowed: version, units, blocks, meta"
+            )
         if data.get("version", PLAN_VERSION) != PLAN_VERSION:
-            raise QuantsenseError(f"{where}: unsupported plan version {data.get('version')!r} (this quantsense reads {PLAN_VERSION})")
+            raise QuantsenseError(
+                f"{where}: unsupported plan version {data.get('version')!r} (this quantsense reads {PLAN_VERSION})"
+            )
         units = data.get("units", {})
         if not isinstance(units, dict):
             raise QuantsenseError(f"{where}: 'units' must map unit names to formats")
@@ -96,8 +102,11 @@ class Plan:
     def load(cls, path: str | Path) -> "Plan | BlockPlan":
         from quantsense.io import read_json
 
-        data = read_json(path, f"plan file {path} does not exist; write one with 'quantsense allocate' or by hand",
-                         "fix the plan file or write it again with 'quantsense allocate'")
+        data = read_json(
+            path,
+            f"plan file {path} does not exist; write one with 'quantsense allocate' or by hand",
+            "fix the plan file or write it again with 'quantsense allocate'",
+        )
         return cls.from_json_dict(data, where=f"plan file {path}")
 
 
@@ -113,8 +122,9 @@ class BlockPlan:
         mapping = self.units.as_dict()
         for index, fmt in self.blocks.items():
             if not 0 <= index < len(block_units):
-                raise QuantsenseError(f"{self.where}: block index {index} is out of range: "
-                                      f"the model has blocks 0..{len(block_units) - 1}")
+                raise QuantsenseError(
+                    f"{self.where}: block index {index} is out of range: the model has blocks 0..{len(block_units) - 1}"
+                )
             for name in block_units[index]:
                 mapping.setdefault(name, fmt)
         return Plan.of(mapping)

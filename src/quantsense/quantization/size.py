@@ -42,8 +42,10 @@ def model_bytes(model, unit_map: UnitMap, plan: Plan, unit_bits=None) -> int:
     ``storage_bits``. Shared weights count once.
     """
     if unit_bits is None:
+
         def unit_bits(unit, fmt):
             return fmt.unit_storage_bits(unit)
+
     formats = plan.as_dict()
     quantized = {id(unit_map.get(n).weight): n for n in formats}
     total_bits = 0

@@ -54,22 +54,25 @@ class RowSample:
     transposed: bool = False  # the weight is stored (in, out) (Conv1D): its output rows are columns
 
 
-def row_sample(row_mass: torch.Tensor, exact_share: int = EXACT_ROW_SHARE, stride: int = ROW_STRIDE,
-               transposed: bool = False) -> RowSample:
+def row_sample(
+    row_mass: torch.Tensor, exact_share: int = EXACT_ROW_SHARE, stride: int = ROW_STRIDE, transposed: bool = False
+) -> RowSample:
     """A stratified sample of rows by ``row_mass`` (each row's summed Fisher): the heaviest ``1/exact_share`` exactly,
     every ``stride``-th of the others that have any mass, each standing for its share of them; rows without mass add
     nothing to a prediction and are left out. Deterministic (ties broken by row number)."""
     mass = row_mass.double()
     order = torch.argsort(-mass, stable=True)
     heavy = order[: len(mass) // exact_share]
-    rest = torch.sort(order[len(heavy):]).values
+    rest = torch.sort(order[len(heavy) :]).values
     heavy = heavy[mass[heavy] > 0]
     rest = rest[mass[rest] > 0]
     taken = rest[stride // 2 :: stride]
     share = len(rest) / len(taken) if len(taken) else 0.0
-    return RowSample(torch.cat([heavy, taken]), torch.cat([torch.ones(len(heavy), dtype=torch.float64),
-                                                            torch.full((len(taken),), share, dtype=torch.float64)]),
-                     transposed)
+    return RowSample(
+        torch.cat([heavy, taken]),
+        torch.cat([torch.ones(len(heavy), dtype=torch.float64), torch.full((len(taken),), share, dtype=torch.float64)]),
+        transposed,
+    )
 
 
 @dataclass
@@ -78,8 +81,13 @@ class FisherPass:
     rounding: dict[tuple[str, object], float]  # (module name, rounding) -> sum over rows of sum_i g^2 (W (r(x) - x))^2
     rows: int  # logit rows (scored positions, times the label draws)
 
-    def predicted_kl(self, names: tuple[str, ...], errors: dict[str, torch.Tensor], rounding=None,
-                     samples: dict[str, RowSample] | None = None) -> float:
+    def predicted_kl(
+        self,
+        names: tuple[str, ...],
+        errors: dict[str, torch.Tensor],
+        rounding=None,
+        samples: dict[str, RowSample] | None = None,
+    ) -> float:
         """Mean KL per scored row predicted for these modules with weight errors ``errors`` (name -> ``W - Q(W)``)
         and inputs rounded by ``rounding`` (or not). With ``samples`` (name -> sample), a module's error holds only
         its sample's rows (``W[index]``, or ``W[:, index]`` when transposed)."""
@@ -106,8 +114,17 @@ class FisherPass:
         return row_sample(fisher.sum(dim=1), transposed=transposed)
 
 
-def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(), draws: int = 1, seed: int = 0,
-                device: str = "cpu") -> FisherPass:
+def fisher_pass(
+    model,
+    units,
+    names: list[str],
+    batches,
+    kwargs_for,
+    roundings=(),
+    draws: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> FisherPass:
     """One forward pass per batch and ``draws`` backward passes (labels drawn from the model's own distribution,
     seeded), accumulating each module's diagonal Fisher (``names``: module names of ``units``, a
     :class:`~quantsense.models.units.UnitMap`)."""
@@ -146,8 +163,10 @@ def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(
                     for r in roundings:
                         delta = (r(x) - x) @ weight.t()
                         rounding[(name, r)] = rounding.get((name, r), 0.0) + float((g2 * delta.pow(2)).sum())
+
             output.register_hook(on_grad)
             return None
+
         return hook
 
     def embedding_hook(_module, args, output):
@@ -161,6 +180,7 @@ def fisher_pass(model, units, names: list[str], batches, kwargs_for, roundings=(
                 table = torch.zeros_like(units.get(name).weight, dtype=torch.float32)  # summed apart, then added: the
                 table.index_add_(0, ids, g2)  # same rounding whatever the tied head added first
                 add(name, table)
+
         leaf.register_hook(on_grad)
         return leaf
 

@@ -37,8 +37,11 @@ class LossModel:
         return scale * error**self.alpha if error > 0 else 0.0
 
     def predict_all(self, errors: dict[Pair, float]) -> dict[Pair, float]:
-        return {(unit, fmt): self.predict(unit, e) for (unit, fmt), e in errors.items()
-                if unit in self.scale or self.default is not None}
+        return {
+            (unit, fmt): self.predict(unit, e)
+            for (unit, fmt), e in errors.items()
+            if unit in self.scale or self.default is not None
+        }
 
 
 def _positive(measured: dict[Pair, float], errors: dict[Pair, float]) -> dict[Pair, tuple[float, float]]:
@@ -68,15 +71,18 @@ def fit_alpha(measured: dict[Pair, float], errors: dict[Pair, float]) -> float:
     return float(x @ y / (x @ x))
 
 
-def fit_loss_model(measured: dict[Pair, float], errors: dict[Pair, float], alpha: float | None = None,
-                   shared_scale: bool = False) -> LossModel:
+def fit_loss_model(
+    measured: dict[Pair, float], errors: dict[Pair, float], alpha: float | None = None, shared_scale: bool = False
+) -> LossModel:
     """``S_u`` of every measured unit (geometric mean over its measured formats of loss / error**alpha) and ``alpha``
     (fitted with :func:`fit_alpha` unless given). ``errors`` must hold the error of every measured pair.
     ``shared_scale``: errors that are already predicted losses (:mod:`quantsense.sweeps.fisher`), so an unmeasured
     unit takes the geometric mean of the measured units' ``S`` (1 before any measurement)."""
     missing = [k for k in measured if k not in errors]
     if missing:
-        raise QuantsenseError(f"no weight error for measured pair(s) {missing[:3]}: compute the error of every measured pair")
+        raise QuantsenseError(
+            f"no weight error for measured pair(s) {missing[:3]}: compute the error of every measured pair"
+        )
     alpha = fit_alpha(measured, errors) if alpha is None else float(alpha)
     logs: dict[str, list[float]] = {}
     for (unit, fmt), loss in measured.items():
@@ -100,5 +106,8 @@ def agreement(measured: dict[Pair, float], predicted: dict[Pair, float]) -> dict
     m = np.array([measured[k] for k in keys], dtype=np.float64)
     p = np.array([predicted[k] for k in keys], dtype=np.float64)
     both = (m > 0) & (p > 0)
-    return {"pairs": len(keys), "spearman": float(spearmanr(m, p).correlation),
-            "median_ratio": float(np.median(m[both] / p[both])) if both.any() else None}
+    return {
+        "pairs": len(keys),
+        "spearman": float(spearmanr(m, p).correlation),
+        "median_ratio": float(np.median(m[both] / p[both])) if both.any() else None,
+    }

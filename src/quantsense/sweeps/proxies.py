@@ -43,7 +43,9 @@ def fisher_diagonal(model: torch.nn.Module, unit_map, batches, labels: np.ndarra
                 inputs = {k: v[:, :width] for k, v in inputs.items()}
                 model.zero_grad(set_to_none=True)
                 logits = model(**inputs).logits
-                loss = torch.nn.functional.cross_entropy(logits, torch.tensor([int(labels[example])], device=logits.device))
+                loss = torch.nn.functional.cross_entropy(
+                    logits, torch.tensor([int(labels[example])], device=logits.device)
+                )
                 loss.backward()
                 for name, p in params.items():
                     if p.grad is not None:
@@ -70,13 +72,15 @@ def proxy_rows(entries, applier, calib_evaluator, calib_reference, fisher) -> li
     rows = []
     for entry in entries:
         calib = calib_evaluator.evaluate(entry.plan)
-        rows.append({
-            "unit": entry.unit.display,
-            "format": entry.format.name,
-            "weight_error": weight_error(applier, entry.unit.names, entry.format),
-            "calib_kl": float(kl_per_example(calib_reference.logits, calib.logits).mean()),
-            "fisher": fisher_error(applier, fisher, entry.unit.names, entry.format),
-        })
+        rows.append(
+            {
+                "unit": entry.unit.display,
+                "format": entry.format.name,
+                "weight_error": weight_error(applier, entry.unit.names, entry.format),
+                "calib_kl": float(kl_per_example(calib_reference.logits, calib.logits).mean()),
+                "fisher": fisher_error(applier, fisher, entry.unit.names, entry.format),
+            }
+        )
     return rows
 
 
@@ -99,11 +103,13 @@ def proxy_correlations(proxy: list[dict], measured: list[dict], loss_key: str) -
         chosen = [(p, m) for p, m in pairs if fmt == "all" or p["format"] == fmt]
         for name in PROXIES:
             x = np.array([p[name] for p, _ in chosen])
-            out.append({
-                "format": fmt,
-                "proxy": name,
-                "units": len(chosen),
-                "spearman_vs_kl": _spearman(x, np.array([m["kl_mean"] for _, m in chosen])),
-                "spearman_vs_loss": _spearman(x, np.array([m[loss_key] for _, m in chosen])),
-            })
+            out.append(
+                {
+                    "format": fmt,
+                    "proxy": name,
+                    "units": len(chosen),
+                    "spearman_vs_kl": _spearman(x, np.array([m["kl_mean"] for _, m in chosen])),
+                    "spearman_vs_loss": _spearman(x, np.array([m[loss_key] for _, m in chosen])),
+                }
+            )
     return out

@@ -36,7 +36,9 @@ def rank_rows(rows: list[dict], metric: str = "kl_mean", view: str = "only") -> 
     ordered = sorted(rows, key=lambda r: (sign * r[metric], r["unit"]))
     intervals = [(sign * -r[high_key], sign * -r[low_key]) if sign > 0 else (r[low_key], r[high_key]) for r in ordered]
     tiers = overlap_tiers(intervals)
-    return [{**row, "rank": position, "tier": tier} for position, (row, tier) in enumerate(zip(ordered, tiers), start=1)]
+    return [
+        {**row, "rank": position, "tier": tier} for position, (row, tier) in enumerate(zip(ordered, tiers), start=1)
+    ]
 
 
 def tier_count(ranked: list[dict]) -> int:

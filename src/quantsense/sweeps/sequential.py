@@ -26,8 +26,11 @@ def sequential_rows(labels: list[str], measure: Measure, max_depth: int, low: st
             rows.update(measure(chosen, level))
             depth.update({label: level for label in chosen})
         intervals = {label: (rows[label][low], rows[label][high]) for label in labels}
-        todo = {label: depth[label] + 1 for label in labels
-                if depth[label] < max_depth and _overlaps_another(label, intervals)}
+        todo = {
+            label: depth[label] + 1
+            for label in labels
+            if depth[label] < max_depth and _overlaps_another(label, intervals)
+        }
     return rows, depth
 
 

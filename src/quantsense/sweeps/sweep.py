@@ -41,8 +41,9 @@ class SweepEntry:
     plan: Plan
 
 
-def sweep_units(unit_map: UnitMap, unit_kind: str, include_extra: bool | tuple[str, ...] = False,
-                blocks: list[int] | None = None) -> list[SweepUnit]:
+def sweep_units(
+    unit_map: UnitMap, unit_kind: str, include_extra: bool | tuple[str, ...] = False, blocks: list[int] | None = None
+) -> list[SweepUnit]:
     """The units of a sweep at ``unit_kind`` ("block" or "linear"), optionally only inside ``blocks``; ``include_extra``:
     also the units outside the blocks (``True``: every one, with linear units; a tuple: those named, at either kind)."""
     chosen = list(range(unit_map.num_blocks)) if blocks is None else list(dict.fromkeys(blocks))
@@ -51,15 +52,29 @@ def sweep_units(unit_map: UnitMap, unit_kind: str, include_extra: bool | tuple[s
     if unit_kind == "block":
         units = [SweepUnit(f"block {i}", tuple(unit_map.block_units(i)), i, None) for i in chosen]
     else:
-        units = [SweepUnit(name, (name,), i, unit_map.get(name).short_name(unit_map.block_prefix))
-                 for i in chosen for name in unit_map.block_units(i)]
-    extra = unit_map.extra_units() if include_extra is True and unit_kind != "block" else \
-        [unit_map.get(name).name for name in include_extra] if isinstance(include_extra, tuple) else []
+        units = [
+            SweepUnit(name, (name,), i, unit_map.get(name).short_name(unit_map.block_prefix))
+            for i in chosen
+            for name in unit_map.block_units(i)
+        ]
+    extra = (
+        unit_map.extra_units()
+        if include_extra is True and unit_kind != "block"
+        else [unit_map.get(name).name for name in include_extra]
+        if isinstance(include_extra, tuple)
+        else []
+    )
     return units + [SweepUnit(name, (name,), None, None) for name in extra]
 
 
-def build_entries(unit_map: UnitMap, formats: list[Format], unit_kind: str = "block", views: tuple[str, ...] = ("only",),
-                  include_extra: bool | tuple[str, ...] = False, blocks: list[int] | None = None) -> list[SweepEntry]:
+def build_entries(
+    unit_map: UnitMap,
+    formats: list[Format],
+    unit_kind: str = "block",
+    views: tuple[str, ...] = ("only",),
+    include_extra: bool | tuple[str, ...] = False,
+    blocks: list[int] | None = None,
+) -> list[SweepEntry]:
     units = sweep_units(unit_map, unit_kind, include_extra, blocks)
     every = tuple(n for unit in units for n in unit.names)
     entries = []
@@ -70,10 +85,14 @@ def build_entries(unit_map: UnitMap, formats: list[Format], unit_kind: str = "bl
                     continue  # e.g. q4_K on a 576-wide row: not storable, so not measured (see skipped_pairs)
                 chosen = unit.names if view == "only" else tuple(n for n in every if n not in unit.names)
                 key = unit.display.replace(" ", "")
-                entries.append(SweepEntry(f"{view}:{key}@{fmt.name}", unit, fmt, view, Plan.of({n: fmt for n in chosen})))
+                entries.append(
+                    SweepEntry(f"{view}:{key}@{fmt.name}", unit, fmt, view, Plan.of({n: fmt for n in chosen}))
+                )
         if "all_but" in views:  # the "everything quantized" point the all_but view is read against
             everything = SweepUnit("all", every, None, None)
-            entries.append(SweepEntry(f"all:{unit_kind}@{fmt.name}", everything, fmt, "all", Plan.of({n: fmt for n in every})))
+            entries.append(
+                SweepEntry(f"all:{unit_kind}@{fmt.name}", everything, fmt, "all", Plan.of({n: fmt for n in every}))
+            )
     return entries
 
 
@@ -87,8 +106,13 @@ def fits(unit_map: UnitMap, names: tuple[str, ...], fmt: Format) -> bool:
     return True
 
 
-def skipped_pairs(unit_map: UnitMap, formats: list[Format], unit_kind: str, include_extra: bool | tuple[str, ...] = False,
-                  blocks: list[int] | None = None) -> list[str]:
+def skipped_pairs(
+    unit_map: UnitMap,
+    formats: list[Format],
+    unit_kind: str,
+    include_extra: bool | tuple[str, ...] = False,
+    blocks: list[int] | None = None,
+) -> list[str]:
     """'unit@format' for every unit a format cannot store, which a sweep leaves out; a format that fits no unit is
     refused (there is nothing to measure)."""
     units = sweep_units(unit_map, unit_kind, include_extra, blocks)
@@ -147,8 +171,9 @@ def bits_per_weight(unit_map: UnitMap, names: tuple[str, ...], fmt: Format) -> f
     return total / sum(unit_map.get(n).numel for n in names)
 
 
-def run_sweep(engine, applier, unit_map: UnitMap, entries: list[SweepEntry], compare, loss_key: str,
-              desc: str = "sensitivity") -> list[dict]:
+def run_sweep(
+    engine, applier, unit_map: UnitMap, entries: list[SweepEntry], compare, loss_key: str, desc: str = "sensitivity"
+) -> list[dict]:
     """Evaluate every entry (store first) and return one row of metrics per entry.
 
     ``compare(reference, quantized)`` gives the task's paired metrics.

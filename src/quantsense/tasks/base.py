@@ -127,13 +127,17 @@ class Task:
         longest = max((b.inputs["input_ids"].shape[1] for b in batches), default=0)
         if limit is not None and longest > limit:
             flag, value = self.length_setting()
-            raise QuantsenseError(f"{flag} {value} gives inputs of {longest} tokens but model {source} has {limit} positions; "
-                                  f"use {flag} {limit} or less")
+            raise QuantsenseError(
+                f"{flag} {value} gives inputs of {longest} tokens but model {source} has {limit} positions; "
+                f"use {flag} {limit} or less"
+            )
         rows = model.get_input_embeddings().weight.shape[0]
         largest = max((int(b.inputs["input_ids"].max()) for b in batches if b.inputs["input_ids"].numel()), default=-1)
         if largest >= rows:
-            raise QuantsenseError(f"the tokenizer gives token id {largest} but model {source} has {rows} token embeddings: "
-                                  "the tokenizer belongs to another model; save the model's own tokenizer beside it")
+            raise QuantsenseError(
+                f"the tokenizer gives token id {largest} but model {source} has {rows} token embeddings: "
+                "the tokenizer belongs to another model; save the model's own tokenizer beside it"
+            )
 
     def head(self):
         """A fresh head (see :mod:`quantsense.evaluation.heads`) for the evaluator."""
@@ -168,8 +172,10 @@ class Task:
             raise QuantsenseError(self.too_few_blocks(scored, blocks, MIN_BOOTSTRAP_BLOCKS))
 
     def too_few_blocks(self, scored: int, blocks: int, minimum: int) -> str:
-        return (f"the data has {scored} examples and an interval needs at least {minimum}: use more data "
-                f"(--data with {minimum} or more examples)")
+        return (
+            f"the data has {scored} examples and an interval needs at least {minimum}: use more data "
+            f"(--data with {minimum} or more examples)"
+        )
 
     def subset(self, data, positions):
         """The data that :meth:`compare` needs for the examples at ``positions`` (ascending) only; a task whose
@@ -191,8 +197,17 @@ class Task:
         return {
             "name": self.name,
             "head": self.model_head.description,
-            "metric": {"key": self.metric.key, "label": self.metric.label, "higher_is_better": self.metric.higher_is_better},
-            "loss": {"key": self.loss.key, "label": self.loss.label, "ci_low": self.loss.ci_low, "ci_high": self.loss.ci_high},
+            "metric": {
+                "key": self.metric.key,
+                "label": self.metric.label,
+                "higher_is_better": self.metric.higher_is_better,
+            },
+            "loss": {
+                "key": self.loss.key,
+                "label": self.loss.label,
+                "ci_low": self.loss.ci_low,
+                "ci_high": self.loss.ci_high,
+            },
             "differs_test": self.differs_test,
             "report_columns": [list(c) for c in self.report_columns],
             "sensitivity_columns": [list(c) for c in self.sensitivity_columns],
@@ -208,15 +223,19 @@ class Task:
 
     # -- optional abilities -------------------------------------------------------------------
     def calibration_batches(self, path: str, size: int, tokenizer, id2label: dict[int, str], exclude, seed: int):
-        raise QuantsenseError(f"proxies need a labelled calibration set; task {self.name!r} has none "
-                              "(they are implemented for sentence classification)")
+        raise QuantsenseError(
+            f"proxies need a labelled calibration set; task {self.name!r} has none "
+            "(they are implemented for sentence classification)"
+        )
 
     def export_check(self, target: str, source: str, data, simulate, batches):
         """The fresh-process check of an export to ``target`` on this task's data: a callable the target's
         ``write`` calls with the written path (and, for GGUF, the source file), returning figures and ``lines``.
         ``simulate()`` evaluates the plan in simulation (called only when the check runs). Refuses, when asked,
         a target this task cannot check."""
-        raise QuantsenseError(f"task {self.name!r} has no check for a {target} export; pass --no-verify to write it unchecked")
+        raise QuantsenseError(
+            f"task {self.name!r} has no check for a {target} export; pass --no-verify to write it unchecked"
+        )
 
 
 TASKS: dict[str, type[Task]] = {}
@@ -237,7 +256,9 @@ def make_task(name: str, **settings) -> Task:
     if unknown:
         takes = ", ".join(f"{s.name} ({s.flag})" for s in cls.settings_spec) or "none"
         owners = {k: [t.name for t in TASKS.values() if any(s.name == k for s in t.settings_spec)] for k in unknown}
-        said = "; ".join(f"{k} belongs to task {', '.join(o)}" if o else f"no task takes {k}" for k, o in owners.items())
+        said = "; ".join(
+            f"{k} belongs to task {', '.join(o)}" if o else f"no task takes {k}" for k, o in owners.items()
+        )
         raise QuantsenseError(f"task {name} takes no setting {', '.join(unknown)} ({said}); its settings: {takes}")
     for key, value in settings.items():
         spec[key].check(value)

@@ -46,7 +46,7 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
 
     from quantsense.evaluation.batching import Batch, TokenBatches
 
-    ids = token_ids[first_token:first_token + max_tokens]
+    ids = token_ids[first_token : first_token + max_tokens]
     batches = []
     scored_until = 1  # token 0 has no prediction
     begin = 0
@@ -60,7 +60,13 @@ def make_windows(token_ids: list[int], max_tokens: int, context: int, stride: in
         if end == len(ids):
             break
         begin += stride
-    settings = {"max_tokens": max_tokens, "context": context, "stride": stride, "tokens": len(ids), "first_token": first_token}
+    settings = {
+        "max_tokens": max_tokens,
+        "context": context,
+        "stride": stride,
+        "tokens": len(ids),
+        "first_token": first_token,
+    }
     return TokenBatches(batches=batches, num_examples=len(ids), settings=settings)
 
 
@@ -73,7 +79,9 @@ def tokens_for_interval(context: int, stride: int, minimum: int, at_least: int =
     """The fewest stream tokens (``at_least`` or more, in steps of ``context``) whose windows score ``minimum``
     bootstrap blocks."""
     if context < MIN_CONTEXT:
-        raise QuantsenseError(f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one")
+        raise QuantsenseError(
+            f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one"
+        )
     need = max(at_least, context)
     while need < 1 << 30 and -(-_scored(need, context, stride) // BOOTSTRAP_BLOCK_TOKENS) < minimum:
         need += context
@@ -129,49 +137,90 @@ class LanguageModelPerplexity(Task):
     name = "wikitext"
     summary = "causal-LM perplexity and per-token KL"
     model_head = ModelHead("AutoModelForCausalLM", "language-model head", from_gguf=True)
-    settings_spec = (Setting("max_tokens", 4096, "N tokens of the text, from --first-token on"),
-                     Setting("context", 1024, "window length in tokens"),
-                     Setting("stride", 512, "tokens between window starts"),
-                     Setting("first_token", 0, "skip the text's first N tokens (e.g. those an imatrix was collected on)",
-                             minimum=0))
+    settings_spec = (
+        Setting("max_tokens", 4096, "N tokens of the text, from --first-token on"),
+        Setting("context", 1024, "window length in tokens"),
+        Setting("stride", 512, "tokens between window starts"),
+        Setting("first_token", 0, "skip the text's first N tokens (e.g. those an imatrix was collected on)", minimum=0),
+    )
     metric = MetricSpec("perplexity", "perplexity", higher_is_better=False)
     loss = LossSpec("delta_nll", "NLL increase per token (nats)")
     differs_test = f"block-bootstrap 95% CI of the NLL increase (blocks of {BOOTSTRAP_BLOCK_TOKENS} tokens) excludes 0"
-    data_help = ("wikitext: a local plain-text file (e.g. wiki.test.raw); default: WikiText-2 raw test via the datasets package")
+    data_help = (
+        "wikitext: a local plain-text file (e.g. wiki.test.raw); default: WikiText-2 raw test via the datasets package"
+    )
     default_formats = ("q8_0", "q5_0", "q4_0")
     default_candidates = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "f16")
     default_ablation_format = "q4_0"
-    sensitivity_columns = [("unit", "unit"), ("format", "format"), ("view", "view"), ("perplexity", "ppl"),
-                           ("ppl_ratio", "ppl ratio"), ("delta_nll", "dNLL/token"), ("delta_nll_ci_low", "CI low"),
-                           ("delta_nll_ci_high", "CI high"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
-                           ("kl_ci_high", "KL CI high"), ("kl_p95", "KL p95"), ("top1_agreement", "top-1 agree %"),
-                           ("weight_sqnr_db", "weight SQNR dB")]
-    ranking_columns = [("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"), ("kl_ci_low", "KL CI low"),
-                       ("kl_ci_high", "KL CI high"), ("ppl_ratio", "ppl ratio"), ("tier", "tier"),
-                       ("distinguishable_from_fp32", "differs from FP32")]
-    plan_columns = [("plan", "plan"), ("perplexity", "ppl"), ("ppl_ratio", "ppl ratio"), ("delta_nll", "dNLL/token"),
-                    ("delta_nll_ci_low", "CI low"), ("delta_nll_ci_high", "CI high"), ("kl_mean", "KL mean"),
-                    ("kl_ci_low", "KL CI low"), ("kl_ci_high", "KL CI high"), ("top1_agreement", "top-1 agree %"),
-                    ("avg_bits", "avg bits/weight"), ("model_mb", "model MB")]
+    sensitivity_columns = [
+        ("unit", "unit"),
+        ("format", "format"),
+        ("view", "view"),
+        ("perplexity", "ppl"),
+        ("ppl_ratio", "ppl ratio"),
+        ("delta_nll", "dNLL/token"),
+        ("delta_nll_ci_low", "CI low"),
+        ("delta_nll_ci_high", "CI high"),
+        ("kl_mean", "KL mean"),
+        ("kl_ci_low", "KL CI low"),
+        ("kl_ci_high", "KL CI high"),
+        ("kl_p95", "KL p95"),
+        ("top1_agreement", "top-1 agree %"),
+        ("weight_sqnr_db", "weight SQNR dB"),
+    ]
+    ranking_columns = [
+        ("rank", "rank"),
+        ("unit", "unit"),
+        ("kl_mean", "KL mean"),
+        ("kl_ci_low", "KL CI low"),
+        ("kl_ci_high", "KL CI high"),
+        ("ppl_ratio", "ppl ratio"),
+        ("tier", "tier"),
+        ("distinguishable_from_fp32", "differs from FP32"),
+    ]
+    plan_columns = [
+        ("plan", "plan"),
+        ("perplexity", "ppl"),
+        ("ppl_ratio", "ppl ratio"),
+        ("delta_nll", "dNLL/token"),
+        ("delta_nll_ci_low", "CI low"),
+        ("delta_nll_ci_high", "CI high"),
+        ("kl_mean", "KL mean"),
+        ("kl_ci_low", "KL CI low"),
+        ("kl_ci_high", "KL CI high"),
+        ("top1_agreement", "top-1 agree %"),
+        ("avg_bits", "avg bits/weight"),
+        ("model_mb", "model MB"),
+    ]
 
-    report_columns = [("perplexity", "perplexity of the quantized model", "perplexity"),
-                      ("ppl ratio", "quantized / FP32 perplexity", "ppl_ratio"),
-                      ("dNLL", "NLL increase per token (nats)", "delta_nll"),
-                      ("dNLL 95% CI", "block-bootstrap 95% CI", "loss_ci"),
-                      ("top-1 agree %", "tokens whose top-1 prediction matches FP32", "top1_agreement")]
-    glossary_terms = [("dNLL", "increase of the negative log-likelihood per token over FP32, in nats; "
-                       "exp(dNLL) is the perplexity ratio."),
-                      ("ppl ratio", "perplexity of the quantized model divided by FP32's (1 = no change)."),
-                      ("top-1 agreement", "share of tokens whose most likely next token is the same as FP32's.")]
+    report_columns = [
+        ("perplexity", "perplexity of the quantized model", "perplexity"),
+        ("ppl ratio", "quantized / FP32 perplexity", "ppl_ratio"),
+        ("dNLL", "NLL increase per token (nats)", "delta_nll"),
+        ("dNLL 95% CI", "block-bootstrap 95% CI", "loss_ci"),
+        ("top-1 agree %", "tokens whose top-1 prediction matches FP32", "top1_agreement"),
+    ]
+    glossary_terms = [
+        (
+            "dNLL",
+            "increase of the negative log-likelihood per token over FP32, in nats; exp(dNLL) is the perplexity ratio.",
+        ),
+        ("ppl ratio", "perplexity of the quantized model divided by FP32's (1 = no change)."),
+        ("top-1 agreement", "share of tokens whose most likely next token is the same as FP32's."),
+    ]
 
     def __init__(self, max_tokens: int = 4096, context: int = 1024, stride: int = 512, first_token: int = 0):
         if context < MIN_CONTEXT:
-            raise QuantsenseError(f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one")
+            raise QuantsenseError(
+                f"--context {context} is too short: a window needs at least {MIN_CONTEXT} tokens to predict one"
+            )
         if not 1 <= stride <= context:
             raise QuantsenseError(f"--stride {stride} must be between 1 and --context {context}")
         if max_tokens < context:
-            raise QuantsenseError(f"--max-tokens {max_tokens} scores fewer tokens than one --context {context} window; "
-                                  f"raise --max-tokens to at least {context} or lower --context")
+            raise QuantsenseError(
+                f"--max-tokens {max_tokens} scores fewer tokens than one --context {context} window; "
+                f"raise --max-tokens to at least {context} or lower --context"
+            )
         self.max_tokens = max_tokens
         self.context = context
         self.stride = stride
@@ -185,17 +234,21 @@ class LanguageModelPerplexity(Task):
 
     def too_few_blocks(self, scored: int, blocks: int, minimum: int) -> str:
         need = tokens_for_interval(self.context, self.stride, minimum, at_least=self.max_tokens)
-        return (f"--max-tokens {self.max_tokens} scores {scored} tokens, {blocks} bootstrap block(s) of "
-                f"{BOOTSTRAP_BLOCK_TOKENS} tokens, and an interval needs at least {minimum}: use --max-tokens {need} or "
-                f"more (an interval from fewer blocks would have about zero width and call every difference real)")
+        return (
+            f"--max-tokens {self.max_tokens} scores {scored} tokens, {blocks} bootstrap block(s) of "
+            f"{BOOTSTRAP_BLOCK_TOKENS} tokens, and an interval needs at least {minimum}: use --max-tokens {need} or "
+            f"more (an interval from fewer blocks would have about zero width and call every difference real)"
+        )
 
     def load(self, source, tokenizer, id2label):
         data = load_text(source)
         ids = tokenizer(data.text, add_special_tokens=False)["input_ids"]
         if len(ids) - self.first_token < self.context:
-            raise QuantsenseError(f"text file {data.source} has {len(ids)} tokens, fewer than one --context {self.context} "
-                                  f"window after --first-token {self.first_token}; use a longer text, a smaller "
-                                  "--first-token or a shorter --context")
+            raise QuantsenseError(
+                f"text file {data.source} has {len(ids)} tokens, fewer than one --context {self.context} "
+                f"window after --first-token {self.first_token}; use a longer text, a smaller "
+                "--first-token or a shorter --context"
+            )
         return data, make_windows(ids, self.max_tokens, self.context, self.stride, self.first_token)
 
     def token_range(self, batches) -> tuple[int, int]:
@@ -208,8 +261,11 @@ class LanguageModelPerplexity(Task):
         settings = batches.settings
         first = settings.get("first_token", 0)
         where = f"first {settings['tokens']} tokens" if not first else f"tokens {first}..{first + settings['tokens']}"
-        return {"source": data.source, **settings, "description": f"{where}, context {settings['context']}, stride "
-                f"{settings['stride']}"}
+        return {
+            "source": data.source,
+            **settings,
+            "description": f"{where}, context {settings['context']}, stride {settings['stride']}",
+        }
 
     def head(self):
         from quantsense.evaluation.heads import CausalLMHead
@@ -218,8 +274,14 @@ class LanguageModelPerplexity(Task):
 
     def baseline(self, reference, data) -> dict:
         lp = reference.arrays["token_logprob"]
-        return {"perplexity": perplexity(lp), "scored_tokens": int(len(lp)), "max_tokens": self.max_tokens,
-                "context": self.context, "stride": self.stride, "first_token": self.first_token}
+        return {
+            "perplexity": perplexity(lp),
+            "scored_tokens": int(len(lp)),
+            "max_tokens": self.max_tokens,
+            "context": self.context,
+            "stride": self.stride,
+            "first_token": self.first_token,
+        }
 
     def compare(self, reference, quantized, data, seed: int = 0) -> dict:
         return compare_language_model(reference, quantized, seed=seed)
@@ -235,13 +297,17 @@ class LanguageModelPerplexity(Task):
     def baseline_text(cls, base: dict) -> str:
         first = base.get("first_token", 0)
         where = f"first {base['max_tokens']} tokens" if not first else f"{base['max_tokens']} tokens from token {first}"
-        return (f"FP32 perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
-                f"({where}, context {base['context']}, stride {base['stride']})")
+        return (
+            f"FP32 perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
+            f"({where}, context {base['context']}, stride {base['stride']})"
+        )
 
     @classmethod
     def effect_text(cls, row: dict) -> str:
-        return (f"perplexity {row['perplexity']:.3f} (x{row['ppl_ratio']:.4f}), dNLL {row['delta_nll']:.4f} "
-                f"[95% CI {row['delta_nll_ci_low']:.4f}, {row['delta_nll_ci_high']:.4f}], KL {row['kl_mean']:.2e}")
+        return (
+            f"perplexity {row['perplexity']:.3f} (x{row['ppl_ratio']:.4f}), dNLL {row['delta_nll']:.4f} "
+            f"[95% CI {row['delta_nll_ci_low']:.4f}, {row['delta_nll_ci_high']:.4f}], KL {row['kl_mean']:.2e}"
+        )
 
     def export_check(self, target, source, data: TextData, simulate, batches):
         if target == "gguf":
@@ -252,8 +318,16 @@ class LanguageModelPerplexity(Task):
 
             def check(path, source_file):
                 arrays = simulate().arrays
-                return gguf.verify(path, source_file, token_ids(batches), self.context, self.stride, arrays["token_logprob"],
-                              simulated_kl=arrays.get("kl"))
+                return gguf.verify(
+                    path,
+                    source_file,
+                    token_ids(batches),
+                    self.context,
+                    self.stride,
+                    arrays["token_logprob"],
+                    simulated_kl=arrays.get("kl"),
+                )
+
             return check
         if target != "torchao":
             return super().export_check(target, source, data, simulate, batches)
@@ -266,8 +340,17 @@ class LanguageModelPerplexity(Task):
         from quantsense.exporters import export_target
 
         torchao = export_target("torchao")
-        check = torchao.run_check(["--causal", str(Path(export_dir).resolve()), str(Path(data.source).resolve()),
-                              str(self.max_tokens), str(self.context), str(self.stride), str(self.first_token)])
+        check = torchao.run_check(
+            [
+                "--causal",
+                str(Path(export_dir).resolve()),
+                str(Path(data.source).resolve()),
+                str(self.max_tokens),
+                str(self.context),
+                str(self.stride),
+                str(self.first_token),
+            ]
+        )
         exported = np.asarray(check["token_logprob"], dtype=np.float64)
         sim = simulated.arrays["token_logprob"].astype(np.float64)
         rep = {
@@ -277,7 +360,9 @@ class LanguageModelPerplexity(Task):
             "reloaded_weight_class": check["weight_class"],
             "quantsense_imported_by_reload": check["quantsense_imported"],
         }
-        rep["lines"] = [torchao.reload_line(check),
-                        f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
-                        f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}"]
+        rep["lines"] = [
+            torchao.reload_line(check),
+            f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
+            f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}",
+        ]
         return rep

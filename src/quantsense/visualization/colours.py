@@ -15,15 +15,27 @@ from quantsense.visualization.schema import FormatInfo, format_info, plan_label
 
 FP32_COLOUR = "#6b6b6b"
 _HUE = {1: 0.9, 2: 0.78, 3: 0.0, 4: 0.08, 5: 0.33, 6: 0.47, 7: 0.55, 8: 0.60}  # code bits -> hue (purple..blue)
-_SHADE = {"": (0.62, 0.42), "0": (0.62, 0.42), "1": (0.55, 0.58), "k": (0.75, 0.32), "k_s": (0.60, 0.50),
-          "k_m": (0.75, 0.32), "k_l": (0.80, 0.25)}  # variant -> (saturation, lightness)
+_SHADE = {
+    "": (0.62, 0.42),
+    "0": (0.62, 0.42),
+    "1": (0.55, 0.58),
+    "k": (0.75, 0.32),
+    "k_s": (0.60, 0.50),
+    "k_m": (0.75, 0.32),
+    "k_l": (0.80, 0.25),
+}  # variant -> (saturation, lightness)
 _OTHER_SHADE = (0.5, 0.45)
 _WIDE = {"bf16": "#8a7b5b"}  # 16-bit codes by variant; the rest slate
 _WIDE_DEFAULT = "#5b6f8a"
 
-PLAN_STYLE = {"allocated": ("#111111", "o", "allocated (solver)"), "uniform": (None, "s", "uniform"),
-              "hand": ("#9a9a9a", "^", "hand strategies"), "mixed": ("#111111", "D", "mixed-precision plans"),
-              "preset": ("#b5651d", "P", "llama.cpp presets"), "given": ("#2a7ab0", "X", "given plans (GGUF files)")}
+PLAN_STYLE = {
+    "allocated": ("#111111", "o", "allocated (solver)"),
+    "uniform": (None, "s", "uniform"),
+    "hand": ("#9a9a9a", "^", "hand strategies"),
+    "mixed": ("#111111", "D", "mixed-precision plans"),
+    "preset": ("#b5651d", "P", "llama.cpp presets"),
+    "given": ("#2a7ab0", "X", "given plans (GGUF files)"),
+}
 
 
 def _hex(r: float, g: float, b: float) -> str:

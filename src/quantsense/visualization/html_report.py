@@ -34,7 +34,7 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 def _fig_div(figures: dict, fig_id: str, fig: dict, note: str = "") -> str:
     figures[fig_id] = fig
-    return (f'<p class=note>{esc(note)}</p>' if note else "") + f'<div class=fig id="{esc(fig_id)}"></div>'
+    return (f"<p class=note>{esc(note)}</p>" if note else "") + f'<div class=fig id="{esc(fig_id)}"></div>'
 
 
 def _sensitivity_section(results: dict, task: TaskInfo, figures: dict) -> str:
@@ -42,17 +42,29 @@ def _sensitivity_section(results: dict, task: TaskInfo, figures: dict) -> str:
     parts = []
     for view in sens.get("views", ["only"]):
         fig, note = sensitivity_bars_fig(results, task, view)
-        caption = (f"Per-{sens.get('unit', 'unit')} sensitivity, {VIEW_TEXT.get(view, view)} ({view} view). "
-                   "Bars: mean KL (top, log) and the loss (bottom) with 95% intervals; T1, T2… mark tiers"
-                   + (f"; showing {note}" if note else "") + ".")
+        caption = (
+            f"Per-{sens.get('unit', 'unit')} sensitivity, {VIEW_TEXT.get(view, view)} ({view} view). "
+            "Bars: mean KL (top, log) and the loss (bottom) with 95% intervals; T1, T2… mark tiers"
+            + (f"; showing {note}" if note else "")
+            + "."
+        )
         parts.append(f"<h3>{esc(view)} view</h3>" + _fig_div(figures, f"fig-bars-{view}", fig, caption))
     view = view_of(sens)
-    kind = ("block × linear unit, one panel per format" if sensitivity_grid(results, view)
-            else f"{sens.get('unit', 'unit')} × format")
-    parts.append("<h3>Heatmap</h3>" + _fig_div(
-        figures, "fig-heatmap", heatmap_fig(results, view),
-        f"Mean KL(FP32 || quantized) per {kind} ({view} view); the value is printed in each cell, colour is a log "
-        "scale within each format (darker = more sensitive)."))
+    kind = (
+        "block × linear unit, one panel per format"
+        if sensitivity_grid(results, view)
+        else f"{sens.get('unit', 'unit')} × format"
+    )
+    parts.append(
+        "<h3>Heatmap</h3>"
+        + _fig_div(
+            figures,
+            "fig-heatmap",
+            heatmap_fig(results, view),
+            f"Mean KL(FP32 || quantized) per {kind} ({view} view); the value is printed in each cell, colour is a log "
+            "scale within each format (darker = more sensitive).",
+        )
+    )
     parts.append(sensitivity_table(results, task))
     sweep = results["sensitivity"].get("sweep") or {}
     parts.append(f"<p class=note>{esc(sequential_text(sweep))}</p>" if sweep.get("mode") == "sequential" else "")
@@ -61,9 +73,13 @@ def _sensitivity_section(results: dict, task: TaskInfo, figures: dict) -> str:
 
 def _ship_section(results: dict, tolerance: float | None) -> str:
     sentences = ship_advice(results, tolerance)
-    return _section("ship", "What to ship", "".join(f"<p>{esc(s)}</p>" for s in sentences) +
-                    "<p class=note>Plans are those measured in this folder (frontier and mixed-precision rows); "
-                    "'smallest' is by model MB, then average bits per weight.</p>")
+    return _section(
+        "ship",
+        "What to ship",
+        "".join(f"<p>{esc(s)}</p>" for s in sentences)
+        + "<p class=note>Plans are those measured in this folder (frontier and mixed-precision rows); "
+        "'smallest' is by model MB, then average bits per weight.</p>",
+    )
 
 
 def _plans_section(results: dict, task: TaskInfo, figures: dict) -> str:
@@ -71,11 +87,15 @@ def _plans_section(results: dict, task: TaskInfo, figures: dict) -> str:
     measured = [r for r in rows if finite(r.get(task.loss))]
     lo, hi = loss_range(measured, task)
     off = [r for r in measured if not lo <= num(r[task.loss]) <= hi]
-    note = (f"Left: {task.loss_label}, 95% CI, against average bits per weight; the dotted line is FP32. "
-            "Right: mean KL on a log scale. Hover a point for its measured figures and per-unit formats.")
+    note = (
+        f"Left: {task.loss_label}, 95% CI, against average bits per weight; the dotted line is FP32. "
+        "Right: mean KL on a log scale. Hover a point for its measured figures and per-unit formats."
+    )
     if off:
-        note += (f" The loss axis is zoomed to {fmt_num(lo)}…{fmt_num(hi)}; {len(off)} plan(s) outside it are drawn "
-                 "at the edge as ▲/▼ with their true value.")
+        note += (
+            f" The loss axis is zoomed to {fmt_num(lo)}…{fmt_num(hi)}; {len(off)} plan(s) outside it are drawn "
+            "at the edge as ▲/▼ with their true value."
+        )
     body = _fig_div(figures, "fig-frontier", frontier_fig(results, task), note)
     frontier, mixed = (results.get("frontier") or {}).get("rows"), (results.get("mixed") or {}).get("rows")
     if frontier:
@@ -114,13 +134,15 @@ def render_html(results: dict, tolerance: float | None = None) -> str:
     links = "".join(f'<a href="#{esc(anchor)}">{esc(text)}</a>' for anchor, text, _ in sections)
     head = headline(results, task, f"<nav>{links}</nav>")
     title = f"quantsense report: {model_name(results)} on {data_name(results)}"
-    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            '<meta name=viewport content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style>"
-            f"<script>{get_plotlyjs()}</script></head><body><div class=page><main>{head}"
-            f"{''.join(html for _, _, html in sections)}</main>{glossary_html(results, task)}</div>"
-            f'<script type="application/json" id="figures">{json_for_script(figures)}</script>'
-            f"<script>{SORT_JS}{PLOT_JS}</script></body></html>")
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body><div class=page><main>{head}"
+        f"{''.join(html for _, _, html in sections)}</main>{glossary_html(results, task)}</div>"
+        f'<script type="application/json" id="figures">{json_for_script(figures)}</script>'
+        f"<script>{SORT_JS}{PLOT_JS}</script></body></html>"
+    )
 
 
 def write_html_report(results: dict, path: str | Path, tolerance: float | None = None) -> Path:
@@ -138,13 +160,25 @@ def rebuild_report(results_dir: str | Path, tolerance: float | None = None) -> P
     from quantsense.io import read_json
 
     source = results_dir / "results.json"
-    results = read_json(source, f"no results.json in {results_dir}: point at a folder written by a quantsense study",
-                        "re-run the study to write it again")
+    results = read_json(
+        source,
+        f"no results.json in {results_dir}: point at a folder written by a quantsense study",
+        "re-run the study to write it again",
+    )
     missing = [key for key in RESULTS_KEYS if not isinstance(results, dict) or key not in results]
     if missing:
-        raise QuantsenseError(f"{source} is not a quantsense results file (no {', '.join(missing)}): "
-                              "re-run the study to write it again")
+        raise QuantsenseError(
+            f"{source} is not a quantsense results file (no {', '.join(missing)}): re-run the study to write it again"
+        )
     try:
         return write_html_report(results, results_dir / "report.html", tolerance)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a results file edited or truncated by hand
-        raise QuantsenseError(f"{source} is damaged ({type(exc).__name__}: {exc}): re-run the study to write it again") from None
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+    ) as exc:  # a results file edited or truncated by hand
+        raise QuantsenseError(
+            f"{source} is damaged ({type(exc).__name__}: {exc}): re-run the study to write it again"
+        ) from None

@@ -10,14 +10,17 @@ import math
 from quantsense.visualization.labels import num
 from quantsense.visualization.schema import TaskInfo
 
-_DIRECTIONS = [(math.cos(a), math.sin(a)) for a in
-               (math.pi * k / 8 for k in (0, 2, 14, 4, 12, 8, 6, 10, 1, 15, 3, 13, 5, 11, 7, 9))]
+_DIRECTIONS = [
+    (math.cos(a), math.sin(a))
+    for a in (math.pi * k / 8 for k in (0, 2, 14, 4, 12, 8, 6, 10, 1, 15, 3, 13, 5, 11, 7, 9))
+]
 _RADII = (4, 10, 18, 28, 40, 55, 75, 100, 130, 170)
 
 
 def loss_range(rows: list[dict], task: TaskInfo) -> tuple[float, float]:
     """A y-range that shows the interesting plans: the allocated (else all non-uniform) plans' intervals, zero,
     and any other plan within one more span of those; points outside are drawn at the edge with their value."""
+
     def triple(r):
         v = num(r.get(task.loss))
         lo, hi = num(r.get(task.ci_low)), num(r.get(task.ci_high))
@@ -28,8 +31,11 @@ def loss_range(rows: list[dict], task: TaskInfo) -> tuple[float, float]:
         return -1.0, 1.0
     finite = [triple(r) for r in measured]
     kinds = [r.get("kind") for r in measured]
-    core = [t for t, k in zip(finite, kinds) if k == "allocated"] or \
-           [t for t, k in zip(finite, kinds) if k != "uniform"] or finite
+    core = (
+        [t for t, k in zip(finite, kinds) if k == "allocated"]
+        or [t for t, k in zip(finite, kinds) if k != "uniform"]
+        or finite
+    )
     lo = min(0.0, min(t[1] for t in core if math.isfinite(t[1])))
     hi = max(0.0, max(t[2] for t in core if math.isfinite(t[2])))
     span = (hi - lo) or max(abs(hi), 1e-6)
@@ -49,10 +55,18 @@ def _overlap(a, b) -> float:
 
 
 def _cost(box, placed, markers, obstacles, bounds) -> float:
-    outside = max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2]) + \
-        max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3])
-    return 1000.0 * sum(_overlap(box, p) for p in placed) + 100.0 * sum(_overlap(box, m) for m in markers) + \
-        10.0 * sum(_overlap(box, o) for o in obstacles) + 1000.0 * outside * (box[3] - box[1])
+    outside = (
+        max(0.0, bounds[0] - box[0])
+        + max(0.0, box[2] - bounds[2])
+        + max(0.0, bounds[1] - box[1])
+        + max(0.0, box[3] - bounds[3])
+    )
+    return (
+        1000.0 * sum(_overlap(box, p) for p in placed)
+        + 100.0 * sum(_overlap(box, m) for m in markers)
+        + 10.0 * sum(_overlap(box, o) for o in obstacles)
+        + 1000.0 * outside * (box[3] - box[1])
+    )
 
 
 def _best_box(anchor, size, placed, markers, obstacles, bounds):
@@ -71,9 +85,13 @@ def _best_box(anchor, size, placed, markers, obstacles, bounds):
     return best
 
 
-def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, float]],
-                 bounds: tuple[float, float, float, float], obstacles: list[tuple[float, float, float, float]] = (),
-                 marker: float = 5.0) -> list[tuple[float, float, float, float]]:
+def place_labels(
+    anchors: list[tuple[float, float]],
+    sizes: list[tuple[float, float]],
+    bounds: tuple[float, float, float, float],
+    obstacles: list[tuple[float, float, float, float]] = (),
+    marker: float = 5.0,
+) -> list[tuple[float, float, float, float]]:
     """Greedy placement of one text box per anchor point, in pixels (any y direction).
 
     Tries positions around each anchor at growing distances and keeps the first that overlaps no placed label,
@@ -102,5 +120,7 @@ def segment_obstacles(points: list[tuple[float, float]], step: float = 6.0, half
 
 def line_kinds(rows: list[dict]) -> dict[str, list[dict]]:
     """The plans drawn as a connected line (allocated, mixed), each kind sorted by average bits."""
-    return {kind: sorted((r for r in rows if r.get("kind") == kind), key=lambda r: num(r["avg_bits"]))
-            for kind in ("allocated", "mixed")}
+    return {
+        kind: sorted((r for r in rows if r.get("kind") == kind), key=lambda r: num(r["avg_bits"]))
+        for kind in ("allocated", "mixed")
+    }

@@ -33,15 +33,42 @@ def _draw_point(ax, kl_ax, task: TaskInfo, point, lo: float, hi: float, label) -
     """One plan: a marker with its CI on the loss axis (an edge arrow when off-range), a marker on the KL axis."""
     r, x, y, colour, marker, _ = point
     if y > hi or y < lo:
-        ax.plot([x], [_clamp(y, lo, hi)], marker="^" if y > hi else "v", color=colour, markersize=9, linestyle="none",
-                clip_on=False, markeredgecolor="black", label=label)
+        ax.plot(
+            [x],
+            [_clamp(y, lo, hi)],
+            marker="^" if y > hi else "v",
+            color=colour,
+            markersize=9,
+            linestyle="none",
+            clip_on=False,
+            markeredgecolor="black",
+            label=label,
+        )
     else:
         ylo, yhi = num(r.get(task.ci_low)), num(r.get(task.ci_high))
         yerr = [[max(0.0, y - ylo) if math.isfinite(ylo) else 0.0], [max(0.0, yhi - y) if math.isfinite(yhi) else 0.0]]
-        ax.errorbar([x], [y], yerr=yerr, fmt=marker, color=colour, capsize=3, markersize=7,
-                    markeredgecolor="black", markeredgewidth=0.5, label=label)
-    kl_ax.plot([x], [max(num(r.get("kl_mean")), 1e-9)], marker=marker, color=colour, linestyle="none",
-               markersize=7, markeredgecolor="black", markeredgewidth=0.5)
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=yerr,
+            fmt=marker,
+            color=colour,
+            capsize=3,
+            markersize=7,
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+            label=label,
+        )
+    kl_ax.plot(
+        [x],
+        [max(num(r.get("kl_mean")), 1e-9)],
+        marker=marker,
+        color=colour,
+        linestyle="none",
+        markersize=7,
+        markeredgecolor="black",
+        markeredgewidth=0.5,
+    )
 
 
 def _draw_lines(ax, kl_ax, results: dict, task: TaskInfo, points, lo: float, hi: float) -> None:
@@ -62,8 +89,9 @@ def frontier_plot(results: dict, path: str | Path) -> Path:
     rows = plan_rows(results)
     points = _plan_points(results, rows, task)
     if not points:
-        raise QuantsenseError("these results have no frontier or mixed-precision plans to plot: "
-                              "run `quantsense frontier` first")
+        raise QuantsenseError(
+            "these results have no frontier or mixed-precision plans to plot: run `quantsense frontier` first"
+        )
     fig, (ax, kl_ax) = plt.subplots(1, 2, figsize=(14, 5.6), dpi=DPI, gridspec_kw={"width_ratios": [3, 2]})
     lo, hi = loss_range(rows, task)
     xs = [p[1] for p in points]
@@ -111,8 +139,9 @@ def _obstacles(fig, ax, task: TaskInfo, points, lo: float, hi: float, artists) -
             (bx0, by0), (bx1, by1) = ax.transData.transform((x, ylo)), ax.transData.transform((x, yhi))
             boxes.append((bx0 - 4, min(by0, by1), bx1 + 4, max(by0, by1)))
     for line in line_kinds([p[0] for p in points]).values():
-        boxes += segment_obstacles([tuple(ax.transData.transform((num(r["avg_bits"]), _clamp(num(r[task.loss]), lo, hi))))
-                                    for r in line])
+        boxes += segment_obstacles(
+            [tuple(ax.transData.transform((num(r["avg_bits"]), _clamp(num(r[task.loss]), lo, hi)))) for r in line]
+        )
     frame = ax.get_window_extent()
     zero = ax.transData.transform((0, 0))[1]
     boxes.append((frame.x0, zero - 2, frame.x1, zero + 2))
@@ -131,7 +160,14 @@ def _label_points(fig, ax, task: TaskInfo, points, lo: float, hi: float, *artist
     for (px, py), (x0, y0, x1, y1), text in zip(anchors, boxes, texts):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         far = math.hypot(max(x0 - px, px - x1, 0), max(y0 - py, py - y1, 0)) > 9  # beyond the marker: a leader
-        ax.annotate(text, xy=ax.transData.inverted().transform((px, py)), xytext=(cx - px, cy - py),
-                    textcoords="offset pixels", ha="center", va="center", fontsize=LABEL_PT,
-                    arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.6} if far else None,
-                    annotation_clip=False)
+        ax.annotate(
+            text,
+            xy=ax.transData.inverted().transform((px, py)),
+            xytext=(cx - px, cy - py),
+            textcoords="offset pixels",
+            ha="center",
+            va="center",
+            fontsize=LABEL_PT,
+            arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.6} if far else None,
+            annotation_clip=False,
+        )

@@ -35,8 +35,17 @@ def _bar_axes(plt, units: int, formats: int):
     return fig, axes, False
 
 
-def _bars(ax, x, chosen: list[dict], keys: tuple[str, str, str], width: float, colour: str, label: str,
-          stacked: bool, log: bool):
+def _bars(
+    ax,
+    x,
+    chosen: list[dict],
+    keys: tuple[str, str, str],
+    width: float,
+    colour: str,
+    label: str,
+    stacked: bool,
+    log: bool,
+):
     """One format's bars with 95% error bars; returns the upper ends (for tier labels)."""
     import numpy as np
 
@@ -44,8 +53,16 @@ def _bars(ax, x, chosen: list[dict], keys: tuple[str, str, str], width: float, c
     if log:
         v, lo, hi = (np.clip(a, 1e-9, None) for a in (v, lo, hi))
     err = np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)]).clip(0)
-    ax.bar(x, v, width, yerr=err, capsize=2 if stacked else 3, color=colour, label=label,
-           error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+    ax.bar(
+        x,
+        v,
+        width,
+        yerr=err,
+        capsize=2 if stacked else 3,
+        color=colour,
+        label=label,
+        error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
+    )
     return hi
 
 
@@ -53,8 +70,15 @@ def _tier_marks(ax, xs, tops, tier_of: list, partial: list[bool], stacked: bool)
     """The tier above each KL bar, starred when the bar was measured on part of the data (a sequential sweep)."""
     for xi, top, tier, star in zip(xs, tops, tier_of, partial):
         if tier is not None and math.isfinite(top):
-            ax.text(xi, top * 1.15, f"{tier}{'*' if star else ''}", ha="center", va="bottom", fontsize=6 if stacked else 8,
-                    color="#333333")
+            ax.text(
+                xi,
+                top * 1.15,
+                f"{tier}{'*' if star else ''}",
+                ha="center",
+                va="bottom",
+                fontsize=6 if stacked else 8,
+                color="#333333",
+            )
 
 
 def sensitivity_bars(results: dict, path: str | Path) -> Path:
@@ -75,14 +99,31 @@ def sensitivity_bars(results: dict, path: str | Path) -> Path:
         chosen = [rows.get((u, fmt), {}) for u in units]
         xs = x + (k - (len(formats) - 1) / 2) * width
         tops = _bars(kl_ax, xs, chosen, KL_KEYS, width, color_of(results, fmt), fmt, stacked, log=True)
-        _bars(loss_ax, xs, chosen, (task.loss, task.ci_low, task.ci_high), width, color_of(results, fmt), fmt,
-              stacked, log=False)
-        _tier_marks(kl_ax, xs, tops, [rank.get((u, fmt), (None, None))[1] for u in units],
-                    [num(r.get("data_pct", 100)) < 100 for r in chosen], stacked)
+        _bars(
+            loss_ax,
+            xs,
+            chosen,
+            (task.loss, task.ci_low, task.ci_high),
+            width,
+            color_of(results, fmt),
+            fmt,
+            stacked,
+            log=False,
+        )
+        _tier_marks(
+            kl_ax,
+            xs,
+            tops,
+            [rank.get((u, fmt), (None, None))[1] for u in units],
+            [num(r.get("data_pct", 100)) < 100 for r in chosen],
+            stacked,
+        )
     partial = any(num(r.get("data_pct", 100)) < 100 for r in rows.values())
     kl_ax.set_yscale("log")
-    kl_ax.set_ylabel(f"{KL_LABEL}\n(95% CI; number above bar = tier" + ("; * = on part of the data" if partial else "") + ")",
-                     fontsize=9)
+    kl_ax.set_ylabel(
+        f"{KL_LABEL}\n(95% CI; number above bar = tier" + ("; * = on part of the data" if partial else "") + ")",
+        fontsize=9,
+    )
     kl_ax.set_ylim(top=kl_ax.get_ylim()[1] * 2.5)
     loss_ax.axhline(0, color="black", linewidth=0.8)
     loss_ax.set_ylabel(f"{task.loss_label}\n(95% CI)", fontsize=9)
@@ -92,8 +133,17 @@ def sensitivity_bars(results: dict, path: str | Path) -> Path:
         ax.set_xlim(-0.6, len(units) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     handles, names = kl_ax.get_legend_handles_labels()
-    fig.legend(handles, names, title="format", fontsize=8, title_fontsize=8, ncol=len(formats), frameon=False,
-               loc="upper right", bbox_to_anchor=(1.0, 1.0))
+    fig.legend(
+        handles,
+        names,
+        title="format",
+        fontsize=8,
+        title_fontsize=8,
+        ncol=len(formats),
+        frameon=False,
+        loc="upper right",
+        bbox_to_anchor=(1.0, 1.0),
+    )
     what = f"Per-{sens.get('unit', 'unit')} sensitivity ({view} view)" + (f": {note}" if note else "")
     fig.suptitle(title(results, what), fontsize=11, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.96 if stacked else 0.93))
@@ -106,8 +156,15 @@ def _cell_text(ax, grid, shade, fontsize: float) -> None:
 
     for (i, j), value in np.ndenumerate(grid):
         if math.isfinite(value):
-            ax.text(j, i, fmt_num(value, 2), ha="center", va="center", fontsize=fontsize,
-                    color="white" if shade[i, j] > 0.55 else "black")
+            ax.text(
+                j,
+                i,
+                fmt_num(value, 2),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if shade[i, j] > 0.55 else "black",
+            )
 
 
 def _log_shade(grid):
@@ -119,15 +176,20 @@ def _log_shade(grid):
     return (logs - lo) / ((hi - lo) or 1.0)
 
 
-
 def _grid_panels(plt, results: dict, rows: list[dict], formats: list[str], grid_of):
     """One block x sub-unit panel per format, each on its own log colour scale."""
     import numpy as np
     from matplotlib.colors import LogNorm
 
     blocks, subs, _ = grid_of
-    fig, axes = plt.subplots(1, len(formats), figsize=(1.5 + 1.05 * len(subs) * len(formats), 1.6 + 0.3 * len(blocks)),
-                             dpi=DPI, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(formats),
+        figsize=(1.5 + 1.05 * len(subs) * len(formats), 1.6 + 0.3 * len(blocks)),
+        dpi=DPI,
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, fmt in zip(axes[0], formats):
         cells = unit_grid([r for r in rows if r["format"] == fmt])[2]
         grid = np.array([[num(cells.get((b, s), {}).get("kl_mean")) for s in subs] for b in blocks])
@@ -150,8 +212,9 @@ def _unit_format_panel(plt, results: dict, rows: list[dict], formats: list[str])
     cell = {(r["unit"], r["format"]): num(r["kl_mean"]) for r in rows}
     grid = np.array([[cell.get((u, f), math.nan) for f in formats] for u in units])
     shade = np.column_stack([_log_shade(grid[:, j]) for j in range(len(formats))])
-    fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 1.3 * len(formats)), 1.6 + 0.3 * len(units)), dpi=DPI,
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 3.0 + 1.3 * len(formats)), 1.6 + 0.3 * len(units)), dpi=DPI, layout="constrained"
+    )
     ax.imshow(shade, aspect="auto", cmap=CMAP, vmin=0, vmax=1)
     _cell_text(ax, grid, shade, 7 if len(units) > 12 else 9)
     ax.set_xticks(range(len(formats)), formats)

@@ -68,6 +68,7 @@ PLOT_JS = """
 
 def json_for_script(obj) -> str:
     """JSON safe inside a <script> element (no '</script>' can close it early), NaN/inf as null."""
+
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):
             return None

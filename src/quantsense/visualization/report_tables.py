@@ -38,9 +38,11 @@ def table(table_id: str, caption: str, columns: list[tuple[str, str, object]], r
     """``columns`` is (header, hint, getter); a getter is a row key or a function row -> (text, sort value)."""
     head = "".join(f'<th scope=col title="{esc(hint)}">{esc(header)}</th>' for header, hint, _ in columns)
     body = "".join(_row_cells(row, columns) for row in rows)
-    return (f'<div class=tablewrap><table class=sortable id="{esc(table_id)}"><caption>{esc(caption)} '
-            f'<span class=hint>(click a header to sort)</span></caption><thead><tr>{head}</tr></thead>'
-            f'<tbody>{body}</tbody></table></div>')
+    return (
+        f'<div class=tablewrap><table class=sortable id="{esc(table_id)}"><caption>{esc(caption)} '
+        f"<span class=hint>(click a header to sort)</span></caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _kl_ci(r):
@@ -54,6 +56,7 @@ def _differs(r):
 
 def _task_columns(task: TaskInfo) -> list:
     """The task's own columns (from results.json); "loss_ci" is the loss's 95 % interval."""
+
     def loss_ci(r):
         return ci_text(r, task.ci_low, task.ci_high), num(r.get(task.ci_low))
 
@@ -67,19 +70,29 @@ def sensitivity_table(results: dict, task: TaskInfo) -> str:
     def ranked(i):
         return lambda r: (rank.get(r["view"], {}).get((r["unit"], r["format"]), (None, None))[i],) * 2
 
-    columns = [("unit", "module or block", "unit"), ("format", "weight format", "format"),
-               ("view", "only: just this unit quantized; all_but: every other unit quantized", "view"),
-               ("bits/weight", "stored bits per weight, scales included", "bits_per_weight"),
-               ("rank", "1 = largest mean KL in this view and format", ranked(0)),
-               ("tier", "units whose KL intervals overlap share a tier; 1 = most sensitive", ranked(1)),
-               ("KL mean", KL_LABEL, "kl_mean"), ("KL 95% CI", "bootstrap 95% CI of the mean KL", _kl_ci),
-               ("KL p95", "95th percentile of per-example KL", "kl_p95"),
-               *_task_columns(task),
-               ("differs from FP32", task.differs_test, _differs),
-               ("weight SQNR dB", "signal-to-quantization-noise ratio of the weights", "weight_sqnr_db")]
+    columns = [
+        ("unit", "module or block", "unit"),
+        ("format", "weight format", "format"),
+        ("view", "only: just this unit quantized; all_but: every other unit quantized", "view"),
+        ("bits/weight", "stored bits per weight, scales included", "bits_per_weight"),
+        ("rank", "1 = largest mean KL in this view and format", ranked(0)),
+        ("tier", "units whose KL intervals overlap share a tier; 1 = most sensitive", ranked(1)),
+        ("KL mean", KL_LABEL, "kl_mean"),
+        ("KL 95% CI", "bootstrap 95% CI of the mean KL", _kl_ci),
+        ("KL p95", "95th percentile of per-example KL", "kl_p95"),
+        *_task_columns(task),
+        ("differs from FP32", task.differs_test, _differs),
+        ("weight SQNR dB", "signal-to-quantization-noise ratio of the weights", "weight_sqnr_db"),
+    ]
     if (sens.get("sweep") or {}).get("mode") == "sequential":
-        columns.append(("data %", "share of the data (input tokens) this row was measured on: a sequential sweep stops "
-                        "a unit once its interval overlaps no other unit's", "data_pct"))
+        columns.append(
+            (
+                "data %",
+                "share of the data (input tokens) this row was measured on: a sequential sweep stops "
+                "a unit once its interval overlaps no other unit's",
+                "data_pct",
+            )
+        )
     return table("sensitivity-table", f"Sensitivity: {len(sens['rows'])} rows", columns, sens["rows"])
 
 
@@ -89,18 +102,28 @@ def counts_text(row: dict) -> str:
 
 
 def plan_table(task: TaskInfo, rows: list[dict], table_id: str, caption: str) -> str:
-    columns = [("plan", "plan name", "plan"), ("kind", "allocated, uniform, hand or mixed", "kind"),
-               ("avg bits/weight", "average stored bits per weight, scales included", "avg_bits"),
-               ("model MB", "size of the quantized model", "model_mb"),
-               ("compression", "FP32 size / plan size", "compression"),
-               *_task_columns(task),
-               ("KL mean", KL_LABEL, "kl_mean"),
-               ("differs from FP32", task.differs_test, _differs),
-               ("predicted loss", "the allocator's predicted loss: the sum of its units' single-unit losses", "predicted_loss"),
-               ("estimated pairs", "units whose loss in the predicted sum was estimated by the loss model, not measured",
-                "estimated_pairs"),
-               ("measured / predicted", "measured loss / predicted loss", "measured_over_predicted"),
-               ("formats (units)", "how many units got each format", lambda r: (counts_text(r),) * 2)]
+    columns = [
+        ("plan", "plan name", "plan"),
+        ("kind", "allocated, uniform, hand or mixed", "kind"),
+        ("avg bits/weight", "average stored bits per weight, scales included", "avg_bits"),
+        ("model MB", "size of the quantized model", "model_mb"),
+        ("compression", "FP32 size / plan size", "compression"),
+        *_task_columns(task),
+        ("KL mean", KL_LABEL, "kl_mean"),
+        ("differs from FP32", task.differs_test, _differs),
+        (
+            "predicted loss",
+            "the allocator's predicted loss: the sum of its units' single-unit losses",
+            "predicted_loss",
+        ),
+        (
+            "estimated pairs",
+            "units whose loss in the predicted sum was estimated by the loss model, not measured",
+            "estimated_pairs",
+        ),
+        ("measured / predicted", "measured loss / predicted loss", "measured_over_predicted"),
+        ("formats (units)", "how many units got each format", lambda r: (counts_text(r),) * 2),
+    ]
     return table(table_id, caption, columns, rows)
 
 

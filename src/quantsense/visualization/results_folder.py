@@ -22,7 +22,11 @@ def write_results_folder(out: Path, results: dict) -> list[Path]:
     if "sensitivity" in results:
         sens = results["sensitivity"]
         written.append(write_csv(out / "sensitivity.csv", sens["rows"]))
-        written.append(write_csv(out / "rankings.csv", [{"ranking": key, **r} for key, rows in sens["rankings"].items() for r in rows]))
+        written.append(
+            write_csv(
+                out / "rankings.csv", [{"ranking": key, **r} for key, rows in sens["rankings"].items() for r in rows]
+            )
+        )
         written.append(sensitivity_bars(results, out / "sensitivity.png"))
         written.append(sensitivity_heatmap(results, out / "heatmap.png"))
     if "proxies" in results:

@@ -44,13 +44,28 @@ class TaskInfo:
         try:
             t = results["workspace"]["task"]
             metric, loss = t["metric"], t["loss"]
-            task = cls(t["name"], str(t.get("head") or ""), metric["key"], metric["label"],
-                       bool(metric["higher_is_better"]), loss["key"], loss["label"], loss["ci_low"], loss["ci_high"],
-                       t["differs_test"], _pairs(t.get("report_columns")), _pairs(t.get("sensitivity_columns")),
-                       _pairs(t.get("ranking_columns")), _pairs(t.get("plan_columns")), _pairs(t.get("glossary")))
+            task = cls(
+                t["name"],
+                str(t.get("head") or ""),
+                metric["key"],
+                metric["label"],
+                bool(metric["higher_is_better"]),
+                loss["key"],
+                loss["label"],
+                loss["ci_low"],
+                loss["ci_high"],
+                t["differs_test"],
+                _pairs(t.get("report_columns")),
+                _pairs(t.get("sensitivity_columns")),
+                _pairs(t.get("ranking_columns")),
+                _pairs(t.get("plan_columns")),
+                _pairs(t.get("glossary")),
+            )
         except (KeyError, TypeError) as err:
-            raise QuantsenseError(f"results have no complete workspace.task (missing {err}): "
-                                  "re-run the study with this version of quantsense") from None
+            raise QuantsenseError(
+                f"results have no complete workspace.task (missing {err}): "
+                "re-run the study with this version of quantsense"
+            ) from None
         return task._with_default_columns()
 
     def _with_default_columns(self) -> "TaskInfo":
@@ -58,16 +73,36 @@ class TaskInfo:
         loss = ((self.loss, self.loss_label), (self.ci_low, "CI low"), (self.ci_high, "CI high"))
         return replace(
             self,
-            sensitivity_columns=self.sensitivity_columns or (("unit", "unit"), ("format", "format"), ("view", "view"),
-                                                             (self.metric, self.metric_label), *loss,
-                                                             ("kl_mean", "KL mean")),
-            ranking_columns=self.ranking_columns or (("rank", "rank"), ("unit", "unit"), ("kl_mean", "KL mean"),
-                                                    ("kl_ci_low", "KL CI low"), ("kl_ci_high", "KL CI high"),
-                                                    (self.loss, self.loss_label), ("tier", "tier"),
-                                                    ("distinguishable_from_fp32", "differs from FP32")),
-            plan_columns=self.plan_columns or (("plan", "plan"), (self.metric, self.metric_label), *loss,
-                                               ("kl_mean", "KL mean"), ("avg_bits", "avg bits/weight"),
-                                               ("model_mb", "model MB")))
+            sensitivity_columns=self.sensitivity_columns
+            or (
+                ("unit", "unit"),
+                ("format", "format"),
+                ("view", "view"),
+                (self.metric, self.metric_label),
+                *loss,
+                ("kl_mean", "KL mean"),
+            ),
+            ranking_columns=self.ranking_columns
+            or (
+                ("rank", "rank"),
+                ("unit", "unit"),
+                ("kl_mean", "KL mean"),
+                ("kl_ci_low", "KL CI low"),
+                ("kl_ci_high", "KL CI high"),
+                (self.loss, self.loss_label),
+                ("tier", "tier"),
+                ("distinguishable_from_fp32", "differs from FP32"),
+            ),
+            plan_columns=self.plan_columns
+            or (
+                ("plan", "plan"),
+                (self.metric, self.metric_label),
+                *loss,
+                ("kl_mean", "KL mean"),
+                ("avg_bits", "avg bits/weight"),
+                ("model_mb", "model MB"),
+            ),
+        )
 
     @property
     def loss_name(self) -> str:
@@ -95,12 +130,17 @@ class FormatInfo:
             return cls(str(name))
         bits, code = entry.get("bits_per_weight"), entry.get("code_bits")
         term = entry.get("glossary")
-        return cls(str(name), entry.get("family"), str(entry.get("label") or name),
-                   float(bits) if isinstance(bits, (int, float)) and not isinstance(bits, bool) else None,
-                   int(code) if isinstance(code, int) and not isinstance(code, bool) else None,
-                   str(entry.get("variant") or ""), tuple(entry.get("export_targets") or ()),
-                   entry["takes_scheme"] if isinstance(entry.get("takes_scheme"), bool) else None,
-                   tuple(term) if isinstance(term, (list, tuple)) and len(term) == 2 else None)
+        return cls(
+            str(name),
+            entry.get("family"),
+            str(entry.get("label") or name),
+            float(bits) if isinstance(bits, (int, float)) and not isinstance(bits, bool) else None,
+            int(code) if isinstance(code, int) and not isinstance(code, bool) else None,
+            str(entry.get("variant") or ""),
+            tuple(entry.get("export_targets") or ()),
+            entry["takes_scheme"] if isinstance(entry.get("takes_scheme"), bool) else None,
+            tuple(term) if isinstance(term, (list, tuple)) and len(term) == 2 else None,
+        )
 
 
 def format_table(results: dict) -> dict[str, FormatInfo]:
@@ -118,6 +158,7 @@ def format_info(results: dict, name: str | None) -> FormatInfo | None:
 
 def widest_first(results: dict, names) -> list[str]:
     """``names`` by bits per weight from the format table, widest first; unknown widths last, in the order given."""
+
     def width(name):
         bits = format_info(results, name).bits_per_weight
         return (bits is None, -(bits or 0.0))

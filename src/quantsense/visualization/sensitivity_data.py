@@ -35,8 +35,12 @@ def view_rows(sens: dict, view: str) -> list[dict]:
 
 def tiers(sens: dict, view: str) -> dict:
     """(unit, format) -> (rank, tier), from the ranked rows of ``view``."""
-    return {(row["unit"], row["format"]): (row.get("rank"), row.get("tier"))
-            for ranked in (sens.get("rankings") or {}).values() for row in ranked if row.get("view") == view}
+    return {
+        (row["unit"], row["format"]): (row.get("rank"), row.get("tier"))
+        for ranked in (sens.get("rankings") or {}).values()
+        for row in ranked
+        if row.get("view") == view
+    }
 
 
 def bar_units(results: dict, view: str) -> tuple[list[str], str]:

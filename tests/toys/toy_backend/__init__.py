@@ -93,8 +93,12 @@ class ToyExporter(Exporter):
         with atomic_output(Path(out)) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-        report = {"out": str(out), "format": self.name, "disk_bytes": Path(out).stat().st_size,
-                  "lines": [f"{Path(out).name}: {len(plan.assignments)} tensors"]}
+        report = {
+            "out": str(out),
+            "format": self.name,
+            "disk_bytes": Path(out).stat().st_size,
+            "lines": [f"{Path(out).name}: {len(plan.assignments)} tensors"],
+        }
         if check is not None:
             checked = check(Path(out))
             report["lines"] += checked.pop("lines", [])
@@ -111,12 +115,20 @@ class ToyExporter(Exporter):
                 out = Path(tmp) / "weights.npz"
                 found = run_fresh(toy_check, [str(path), str(out)], what="the toyrt check")
                 read = dict(np.load(out))
-            diff = max(float(np.abs(read[name] - fmt.fake_quantize(torch.from_numpy(_rows(source, name))).numpy()).max())
-                       for name, fmt in plan.assignments)
-            return {"max_weight_difference": diff, "tensors_read": found["tensors"],
-                    "quantsense_imported_by_reload": found["quantsense_imported"],
-                    "lines": [f"read back in a fresh process ({found['tensors']} tensors, quantsense imported: "
-                              f"{found['quantsense_imported']}); largest weight difference {diff:.2e}"]}
+            diff = max(
+                float(np.abs(read[name] - fmt.fake_quantize(torch.from_numpy(_rows(source, name))).numpy()).max())
+                for name, fmt in plan.assignments
+            )
+            return {
+                "max_weight_difference": diff,
+                "tensors_read": found["tensors"],
+                "quantsense_imported_by_reload": found["quantsense_imported"],
+                "lines": [
+                    f"read back in a fresh process ({found['tensors']} tensors, quantsense imported: "
+                    f"{found['quantsense_imported']}); largest weight difference {diff:.2e}"
+                ],
+            }
+
         return check
 
 

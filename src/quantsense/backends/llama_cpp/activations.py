@@ -35,10 +35,13 @@ def _q8_small(x: torch.Tensor) -> torch.Tensor:
 def _q8_k(x: torch.Tensor) -> torch.Tensor:
     blocks = x.reshape(-1, 256)
     largest = torch.gather(blocks, 1, blocks.abs().argmax(dim=1, keepdim=True))
-    iscale = torch.where(largest == 0, torch.zeros_like(largest), -127 / torch.where(largest == 0, torch.ones_like(largest),
-                                                                                   largest))
+    iscale = torch.where(
+        largest == 0, torch.zeros_like(largest), -127 / torch.where(largest == 0, torch.ones_like(largest), largest)
+    )
     codes = torch.clamp(torch.round(iscale * blocks), max=127)
-    scale = torch.where(iscale == 0, torch.zeros_like(iscale), 1 / torch.where(iscale == 0, torch.ones_like(iscale), iscale))
+    scale = torch.where(
+        iscale == 0, torch.zeros_like(iscale), 1 / torch.where(iscale == 0, torch.ones_like(iscale), iscale)
+    )
     return (codes * scale).reshape(x.shape)
 
 

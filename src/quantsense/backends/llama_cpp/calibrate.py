@@ -20,15 +20,18 @@ def make_imatrix(ws: Workspace, out: str | Path) -> tuple[Imatrix, Path]:
     span = ws.task.token_range(ws.batches)
     calibration = {"data": ws.data.fingerprint(), "first_token": span[0], "tokens": span[1]} if span else {}
     chunk = max(int(b["input_ids"].shape[-1]) for b in inputs)
-    imatrix = collect(ws.model, modules, inputs, datasets=(Path(ws.data.source).name,), chunk_size=chunk,
-                      calibration=calibration)
+    imatrix = collect(
+        ws.model, modules, inputs, datasets=(Path(ws.data.source).name,), chunk_size=chunk, calibration=calibration
+    )
     return imatrix, save(imatrix, out, names)
 
 
 def imatrix_text(imatrix: Imatrix, path: Path) -> str:
     cal = imatrix.calibration
     where = f" (tokens {cal['first_token']}..{cal['first_token'] + cal['tokens']})" if cal else ""
-    return (f"Wrote {path}: importance matrix of {len(imatrix.sums)} weight tensors from "
-            f"{max(imatrix.counts.values()):,} tokens of {', '.join(imatrix.datasets)}{where}, fingerprint "
-            f"{imatrix.fingerprint}. Use it with --imatrix {path} (scoring tokens outside that range, e.g. "
-            f"--first-token {cal['first_token'] + cal['tokens'] if cal else 0}), or llama-quantize --imatrix {path}.")
+    return (
+        f"Wrote {path}: importance matrix of {len(imatrix.sums)} weight tensors from "
+        f"{max(imatrix.counts.values()):,} tokens of {', '.join(imatrix.datasets)}{where}, fingerprint "
+        f"{imatrix.fingerprint}. Use it with --imatrix {path} (scoring tokens outside that range, e.g. "
+        f"--first-token {cal['first_token'] + cal['tokens'] if cal else 0}), or llama-quantize --imatrix {path}."
+    )

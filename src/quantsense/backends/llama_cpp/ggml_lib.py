@@ -20,13 +20,22 @@ import numpy as np
 from quantsense.backends.llama_cpp.types import ggml_type
 from quantsense.errors import QuantsenseError
 
-INSTALL_HINT = ('ggml formats need llama.cpp\'s library: install llama-cpp-python '
-                '(CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -c constraints.txt -e ".[llama]")')
+INSTALL_HINT = (
+    "ggml formats need llama.cpp's library: install llama-cpp-python "
+    '(CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -c constraints.txt -e ".[llama]")'
+)
+
 
 class _TypeTraits(ctypes.Structure):  # struct ggml_type_traits (ggml.h)
-    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
-                ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
-                ("from_float_ref", ctypes.c_void_p)]
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
 
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
@@ -56,8 +65,15 @@ def library() -> ctypes.CDLL:
     except OSError as exc:
         raise QuantsenseError(f"{path} does not load ({exc}); {INSTALL_HINT}") from None
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)]
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_float),
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.POINTER(ctypes.c_float),
+    ]
     lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
     lib.ggml_row_size.restype = ctypes.c_size_t
@@ -103,7 +119,9 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
     check_rows(name, width)
     weights = None
     if imatrix is None and library().ggml_quantize_requires_imatrix(ggml_type(name)):  # ggml would abort the process
-        raise QuantsenseError(f"{name} needs an importance matrix (ggml cannot quantize it without one): pass --imatrix")
+        raise QuantsenseError(
+            f"{name} needs an importance matrix (ggml cannot quantize it without one): pass --imatrix"
+        )
     if imatrix is not None:
         imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
         if imatrix.shape != (width,):
@@ -111,8 +129,13 @@ def quantize(name: str, rows: np.ndarray, imatrix: np.ndarray | None = None) -> 
         weights = imatrix.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     out = ctypes.create_string_buffer(n * row_bytes(name, width))
     source, kind = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), ggml_type(name)
-    written = sum(_in_parallel(n, width, lambda first, count: library().ggml_quantize_chunk(
-        kind, source, out, first * width, count, width, weights)))  # rows are independent: bit-exact in any split
+    written = sum(
+        _in_parallel(
+            n,
+            width,
+            lambda first, count: library().ggml_quantize_chunk(kind, source, out, first * width, count, width, weights),
+        )
+    )  # rows are independent: bit-exact in any split
     if written != len(out):
         raise QuantsenseError(f"ggml wrote {written} bytes for {name}, expected {len(out)}")
     return out.raw
@@ -127,8 +150,15 @@ def dequantize(name: str, data: bytes, shape: tuple[int, int]) -> np.ndarray:
     out = np.empty((n, width), dtype=np.float32)
     buffer = ctypes.create_string_buffer(data, len(data))
     to_float, base, size = _TO_FLOAT(traits.to_float), ctypes.addressof(buffer), row_bytes(name, width)
-    _in_parallel(n, width, lambda first, count: to_float(
-        base + first * size, out[first:first + count].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), count * width))
+    _in_parallel(
+        n,
+        width,
+        lambda first, count: to_float(
+            base + first * size,
+            out[first : first + count].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            count * width,
+        ),
+    )
     return out
 
 

@@ -55,7 +55,9 @@ def transformers_logprobs(path, ids, context, stride):
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), trust_remote_code=False, gguf_file=path.name, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), trust_remote_code=False, gguf_file=path.name, dtype=torch.float32
+    ).eval()
     logprobs = []
     with torch.inference_mode():
         for begin, end, first in windows(len(ids), context, stride):
@@ -68,8 +70,15 @@ def transformers_logprobs(path, ids, context, stride):
 def llama(path, n_ctx, threads, logits_all):
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=logits_all,
-                           n_threads=threads, n_threads_batch=threads, verbose=False)
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=min(n_ctx, 512),
+        logits_all=logits_all,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
 
 
 def llama_cpp_logprobs(path, ids, context, stride, threads):
@@ -133,8 +142,14 @@ def speed(path, threads, prompt_tokens, gen_tokens, repeats):
     prompt_seconds(model, prompt)  # warm-up
     pp = statistics.median(prompt_seconds(model, prompt) for _ in range(repeats))
     tg = statistics.median(generation_seconds(model, short, gen_tokens) for _ in range(repeats))
-    return {"prompt_tokens_per_s": prompt_tokens / pp, "gen_tokens_per_s": gen_tokens / tg, "threads": threads,
-            "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats}
+    return {
+        "prompt_tokens_per_s": prompt_tokens / pp,
+        "gen_tokens_per_s": gen_tokens / tg,
+        "threads": threads,
+        "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens,
+        "repeats": repeats,
+    }
 
 
 def read_ids(path):
@@ -173,7 +188,9 @@ def main(argv=None):
     elif args.runtime == "transformers":
         result = transformers_logprobs(args.gguf, read_ids(args.token_ids), args.context, args.stride)
     elif args.kl_against:
-        result = llama_cpp_kl(args.gguf, args.kl_against, read_ids(args.token_ids), args.context, args.stride, args.threads)
+        result = llama_cpp_kl(
+            args.gguf, args.kl_against, read_ids(args.token_ids), args.context, args.stride, args.threads
+        )
     else:
         result = llama_cpp_logprobs(args.gguf, read_ids(args.token_ids), args.context, args.stride, args.threads)
     if "token_logprob" in result:

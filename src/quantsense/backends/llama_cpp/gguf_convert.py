@@ -29,8 +29,10 @@ _FIX = "convert it with llama.cpp's convert_hf_to_gguf.py and pass the .gguf fil
 _FILE_TYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 32}
 _GGUF_DTYPES = {torch.float32: ("F32", np.float32), torch.float16: ("F16", np.float16)}
 # llama.cpp's pre-tokenizer names for the byte-level pre-tokenizers of Llama-family tokenizer.json files
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                 r"|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 
 def _refuse(what: str) -> QuantsenseError:
@@ -83,10 +85,15 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
             return "gpt-2"
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and byte_level.get("use_regex", True):
             return "smollm"
-        if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT \
-                and not byte_level.get("use_regex", True):
+        if (
+            kinds == ["Split", "ByteLevel"]
+            and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT
+            and not byte_level.get("use_regex", True)
+        ):
             return "llama-bpe"
-    raise _refuse(f"its tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) is not one of gpt-2, smollm, llama-bpe")
+    raise _refuse(
+        f"its tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) is not one of gpt-2, smollm, llama-bpe"
+    )
 
 
 def tokenizer_spec(tokenizer) -> dict:
@@ -95,7 +102,11 @@ def tokenizer_spec(tokenizer) -> dict:
     if backend is None:
         raise _refuse("its tokenizer is not a fast (tokenizer.json) tokenizer")
     spec = json.loads(backend.to_str())
-    if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+    if (
+        spec["model"]["type"] != "BPE"
+        or spec["model"].get("byte_fallback")
+        or (spec.get("decoder") or {}).get("type") != "ByteLevel"
+    ):
         raise _refuse("its tokenizer is not a byte-level BPE tokenizer (SentencePiece tokenizers are not mapped)")
     pre_tokenizer_name(spec)
     return spec
@@ -142,13 +153,18 @@ def add_vocab(writer, tokenizer, vocab_size: int) -> None:
 
 def _rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """llama.cpp's row order for attn_q/attn_k: each head's two rotary halves interleaved (convert_hf_to_gguf's permute)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def gguf_tensors(model) -> list[tuple[str, torch.Tensor]]:
     """(GGUF name, weight in GGUF row layout) for every parameter, in the model's order; a tied lm_head is left out."""
     config = model.config
-    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    heads, kv_heads = (
+        config.num_attention_heads,
+        getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+    )
     out = []
     for name, weight in model.state_dict().items():
         if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):

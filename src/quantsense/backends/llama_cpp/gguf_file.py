@@ -38,13 +38,18 @@ def gguf_types() -> tuple[str, ...]:
 
     return (*names("torch"), *(name.lower() for name in names("ggml")), "f32")
 
+
 # keys this module sets itself; every other source key is copied unchanged (a source's own imatrix provenance is not:
 # it describes how the source was quantized, not this file)
 _OWN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version")
 _OWN_PREFIXES = ("quantize.imatrix.",)
 # llama-quantize's provenance keys for the imatrix a file was quantized with (tools/quantize/quantize.cpp)
-IMATRIX_KEYS = {"file": "quantize.imatrix.file", "dataset": "quantize.imatrix.dataset",
-                "entries": "quantize.imatrix.entries_count", "chunks": "quantize.imatrix.chunks_count"}
+IMATRIX_KEYS = {
+    "file": "quantize.imatrix.file",
+    "dataset": "quantize.imatrix.dataset",
+    "entries": "quantize.imatrix.entries_count",
+    "chunks": "quantize.imatrix.chunks_count",
+}
 
 
 def _gguf():
@@ -70,8 +75,10 @@ def hf_to_gguf_name(hf_module_name: str, num_blocks: int, arch: str = "llama") -
     key = hf_module_name.removesuffix(".weight")
     name = _tensor_name_map(archs[arch], num_blocks).get_name(key)
     if name is None:
-        raise QuantsenseError(f"module {hf_module_name!r} has no GGUF tensor name for architecture {arch!r} "
-                              f"with {num_blocks} blocks; check the module name and block count")
+        raise QuantsenseError(
+            f"module {hf_module_name!r} has no GGUF tensor name for architecture {arch!r} "
+            f"with {num_blocks} blocks; check the module name and block count"
+        )
     return name + ".weight"
 
 
@@ -108,8 +115,10 @@ def _target_types(tensors, tensor_types: Mapping[str, str], default_type: str | 
     names = [name for name, _, _ in tensors]
     unknown = sorted(set(tensor_types) - set(names))
     if unknown:
-        raise QuantsenseError(f"plan names tensors the GGUF file lacks: {', '.join(unknown[:5])}; "
-                              "use GGUF tensor names such as blk.0.attn_q.weight (hf_to_gguf_name converts)")
+        raise QuantsenseError(
+            f"plan names tensors the GGUF file lacks: {', '.join(unknown[:5])}; "
+            "use GGUF tensor names such as blk.0.attn_q.weight (hf_to_gguf_name converts)"
+        )
     if default_type is not None:
         _qtype(default_type)
     types = {}
@@ -117,7 +126,9 @@ def _target_types(tensors, tensor_types: Mapping[str, str], default_type: str | 
         planned = tensor_types.get(name)
         if len(shape) < 2:
             if planned is not None and planned.lower() != "f32":
-                raise QuantsenseError(f"tensor {name} is 1-D; llama.cpp keeps 1-D tensors in F32, remove it from the plan")
+                raise QuantsenseError(
+                    f"tensor {name} is 1-D; llama.cpp keeps 1-D tensors in F32, remove it from the plan"
+                )
             types[name] = "f32"
             continue
         if planned is None and default_type is None:
@@ -126,8 +137,10 @@ def _target_types(tensors, tensor_types: Mapping[str, str], default_type: str | 
         chosen = planned or default_type
         block = _gguf().GGML_QUANT_SIZES[_qtype(chosen)][0]
         if int(shape[0]) % block:
-            raise QuantsenseError(f"tensor {name} has rows of {int(shape[0])} values, not a multiple of "
-                                  f"{chosen}'s block of {block}; choose f16/bf16/f32 for it")
+            raise QuantsenseError(
+                f"tensor {name} has rows of {int(shape[0])} values, not a multiple of "
+                f"{chosen}'s block of {block}; choose f16/bf16/f32 for it"
+            )
         types[name] = chosen.lower()
     return types
 
@@ -161,12 +174,21 @@ def _layout_of(path: str, _mtime_ns: int, _size: int) -> _Layout:
     reader = _read(Path(path))
     fields = [*reader.fields.values(), *(t.field for t in reader.tensors)]
     own = [f for f in reader.fields.values() if f.name.startswith(_OWN_PREFIXES)]
-    return _Layout(_tensor_list(reader), _alignment(reader), int(reader.data_offset),
-                   max(f.offset + _field_bytes(f) for f in fields), sum(map(_field_bytes, own)) if own else None)
+    return _Layout(
+        _tensor_list(reader),
+        _alignment(reader),
+        int(reader.data_offset),
+        max(f.offset + _field_bytes(f) for f in fields),
+        sum(map(_field_bytes, own)) if own else None,
+    )
 
 
-def predicted_gguf_bytes(source: Path, tensor_types: Mapping[str, str], default_type: str | None = "f32",
-                         provenance: Mapping[str, Any] | None = None) -> dict:
+def predicted_gguf_bytes(
+    source: Path,
+    tensor_types: Mapping[str, str],
+    default_type: str | None = "f32",
+    provenance: Mapping[str, Any] | None = None,
+) -> dict:
     """Predicted sizes of :func:`write_gguf`'s file from the source's shapes and the planned types.
 
     Returns ``{"tensor_bytes": sum of tensor data, "file_bytes": header + aligned tensor data}``; the
@@ -217,12 +239,16 @@ def _field_value(field) -> Any:
         if field.types[-1] == gguf.GGUFValueType.STRING:
             return [bytes(field.parts[i]) for i in field.data]
         if field.types[-1] == gguf.GGUFValueType.ARRAY:
-            raise QuantsenseError(f"metadata key {field.name} is an array of arrays, which gguf's writer cannot copy; "
-                                  "remove it with gguf_new_metadata.py --remove-metadata")
+            raise QuantsenseError(
+                f"metadata key {field.name} is an array of arrays, which gguf's writer cannot copy; "
+                "remove it with gguf_new_metadata.py --remove-metadata"
+            )
         values = field.contents()
         if not values:
-            raise QuantsenseError(f"metadata key {field.name} is an empty array, which gguf's writer cannot write; "
-                                  "remove it with gguf_new_metadata.py --remove-metadata")
+            raise QuantsenseError(
+                f"metadata key {field.name} is an empty array, which gguf's writer cannot write; "
+                "remove it with gguf_new_metadata.py --remove-metadata"
+            )
         return values
     return field.contents()
 
@@ -246,7 +272,10 @@ def _file_type(reader, types: Mapping[str, str]) -> int:
         if len(tensor.shape) >= 2:
             weights[types[tensor.name]] += int(tensor.n_elements)
     top = weights.most_common(1)[0][0] if weights else "f32"
-    by_name = {"f32": gguf.LlamaFileType.ALL_F32, **{m.name.removeprefix("MOSTLY_").lower(): m for m in gguf.LlamaFileType}}
+    by_name = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        **{m.name.removeprefix("MOSTLY_").lower(): m for m in gguf.LlamaFileType},
+    }
     if top in by_name:
         return int(by_name[top])
     field = reader.get_field("general.file_type")
@@ -273,8 +302,14 @@ def _gguf_py_types() -> tuple[str, ...]:
     return names("torch")
 
 
-def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default_type: str | None = "f32",
-               importance: Mapping[str, np.ndarray] | None = None, provenance: Mapping[str, Any] | None = None) -> dict:
+def write_gguf(
+    source: Path,
+    tensor_types: Mapping[str, str],
+    out: Path,
+    default_type: str | None = "f32",
+    importance: Mapping[str, np.ndarray] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict:
     """Write ``source`` (a GGUF file) with ``tensor_types`` (GGUF tensor name -> type) applied to ``out``.
 
     Tensors not in the plan get ``default_type`` (``None``: keep the source bytes). ``importance`` (GGUF tensor name ->
@@ -301,20 +336,36 @@ def write_gguf(source: Path, tensor_types: Mapping[str, str], out: Path, default
         for tensor in reader.tensors:
             numpy_shape = tuple(int(d) for d in reversed(tensor.shape))
             if tensor.name in keep:
-                writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, int(tensor.n_bytes), tensor.tensor_type)
+                writer.add_tensor_info(
+                    tensor.name, tensor.data.shape, tensor.data.dtype, int(tensor.n_bytes), tensor.tensor_type
+                )
             else:
-                writer.add_tensor_info(tensor.name, numpy_shape, np.dtype(np.float32), tensor_nbytes(numpy_shape, types[tensor.name]),
-                                       _qtype(types[tensor.name]))
+                writer.add_tensor_info(
+                    tensor.name,
+                    numpy_shape,
+                    np.dtype(np.float32),
+                    tensor_nbytes(numpy_shape, types[tensor.name]),
+                    _qtype(types[tensor.name]),
+                )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         tensor_bytes = 0
         for tensor in reader.tensors:
-            data = tensor.data if tensor.name in keep else _tensor_data(tensor, types[tensor.name], importance.get(tensor.name))
+            data = (
+                tensor.data
+                if tensor.name in keep
+                else _tensor_data(tensor, types[tensor.name], importance.get(tensor.name))
+            )
             writer.write_tensor_data(data, tensor_endianess=reader.endianess)
             tensor_bytes += data.nbytes
         writer.close()
-    return {"path": str(out), "bytes": out.stat().st_size, "tensor_bytes": tensor_bytes, "types": dict(Counter(types.values()))}
+    return {
+        "path": str(out),
+        "bytes": out.stat().st_size,
+        "tensor_bytes": tensor_bytes,
+        "types": dict(Counter(types.values())),
+    }
 
 
 _LLAMA_QUANTIZE_FLAGS = {"token_embd.weight": "--token-embedding-type", "output.weight": "--output-tensor-type"}
@@ -338,13 +389,16 @@ def llama_quantize_args(tensor_types: Mapping[str, str]) -> list[str]:
         elif re.fullmatch(r"blk\.\d+\.[a-z_0-9]+\.weight", name):
             args += ["--tensor-type", f"{name.removesuffix('.weight')}={qtype.lower()}"]
         else:
-            raise QuantsenseError(f"tensor {name!r} is not a per-block weight (blk.N.NAME.weight), token_embd.weight "
-                                  "or output.weight; llama-quantize cannot target it")
+            raise QuantsenseError(
+                f"tensor {name!r} is not a per-block weight (blk.N.NAME.weight), token_embd.weight "
+                "or output.weight; llama-quantize cannot target it"
+            )
     return args
 
 
-def gguf_tensor_names(model, units, purpose: str = "an importance matrix",
-                      names: list[str] | None = None) -> dict[str, str]:
+def gguf_tensor_names(
+    model, units, purpose: str = "an importance matrix", names: list[str] | None = None
+) -> dict[str, str]:
     """Each block linear's (or each of ``names``') llama.cpp tensor name (``blk.0.attn_q.weight``): how an imatrix file
     and llama.cpp's presets name it. A model llama.cpp has no names for is refused, saying what needed them."""
     arch = getattr(model.config, "model_type", "")
@@ -353,7 +407,9 @@ def gguf_tensor_names(model, units, purpose: str = "an importance matrix",
         try:
             found[name] = hf_to_gguf_name(name, units.num_blocks, arch)
         except QuantsenseError:
-            raise QuantsenseError(f"{purpose} needs llama.cpp's tensor names, and this {arch or type(model).__name__} "
-                                  f"model ({type(model).__name__}) has none for {name}: use a model llama.cpp runs, e.g. "
-                                  "a Llama-architecture causal LM with --task wikitext") from None
+            raise QuantsenseError(
+                f"{purpose} needs llama.cpp's tensor names, and this {arch or type(model).__name__} "
+                f"model ({type(model).__name__}) has none for {name}: use a model llama.cpp runs, e.g. "
+                "a Llama-architecture causal LM with --task wikitext"
+            ) from None
     return found

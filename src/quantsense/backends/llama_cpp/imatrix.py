@@ -38,8 +38,12 @@ class Imatrix:
 
     def provenance(self) -> dict:
         """What llama-quantize records of the imatrix a file was quantized with (``quantize.imatrix.*``)."""
-        return {"file": self.source or f"imatrix {self.fingerprint}", "dataset": self.datasets[0] if self.datasets else "",
-                "entries": len(self.sums), "chunks": self.chunk_count}
+        return {
+            "file": self.source or f"imatrix {self.fingerprint}",
+            "dataset": self.datasets[0] if self.datasets else "",
+            "entries": len(self.sums),
+            "chunks": self.chunk_count,
+        }
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -59,9 +63,15 @@ class Imatrix:
         return (self.sums[tensor] / max(self.counts[tensor], 1)).astype(np.float32)
 
     def describe(self) -> dict:
-        return {"fingerprint": self.fingerprint, "tensors": len(self.sums), "datasets": list(self.datasets),
-                "tokens": max(self.counts.values(), default=0), "chunk_size": self.chunk_size,
-                "chunk_count": self.chunk_count, "calibration": dict(self.calibration)}
+        return {
+            "fingerprint": self.fingerprint,
+            "tensors": len(self.sums),
+            "datasets": list(self.datasets),
+            "tokens": max(self.counts.values(), default=0),
+            "chunk_size": self.chunk_size,
+            "chunk_count": self.chunk_count,
+            "calibration": dict(self.calibration),
+        }
 
     def overlap(self, data: str, first: int, tokens: int) -> tuple[int, int] | None:
         """The token range this imatrix was collected on that ``tokens`` tokens from ``first`` of text ``data`` (its
@@ -87,8 +97,14 @@ def _fingerprint(sums: Mapping[str, np.ndarray], counts: Mapping[str, int]) -> s
     return digest.hexdigest()[:16]
 
 
-def collect(model, modules: Mapping[str, object], inputs: Iterable[dict], datasets: tuple[str, ...] = (),
-            chunk_size: int = 0, calibration: Mapping | None = None) -> Imatrix:
+def collect(
+    model,
+    modules: Mapping[str, object],
+    inputs: Iterable[dict],
+    datasets: tuple[str, ...] = (),
+    chunk_size: int = 0,
+    calibration: Mapping | None = None,
+) -> Imatrix:
     """Run ``model`` on every batch of ``inputs`` and sum each module's squared inputs per column (float64), counting
     tokens; positions an ``attention_mask`` marks as padding are left out."""
     import torch
@@ -106,6 +122,7 @@ def collect(model, modules: Mapping[str, object], inputs: Iterable[dict], datase
             total = rows.pow(2).sum(dim=0)
             sums[name] = total if sums[name] is None else sums[name] + total
             counts[name] += int(rows.shape[0])
+
         return record
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in modules.items()]
@@ -121,8 +138,14 @@ def collect(model, modules: Mapping[str, object], inputs: Iterable[dict], datase
     if missing:
         raise QuantsenseError(f"no activations reached {missing[0]} (and {len(missing) - 1} more) during calibration")
     tokens = max(counts.values())
-    return Imatrix({n: t.float().cpu().numpy() for n, t in sums.items()}, counts, tuple(datasets), chunk_size,
-                   tokens // chunk_size if chunk_size else 0, calibration=dict(calibration or {}))
+    return Imatrix(
+        {n: t.float().cpu().numpy() for n, t in sums.items()},
+        counts,
+        tuple(datasets),
+        chunk_size,
+        tokens // chunk_size if chunk_size else 0,
+        calibration=dict(calibration or {}),
+    )
 
 
 def product_modules(model, units) -> dict:
@@ -136,4 +159,3 @@ def product_modules(model, units) -> dict:
         if head is not None and (unit.module is head or any(m is head for m in unit.tied_modules)):
             found[name] = head
     return found
-

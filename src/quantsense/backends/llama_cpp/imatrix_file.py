@@ -55,12 +55,16 @@ def check_path(path) -> Path:
     import os
 
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
-        raise QuantsenseError(f"imatrix (--imatrix) is the path of an importance matrix file (a str or Path), got "
-                              f"{path!r}; make one with: quantsense imatrix --model MODEL --data TEXT --out imatrix.gguf")
+        raise QuantsenseError(
+            f"imatrix (--imatrix) is the path of an importance matrix file (a str or Path), got "
+            f"{path!r}; make one with: quantsense imatrix --model MODEL --data TEXT --out imatrix.gguf"
+        )
     path = Path(path)
     if path.is_dir():
-        raise QuantsenseError(f"--imatrix {path} is a folder; pass the importance matrix file itself (a .gguf from "
-                              "quantsense imatrix or llama-imatrix)")
+        raise QuantsenseError(
+            f"--imatrix {path} is a folder; pass the importance matrix file itself (a .gguf from "
+            "quantsense imatrix or llama-imatrix)"
+        )
     if not path.is_file():
         raise QuantsenseError(f"imatrix file {path} not found; {MAKE_ONE.format(path=path)}")
     return path
@@ -76,19 +80,27 @@ def load(path: str | Path, gguf_names: Mapping[str, str], columns: Mapping[str, 
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF" and path.suffix != ".gguf":  # llama-imatrix's legacy binary layout starts with an entry count
-        raise QuantsenseError(f"{path} is not a GGUF file (legacy .dat imatrix files are not read); "
-                              + CONVERT.format(path=path, stem=path.with_suffix("")))
+        raise QuantsenseError(
+            f"{path} is not a GGUF file (legacy .dat imatrix files are not read); "
+            + CONVERT.format(path=path, stem=path.with_suffix(""))
+        )
     if magic != b"GGUF":
-        raise QuantsenseError(f"{path} is not a GGUF imatrix file (it does not start with GGUF's magic: truncated or "
-                              f"another kind of file); {MAKE_ONE.format(path=path)}")
+        raise QuantsenseError(
+            f"{path} is not a GGUF imatrix file (it does not start with GGUF's magic: truncated or "
+            f"another kind of file); {MAKE_ONE.format(path=path)}"
+        )
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # a truncated or foreign file
-        raise QuantsenseError(f"{path} is not a readable GGUF imatrix file ({exc}); {MAKE_ONE.format(path=path)}") from None
+        raise QuantsenseError(
+            f"{path} is not a readable GGUF imatrix file ({exc}); {MAKE_ONE.format(path=path)}"
+        ) from None
     tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
     if not any(name.endswith(".in_sum2") for name in tensors):
-        raise QuantsenseError(f"{path} holds no '<tensor>.in_sum2' entries: it is a GGUF file but not an importance "
-                              f"matrix; {MAKE_ONE.format(path=path)}")
+        raise QuantsenseError(
+            f"{path} holds no '<tensor>.in_sum2' entries: it is a GGUF file but not an importance "
+            f"matrix; {MAKE_ONE.format(path=path)}"
+        )
     by_tensor = {gguf_name: module for module, gguf_name in gguf_names.items()}
     sums, counts = {}, {}
     for name, values in tensors.items():
@@ -100,22 +112,39 @@ def load(path: str | Path, gguf_names: Mapping[str, str], columns: Mapping[str, 
             raise QuantsenseError(f"{path}: {name} has no single .counts entry (per-expert imatrix files are not read)")
         width = (columns or {}).get(module)
         if width is not None and values.size != width:
-            raise QuantsenseError(f"imatrix file {path} was made for another model: its {name.removesuffix('.in_sum2')} "
-                                  f"has {values.size} columns where this model's weight takes {width} inputs; "
-                                  + MAKE_ONE.format(path=path))
+            raise QuantsenseError(
+                f"imatrix file {path} was made for another model: its {name.removesuffix('.in_sum2')} "
+                f"has {values.size} columns where this model's weight takes {width} inputs; "
+                + MAKE_ONE.format(path=path)
+            )
         sums[module], counts[module] = values.copy(), int(round(float(count[0])))
     if not sums:
-        raise QuantsenseError(f"imatrix file {path} has no entry for any of this model's linear weights (e.g. "
-                              f"{next(iter(gguf_names.values()))}): it was made for another model; " + MAKE_ONE.format(path=path))
+        raise QuantsenseError(
+            f"imatrix file {path} has no entry for any of this model's linear weights (e.g. "
+            f"{next(iter(gguf_names.values()))}): it was made for another model; " + MAKE_ONE.format(path=path)
+        )
     fields = reader.fields
-    datasets = tuple(str(bytes(fields[gguf.Keys.IMatrix.DATASETS].parts[i]), "utf-8")
-                     for i in fields[gguf.Keys.IMatrix.DATASETS].data) if gguf.Keys.IMatrix.DATASETS in fields else ()
+    datasets = (
+        tuple(
+            str(bytes(fields[gguf.Keys.IMatrix.DATASETS].parts[i]), "utf-8")
+            for i in fields[gguf.Keys.IMatrix.DATASETS].data
+        )
+        if gguf.Keys.IMatrix.DATASETS in fields
+        else ()
+    )
 
     def u32(key: str) -> int:
         return int(fields[key].parts[fields[key].data[0]][0]) if key in fields else 0
 
-    return Imatrix(sums, counts, datasets, u32(gguf.Keys.IMatrix.CHUNK_SIZE), u32(gguf.Keys.IMatrix.CHUNK_COUNT),
-                   calibration=_calibration(fields), source=str(path))
+    return Imatrix(
+        sums,
+        counts,
+        datasets,
+        u32(gguf.Keys.IMatrix.CHUNK_SIZE),
+        u32(gguf.Keys.IMatrix.CHUNK_COUNT),
+        calibration=_calibration(fields),
+        source=str(path),
+    )
 
 
 def _calibration(fields) -> dict:
@@ -123,8 +152,10 @@ def _calibration(fields) -> dict:
     if not all(f"quantsense.calibration.{k}" in fields for k in CALIBRATION_KEYS):
         return {}
     data = fields["quantsense.calibration.data"]
-    number = {k: int(fields[f"quantsense.calibration.{k}"].parts[fields[f"quantsense.calibration.{k}"].data[0]][0])
-              for k in ("first_token", "tokens")}
+    number = {
+        k: int(fields[f"quantsense.calibration.{k}"].parts[fields[f"quantsense.calibration.{k}"].data[0]][0])
+        for k in ("first_token", "tokens")
+    }
     return {"data": str(bytes(data.parts[data.data[0]]), "utf-8"), **number}
 
 

@@ -27,9 +27,16 @@ def _llama_cpp():
     return llama_cpp
 
 
-def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: Mapping[str, str] | None = None,
-                   importance: Mapping[str, np.ndarray] | None = None, provenance: Mapping | None = None,
-                   pure: bool = False, nthread: int = 0) -> Path:
+def llama_quantize(
+    source: str | Path,
+    out: str | Path,
+    ftype: int,
+    overrides: Mapping[str, str] | None = None,
+    importance: Mapping[str, np.ndarray] | None = None,
+    provenance: Mapping | None = None,
+    pure: bool = False,
+    nthread: int = 0,
+) -> Path:
     """Quantize the GGUF ``source`` into ``out`` with llama.cpp: ``ftype`` a llama_ftype number (the preset or base
     type), ``overrides`` GGUF tensor name -> type (each an exact-name pattern, like ``--tensor-type``), ``importance``
     GGUF tensor name -> imatrix weights (the mean squared activation per input column, as llama-quantize loads them),
@@ -91,6 +98,7 @@ def llama_quantize(source: str | Path, out: str | Path, ftype: int, overrides: M
 @contextmanager
 def _captured_log(llama_cpp, lines: list[str]):
     """llama.cpp's log messages into ``lines`` while the block runs (then llama-cpp-python's own logger again)."""
+
     @llama_cpp.llama_log_callback
     def keep(level, text, user_data):
         lines.append(text.decode(errors="replace") if text else "")

@@ -17,17 +17,37 @@ from quantsense.exporters.base import run_fresh
 BOOTSTRAP_BLOCK_TOKENS = 128  # as the simulation's language-model comparison
 
 
-def score_in_llama_cpp(path: str | Path, reference: str | Path, token_ids: list[int], context: int, stride: int,
-                       threads: int = 2, seed: int = 0) -> dict:
+def score_in_llama_cpp(
+    path: str | Path,
+    reference: str | Path,
+    token_ids: list[int],
+    context: int,
+    stride: int,
+    threads: int = 2,
+    seed: int = 0,
+) -> dict:
     """``path`` against ``reference`` in llama.cpp on ``token_ids`` (windows of ``context`` every ``stride``)."""
     from quantsense.backends.llama_cpp import gguf_check
 
     with tempfile.TemporaryDirectory(prefix="quantsense-score-") as tmp:
         ids = Path(tmp) / "ids.json"
         ids.write_text(json.dumps(list(map(int, token_ids))))
-        found = run_fresh(gguf_check, ["--runtime", "llama.cpp", str(path), str(ids), str(context), str(stride),
-                                       "--kl-against", str(reference), "--threads", str(threads)],
-                          what="the llama.cpp score")
+        found = run_fresh(
+            gguf_check,
+            [
+                "--runtime",
+                "llama.cpp",
+                str(path),
+                str(ids),
+                str(context),
+                str(stride),
+                "--kl-against",
+                str(reference),
+                "--threads",
+                str(threads),
+            ],
+            what="the llama.cpp score",
+        )
     return summarise(found, seed)
 
 
@@ -35,7 +55,14 @@ def summarise(found: dict, seed: int = 0) -> dict:
     kl = np.asarray(found["kl"], dtype=np.float64)
     lp, ref = (np.asarray(found[k], dtype=np.float64) for k in ("token_logprob", "reference_logprob"))
     low, high = block_bootstrap_mean_ci(kl, BOOTSTRAP_BLOCK_TOKENS, seed=seed)
-    return {"kl_mean": float(kl.mean()), "kl_ci_low": low, "kl_ci_high": high, "kl_p99": float(np.percentile(kl, 99)),
-            "perplexity": float(np.exp(-lp.mean())),
-            "reference_perplexity": float(np.exp(-ref.mean())), "top1_agreement": 100 * float(np.mean(found["top1"])),
-            "scored_tokens": int(kl.size), "quantsense_imported_by_check": found["quantsense_imported"]}
+    return {
+        "kl_mean": float(kl.mean()),
+        "kl_ci_low": low,
+        "kl_ci_high": high,
+        "kl_p99": float(np.percentile(kl, 99)),
+        "perplexity": float(np.exp(-lp.mean())),
+        "reference_perplexity": float(np.exp(-ref.mean())),
+        "top1_agreement": 100 * float(np.mean(found["top1"])),
+        "scored_tokens": int(kl.size),
+        "quantsense_imported_by_check": found["quantsense_imported"],
+    }

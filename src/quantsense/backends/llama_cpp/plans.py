@@ -19,8 +19,12 @@ from quantsense.workspace import Workspace
 def unit_gguf_names(ws: Workspace) -> dict[str, str]:
     """Unit name -> GGUF tensor name for the block linears and the units outside the blocks that GGUF stores
     (the token embedding; the output head unless it is tied to the embedding)."""
-    extra = [name for name in ws.units.extra_units() if ws.units.get(name).kind == "embedding"
-             or (ws.units.get(name).kind == "head" and not ws.units.get(name).tied_to)]
+    extra = [
+        name
+        for name in ws.units.extra_units()
+        if ws.units.get(name).kind == "embedding"
+        or (ws.units.get(name).kind == "head" and not ws.units.get(name).tied_to)
+    ]
     return gguf_tensor_names(ws.model, ws.units, "a llama.cpp preset", ws.units.linear_units() + extra)
 
 
@@ -50,8 +54,10 @@ def plan_from_gguf(ws: Workspace, path: str | Path) -> Plan:
     types = {t.name: t.tensor_type.name.lower() for t in tensors}
     missing = sorted(set(by_gguf) - set(types))
     if missing:
-        raise QuantsenseError(f"{path} has no tensor {missing[0]} (and {len(missing) - 1} more) that this model has: it was "
-                              "made from another model")
+        raise QuantsenseError(
+            f"{path} has no tensor {missing[0]} (and {len(missing) - 1} more) that this model has: it was "
+            "made from another model"
+        )
     mapping = {}
     for name, qtype in types.items():
         unit = by_gguf.get(name)
@@ -60,7 +66,9 @@ def plan_from_gguf(ws: Workspace, path: str | Path) -> Plan:
         try:
             fmt = ws.format(qtype)
         except QuantsenseError as exc:
-            raise QuantsenseError(f"{path}: {name} is stored as {qtype}, which quantsense cannot simulate ({exc})") from None
+            raise QuantsenseError(
+                f"{path}: {name} is stored as {qtype}, which quantsense cannot simulate ({exc})"
+            ) from None
         fmt.check_unit(ws.units.get(unit))
         mapping[unit] = fmt
     return Plan.of(mapping)

@@ -27,11 +27,29 @@ from quantsense.mixed_precision.presets import PresetFamily, preset_name, regist
 from quantsense.quantization.formats import parse_format
 from quantsense.backends.llama_cpp.types import TYPES
 
-PRESETS = {"Q3_K_M": "q3_K", "Q4_K_S": "q4_K", "Q4_K_M": "q4_K", "Q5_K_S": "q5_K", "Q5_K_M": "q5_K", "Q6_K": "q6_K",
-           "Q8_0": "q8_0", "Q4_0": "q4_0", "Q5_0": "q5_0"}
+PRESETS = {
+    "Q3_K_M": "q3_K",
+    "Q4_K_S": "q4_K",
+    "Q4_K_M": "q4_K",
+    "Q5_K_S": "q5_K",
+    "Q5_K_M": "q5_K",
+    "Q6_K": "q6_K",
+    "Q8_0": "q8_0",
+    "Q4_0": "q4_0",
+    "Q5_0": "q5_0",
+}
 # llama_ftype numbers (llama.h), for llama_model_quantize
-FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17,
-          "Q6_K": 18}
+FTYPES = {
+    "Q4_0": 2,
+    "Q8_0": 7,
+    "Q5_0": 8,
+    "Q3_K_M": 12,
+    "Q4_K_S": 14,
+    "Q4_K_M": 15,
+    "Q5_K_S": 16,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+}
 _LAYER = re.compile(r"blk\.(\d+)\.")
 
 
@@ -101,8 +119,17 @@ def preset_types(preset: str, rows: dict[str, int], n_layer: int, has_imatrix: b
     return types
 
 
-def _rule(preset: str, base: str, name: str, row: int, tied: bool, n_attn_v: int, n_layer: int, counters: dict,
-          has_imatrix: bool) -> str:
+def _rule(
+    preset: str,
+    base: str,
+    name: str,
+    row: int,
+    tied: bool,
+    n_attn_v: int,
+    n_layer: int,
+    counters: dict,
+    has_imatrix: bool,
+) -> str:
     if name == "output.weight" or (tied and name == "token_embd.weight"):
         if not holds(base, row):
             return "q8_0"

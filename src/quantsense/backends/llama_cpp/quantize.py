@@ -25,11 +25,13 @@ from pathlib import Path
 from quantsense.errors import QuantsenseError
 
 from quantsense.backends.llama_cpp.types import ALLOCATION_CANDIDATES as CANDIDATES
+
 ALIGNMENT_SLACK = 32  # bytes per tensor a GGUF file may pad between tensors
 
 
-def check_inputs(out, size, size_of, imatrix, calibration_data, tokens: dict[str, int] | None = None,
-                 context: int = 1024) -> Path:
+def check_inputs(
+    out, size, size_of, imatrix, calibration_data, tokens: dict[str, int] | None = None, context: int = 1024
+) -> Path:
     """Everything about the request that needs no model, refused in one line before any work (``tokens``: the
     token count of each flag, e.g. ``{"--choose-tokens": 4096}``, checked against ``context`` for an interval)."""
     from quantsense.evaluation.statistics import MIN_BOOTSTRAP_BLOCKS
@@ -48,15 +50,19 @@ def check_inputs(out, size, size_of, imatrix, calibration_data, tokens: dict[str
     if not os.access(out.parent, os.W_OK):
         raise QuantsenseError(f"cannot write to {out.parent}; choose a folder you can write to")
     if (size is None) == (size_of is None):
-        raise QuantsenseError("give the file size: exactly one of --size (e.g. 105MB) or --size-of PRESET (e.g. Q4_K_M)")
+        raise QuantsenseError(
+            "give the file size: exactly one of --size (e.g. 105MB) or --size-of PRESET (e.g. Q4_K_M)"
+        )
     if imatrix is not None and calibration_data is not None:
         raise QuantsenseError("--imatrix and --calibration-data both give the importance matrix: pass one")
     need = tokens_for_interval(context, context, MIN_BOOTSTRAP_BLOCKS)
     for flag, count in (tokens or {}).items():
         if count < need:
-            raise QuantsenseError(f"{flag} {count} is too few for an interval at --context {context}: the mean KL's "
-                                  f"95 % interval needs {MIN_BOOTSTRAP_BLOCKS} blocks of scored tokens; use {flag} "
-                                  f"{need} or more, or a shorter --context")
+            raise QuantsenseError(
+                f"{flag} {count} is too few for an interval at --context {context}: the mean KL's "
+                f"95 % interval needs {MIN_BOOTSTRAP_BLOCKS} blocks of scored tokens; use {flag} "
+                f"{need} or more, or a shorter --context"
+            )
     from quantsense.backends.llama_cpp.writer import check_llama_cpp, llama_cpp_available
     from quantsense.backends.llama_cpp import ggml_lib
 
@@ -81,11 +87,28 @@ def token_ranges(imatrix_tokens: int, choose: int, score: int, own_imatrix: bool
     return {"imatrix": (0, imatrix_tokens), "choose": (first, choose), "score": (first + choose, score)}
 
 
-def quantize(model: str, out: str | Path, data: str, size: str | None = None, size_of: str | None = None,
-             imatrix: str | None = None, calibration_data: str | None = None, candidates=CANDIDATES,
-             calibration_tokens: int = 8192, choose_tokens: int = 4096, score_tokens: int = 4096, context: int = 1024,
-             plans_from=(), store: str | None = None, quiet: bool = False, score: bool = True,
-             runtime_activations: bool = True, device: str = "auto", estimate: str = "fisher", say=print) -> dict:
+def quantize(
+    model: str,
+    out: str | Path,
+    data: str,
+    size: str | None = None,
+    size_of: str | None = None,
+    imatrix: str | None = None,
+    calibration_data: str | None = None,
+    candidates=CANDIDATES,
+    calibration_tokens: int = 8192,
+    choose_tokens: int = 4096,
+    score_tokens: int = 4096,
+    context: int = 1024,
+    plans_from=(),
+    store: str | None = None,
+    quiet: bool = False,
+    score: bool = True,
+    runtime_activations: bool = True,
+    device: str = "auto",
+    estimate: str = "fisher",
+    say=print,
+) -> dict:
     """Write ``model`` as a GGUF file of at most ``size`` bytes (or the size ``size_of``'s preset has on this model) at
     ``out``, as described in this module; returns the report (also written beside ``out`` as ``.quantsense.json``)."""
     import quantsense as qs
@@ -101,8 +124,9 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
     preset = preset_name(size_of) if size_of is not None else None
     collect = imatrix is None
     ranges = token_ranges(calibration_tokens, choose_tokens, score_tokens, collect and calibration_data is None)
-    common = dict(task="wikitext", context=context, stride=context, quiet=quiet, device=device,
-                  dtype="float32")  # the F32 reference file's weights, whatever dtype the checkpoint was saved in
+    common = dict(
+        task="wikitext", context=context, stride=context, quiet=quiet, device=device, dtype="float32"
+    )  # the F32 reference file's weights, whatever dtype the checkpoint was saved in
     imatrix_path = Path(imatrix) if imatrix else out.with_suffix(".imatrix.gguf")
     if collect:
         from quantsense.backends.llama_cpp.calibrate import imatrix_text, make_imatrix
@@ -111,13 +135,33 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
         cal = qs.open_workspace(model, data=calibration_data or data, first_token=first, max_tokens=tokens, **common)
         say(imatrix_text(*make_imatrix(cal, imatrix_path)))
         del cal
-    elif calibration_data is None:  # a given imatrix: select and score after the range it was collected on, if this text's
+    elif (
+        calibration_data is None
+    ):  # a given imatrix: select and score after the range it was collected on, if this text's
         ranges = _after_imatrix(str(imatrix_path), data, ranges)
     searching = time.perf_counter()  # the search's cost: from here (imatrix excluded) to the file written
-    ws = qs.open_workspace(model, data=data, first_token=ranges["choose"][0], max_tokens=choose_tokens, store=store,
-                           imatrix=str(imatrix_path), runtime_activations=runtime_activations, **common)
-    scorer = qs.open_workspace(model, data=data, first_token=ranges["score"][0], max_tokens=score_tokens,
-                               imatrix=str(imatrix_path), **common) if score else None
+    ws = qs.open_workspace(
+        model,
+        data=data,
+        first_token=ranges["choose"][0],
+        max_tokens=choose_tokens,
+        store=store,
+        imatrix=str(imatrix_path),
+        runtime_activations=runtime_activations,
+        **common,
+    )
+    scorer = (
+        qs.open_workspace(
+            model,
+            data=data,
+            first_token=ranges["score"][0],
+            max_tokens=score_tokens,
+            imatrix=str(imatrix_path),
+            **common,
+        )
+        if score
+        else None
+    )
     given = _given_plans(ws, plans_from)
     with tempfile.TemporaryDirectory(prefix=".quantsense-quantize-", dir=out.parent) as tmp:
         reference = _reference_gguf(ws, model, Path(tmp))
@@ -125,15 +169,26 @@ def quantize(model: str, out: str | Path, data: str, size: str | None = None, si
         written = _write(ws, chosen, reference, out)
         report.update(written, search_seconds=time.perf_counter() - searching)
         report["recipe"] = _recipe(ws, chosen, out, reference)
-        report.update({"model": model, "data": data, "imatrix_data": calibration_data or data, "ranges": ranges,
-                       "imatrix": str(imatrix_path)})
-        out.with_suffix(".quantsense.json").write_text(json.dumps(report, indent=1, default=str))  # kept if scoring fails
+        report.update(
+            {
+                "model": model,
+                "data": data,
+                "imatrix_data": calibration_data or data,
+                "ranges": ranges,
+                "imatrix": str(imatrix_path),
+            }
+        )
+        out.with_suffix(".quantsense.json").write_text(
+            json.dumps(report, indent=1, default=str)
+        )  # kept if scoring fails
         if scorer is not None:
             report["scores"] = _score(ws, scorer, chosen, out, reference, preset, Path(tmp), say)
     report["seconds"] = time.perf_counter() - started
     out.with_suffix(".quantsense.json").write_text(json.dumps(report, indent=1, default=str))
-    say(f"Wrote {out} ({written['file_bytes'] / 1e6:.2f} MB) and {out.with_suffix('.quantsense.json')}; "
-        f"{report['seconds']:.0f} s in all")
+    say(
+        f"Wrote {out} ({written['file_bytes'] / 1e6:.2f} MB) and {out.with_suffix('.quantsense.json')}; "
+        f"{report['seconds']:.0f} s in all"
+    )
     return report
 
 
@@ -198,31 +253,53 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=estimate, outside="allocate")
     allocation = plans[0][1]
     share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
-    say(f"reduced sweep: {sweep.get('measured', sweep['pairs'])} of {sweep['pairs']} (tensor, type) pairs measured, "
-        f"{share:.1f} % of a full sweep's token evaluations")
+    say(
+        f"reduced sweep: {sweep.get('measured', sweep['pairs'])} of {sweep['pairs']} (tensor, type) pairs measured, "
+        f"{share:.1f} % of a full sweep's token evaluations"
+    )
     named = {"allocated": allocation.plan, **named}
     fits = {n: _file_bytes(ws, p, reference) for n, p in named.items()}
     if fits["allocated"] > target:  # the budget left room for the header and padding: a bug if it ever happens
-        raise QuantsenseError(f"the allocation came to {fits['allocated']:,} bytes as a file, over the {target:,} asked "
-                              "for; ask for a slightly smaller --size")
+        raise QuantsenseError(
+            f"the allocation came to {fits['allocated']:,} bytes as a file, over the {target:,} asked "
+            "for; ask for a slightly smaller --size"
+        )
     within = {n: p for n, p in named.items() if fits[n] <= target}
-    sweep_record = {k: sweep.get(k) for k in ("estimate", "pairs", "measured", "token_evaluations",
-                                               "full_token_evaluations", "seconds")}
+    sweep_record = {
+        k: sweep.get(k)
+        for k in ("estimate", "pairs", "measured", "token_evaluations", "full_token_evaluations", "seconds")
+    }
     if len(within) == 1:  # nothing to choose between: the held-out score in llama.cpp (unless --no-score) measures it
-        say(f"the allocation is the only plan within the size (predicted KL {allocation.predicted_loss:.4f}): nothing "
-            "to choose between, so it is not measured on the selection tokens")
-        return allocation.plan, {"target_bytes": target, "preset": preset, "chosen": "allocated", "selection": [],
-                                 "predicted_kl": allocation.predicted_loss, "sweep": sweep_record}
+        say(
+            f"the allocation is the only plan within the size (predicted KL {allocation.predicted_loss:.4f}): nothing "
+            "to choose between, so it is not measured on the selection tokens"
+        )
+        return allocation.plan, {
+            "target_bytes": target,
+            "preset": preset,
+            "chosen": "allocated",
+            "selection": [],
+            "predicted_kl": allocation.predicted_loss,
+            "sweep": sweep_record,
+        }
     rows = evaluate_plans(ws, within, desc="candidate plans")
     best = min(rows, key=lambda r: r["kl_mean"])
     for row in rows:
-        say(f"selection ({ws.batches.num_tokens:,} tokens): {row['plan']} KL {row['kl_mean']:.4f} "
+        say(
+            f"selection ({ws.batches.num_tokens:,} tokens): {row['plan']} KL {row['kl_mean']:.4f} "
             f"[{row['kl_ci_low']:.4f}, {row['kl_ci_high']:.4f}], {fits[row['plan']] / 1e6:.2f} MB"
-            + (" <- written" if row is best else ""))
+            + (" <- written" if row is best else "")
+        )
     if best["plan"] != "allocated":
         say(f"{best['plan']} measured lower than the allocation within the size, so it is the plan written")
-    return named[best["plan"]], {"target_bytes": target, "preset": preset, "chosen": best["plan"], "selection": rows,
-                                 "predicted_kl": allocation.predicted_loss, "sweep": sweep_record}
+    return named[best["plan"]], {
+        "target_bytes": target,
+        "preset": preset,
+        "chosen": best["plan"],
+        "selection": rows,
+        "predicted_kl": allocation.predicted_loss,
+        "sweep": sweep_record,
+    }
 
 
 def _write(ws, plan, reference: Path, out: Path) -> dict:
@@ -232,9 +309,15 @@ def _write(ws, plan, reference: Path, out: Path) -> dict:
     names = unit_gguf_names(ws)
     types = {names[unit]: fmt.name for unit, fmt in plan.assignments}
     importance = {names[u]: f.importance(u) for u, f in plan.assignments if f.importance(u) is not None}
-    written = write_gguf(reference, types, out, default_type=None, importance=importance, provenance=ws.imatrix.provenance())
+    written = write_gguf(
+        reference, types, out, default_type=None, importance=importance, provenance=ws.imatrix.provenance()
+    )
     (out.with_suffix(".plan.json")).write_text(json.dumps(plan.to_json_dict(), indent=1))
-    return {"file_bytes": written["bytes"], "tensor_types": written["types"], "plan_file": str(out.with_suffix(".plan.json"))}
+    return {
+        "file_bytes": written["bytes"],
+        "tensor_types": written["types"],
+        "plan_file": str(out.with_suffix(".plan.json")),
+    }
 
 
 def _recipe(ws, plan, out: Path, reference: Path) -> dict:
@@ -250,8 +333,10 @@ def _recipe(ws, plan, out: Path, reference: Path) -> dict:
     flags = [f"{args[i]} {args[i + 1]}" for i in range(0, len(args), 2) if args[i] != "--tensor-type"]
     path = out.with_suffix(".tensor-types.txt")
     path.write_text("\n".join(overrides) + "\n")
-    command = (f"llama-quantize --pure --imatrix {ws.options.imatrix} --tensor-type-file {path} {' '.join(flags)} "
-               f"MODEL-F32.gguf {out.name} q8_0")
+    command = (
+        f"llama-quantize --pure --imatrix {ws.options.imatrix} --tensor-type-file {path} {' '.join(flags)} "
+        f"MODEL-F32.gguf {out.name} q8_0"
+    )
     return {"tensor_type_file": str(path), "command": command}
 
 
@@ -268,15 +353,23 @@ def _score(ws, scorer, plan, out: Path, reference: Path, preset: str | None, fol
         from quantsense.backends.llama_cpp.presets import FTYPES
 
         importance = imatrix_by_tensor(ws)
-        files[f"{preset} (llama.cpp)"] = llama_quantize(reference, folder / f"{preset}.gguf", FTYPES[preset], nthread=2,
-                                                       importance=importance, provenance=ws.imatrix.provenance())
+        files[f"{preset} (llama.cpp)"] = llama_quantize(
+            reference,
+            folder / f"{preset}.gguf",
+            FTYPES[preset],
+            nthread=2,
+            importance=importance,
+            provenance=ws.imatrix.provenance(),
+        )
     first, tokens = scorer.task.token_range(scorer.batches)
     scores = {}
     for name, path in files.items():
         found = score_in_llama_cpp(path, reference, ids, scorer.task.context, scorer.task.stride)
         scores[name] = {**found, "file_bytes": path.stat().st_size}
-        say(f"llama.cpp on held-out tokens {first}..{first + tokens}: {name} {path.stat().st_size / 1e6:.2f} MB, mean KL "
+        say(
+            f"llama.cpp on held-out tokens {first}..{first + tokens}: {name} {path.stat().st_size / 1e6:.2f} MB, mean KL "
             f"{found['kl_mean']:.4f} [95% CI {found['kl_ci_low']:.4f}, {found['kl_ci_high']:.4f}], 99th-percentile KL "
             f"{found['kl_p99']:.4f}, same top token {found['top1_agreement']:.1f} %, perplexity {found['perplexity']:.2f} "
-            f"(F32 {found['reference_perplexity']:.2f})")
+            f"(F32 {found['reference_perplexity']:.2f})"
+        )
     return scores

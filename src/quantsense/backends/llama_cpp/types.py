@@ -35,31 +35,34 @@ class GgmlType:
 
 
 _IQ_LOW = dict(fallback="iq4_nl", uses_imatrix=True)
-TYPES: dict[str, GgmlType] = {t.name: t for t in (
-    # the legacy block types (blocks of 32 with an fp16 scale, _1 also an fp16 minimum) and the float types
-    GgmlType("q8_0", 32, 34, 8, "torch", "q8_0"),
-    GgmlType("q5_1", 32, 24, 5, "torch", "q8_1", uses_imatrix=True),
-    GgmlType("q5_0", 32, 22, 5, "torch", "q8_0", uses_imatrix=True),
-    GgmlType("q4_1", 32, 20, 4, "torch", "q8_1", uses_imatrix=True),
-    GgmlType("q4_0", 32, 18, 4, "torch", "q8_0", uses_imatrix=True),
-    GgmlType("f16", 1, 2, 16, "torch", "f16"),
-    GgmlType("bf16", 1, 2, 16, "torch", "bf16"),
-    # the K types (super-blocks of 256) and the IQ types, quantized by ggml itself
-    GgmlType("q2_K", 256, 84, 2, "ggml", "q8_K", fallback="q4_0", uses_imatrix=True),
-    GgmlType("q3_K", 256, 110, 3, "ggml", "q8_K", fallback="q4_0", uses_imatrix=True),
-    GgmlType("q4_K", 256, 144, 4, "ggml", "q8_K", fallback="q5_0", uses_imatrix=True),
-    GgmlType("q5_K", 256, 176, 5, "ggml", "q8_K", fallback="q5_1", uses_imatrix=True),
-    GgmlType("q6_K", 256, 210, 6, "ggml", "q8_K", fallback="q8_0", uses_imatrix=True),
-    GgmlType("iq4_nl", 32, 18, 4, "ggml", "q8_0", uses_imatrix=True),
-    GgmlType("iq4_xs", 256, 136, 4, "ggml", "q8_K", fallback="iq4_nl", uses_imatrix=True),
-    GgmlType("iq3_s", 256, 110, 3, "ggml", "q8_K", **_IQ_LOW),
-    GgmlType("iq3_xxs", 256, 98, 3, "ggml", "q8_K", **_IQ_LOW),
-    GgmlType("iq2_s", 256, 82, 2, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
-    GgmlType("iq2_xs", 256, 74, 2, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
-    GgmlType("iq2_xxs", 256, 66, 2, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
-    GgmlType("iq1_m", 256, 56, 1, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
-    GgmlType("iq1_s", 256, 50, 1, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
-)}
+TYPES: dict[str, GgmlType] = {
+    t.name: t
+    for t in (
+        # the legacy block types (blocks of 32 with an fp16 scale, _1 also an fp16 minimum) and the float types
+        GgmlType("q8_0", 32, 34, 8, "torch", "q8_0"),
+        GgmlType("q5_1", 32, 24, 5, "torch", "q8_1", uses_imatrix=True),
+        GgmlType("q5_0", 32, 22, 5, "torch", "q8_0", uses_imatrix=True),
+        GgmlType("q4_1", 32, 20, 4, "torch", "q8_1", uses_imatrix=True),
+        GgmlType("q4_0", 32, 18, 4, "torch", "q8_0", uses_imatrix=True),
+        GgmlType("f16", 1, 2, 16, "torch", "f16"),
+        GgmlType("bf16", 1, 2, 16, "torch", "bf16"),
+        # the K types (super-blocks of 256) and the IQ types, quantized by ggml itself
+        GgmlType("q2_K", 256, 84, 2, "ggml", "q8_K", fallback="q4_0", uses_imatrix=True),
+        GgmlType("q3_K", 256, 110, 3, "ggml", "q8_K", fallback="q4_0", uses_imatrix=True),
+        GgmlType("q4_K", 256, 144, 4, "ggml", "q8_K", fallback="q5_0", uses_imatrix=True),
+        GgmlType("q5_K", 256, 176, 5, "ggml", "q8_K", fallback="q5_1", uses_imatrix=True),
+        GgmlType("q6_K", 256, 210, 6, "ggml", "q8_K", fallback="q8_0", uses_imatrix=True),
+        GgmlType("iq4_nl", 32, 18, 4, "ggml", "q8_0", uses_imatrix=True),
+        GgmlType("iq4_xs", 256, 136, 4, "ggml", "q8_K", fallback="iq4_nl", uses_imatrix=True),
+        GgmlType("iq3_s", 256, 110, 3, "ggml", "q8_K", **_IQ_LOW),
+        GgmlType("iq3_xxs", 256, 98, 3, "ggml", "q8_K", **_IQ_LOW),
+        GgmlType("iq2_s", 256, 82, 2, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
+        GgmlType("iq2_xs", 256, 74, 2, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
+        GgmlType("iq2_xxs", 256, 66, 2, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
+        GgmlType("iq1_m", 256, 56, 1, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
+        GgmlType("iq1_s", 256, 50, 1, "ggml", "q8_K", needs_imatrix=True, **_IQ_LOW),
+    )
+}
 
 # the default candidates of `quantsense quantize`: every type a llama.cpp CPU build multiplies fast that holds a
 # 576-wide row or falls back to one, from 2.6 to 8.5 bits per weight

@@ -77,7 +77,9 @@ def gguf_tensor_importance(source: ExportSource, plan: Plan) -> tuple[dict, dict
     from quantsense.backends.llama_cpp.gguf_file import hf_to_gguf_name
 
     arch = _architecture(source)
-    weights = {hf_to_gguf_name(name, source.units.num_blocks, arch): fmt.importance(name) for name, fmt in plan.assignments}
+    weights = {
+        hf_to_gguf_name(name, source.units.num_blocks, arch): fmt.importance(name) for name, fmt in plan.assignments
+    }
     used = {fmt.calibration() for _, fmt in plan.assignments} - {None}
     if len(used) > 1:
         raise QuantsenseError(f"the plan uses {len(used)} different importance matrices; a GGUF file records one")
@@ -108,8 +110,17 @@ def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
         convert = ["python", "convert_hf_to_gguf.py", source.name, "--outtype", outtype, "--outfile", str(file), "&&"]
     _, provenance = gguf_tensor_importance(source, plan)
     imatrix = ["--imatrix", provenance["file"]] if provenance else []
-    args = [*convert, "llama-quantize", "--allow-requantize", "--pure", *imatrix, *llama_quantize_args(overrides),
-            str(file), f"{file.stem}-quantsense.gguf", base]
+    args = [
+        *convert,
+        "llama-quantize",
+        "--allow-requantize",
+        "--pure",
+        *imatrix,
+        *llama_quantize_args(overrides),
+        str(file),
+        f"{file.stem}-quantsense.gguf",
+        base,
+    ]
     return " ".join(args)
 
 
@@ -136,9 +147,11 @@ def check_llama_cpp() -> None:
         import llama_cpp  # noqa: F401
     except Exception as exc:  # its own RuntimeError when libllama does not load, or an OSError
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise QuantsenseError(f"llama-cpp-python is installed but does not load ({type(exc).__name__}: {first}); reinstall "
-                              "it (CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install --force-reinstall --no-cache-dir "
-                              "llama-cpp-python) or export with --no-verify") from None
+        raise QuantsenseError(
+            f"llama-cpp-python is installed but does not load ({type(exc).__name__}: {first}); reinstall "
+            'it (CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir '
+            "llama-cpp-python) or export with --no-verify"
+        ) from None
 
 
 def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict:
@@ -166,32 +179,52 @@ def _write(src: ExportSource, plan: Plan, types: dict[str, str], source: Path, o
     predicted = predicted_gguf_bytes(source, types, default_type=None, provenance=provenance)
     written = write_gguf(source, types, out, default_type=None, importance=importance, provenance=provenance)
     converted = src.gguf_file is None
-    report = {"out": str(out), "format": "gguf", "plan_avg_bits": average_bits(src.units, plan),
-              "file_bytes": written["bytes"], "predicted_file_bytes": predicted["file_bytes"],
-              "source_file_bytes": source.stat().st_size, "source_converted": converted, "tensor_types": written["types"],
-              "llama_quantize": llama_quantize_command(src, plan)}
+    report = {
+        "out": str(out),
+        "format": "gguf",
+        "plan_avg_bits": average_bits(src.units, plan),
+        "file_bytes": written["bytes"],
+        "predicted_file_bytes": predicted["file_bytes"],
+        "source_file_bytes": source.stat().st_size,
+        "source_converted": converted,
+        "tensor_types": written["types"],
+        "llama_quantize": llama_quantize_command(src, plan),
+    }
     report["size_error"] = report["file_bytes"] / report["predicted_file_bytes"] - 1
     what = f"converted to a {src.dtype} GGUF" if converted else "GGUF"
-    report["lines"] = [f"file {report['file_bytes'] / 1e6:.2f} MB, predicted {report['predicted_file_bytes'] / 1e6:.2f} MB "
-                       f"({100 * report['size_error']:+.3f} %); source ({what}) {report['source_file_bytes'] / 1e6:.2f} MB; "
-                       "tensor types " + ", ".join(f"{t} x{n}" for t, n in sorted(report["tensor_types"].items()))]
+    report["lines"] = [
+        f"file {report['file_bytes'] / 1e6:.2f} MB, predicted {report['predicted_file_bytes'] / 1e6:.2f} MB "
+        f"({100 * report['size_error']:+.3f} %); source ({what}) {report['source_file_bytes'] / 1e6:.2f} MB; "
+        "tensor types " + ", ".join(f"{t} x{n}" for t, n in sorted(report["tensor_types"].items()))
+    ]
     return report
 
 
-def verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, simulated_logprob,
-           speed_repeats: int = 3, simulated_kl=None) -> dict:
+def verify(
+    path: Path,
+    source: Path,
+    token_ids: list[int],
+    context: int,
+    stride: int,
+    simulated_logprob,
+    speed_repeats: int = 3,
+    simulated_kl=None,
+) -> dict:
     """The written file against the simulation (per-token log-probs of ``token_ids`` in windows of ``context`` every
     ``stride`` tokens) in transformers and llama.cpp; in llama.cpp also its KL against an F16 file of ``source`` on
     those tokens (beside the simulation's KL against FP32) and its speed against that F16 file."""
-    report = _verify(path, source, token_ids, context, stride, np.asarray(simulated_logprob, dtype=np.float64),
-                     speed_repeats)
+    report = _verify(
+        path, source, token_ids, context, stride, np.asarray(simulated_logprob, dtype=np.float64), speed_repeats
+    )
     if simulated_kl is not None:
         report["simulated_kl_mean"] = float(np.mean(simulated_kl))
     report["lines"] = _verify_lines({**report, "file_bytes": Path(path).stat().st_size})
     return report
 
 
-def _verify(path: Path, source: Path, token_ids: list[int], context: int, stride: int, sim_lp, speed_repeats: int) -> dict:
+def _verify(
+    path: Path, source: Path, token_ids: list[int], context: int, stride: int, sim_lp, speed_repeats: int
+) -> dict:
     from quantsense.evaluation.metrics import perplexity
     from quantsense.backends.llama_cpp.gguf_file import write_gguf
     from quantsense.backends.llama_cpp.llama_score import score_in_llama_cpp
@@ -225,30 +258,45 @@ def _speed_against_f16(f16: Path, path: Path, repeats: int) -> dict:
     for _ in range(repeats):  # alternate so both see the same machine load; keep each one's best
         for name, file in (("plan", path), ("f16", f16)):
             runs[name].append(_verifier("--speed", str(file.resolve()), "--repeats", "1"))
-    best = {name: {key: max(r[key] for r in rs) for key in ("prompt_tokens_per_s", "gen_tokens_per_s")}
-            for name, rs in runs.items()}
-    return {"f16_file_bytes": f16.stat().st_size, "threads": runs["plan"][0]["threads"],
-            "prompt_tokens_per_s": best["plan"]["prompt_tokens_per_s"], "gen_tokens_per_s": best["plan"]["gen_tokens_per_s"],
-            "f16_prompt_tokens_per_s": best["f16"]["prompt_tokens_per_s"], "f16_gen_tokens_per_s": best["f16"]["gen_tokens_per_s"]}
+    best = {
+        name: {key: max(r[key] for r in rs) for key in ("prompt_tokens_per_s", "gen_tokens_per_s")}
+        for name, rs in runs.items()
+    }
+    return {
+        "f16_file_bytes": f16.stat().st_size,
+        "threads": runs["plan"][0]["threads"],
+        "prompt_tokens_per_s": best["plan"]["prompt_tokens_per_s"],
+        "gen_tokens_per_s": best["plan"]["gen_tokens_per_s"],
+        "f16_prompt_tokens_per_s": best["f16"]["prompt_tokens_per_s"],
+        "f16_gen_tokens_per_s": best["f16"]["gen_tokens_per_s"],
+    }
 
 
 def _verify_lines(rep: dict) -> list[str]:
-    lines = [f"transformers' GGUF loader in a fresh process (quantsense imported: {rep['quantsense_imported_by_check']}): "
-             f"perplexity {rep['transformers_perplexity']:.4f} vs simulated {rep['simulated_perplexity']:.4f}, largest "
-             f"per-token log-prob difference {rep['max_token_logprob_difference']:.2e}"]
+    lines = [
+        f"transformers' GGUF loader in a fresh process (quantsense imported: {rep['quantsense_imported_by_check']}): "
+        f"perplexity {rep['transformers_perplexity']:.4f} vs simulated {rep['simulated_perplexity']:.4f}, largest "
+        f"per-token log-prob difference {rep['max_token_logprob_difference']:.2e}"
+    ]
     if "llama_cpp_perplexity" not in rep:
         return lines + [f"llama.cpp: {rep['llama_cpp']}"]
-    lines.append(f"llama.cpp perplexity {rep['llama_cpp_perplexity']:.4f} on the same token ids: "
-                 f"{100 * (rep['llama_cpp_over_simulated'] - 1):+.2f} % from the simulation (llama.cpp rounds activations to 8 bits)")
+    lines.append(
+        f"llama.cpp perplexity {rep['llama_cpp_perplexity']:.4f} on the same token ids: "
+        f"{100 * (rep['llama_cpp_over_simulated'] - 1):+.2f} % from the simulation (llama.cpp rounds activations to 8 bits)"
+    )
     beside = f" (simulation against FP32: {rep['simulated_kl_mean']:.4f})" if "simulated_kl_mean" in rep else ""
-    lines.append(f"llama.cpp mean KL against an F16 file of the same model on those tokens: {rep['llama_cpp_kl_mean']:.4f} "
-                 f"[95% CI {rep['llama_cpp_kl_ci_low']:.4f}, {rep['llama_cpp_kl_ci_high']:.4f}]{beside}, top-1 agreement "
-                 f"{rep['llama_cpp_top1_agreement']:.1f} %")
-    lines.append(f"llama.cpp speed ({rep['threads']} threads, best of alternating runs): prompt {rep['prompt_tokens_per_s']:.1f} tok/s "
-                 f"vs F16 {rep['f16_prompt_tokens_per_s']:.1f} ({rep['prompt_tokens_per_s'] / rep['f16_prompt_tokens_per_s']:.2f}x), "
-                 f"generation {rep['gen_tokens_per_s']:.1f} tok/s vs F16 {rep['f16_gen_tokens_per_s']:.1f} "
-                 f"({rep['gen_tokens_per_s'] / rep['f16_gen_tokens_per_s']:.2f}x); file {rep['file_bytes'] / 1e6:.1f} MB vs F16 "
-                 f"{rep['f16_file_bytes'] / 1e6:.1f} MB")
+    lines.append(
+        f"llama.cpp mean KL against an F16 file of the same model on those tokens: {rep['llama_cpp_kl_mean']:.4f} "
+        f"[95% CI {rep['llama_cpp_kl_ci_low']:.4f}, {rep['llama_cpp_kl_ci_high']:.4f}]{beside}, top-1 agreement "
+        f"{rep['llama_cpp_top1_agreement']:.1f} %"
+    )
+    lines.append(
+        f"llama.cpp speed ({rep['threads']} threads, best of alternating runs): prompt {rep['prompt_tokens_per_s']:.1f} tok/s "
+        f"vs F16 {rep['f16_prompt_tokens_per_s']:.1f} ({rep['prompt_tokens_per_s'] / rep['f16_prompt_tokens_per_s']:.2f}x), "
+        f"generation {rep['gen_tokens_per_s']:.1f} tok/s vs F16 {rep['f16_gen_tokens_per_s']:.1f} "
+        f"({rep['gen_tokens_per_s'] / rep['f16_gen_tokens_per_s']:.2f}x); file {rep['file_bytes'] / 1e6:.1f} MB vs F16 "
+        f"{rep['f16_file_bytes'] / 1e6:.1f} MB"
+    )
     return lines
 
 

@@ -24,8 +24,12 @@ from quantsense.quantization.formats.base import WeightFormat, register_format
 if TYPE_CHECKING:
     import torch
 
-NAMES = {"ort-int8": (8, None, True), "ort-int8-tensor": (8, None, False), "ort-int4": (4, 128, False),
-         "ort-int4-b32": (4, 32, False)}  # name -> (bits, block along the input, per output channel)
+NAMES = {
+    "ort-int8": (8, None, True),
+    "ort-int8-tensor": (8, None, False),
+    "ort-int4": (4, 128, False),
+    "ort-int4-b32": (4, 32, False),
+}  # name -> (bits, block along the input, per output channel)
 
 
 @register_format
@@ -79,9 +83,12 @@ class OrtFormat(WeightFormat):
 
     @classmethod
     def glossary(cls, scheme=None) -> tuple[str, str]:
-        return ("ort-int8, ort-int4…", "ONNX Runtime's CPU kernels: ort-int8 is quantize_dynamic's int8 MatMul (int8 weights "
-                "per output channel, inputs quantized to uint8 per tensor at run time; -tensor: one weight scale per tensor); "
-                "ort-int4 is MatMulNBits (4-bit weights in blocks of 128 inputs, -b32: of 32, each with a scale and zero point).")
+        return (
+            "ort-int8, ort-int4…",
+            "ONNX Runtime's CPU kernels: ort-int8 is quantize_dynamic's int8 MatMul (int8 weights "
+            "per output channel, inputs quantized to uint8 per tensor at run time; -tensor: one weight scale per tensor); "
+            "ort-int4 is MatMulNBits (4-bit weights in blocks of 128 inputs, -b32: of 32, each with a scale and zero point).",
+        )
 
     @property
     def quantizes_inputs(self) -> bool:
@@ -104,26 +111,33 @@ class OrtFormat(WeightFormat):
         if len(shape) != 2:
             raise QuantsenseError(f"{self.format} quantizes 2-D weights; {where} has shape {tuple(shape)}")
         if transposed:
-            raise QuantsenseError(f"{where} is a GPT-2 Conv1D ([in, out] weight); the ONNX export maps nn.Linear "
-                                  "and nn.Embedding only")
+            raise QuantsenseError(
+                f"{where} is a GPT-2 Conv1D ([in, out] weight); the ONNX export maps nn.Linear and nn.Embedding only"
+            )
 
     def check_unit(self, unit) -> None:
         super().check_unit(unit)
         if unit.kind == "head":
-            raise QuantsenseError(f"{unit.name} is the classifier head: ONNX Runtime's dynamic quantization leaves its Gemm in "
-                                  "FP32, so no ort format stores it; leave it out of the plan")
+            raise QuantsenseError(
+                f"{unit.name} is the classifier head: ONNX Runtime's dynamic quantization leaves its Gemm in "
+                "FP32, so no ort format stores it; leave it out of the plan"
+            )
         if unit.kind == "embedding":
             self._check_table(unit.name)
 
     def _check_table(self, where: str) -> None:
         if self.bits != 8:
-            raise QuantsenseError(f"{where}: {self.format} quantizes MatMul weights; plan ort-int8 for an embedding "
-                                  "(quantize_dynamic's quantized Gather)")
+            raise QuantsenseError(
+                f"{where}: {self.format} quantizes MatMul weights; plan ort-int8 for an embedding "
+                "(quantize_dynamic's quantized Gather)"
+            )
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         return self.quantize_weight(weight, transposed, None)
 
-    def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str | None, kind: str = "linear") -> torch.Tensor:
+    def quantize_weight(
+        self, weight: torch.Tensor, transposed: bool, tensor: str | None, kind: str = "linear"
+    ) -> torch.Tensor:
         import torch
 
         from quantsense.backends.onnxruntime import ort_lib

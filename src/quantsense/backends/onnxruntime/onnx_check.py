@@ -29,8 +29,13 @@ def main():
     texts, batches = inputs["texts"], inputs["batches"]
 
     def run(positions):
-        enc = tokenizer([texts[i] for i in positions], padding=True, truncation=True, max_length=inputs["max_length"],
-                        return_tensors="np")
+        enc = tokenizer(
+            [texts[i] for i in positions],
+            padding=True,
+            truncation=True,
+            max_length=inputs["max_length"],
+            return_tensors="np",
+        )
         return session.run(["logits"], {k: enc[k].astype(np.int64) for k in wanted})[0]
 
     logits = np.zeros((len(texts), 0), dtype=np.float32)
@@ -41,14 +46,28 @@ def main():
         logits[positions] = out
     alone = [int(run([i])[0].argmax()) for i in range(len(texts))]
     ops = collections.Counter(node.op_type for node in onnx.load(model_file, load_external_data=False).graph.node)
-    print(json.dumps({
-        "logits": logits.tolist(),
-        "predictions_alone": alone,
-        "operators": {k: ops[k] for k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits", "Gather",
-                                          "DequantizeLinear") if ops[k]},
-        "onnxruntime": onnxruntime.__version__,
-        "quantsense_imported": "quantsense" in sys.modules,
-    }))
+    print(
+        json.dumps(
+            {
+                "logits": logits.tolist(),
+                "predictions_alone": alone,
+                "operators": {
+                    k: ops[k]
+                    for k in (
+                        "MatMul",
+                        "MatMulInteger",
+                        "DynamicQuantizeLinear",
+                        "MatMulNBits",
+                        "Gather",
+                        "DequantizeLinear",
+                    )
+                    if ops[k]
+                },
+                "onnxruntime": onnxruntime.__version__,
+                "quantsense_imported": "quantsense" in sys.modules,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,18 +44,23 @@ def int8_kernel_saturates() -> bool:
     import onnxruntime
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
-                              [helper.make_tensor("b", TensorProto.INT8, [2, 1], [127, 127])])
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
+        [helper.make_tensor("b", TensorProto.INT8, [2, 1], [127, 127])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return int(session.run(None, {"a": np.array([[255, 255]], dtype=np.uint8)})[0][0, 0]) != 2 * 255 * 127
 
 
-SATURATION_NOTE = ("this CPU's ONNX Runtime int8 kernel saturates int16 pair sums (x86 without VNNI: vpmaddubsw); the "
-                   "simulation computes exactly, as VNNI, AMX and ARM CPUs do, so outputs here differ by the saturation")
+SATURATION_NOTE = (
+    "this CPU's ONNX Runtime int8 kernel saturates int16 pair sums (x86 without VNNI: vpmaddubsw); the "
+    "simulation computes exactly, as VNNI, AMX and ARM CPUs do, so outputs here differ by the saturation"
+)
 
 
 def check_installed() -> None:

@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh, write_folder
+from quantsense.exporters.base import (
+    Exporter,
+    ExportSource,
+    check_plan_formats,
+    register_exporter,
+    run_fresh,
+    write_folder,
+)
 from quantsense.quantization.plan import Plan
 
 SINGLE_FILE = False  # writes a folder (--out DIR)
@@ -54,8 +61,10 @@ def check_plan(source: ExportSource, plan: Plan) -> None:
     _modules()
     check_plan_formats(plan, "onnx")
     if source.head.auto_class != "AutoModelForSequenceClassification":
-        raise QuantsenseError(f"the ONNX export writes sequence classifiers; this model has a {source.head.description} "
-                              "(export it with --format gguf or torchao)")
+        raise QuantsenseError(
+            f"the ONNX export writes sequence classifiers; this model has a {source.head.description} "
+            "(export it with --format gguf or torchao)"
+        )
     for name, fmt in plan.assignments:
         fmt.check_unit(source.units.get(name))
 
@@ -83,14 +92,24 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
         source.tokenizer.save_pretrained(staging)
         source.model.config.save_pretrained(staging)  # the labels (id2label) and architecture, for whoever runs it
         plan.save(staging / PLAN_FILE)
+
     write_folder(out, fill)
     fp32_bytes, disk = sizes["fp32"], (out / MODEL_FILE).stat().st_size
     predicted = export_bytes(source, plan)
-    report = {"out": str(out), "format": "onnx", "plan_avg_bits": average_bits(source.units, plan), "disk_bytes": disk, "predicted_bytes": predicted,
-              "fp32_onnx_bytes": fp32_bytes, "size_factor": disk / fp32_bytes,
-              "lines": [f"{MODEL_FILE}: {disk / 1e6:.2f} MB on disk, predicted {predicted / 1e6:.2f} MB of parameters "
-                        f"({disk / predicted:.3f}x); the FP32 ONNX model is {fp32_bytes / 1e6:.2f} MB: this one is "
-                        f"{disk / fp32_bytes:.3f} of it"]}
+    report = {
+        "out": str(out),
+        "format": "onnx",
+        "plan_avg_bits": average_bits(source.units, plan),
+        "disk_bytes": disk,
+        "predicted_bytes": predicted,
+        "fp32_onnx_bytes": fp32_bytes,
+        "size_factor": disk / fp32_bytes,
+        "lines": [
+            f"{MODEL_FILE}: {disk / 1e6:.2f} MB on disk, predicted {predicted / 1e6:.2f} MB of parameters "
+            f"({disk / predicted:.3f}x); the FP32 ONNX model is {fp32_bytes / 1e6:.2f} MB: this one is "
+            f"{disk / fp32_bytes:.3f} of it"
+        ],
+    }
     if check is not None:
         checked = check(out)
         report["lines"] += checked.pop("lines", [])
@@ -108,8 +127,17 @@ def export_fp32(source: ExportSource, path: Path) -> int:
     axes = {k: {0: "batch", 1: "sequence"} for k in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (), str(path), kwargs={k: sample[k] for k in names}, input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            model,
+            (),
+            str(path),
+            kwargs={k: sample[k] for k in names},
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     return path.stat().st_size
 
 
@@ -137,8 +165,10 @@ def graph_nodes(model, source: ExportSource, plan: Plan) -> dict[str, str]:
         nodes = by_weight.get(_digest(weight), [])
         if len(nodes) != 1:
             what = "no node" if not nodes else f"{len(nodes)} nodes ({', '.join(nodes[:3])})"
-            raise QuantsenseError(f"unit {name}: {what} of the exported ONNX graph uses its weight; it cannot be quantized "
-                                  "alone (remove it from the plan)")
+            raise QuantsenseError(
+                f"unit {name}: {what} of the exported ONNX graph uses its weight; it cannot be quantized "
+                "alone (remove it from the plan)"
+            )
         found[name] = nodes[0]
     return found
 
@@ -172,13 +202,24 @@ def quantize(fp32_path: Path, out_path: Path, source: ExportSource, plan: Plan) 
         for step, ((bits, block, per_channel), names) in enumerate(sorted(flavours.items(), key=lambda i: -i[0][0])):
             target = Path(tmp) / f"step{step}.onnx"
             if bits == 8:
-                quantize_dynamic(str(current), str(target), per_channel=per_channel, nodes_to_quantize=names,
-                                 op_types_to_quantize=["MatMul", "Gather"])
+                quantize_dynamic(
+                    str(current),
+                    str(target),
+                    per_channel=per_channel,
+                    nodes_to_quantize=names,
+                    op_types_to_quantize=["MatMul", "Gather"],
+                )
             else:
                 graph, planned = onnx.load(str(current)), set(names)  # nodes_to_include adds to the op types:
                 others = [n.name for n in graph.graph.node if n.name not in planned]  # exclude every other node
-                quantizer = MatMulNBitsQuantizer(graph, block_size=block, is_symmetric=False, nodes_to_include=names,
-                                                 nodes_to_exclude=others, op_types_to_quantize=("MatMul",))
+                quantizer = MatMulNBitsQuantizer(
+                    graph,
+                    block_size=block,
+                    is_symmetric=False,
+                    nodes_to_include=names,
+                    nodes_to_exclude=others,
+                    op_types_to_quantize=("MatMul",),
+                )
                 quantizer.process()
                 quantizer.model.save_model_to_file(str(target))
             current = target

@@ -21,7 +21,11 @@ import transformers
 
 def read_texts(path, limit):
     with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t" if path.endswith(".tsv") else ",", quoting=csv.QUOTE_NONE if path.endswith(".tsv") else csv.QUOTE_MINIMAL)
+        reader = csv.DictReader(
+            handle,
+            delimiter="\t" if path.endswith(".tsv") else ",",
+            quoting=csv.QUOTE_NONE if path.endswith(".tsv") else csv.QUOTE_MINIMAL,
+        )
         rows = [row.get("sentence") or row.get("text") for row in reader]
     return [r.strip() for r in rows[:limit]]
 
@@ -55,7 +59,7 @@ def causal_main(export_dir, text_file, max_tokens, context, stride, first_token=
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)
     model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=False).eval()
     with open(text_file, encoding="utf-8") as handle:
-        ids = tokenizer(handle.read(), add_special_tokens=False)["input_ids"][first_token:first_token + max_tokens]
+        ids = tokenizer(handle.read(), add_special_tokens=False)["input_ids"][first_token : first_token + max_tokens]
     logprobs, scored_until, begin = [], 1, 0
     while scored_until < len(ids):
         end = min(begin + context, len(ids))
@@ -67,11 +71,16 @@ def causal_main(export_dir, text_file, max_tokens, context, stride, first_token=
         if end == len(ids):
             break
         begin += stride
-    print(json.dumps({
-        "token_logprob": logprobs,
-        "weight_class": ", ".join(sorted({type(p).__name__ for p in model.parameters()} - {"Parameter"})) or "Parameter",
-        "quantsense_imported": "quantsense" in sys.modules,
-    }))
+    print(
+        json.dumps(
+            {
+                "token_logprob": logprobs,
+                "weight_class": ", ".join(sorted({type(p).__name__ for p in model.parameters()} - {"Parameter"}))
+                or "Parameter",
+                "quantsense_imported": "quantsense" in sys.modules,
+            }
+        )
+    )
 
 
 def main():
@@ -83,21 +92,28 @@ def main():
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=False)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir, trust_remote_code=False).eval()
-    fp32 = transformers.AutoModelForSequenceClassification.from_pretrained(fp32_dir, trust_remote_code=False, dtype=torch.float32).eval()
+    fp32 = transformers.AutoModelForSequenceClassification.from_pretrained(
+        fp32_dir, trust_remote_code=False, dtype=torch.float32
+    ).eval()
     texts = read_texts(data, limit)
     enc = tokenizer(texts[:32], padding=True, return_tensors="pt")
     exported_s, fp32_s = [], []
     for _ in range(3):  # interleaved, so both see the same machine load
         exported_s.append(latency(model, enc))
         fp32_s.append(latency(fp32, enc))
-    print(json.dumps({
-        "predictions": predictions(model, tokenizer, texts),
-        "latency_exported_s": min(exported_s),
-        "latency_fp32_s": min(fp32_s),
-        "weight_class": ", ".join(sorted({type(p).__name__ for p in model.parameters()} - {"Parameter"})) or "Parameter",
-        "quantsense_imported": "quantsense" in sys.modules,
-        "batch_shape": list(enc["input_ids"].shape),
-    }))
+    print(
+        json.dumps(
+            {
+                "predictions": predictions(model, tokenizer, texts),
+                "latency_exported_s": min(exported_s),
+                "latency_fp32_s": min(fp32_s),
+                "weight_class": ", ".join(sorted({type(p).__name__ for p in model.parameters()} - {"Parameter"}))
+                or "Parameter",
+                "quantsense_imported": "quantsense" in sys.modules,
+                "batch_shape": list(enc["input_ids"].shape),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quantsense.errors import QuantsenseError
-from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh, write_folder
+from quantsense.exporters.base import (
+    Exporter,
+    ExportSource,
+    check_plan_formats,
+    register_exporter,
+    run_fresh,
+    write_folder,
+)
 from quantsense.io import check_output
 from quantsense.quantization.formats import QuantConfig
 from quantsense.quantization.plan import Plan
@@ -44,10 +51,14 @@ def torchao_config(config: QuantConfig, unit: str = "a unit"):
     except ImportError:
         raise QuantsenseError("export needs torchao: pip install -c constraints.txt -e '.[export]'") from None
     if config.granularity == "per_tensor":
-        raise QuantsenseError("torchao's IntxWeightOnlyConfig has no per-tensor granularity; plan with per_channel or per_group")
+        raise QuantsenseError(
+            "torchao's IntxWeightOnlyConfig has no per-tensor granularity; plan with per_channel or per_group"
+        )
     granularity = PerAxis(0) if config.granularity == "per_channel" else PerGroup(config.group_size)
     mapping = MappingType.SYMMETRIC if config.symmetric else MappingType.ASYMMETRIC
-    return IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{config.bits}"), granularity=granularity, mapping_type=mapping)
+    return IntxWeightOnlyConfig(
+        weight_dtype=getattr(torch, f"int{config.bits}"), granularity=granularity, mapping_type=mapping
+    )
 
 
 def check_plan(source: ExportSource, plan: Plan) -> None:
@@ -62,10 +73,14 @@ def check_exportable(unit_map: UnitMap, plan: Plan) -> None:
     for name in plan.units():
         unit = unit_map.get(name)
         if unit.kind == "embedding":
-            raise QuantsenseError(f"unit {name} is an embedding; export quantizes linear weights only, remove it from the plan")
+            raise QuantsenseError(
+                f"unit {name} is an embedding; export quantizes linear weights only, remove it from the plan"
+            )
         if unit.transposed:
-            raise QuantsenseError(f"unit {name} is a GPT-2 Conv1D ([in, out] weight); torchao's IntxWeightOnlyConfig "
-                                  "quantizes nn.Linear only, so it cannot be exported")
+            raise QuantsenseError(
+                f"unit {name} is a GPT-2 Conv1D ([in, out] weight); torchao's IntxWeightOnlyConfig "
+                "quantizes nn.Linear only, so it cannot be exported"
+            )
 
 
 def _torchao_unit_bits(unit, config: QuantConfig) -> int:
@@ -88,7 +103,8 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
     path = export_plan(source, plan, out)
     fp32_bytes = model_bytes(source.model, source.units, Plan())
     report = {
-        "out": str(path), "format": "torchao",
+        "out": str(path),
+        "format": "torchao",
         "plan_avg_bits": average_bits(source.units, plan),
         "disk_bytes": weights_file_bytes(path),
         "predicted_export_bytes": export_bytes(source.model, source.units, plan),
@@ -102,9 +118,11 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
     report["disk_factor"] = report["fp32_disk_bytes"] / report["disk_bytes"]
     report["predicted_factor"] = fp32_bytes / report["predicted_export_bytes"]
     report["packed_factor"] = fp32_bytes / report["predicted_packed_bytes"]
-    report["lines"] = [f"weights on disk: {report['disk_bytes'] / 1e6:.2f} MB vs FP32 {report['fp32_disk_bytes'] / 1e6:.2f} MB: "
-                       f"{report['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout "
-                       f"{report['predicted_factor']:.3f}x (packed sub-byte storage would give {report['packed_factor']:.3f}x)"]
+    report["lines"] = [
+        f"weights on disk: {report['disk_bytes'] / 1e6:.2f} MB vs FP32 {report['fp32_disk_bytes'] / 1e6:.2f} MB: "
+        f"{report['disk_factor']:.3f}x smaller; predicted for torchao's int8-container layout "
+        f"{report['predicted_factor']:.3f}x (packed sub-byte storage would give {report['packed_factor']:.3f}x)"
+    ]
     if check is not None:
         checked = check(path)
         report["lines"] += checked.pop("lines", [])
@@ -116,8 +134,10 @@ def write(source: ExportSource, plan: Plan, out: str | Path, check=None) -> dict
 
 def reload_line(check: dict) -> str:
     """What the fresh-process reload used, in words (the tasks' checks start with it)."""
-    return (f"reloaded in a fresh process with transformers + torchao only (weights: {check['weight_class']}, "
-            f"quantsense imported: {check['quantsense_imported']})")
+    return (
+        f"reloaded in a fresh process with transformers + torchao only (weights: {check['weight_class']}, "
+        f"quantsense imported: {check['quantsense_imported']})"
+    )
 
 
 def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:
@@ -142,13 +162,19 @@ def export_plan(source: ExportSource, plan: Plan, out: str | Path) -> Path:
             _save_plain_fp32(source.model, fp32_dir)
             source.tokenizer.save_pretrained(fp32_dir)
             load_from = fp32_dir
-        model = source.head.auto().from_pretrained(load_from, trust_remote_code=False, dtype=torch.float32,
-                                                   quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)))
+        model = source.head.auto().from_pretrained(
+            load_from,
+            trust_remote_code=False,
+            dtype=torch.float32,
+            quantization_config=transformers.TorchAoConfig(FqnToConfig(fqn_configs)),
+        )
         tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, trust_remote_code=False)
+
     def fill(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILE)
+
     write_folder(out, fill)
     return out
 

@@ -25,5 +25,18 @@ from quantsense.quantization.formats.integer import GRANULARITIES, MAX_BITS, MIN
 
 load_backends()  # every runtime's formats, registered after the integer grid, in backend name order
 
-__all__ = ["FORMAT_FAMILIES", "Format", "GRANULARITIES", "MAX_BITS", "MIN_BITS", "QuantConfig", "WeightFormat",
-           "format_from_dict", "format_levels", "format_vocabulary", "load_backends", "parse_format", "register_format"]
+__all__ = [
+    "FORMAT_FAMILIES",
+    "Format",
+    "GRANULARITIES",
+    "MAX_BITS",
+    "MIN_BITS",
+    "QuantConfig",
+    "WeightFormat",
+    "format_from_dict",
+    "format_levels",
+    "format_vocabulary",
+    "load_backends",
+    "parse_format",
+    "register_format",
+]

@@ -85,15 +85,26 @@ class WeightFormat:
     def describe(self, scheme=None) -> dict:
         """Plain data for results.json: everything summaries, plots and reports need about this format."""
         term, text = self.glossary(scheme)
-        return {"name": self.name, "family": self.family, "spec": self.to_dict(), "label": self.label(),
-                "bits_per_weight": self.nominal_bits, "code_bits": self.code_bits, "variant": self.variant,
-                "export_targets": list(self.export_targets), "takes_scheme": self.takes_scheme, "glossary": [term, text]}
+        return {
+            "name": self.name,
+            "family": self.family,
+            "spec": self.to_dict(),
+            "label": self.label(),
+            "bits_per_weight": self.nominal_bits,
+            "code_bits": self.code_bits,
+            "variant": self.variant,
+            "export_targets": list(self.export_targets),
+            "takes_scheme": self.takes_scheme,
+            "glossary": [term, text],
+        }
 
     # -- numerics and shapes ------------------------------------------------------------------
     def fake_quantize(self, weight: "torch.Tensor", transposed: bool = False) -> "torch.Tensor":
         raise NotImplementedError
 
-    def quantize_weight(self, weight: "torch.Tensor", transposed: bool, tensor: str, kind: str = "linear") -> "torch.Tensor":
+    def quantize_weight(
+        self, weight: "torch.Tensor", transposed: bool, tensor: str, kind: str = "linear"
+    ) -> "torch.Tensor":
         """The named module's weight quantized and read back (what a plan applies): ``fake_quantize`` unless the
         format uses per-tensor data such as an importance matrix, or quantizes an embedding (``kind``) its own way."""
         return self.fake_quantize(weight, transposed=transposed)
@@ -158,9 +169,11 @@ class WeightFormat:
         """Refuse writing this format with ``target`` when its entry does not list that writer, naming what it writes."""
         if target not in self.export_targets:
             writes = [cls.vocabulary for cls in FORMAT_FAMILIES.values() if target in cls.export_targets]
-            raise QuantsenseError(f"unit {unit} is planned as {self.name}, which the {target} export cannot write; plan it "
-                                  f"in {' or '.join(writes) if writes else 'a format this export writes'}, or leave it "
-                                  "out of the plan (FP32)")
+            raise QuantsenseError(
+                f"unit {unit} is planned as {self.name}, which the {target} export cannot write; plan it "
+                f"in {' or '.join(writes) if writes else 'a format this export writes'}, or leave it "
+                "out of the plan (FP32)"
+            )
 
 
 FORMAT_FAMILIES: dict[str, type[WeightFormat]] = {}

@@ -45,9 +45,7 @@ class QuantConfig(WeightFormat):
         if not isinstance(self.symmetric, bool):
             raise QuantsenseError(f"symmetric must be true or false, got {self.symmetric!r}")
         if self.granularity not in GRANULARITIES:
-            raise QuantsenseError(
-                f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
-            )
+            raise QuantsenseError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
         if self.granularity == "per_group":
             if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
                 raise QuantsenseError(f"per_group needs a positive integer group_size, got {self.group_size!r}")
@@ -125,9 +123,12 @@ class QuantConfig(WeightFormat):
 
     @classmethod
     def glossary(cls, scheme=None) -> tuple[str, str]:
-        return ("int8, int4…", "N-bit integer weights rounded to nearest, one scale per output channel and symmetric "
-                "unless the name says otherwise (-asym: with a zero point; -tensor: one scale per tensor; -gN: one scale "
-                "per N input features).")
+        return (
+            "int8, int4…",
+            "N-bit integer weights rounded to nearest, one scale per output channel and symmetric "
+            "unless the name says otherwise (-asym: with a zero point; -tensor: one scale per tensor; -gN: one scale "
+            "per N input features).",
+        )
 
     def grid_text(self) -> str:
         """The grid in words, bits left out: 'symmetric per-channel', 'asymmetric per-group (groups of 32)'."""
@@ -142,8 +143,10 @@ class QuantConfig(WeightFormat):
             return
         in_features = shape[0] if transposed else shape[-1]
         if in_features % self.group_size:
-            raise QuantsenseError(f"group size {self.group_size} does not divide the {in_features} input features of {where}; "
-                                  "choose a divisor of every layer's input size (e.g. 32)")
+            raise QuantsenseError(
+                f"group size {self.group_size} does not divide the {in_features} input features of {where}; "
+                "choose a divisor of every layer's input size (e.g. 32)"
+            )
 
     def check_model(self, units, named: bool) -> None:
         """The grid is one choice for the whole model: every block linear weight must take it."""
@@ -152,8 +155,9 @@ class QuantConfig(WeightFormat):
             try:
                 self.check_shape(unit.shape, unit.transposed, where=name)
             except QuantsenseError as exc:
-                raise QuantsenseError(f"the integer grid (--group-size, or scheme= in the API): {exc}" if named
-                                      else str(exc)) from None
+                raise QuantsenseError(
+                    f"the integer grid (--group-size, or scheme= in the API): {exc}" if named else str(exc)
+                ) from None
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         from quantsense.quantization.fake_quant import fake_quantize

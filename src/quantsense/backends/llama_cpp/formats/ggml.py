@@ -34,8 +34,10 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
     imatrix: Any = None  # quantsense.backends.llama_cpp.imatrix.Imatrix
 
     family = "ggml"
-    vocabulary = "a ggml K/IQ format (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs, iq3_s, iq3_xxs, iq2_s, iq2_xs, " \
-                 "iq2_xxs, iq1_m, iq1_s)"
+    vocabulary = (
+        "a ggml K/IQ format (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl, iq4_xs, iq3_s, iq3_xxs, iq2_s, iq2_xs, "
+        "iq2_xxs, iq1_m, iq1_s)"
+    )
     export_targets = ("gguf",)
     needs = ("llama-cpp-python",)
 
@@ -67,9 +69,12 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
 
     @classmethod
     def glossary(cls, scheme=None) -> tuple[str, str]:
-        return ("q4_K, iq4_nl…", "llama.cpp's K-quants (super-blocks of 256 weights with 6-bit sub-block scales) and "
-                "IQ types (non-uniform and lattice grids; iq1/iq2 need an importance matrix), quantized by ggml itself; "
-                "the digit is the bits per weight before scales.")
+        return (
+            "q4_K, iq4_nl…",
+            "llama.cpp's K-quants (super-blocks of 256 weights with 6-bit sub-block scales) and "
+            "IQ types (non-uniform and lattice grids; iq1/iq2 need an importance matrix), quantized by ggml itself; "
+            "the digit is the bits per weight before scales.",
+        )
 
     def check_model(self, units, named: bool) -> None:
         """Refuse before any work when llama.cpp's library is not installed (the message says how to install it), and a
@@ -78,16 +83,20 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
 
         ggml_lib.library()
         if TYPES[self.format].needs_imatrix and self.imatrix is None:
-            raise QuantsenseError(f"{self.format} needs an importance matrix (llama.cpp refuses it without one): pass "
-                                  "--imatrix FILE (quantsense imatrix makes one)")
+            raise QuantsenseError(
+                f"{self.format} needs an importance matrix (llama.cpp refuses it without one): pass "
+                "--imatrix FILE (quantsense imatrix makes one)"
+            )
 
     def check_unit(self, unit) -> None:
         """Its shape rule, and for a type that needs an importance matrix, an entry for this unit (an imatrix covers the
         block linears, not the token embedding)."""
         super().check_unit(unit)
         if TYPES[self.format].needs_imatrix and self.importance(unit.name) is None:
-            raise QuantsenseError(f"{self.format} needs importance-matrix weights for {unit.name}, and the imatrix has "
-                                  "none for it (llama.cpp's covers the block linears)")
+            raise QuantsenseError(
+                f"{self.format} needs importance-matrix weights for {unit.name}, and the imatrix has "
+                "none for it (llama.cpp's covers the block linears)"
+            )
 
     def block_size(self) -> int:
         return TYPES[self.format].block
@@ -99,8 +108,10 @@ class GGMLFormat(ImatrixWeighted, WeightFormat):
         if row % self.block_size():
             fallback = TYPES[self.format].fallback
             instead = f" (llama.cpp falls back to {fallback} for such rows: plan {fallback} there)" if fallback else ""
-            raise QuantsenseError(f"{self.format} needs rows that are multiples of {self.block_size()} weights; "
-                                  f"{where} has rows of {row}{instead}")
+            raise QuantsenseError(
+                f"{self.format} needs rows that are multiples of {self.block_size()} weights; "
+                f"{where} has rows of {row}{instead}"
+            )
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         import torch

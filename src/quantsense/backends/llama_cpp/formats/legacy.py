@@ -67,20 +67,24 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
     def glossary(cls, scheme=None) -> tuple[str, str]:
         from quantsense.backends.llama_cpp.gguf_quants import BLOCK_SIZE
 
-        return ("q4_0, q5_1, q8_0…", f"GGUF block formats: weights in blocks of {BLOCK_SIZE} sharing one fp16 scale "
-                "(_1 also an fp16 minimum); the digit is the bits per weight before scales.")
+        return (
+            "q4_0, q5_1, q8_0…",
+            f"GGUF block formats: weights in blocks of {BLOCK_SIZE} sharing one fp16 scale "
+            "(_1 also an fp16 minimum); the digit is the bits per weight before scales.",
+        )
 
     def check_shape(self, shape: tuple[int, ...], transposed: bool = False, where: str = "weight") -> None:
         from quantsense.backends.llama_cpp.gguf_quants import block_size
 
         row = shape[0] if transposed else shape[-1]
         if row % block_size(self.format):
-            raise QuantsenseError(f"{self.format} needs rows that are multiples of {block_size(self.format)} weights "
-                                  f"(llama.cpp's block size); {where} has rows of {row}: use f16 or an int format for it")
+            raise QuantsenseError(
+                f"{self.format} needs rows that are multiples of {block_size(self.format)} weights "
+                f"(llama.cpp's block size); {where} has rows of {row}: use f16 or an int format for it"
+            )
 
     def fake_quantize(self, weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         from quantsense.backends.llama_cpp.gguf_quants import fake_quantize_gguf
-
 
         return fake_quantize_gguf(weight, self.format, transposed=transposed)
 

@@ -18,6 +18,7 @@ from quantsense.errors import QuantsenseError
 if TYPE_CHECKING:
     import torch
 
+
 class ImatrixWeighted:
     """Mixin for a frozen dataclass with fields ``format`` (the ggml type name) and ``imatrix`` (or None)."""
 
@@ -33,8 +34,10 @@ class ImatrixWeighted:
 
         found = known(str(fingerprint))
         if found is None:
-            raise QuantsenseError(f"{where}: {self.name} was planned with imatrix {fingerprint}; pass --imatrix FILE with "
-                                  "the importance matrix it was made with")
+            raise QuantsenseError(
+                f"{where}: {self.name} was planned with imatrix {fingerprint}; pass --imatrix FILE with "
+                "the importance matrix it was made with"
+            )
         bound = self.with_imatrix(found)
         if bound is self:
             raise QuantsenseError(f"{where}: {self.name} does not use an importance matrix; remove its 'imatrix' key")
@@ -63,7 +66,9 @@ class ImatrixWeighted:
 
         return rounding_for(self.format)
 
-    def quantize_weight(self, weight: torch.Tensor, transposed: bool, tensor: str, kind: str = "linear") -> torch.Tensor:
+    def quantize_weight(
+        self, weight: torch.Tensor, transposed: bool, tensor: str, kind: str = "linear"
+    ) -> torch.Tensor:
         """``weight`` through ggml's quantizer with ``tensor``'s imatrix weights; without any (no imatrix bound, or
         none for this tensor) the unweighted quantizer, as in llama-quantize."""
         weights = self.importance(tensor)
