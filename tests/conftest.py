@@ -18,6 +18,9 @@ SST2_TRAIN = ASSETS / "sst2" / "train.tsv"
 WIKI = ASSETS / "wikitext-2-raw" / "wiki.test.raw"
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers share the cores, one torch thread each
+    torch.set_num_threads(1)
+
 # A test that needs one of these is `slow` (the real stand-ins, llama.cpp's files, a browser, a Ray cluster):
 # `pytest -m "not slow"` is the quick loop, the whole suite (what CI runs) includes them.
 SLOW_FIXTURES = {

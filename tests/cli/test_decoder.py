@@ -68,6 +68,7 @@ def test_linear_sweep_of_one_block_on_smollm2(smollm2, tmp_path, capsys):
     assert mean_kl["int2"] > mean_kl["q4_0"]
 
 
+@pytest.mark.slow  # its model fixture is requested by name
 @pytest.mark.parametrize("source", ["smollm2", "smollm2_hf"])
 def test_gguf_export_runs_in_llama_cpp_and_matches_the_simulation(source, request, tmp_path, capsys):
     """A mixed GGUF plan written as a file, from the model's GGUF or from a Hugging Face directory: its size as

@@ -18,6 +18,8 @@ from quantsense.backends.llama_cpp.gguf_quants import fake_quantize_gguf
 from tests.conftest import ASSETS
 from tests.quantization.test_gguf_quants import _smollm2_weights
 
+pytestmark = pytest.mark.slow  # every test here runs llama.cpp's own library
+
 gguf = pytest.importorskip("gguf")
 ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
 if not ggml_lib.available():

@@ -22,7 +22,12 @@ from tests.quantization.test_gguf_quants import _smollm2_weights
 
 gguf = pytest.importorskip("gguf")
 ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
-needs_ggml = pytest.mark.skipif(not ggml_lib.available(), reason="llama-cpp-python (ggml's library) is not installed")
+_no_ggml = pytest.mark.skipif(not ggml_lib.available(), reason="llama-cpp-python (ggml's library) is not installed")
+
+
+def needs_ggml(test):
+    """A test of ggml's own quantizers: skipped without llama-cpp-python, and slow (it runs llama.cpp's library)."""
+    return pytest.mark.slow(_no_ggml(test))
 
 
 class _Toy(torch.nn.Module):
