@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+SCHEMA_VERSION = 1  # the layout of results.json; visualization.schema.migrate reads every older one
+
 
 @dataclass
 class SensitivityResult:
@@ -89,7 +91,12 @@ class StudyResult:
     formats: dict = field(default_factory=dict)  # name -> the format's own description (its registry entry's describe)
 
     def to_dict(self) -> dict:
-        out = {"provenance": self.provenance, "workspace": self.workspace, "baseline": self.baseline}
+        out = {
+            "schema_version": SCHEMA_VERSION,
+            "provenance": self.provenance,
+            "workspace": self.workspace,
+            "baseline": self.baseline,
+        }
         for name in ("sensitivity", "proxies", "ranking", "mixed", "ablation", "frontier", "export"):
             value = getattr(self, name)
             if value is not None:

@@ -71,3 +71,46 @@ def test_plan_rows_carry_their_kind_and_unit_counts():
     assert format_counts({"formats": {"a": 1, "b": 5}}) == {"b": 5, "a": 1}
     del results["mixed"]["rows"][0]["kind"]  # older results: mixed-precision rows had no kind
     assert plan_rows(results)[0]["kind"] == "mixed"
+
+
+def test_results_carry_their_schema_version_and_older_ones_are_migrated_once():
+    from quantsense.results import SCHEMA_VERSION, StudyResult
+    from quantsense.visualization.schema import effect_summary, migrate
+
+    written = StudyResult({"command": "t"}, {}, {"accuracy": 90.0}).to_dict()
+    assert written["schema_version"] == SCHEMA_VERSION == 1 and list(written)[0] == "schema_version"
+    old = fixtures.classification_run()  # written before versions: no schema_version
+    for key in ("sensitivity_columns", "ranking_columns", "plan_columns"):
+        del old["workspace"]["task"][key]
+    del old["mixed"]["rows"][0]["kind"]
+    del old["baseline"]["summary"]
+    before = repr(old)
+    new = migrate(old)
+    assert repr(old) == before and new is not old  # the caller's dict is left as it was
+    assert new["schema_version"] == 1 and migrate(new) is new  # current results pass through untouched
+    task = new["workspace"]["task"]
+    assert ["accuracy", "accuracy %"] in task["plan_columns"] and ["tier", "tier"] in task["ranking_columns"]
+    assert new["mixed"]["rows"][0]["kind"] == "mixed"
+    assert new["baseline"]["summary"] == f"FP32 accuracy %: {old['baseline']['accuracy']}"
+    abl = {"drop": 0.1, "drop_ci_low": -0.2, "drop_ci_high": 0.4}
+    assert effect_summary(migrate({**old, "ablation": abl})["ablation"], TaskInfo.from_results(new)) == (
+        "accuracy drop (points) 0.1 [95% CI -0.2, 0.4]"
+    )
+
+
+@pytest.mark.parametrize("version", [2, "1", -1, True])
+def test_results_from_a_newer_or_broken_schema_are_refused(version, tmp_path):
+    import json
+
+    from quantsense.visualization.html_report import rebuild_report
+    from quantsense.visualization.schema import migrate
+
+    results = {**fixtures.llm_blocks(), "schema_version": version}
+    with pytest.raises(QuantsenseError, match="newer quantsense" if version == 2 else "not a version number"):
+        migrate(results)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(
+        QuantsenseError, match="results.json: these results were written by a newer" if version == 2 else "results.json"
+    ):
+        rebuild_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()

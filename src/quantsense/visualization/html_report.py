@@ -19,7 +19,7 @@ from quantsense.visualization.report_figures import frontier_fig, heatmap_fig, s
 from quantsense.visualization.report_glossary import glossary, glossary_html
 from quantsense.visualization.report_tables import kv_table, plan_table, sensitivity_table
 from quantsense.visualization.report_text import VIEW_TEXT, esc, headline, ship_advice
-from quantsense.visualization.schema import TaskInfo, plan_rows
+from quantsense.visualization.schema import TaskInfo, migrate, plan_rows
 from quantsense.visualization.summary import sequential_text, sweep_text
 from quantsense.visualization.sensitivity_data import sensitivity_grid, view_of
 
@@ -150,7 +150,7 @@ def write_html_report(results: dict, path: str | Path, tolerance: float | None =
     from quantsense.io import write_atomic
 
     path = Path(path)
-    write_atomic(path, render_html(results, tolerance))
+    write_atomic(path, render_html(migrate(results), tolerance))
     return path
 
 
@@ -170,6 +170,10 @@ def rebuild_report(results_dir: str | Path, tolerance: float | None = None) -> P
         raise QuantsenseError(
             f"{source} is not a quantsense results file (no {', '.join(missing)}): re-run the study to write it again"
         )
+    try:
+        results = migrate(results)  # an older layout brought up to this one; a newer one refused
+    except QuantsenseError as exc:
+        raise QuantsenseError(f"{source}: {exc}") from None
     try:
         return write_html_report(results, results_dir / "report.html", tolerance)
     except (

@@ -7,6 +7,7 @@ from pathlib import Path
 from quantsense.io import write_atomic, write_csv, write_json
 from quantsense.visualization.html_report import write_html_report
 from quantsense.visualization.plots import frontier_plot, sensitivity_bars, sensitivity_heatmap
+from quantsense.visualization.schema import migrate
 from quantsense.visualization.summary import summary_markdown
 
 
@@ -16,6 +17,7 @@ def _slug(name: str) -> str:
 
 def write_results_folder(out: Path, results: dict) -> list[Path]:
     """results.json, CSV tables, plans, PNG figures, summary.md and report.html in ``out``."""
+    results = migrate(results)  # results.json is always written in this version's layout
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_json(out / "results.json", results)]

@@ -2,17 +2,99 @@
 
 Plots, report.html and summary.md read a results dict through these types and functions; none of them parses a
 format or plan name, guesses the task from row keys or asks the task registry, so a report of a task that is not
-registered in this process still renders. Results written by older versions have no ``formats`` table: every format
-is then unknown (no widths, no family, a stable hash colour).
+registered in this process still renders.
+
+results.json carries ``schema_version`` (:data:`SCHEMA_VERSION`); :func:`migrate` is the one place that knows an
+older layout, bringing results written before up to this one a step at a time (and refusing a newer one); every
+reader here reads the migrated results. Results with no ``formats`` table (written by API users, or very old) have
+every format unknown (no widths, no family, a stable hash colour).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass
 
 from quantsense.errors import QuantsenseError
+from quantsense.results import SCHEMA_VERSION  # the layout of results.json this version writes and reads
 
 FP32 = "fp32"  # how counts and texts name units left unquantized (a choice of None)
+
+
+def migrate(results: dict) -> dict:
+    """``results`` in this version's layout: unchanged when current, else a migrated copy (one step per version);
+    results from a newer quantsense are refused."""
+    version = results.get("schema_version", 0) if isinstance(results, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise QuantsenseError(f"results have schema_version {version!r}, not a version number: re-run the study")
+    if version > SCHEMA_VERSION:
+        raise QuantsenseError(
+            f"these results were written by a newer quantsense (schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade quantsense to read them"
+        )
+    if version == SCHEMA_VERSION:
+        return results
+    out = copy.deepcopy(results)
+    for step in _STEPS[version:]:
+        step(out)
+    return out
+
+
+def _to_v1(results: dict) -> None:
+    """Results written before schema versions: the task's printed columns, a plan row's kind, the baseline's and the
+    ablation's sentences, the frontier's unit groups and each format's ``takes_scheme`` were not recorded yet."""
+    task = (results.get("workspace") or {}).get("task")
+    if isinstance(task, dict) and isinstance(task.get("metric"), dict) and isinstance(task.get("loss"), dict):
+        metric, loss = task["metric"], task["loss"]
+        m, lo = (metric.get("key"), metric.get("label")), (loss.get("key"), loss.get("label"))
+        losses = [list(lo), [loss.get("ci_low"), "CI low"], [loss.get("ci_high"), "CI high"]]
+        task["sensitivity_columns"] = task.get("sensitivity_columns") or [
+            ["unit", "unit"],
+            ["format", "format"],
+            ["view", "view"],
+            list(m),
+            *losses,
+            ["kl_mean", "KL mean"],
+        ]
+        task["ranking_columns"] = task.get("ranking_columns") or [
+            ["rank", "rank"],
+            ["unit", "unit"],
+            ["kl_mean", "KL mean"],
+            ["kl_ci_low", "KL CI low"],
+            ["kl_ci_high", "KL CI high"],
+            list(lo),
+            ["tier", "tier"],
+            ["distinguishable_from_fp32", "differs from FP32"],
+        ]
+        task["plan_columns"] = task.get("plan_columns") or [
+            ["plan", "plan"],
+            list(m),
+            *losses,
+            ["kl_mean", "KL mean"],
+            ["avg_bits", "avg bits/weight"],
+            ["model_mb", "model MB"],
+        ]
+        base = results.get("baseline")
+        if isinstance(base, dict) and not base.get("summary"):
+            base["summary"] = f"FP32 {metric.get('label')}: {base.get(metric.get('key'), '—')}"
+        abl = results.get("ablation")
+        if isinstance(abl, dict) and not abl.get("summary"):
+            abl["summary"] = (
+                f"{loss.get('label')} {abl.get(loss.get('key'))} [95% CI {abl.get(loss.get('ci_low'))}, "
+                f"{abl.get(loss.get('ci_high'))}]"
+            )
+    for section in ("frontier", "mixed"):
+        for row in (results.get(section) or {}).get("rows", []):
+            row["kind"] = row.get("kind") or "mixed"  # only mixed-precision rows had none
+    if isinstance(results.get("frontier"), dict):
+        results["frontier"].setdefault("groups", {})  # no groups: no by-layer-kind line rather than a guess
+    for entry in (results.get("formats") or {}).values():
+        if isinstance(entry, dict):
+            entry.setdefault("takes_scheme", True)  # the integer grid was named whatever the formats
+    results["schema_version"] = 1
+
+
+_STEPS = [_to_v1]  # _STEPS[v] brings version v to v + 1
 
 
 def _pairs(value) -> tuple:
@@ -42,7 +124,7 @@ class TaskInfo:
     @classmethod
     def from_results(cls, results: dict) -> "TaskInfo":
         try:
-            t = results["workspace"]["task"]
+            t = migrate(results)["workspace"]["task"]
             metric, loss = t["metric"], t["loss"]
             task = cls(
                 t["name"],
@@ -66,43 +148,7 @@ class TaskInfo:
                 f"results have no complete workspace.task (missing {err}): "
                 "re-run the study with this version of quantsense"
             ) from None
-        return task._with_default_columns()
-
-    def _with_default_columns(self) -> "TaskInfo":
-        """Results written before the task listed its printed columns: the metric's and loss's own keys."""
-        loss = ((self.loss, self.loss_label), (self.ci_low, "CI low"), (self.ci_high, "CI high"))
-        return replace(
-            self,
-            sensitivity_columns=self.sensitivity_columns
-            or (
-                ("unit", "unit"),
-                ("format", "format"),
-                ("view", "view"),
-                (self.metric, self.metric_label),
-                *loss,
-                ("kl_mean", "KL mean"),
-            ),
-            ranking_columns=self.ranking_columns
-            or (
-                ("rank", "rank"),
-                ("unit", "unit"),
-                ("kl_mean", "KL mean"),
-                ("kl_ci_low", "KL CI low"),
-                ("kl_ci_high", "KL CI high"),
-                (self.loss, self.loss_label),
-                ("tier", "tier"),
-                ("distinguishable_from_fp32", "differs from FP32"),
-            ),
-            plan_columns=self.plan_columns
-            or (
-                ("plan", "plan"),
-                (self.metric, self.metric_label),
-                *loss,
-                ("kl_mean", "KL mean"),
-                ("avg_bits", "avg bits/weight"),
-                ("model_mb", "model MB"),
-            ),
-        )
+        return task
 
     @property
     def loss_name(self) -> str:
@@ -121,7 +167,7 @@ class FormatInfo:
     code_bits: int | None = None  # one code's bits: int4 and q4_0 4, f16 and bf16 16
     variant: str = ""  # a shade within one code width: "" for int, "0"/"1" for q4_0/q4_1, "f16"/"bf16"
     export_targets: tuple = ()
-    takes_scheme: bool | None = None  # whether the study's integer grid applies to it (None: results written before)
+    takes_scheme: bool | None = None  # whether the study's integer grid applies to it (None: not described)
     glossary: tuple | None = None  # (term, explanation) of its family
 
     @classmethod
@@ -144,8 +190,9 @@ class FormatInfo:
 
 
 def format_table(results: dict) -> dict[str, FormatInfo]:
-    """Every format the results describe, by name (empty for results written before the table existed)."""
-    return {str(name): FormatInfo.from_entry(name, entry) for name, entry in (results.get("formats") or {}).items()}
+    """Every format the results describe, by name (empty when they have no format table)."""
+    formats = migrate(results).get("formats") or {}
+    return {str(name): FormatInfo.from_entry(name, entry) for name, entry in formats.items()}
 
 
 def format_info(results: dict, name: str | None) -> FormatInfo | None:
@@ -180,9 +227,9 @@ def format_glossary(results: dict) -> list[tuple[str, str]]:
 
 def plan_rows(results: dict, sections: tuple[str, ...] = ("frontier", "mixed")) -> list[dict]:
     """The plan rows of ``sections`` (frontier and mixed precision: the plans a user could ship), each with its
-    ``kind`` (rows of older results without one are mixed-precision plans)."""
-    rows = [r for section in sections for r in (results.get(section) or {}).get("rows", [])]
-    return [{**r, "kind": r.get("kind") or "mixed"} for r in rows]
+    ``kind``."""
+    results = migrate(results)
+    return [dict(r) for section in sections for r in (results.get(section) or {}).get("rows", [])]
 
 
 def plan_label(row: dict) -> str:
@@ -209,18 +256,13 @@ def format_counts(row: dict) -> dict[str, int]:
 
 
 def baseline_summary(results: dict, task: TaskInfo) -> str:
-    """The task's baseline sentence (e.g. 'FP32 accuracy: 89.45 % (780/872)'); for older results, the metric alone."""
-    base = results.get("baseline") or {}
-    if base.get("summary"):
-        return str(base["summary"])
-    return f"FP32 {task.metric_label}: {base.get(task.metric, '—')}"
+    """The task's baseline sentence (e.g. 'FP32 accuracy: 89.45 % (780/872)')."""
+    return str(migrate(results)["baseline"]["summary"])
 
 
 def effect_summary(row: dict, task: TaskInfo) -> str:
-    """A measured plan's effect sentence (the task's own, from the row); for older results, the loss and its CI."""
-    if row.get("summary"):
-        return str(row["summary"])
-    return f"{task.loss_label} {row.get(task.loss)} [95% CI {row.get(task.ci_low)}, {row.get(task.ci_high)}]"
+    """A measured plan's effect sentence (the task's own, from the row)."""
+    return str(row["summary"])
 
 
 def data_description(results: dict) -> str:

@@ -17,6 +17,7 @@ from quantsense.visualization.schema import (
     effect_summary,
     format_glossary,
     format_table,
+    migrate,
     widest_first,
 )
 from quantsense.visualization.tables import markdown_table
@@ -176,6 +177,7 @@ def skipped_plans_lines(skipped: dict | None) -> list[str]:
 
 
 def frontier_text(results: dict) -> str:
+    results = migrate(results)
     fr = results["frontier"]
     task = TaskInfo.from_results(results)
     objective = "mean KL" if fr["objective"] == "kl" else task.loss_label
@@ -200,7 +202,7 @@ def frontier_text(results: dict) -> str:
             lines.append(f"{name}: " + ", ".join(f"{g}: {f or FP32}" for g, f in choice.items()))
             continue
         lines.append(f"{name}: {_count_text(choice.values())}")
-        kinds = _by_layer_kind(choice, fr.get("groups") or {}) if fr["unit"] == "linear" else None
+        kinds = _by_layer_kind(choice, fr["groups"]) if fr["unit"] == "linear" else None
         if kinds:
             lines.append("  by layer kind: " + "; ".join(f"{k} {_count_text(f)}" for k, f in sorted(kinds.items())))
     return "\n".join(lines)
@@ -293,7 +295,7 @@ def _count_text(formats) -> str:
 
 def _by_layer_kind(choice: dict, groups: dict) -> dict[str, list] | None:
     """A plan's formats by each group's ``layer_kind`` (from the frontier's ``groups``); None when a group is not
-    described there (results written before groups were recorded)."""
+    described there."""
     if any(not (groups.get(g) or {}).get("layer_kind") for g in choice):
         return None
     kinds: dict[str, list] = {}
@@ -303,6 +305,7 @@ def _by_layer_kind(choice: dict, groups: dict) -> dict[str, list] | None:
 
 
 def ablation_text(results: dict) -> str:
+    results = migrate(results)
     abl = results["ablation"]
     others = (
         "all other blocks FP32, " + ", ".join(f"{n} at {f}" for n, f in abl["outside"].items())
@@ -330,6 +333,7 @@ def _grid_text(results: dict) -> str:
 
 
 def summary_markdown(results: dict) -> str:
+    results = migrate(results)
     ws = results["workspace"]
     size = data_description(results)
     lines = [
