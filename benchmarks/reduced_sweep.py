@@ -2,7 +2,7 @@
 
 1. The exhaustive sweep (every unit alone in every candidate, on all the data) and its allocation per budget;
    with ``--full-store`` an earlier exhaustive run's store is reused and its recorded seconds are reported.
-2. The reduced sweep (:mod:`quantsense.reduced`) from a fresh, empty store (or ``--reduced-store``), and its
+2. The reduced sweep (:mod:`quantsense.mixed_precision.reduced`) from a fresh, empty store (or ``--reduced-store``), and its
    allocation per budget.
 3. Both plans of every budget measured on all the data: the reduced plan's mean KL against the exhaustive plan's
    95 % interval, and how many groups got another format.
@@ -27,7 +27,7 @@ import numpy as np
 import quantsense as qs
 from quantsense.inputs import check_allocation
 from quantsense.mixed_precision.allocation import Budget, allocate as solve_allocation
-from quantsense.reduced import reduced_sweep
+from quantsense.mixed_precision.reduced import reduced_sweep
 from quantsense.search import sweep_and_allocate, unit_losses
 from quantsense.study import evaluate_plans, metric_key
 from quantsense.sweeps.loss_model import agreement, fit_loss_model

@@ -66,7 +66,9 @@ class FrontierResult:
     plans: dict[str, dict]  # allocated plan name -> plan JSON
     choices: dict[str, dict]  # allocated plan name -> group -> format name (None = FP32)
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
-    sweep: dict = field(default_factory=dict)  # how the single-unit losses were obtained (quantsense.reduced)
+    sweep: dict = field(
+        default_factory=dict
+    )  # how the single-unit losses were obtained (quantsense.mixed_precision.reduced)
     skipped: dict[str, str] = field(default_factory=dict)  # uniform or hand plans not measured -> why
     preferred: dict[str, str] = field(
         default_factory=dict

@@ -13,7 +13,7 @@ from quantsense.mixed_precision.strategies import frontier_levels, misfit, strat
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
-from quantsense.reduced import estimated_pairs, reduced_sweep, screened_block_ranking
+from quantsense.mixed_precision.reduced import estimated_pairs, reduced_sweep, screened_block_ranking
 from quantsense.results import FrontierResult, StudyResult
 from quantsense.study import _begin, block_ranking, evaluate_plans, sensitivity
 from quantsense.sweeps.sweep import sweep_units
@@ -78,9 +78,9 @@ def sweep_and_allocate(
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
-    (:mod:`quantsense.reduced`, the command line's default): each unit measured once on a data segment, the rest
+    (:mod:`quantsense.mixed_precision.reduced`, the command line's default): each unit measured once on a data segment, the rest
     estimated, and measured where a plan hinges on it; a string names how it estimates (``"weight-error"``, what
-    ``True`` means, or ``"fisher"``: :func:`quantsense.reduced.reduced_sweep`). ``outside``: ``"allocate"`` adds the
+    ``True`` means, or ``"fisher"``: :func:`quantsense.mixed_precision.reduced.reduced_sweep`). ``outside``: ``"allocate"`` adds the
     token embedding and an untied output head to the allocation (see :meth:`Workspace.allocated_outside`)."""
     budgets = [Budget.of(b) for b in budgets]
     estimate = reduced if isinstance(reduced, str) else "weight-error"

@@ -29,7 +29,7 @@ from quantsense.mixed_precision.strategies import Levels, blocks_plan, misfit, s
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
-from quantsense.reduced import sequential_sweep
+from quantsense.mixed_precision.reduced import sequential_sweep
 from quantsense.results import PlanRows, SensitivityResult, StudyResult, provenance
 from quantsense.sweeps.ranking import rank_rows
 from quantsense.sweeps.sweep import build_entries, run_sweep, skipped_pairs

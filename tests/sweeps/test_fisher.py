@@ -150,7 +150,7 @@ def test_fisher_estimates_rank_the_measured_single_unit_kl_of_a_workspace(offlin
 
     import quantsense as qs
     from quantsense.quantization.plan import Plan
-    from quantsense.reduced import fisher_errors
+    from quantsense.mixed_precision.reduced import fisher_errors
     from quantsense.sweeps.sweep import sweep_units
 
     ws = qs.open_workspace(

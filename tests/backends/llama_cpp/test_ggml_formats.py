@@ -16,7 +16,7 @@ from quantsense.quantization.formats import parse_format
 from quantsense.backends.llama_cpp.types import TYPES, names
 from quantsense.backends.llama_cpp.gguf_quants import fake_quantize_gguf
 from tests.conftest import ASSETS
-from tests.quantization.test_gguf_quants import _smollm2_weights
+from tests.backends.llama_cpp.test_gguf_quants import _smollm2_weights
 
 pytestmark = pytest.mark.slow  # every test here runs llama.cpp's own library
 

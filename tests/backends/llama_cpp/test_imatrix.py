@@ -18,7 +18,7 @@ from quantsense.backends.llama_cpp.imatrix_file import load, save
 from quantsense.backends.llama_cpp.imatrix import Imatrix, collect, known
 from quantsense.quantization.plan import Plan
 from tests.conftest import WIKI
-from tests.quantization.test_gguf_quants import _smollm2_weights
+from tests.backends.llama_cpp.test_gguf_quants import _smollm2_weights
 
 gguf = pytest.importorskip("gguf")
 ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")
