@@ -189,6 +189,8 @@ def test_a_bad_grid_for_the_strategies_is_refused_before_the_baseline(offline_as
         scheme=qs.QuantConfig(bits=8, granularity="per_group", group_size=48),
     )
     _refused(lambda: qs.run_study(ws, phases=("baseline", "mixed")), "group size 48 does not divide")
+    _refused(lambda: qs.run_study(ws, qs.StudyRequest(phases=("baseline", "mixed"))), "group size 48 does not divide")
+    _refused(lambda: qs.run_study(ws, phase=("baseline",)), "unknown setting(s) phase; see quantsense.StudyRequest")
     assert ws.engine.stats.computed == 0 and ws.engine.evaluator._reference is None
 
 

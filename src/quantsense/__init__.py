@@ -25,6 +25,7 @@ _EXPORTS = {
     "Workspace": "quantsense.workspace",
     "StudyOptions": "quantsense.workspace",
     "run_study": "quantsense.study",
+    "StudyRequest": "quantsense.study",
     "run_frontier": "quantsense.search",
     "run_export": "quantsense.study",
     "baseline": "quantsense.study",

@@ -12,6 +12,8 @@ returning a typed result; :func:`run_study`, :func:`run_frontier` and :func:`run
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from quantsense.errors import QuantsenseError
@@ -260,29 +262,61 @@ def llama_quantize_command(ws: Workspace, plan: Plan | str | Path) -> str:
     return export_target("gguf").llama_quantize_command(export_source(ws), check_export(ws, plan, None, "gguf"))
 
 
+@dataclass(frozen=True)
+class StudyRequest:
+    """What a study measures, in one object (:func:`run_study`): the sweep (``formats``, ``unit``, ``views``,
+    ``include_extra`` units outside the blocks, ``rank_by``, ``blocks``, ``reduced`` for a sequential sweep), the plans
+    measured beside the strategies (``plan_files``), the proxies' labelled ``calibration_data`` and its size, the
+    ``phases`` to run, and the ranking's and ablation's formats and block (defaults: the sweep's fewest bits, its family's
+    low level, the least sensitive block)."""
+
+    formats: tuple | None = None
+    unit: str = "block"
+    views: tuple = ("only",)
+    include_extra: bool = False
+    rank_by: str = "kl"
+    blocks: tuple | None = None
+    plan_files: tuple = ()
+    calibration_data: str | None = None
+    calibration_size: int = 128
+    phases: tuple = PHASES
+    rank_format: object = None
+    ablation_format: object = None
+    ablation_block: int | None = None
+    reduced: bool = False
+
+
 def run_study(
-    ws: Workspace,
-    formats=None,
-    unit: str = "block",
-    views=("only",),
-    include_extra: bool = False,
-    rank_by: str = "kl",
-    blocks: list[int] | None = None,
-    plan_files=(),
-    calibration_data: str | None = None,
-    calibration_size: int = 128,
-    argv: list[str] | None = None,
-    phases=PHASES,
-    rank_format=None,
-    ablation_format=None,
-    ablation_block: int | None = None,
-    on_phase=None,
-    reduced: bool = False,
+    ws: Workspace, request: StudyRequest | None = None, *, argv: list[str] | None = None, on_phase=None, **fields
 ) -> StudyResult:
     """The reference study end to end: baseline, sensitivity, proxies (with ``calibration_data``), the mixed
-    strategies and the ablation; ``phases`` picks some of them. Every input is checked before the first
-    evaluation; ``on_phase(name, result)`` is called as each phase finishes (the CLI prints there). ``reduced``: the
-    sweep is sequential (see :func:`sensitivity`)."""
+    strategies and the ablation, as ``request`` (a :class:`StudyRequest`; keyword ``fields`` override or stand for it,
+    e.g. ``run_study(ws, formats=["int8", "int4"])``) asks. Every input is checked before the first evaluation;
+    ``on_phase(name, result)`` is called as each phase finishes (the CLI prints there)."""
+    unknown = sorted(set(fields) - {f.name for f in dataclass_fields(StudyRequest)})
+    if unknown:
+        raise QuantsenseError(f"run_study() got unknown setting(s) {', '.join(unknown)}; see quantsense.StudyRequest")
+    r = replace(request or StudyRequest(), **fields)
+    formats, unit, views, include_extra, rank_by, blocks = (
+        r.formats,
+        r.unit,
+        r.views,
+        r.include_extra,
+        r.rank_by,
+        r.blocks,
+    )
+    plan_files, calibration_data, calibration_size, phases = (
+        r.plan_files,
+        r.calibration_data,
+        r.calibration_size,
+        r.phases,
+    )
+    rank_format, ablation_format, ablation_block, reduced = (
+        r.rank_format,
+        r.ablation_format,
+        r.ablation_block,
+        r.reduced,
+    )
     for phase in phases:
         check_choice(phase, PHASES, "phase")
     wanted = set(phases) | ({"sensitivity"} if "proxies" in phases else set())

@@ -209,24 +209,23 @@ def _run(args, ws):
             given=given,
         )
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731  (flags a command may lack)
-    return study.run_study(
-        ws,
-        get("formats"),
-        get("unit", "block"),
-        get("views", ("only",)),
-        get("include_extra", False),
-        get("rank_by", "kl"),
-        get("blocks"),
-        get("plan", []),
-        get("calibration_data"),
-        get("calibration_size", 128),
+    request = study.StudyRequest(
+        formats=get("formats"),
+        unit=get("unit", "block"),
+        views=get("views", ("only",)),
+        include_extra=get("include_extra", False),
+        rank_by=get("rank_by", "kl"),
+        blocks=get("blocks"),
+        plan_files=get("plan", []),
+        calibration_data=get("calibration_data"),
+        calibration_size=get("calibration_size", 128),
         phases=PHASES_OF[args.command],
         rank_format=get("rank_format"),
         ablation_format=get("ablation_format"),
         ablation_block=get("block"),
-        on_phase=show,
         reduced=_reduced(args),
     )
+    return study.run_study(ws, request, on_phase=show)
 
 
 def _list_units(args) -> None:
