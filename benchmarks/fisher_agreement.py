@@ -28,7 +28,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 import quantsense as qs
-from quantsense.backends.llama_cpp.types import ALLOCATION_CANDIDATES
+from quantsense.backends.llama_cpp.ggml_types import ALLOCATION_CANDIDATES
 from quantsense.quantization.plan import Plan
 from quantsense.mixed_precision.reduced import _anchor, activation_errors, fisher_errors
 from quantsense.sweeps.sweep import fits, sweep_units, weight_error

@@ -173,14 +173,34 @@ def test_only_its_own_backend_imports_a_runtime_package():
 
 
 def _type_names() -> set[str]:
-    from quantsense.backends.llama_cpp.types import TYPES
+    from quantsense.backends.llama_cpp.ggml_types import TYPES
 
     return set(TYPES)
 
 
+def test_no_module_beside_a_check_script_shadows_what_it_imports():
+    """A check script runs as a file in a fresh interpreter, so its folder comes first on ``sys.path``: a sibling named
+    like a standard-library module or an installed package (``types.py``, ``gguf.py``) would be imported instead."""
+    import importlib.util
+    import sys
+
+    offenders = []
+    for path, rel, _ in _modules():
+        if rel.endswith(CHECK_SCRIPTS):
+            for sibling in path.parent.iterdir():
+                name = sibling.stem if sibling.suffix == ".py" else sibling.name if sibling.is_dir() else None
+                if (
+                    name
+                    and not name.startswith("_")
+                    and (name in sys.stdlib_module_names or importlib.util.find_spec(name) is not None)
+                ):
+                    offenders.append(f"{sibling.relative_to(PACKAGE)} (beside {rel})")
+    assert not offenders, "modules that shadow an import of a check script:\n" + "\n".join(offenders)
+
+
 def test_llama_cpp_type_facts_live_in_one_table():
     """Block sizes, bytes, code bits, fallbacks, imatrix needs and activation types of llama.cpp's types are rows of
-    ``backends/llama_cpp/types.py``: a second table keyed by (or listing) three or more type names is refused."""
+    ``backends/llama_cpp/ggml_types.py``: a second table keyed by (or listing) three or more type names is refused."""
     types = _type_names()
 
     def rule(node, rel):
@@ -190,8 +210,8 @@ def test_llama_cpp_type_facts_live_in_one_table():
         return isinstance(node, ast.FunctionDef) and node.name == "ggml_type"
 
     # a task's default formats are names it chooses, not facts about them
-    offenders = _offenders(rule, skip=lambda rel: rel == "backends/llama_cpp/types.py" or _inside(rel, "tasks"))
-    assert not offenders, "llama.cpp type facts outside backends/llama_cpp/types.py:\n" + "\n".join(offenders)
+    offenders = _offenders(rule, skip=lambda rel: rel == "backends/llama_cpp/ggml_types.py" or _inside(rel, "tasks"))
+    assert not offenders, "llama.cpp type facts outside backends/llama_cpp/ggml_types.py:\n" + "\n".join(offenders)
 
 
 # ------------------------------------------------------------------ tasks

@@ -13,7 +13,7 @@ import torch
 from quantsense.errors import QuantsenseError
 from quantsense.backends.llama_cpp.formats import GGMLFormat
 from quantsense.quantization.formats import parse_format
-from quantsense.backends.llama_cpp.types import TYPES, names
+from quantsense.backends.llama_cpp.ggml_types import TYPES, names
 from quantsense.backends.llama_cpp.gguf_quants import fake_quantize_gguf
 from tests.conftest import ASSETS
 from tests.backends.llama_cpp.test_gguf_quants import _smollm2_weights

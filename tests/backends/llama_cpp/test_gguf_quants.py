@@ -20,7 +20,7 @@ from quantsense.backends.llama_cpp.gguf_quants import (
     fake_quantize_gguf,
     gguf_storage_bits,
 )
-from quantsense.backends.llama_cpp.types import ggml_type
+from quantsense.backends.llama_cpp.ggml_types import ggml_type
 from tests.conftest import STANDIN_MODEL
 
 gguf = pytest.importorskip("gguf")

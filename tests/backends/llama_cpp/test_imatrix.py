@@ -13,7 +13,7 @@ import torch
 from quantsense.cli import main
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats import format_from_dict, parse_format
-from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.backends.llama_cpp.ggml_types import TYPES
 from quantsense.backends.llama_cpp.imatrix_file import load, save
 from quantsense.backends.llama_cpp.imatrix import Imatrix, collect, known
 from quantsense.quantization.plan import Plan

@@ -12,7 +12,7 @@ import torch
 import quantsense as qs
 from quantsense.cli import main
 from quantsense.backends.llama_cpp.activations import round_activations
-from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.backends.llama_cpp.ggml_types import TYPES
 from tests.conftest import WIKI, save_tiny_llama, tiny_tokenizer
 
 ggml_lib = pytest.importorskip("quantsense.backends.llama_cpp.ggml_lib")

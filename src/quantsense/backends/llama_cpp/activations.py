@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.backends.llama_cpp.ggml_types import TYPES
 
 BLOCK = {"q8_0": 32, "q8_1": 32, "q8_K": 256}
 

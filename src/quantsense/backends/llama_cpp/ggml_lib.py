@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantsense.backends.llama_cpp.types import ggml_type
+from quantsense.backends.llama_cpp.ggml_types import ggml_type
 from quantsense.errors import QuantsenseError
 
 INSTALL_HINT = (

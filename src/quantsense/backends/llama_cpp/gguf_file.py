@@ -34,7 +34,7 @@ from quantsense.io import atomic_output
 
 def gguf_types() -> tuple[str, ...]:
     """The tensor types this writer stores (lower case): the GGUF format family's names, ggml's K/IQ4 names, f32."""
-    from quantsense.backends.llama_cpp.types import names
+    from quantsense.backends.llama_cpp.ggml_types import names
 
     return (*names("torch"), *(name.lower() for name in names("ggml")), "f32")
 
@@ -297,7 +297,7 @@ def _tensor_data(tensor, qtype_name: str, importance: np.ndarray | None = None) 
 
 
 def _gguf_py_types() -> tuple[str, ...]:
-    from quantsense.backends.llama_cpp.types import names
+    from quantsense.backends.llama_cpp.ggml_types import names
 
     return names("torch")
 

@@ -27,7 +27,7 @@ One platform detail: a block whose float32 scale is below 2**-128 (largest magni
 1e-37) makes ``1 / d`` overflow and its codes inf/NaN; numpy's cast of those to uint8/int8 is
 platform-defined (0 on x86-64, which this module reproduces). Such a block dequantizes to zeros
 whatever the codes; only the sign of those zeros could differ from the reference on another platform.
-``gguf`` is not needed (:func:`~quantsense.backends.llama_cpp.types.ggml_type` names its types).
+``gguf`` is not needed (:func:`~quantsense.backends.llama_cpp.ggml_types.ggml_type` names its types).
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ import math
 
 import torch
 
-from quantsense.backends.llama_cpp.types import TYPES, names
+from quantsense.backends.llama_cpp.ggml_types import TYPES, names
 from quantsense.errors import QuantsenseError
 
 BLOCK_SIZE = 32
 
-# name -> (elements per block, bytes per block) of the types quantized here (:mod:`.types`)
+# name -> (elements per block, bytes per block) of the types quantized here (:mod:`.ggml_types`)
 _LAYOUT: dict[str, tuple[int, int]] = {name: (TYPES[name].block, TYPES[name].nbytes) for name in names("torch")}
 
 GGUF_FORMATS: dict[str, float] = {name: 8 * nbytes / block for name, (block, nbytes) in _LAYOUT.items()}

@@ -44,7 +44,7 @@ def llama_quantize(
     which the llama-quantize tool passes as metadata overrides.
     ``pure``: tensors without an override get the base type itself, not the preset rules' choice (``--pure``).
     A quantized source is re-quantized from its de-quantized values (``--allow-requantize``)."""
-    from quantsense.backends.llama_cpp.types import ggml_type
+    from quantsense.backends.llama_cpp.ggml_types import ggml_type
 
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()

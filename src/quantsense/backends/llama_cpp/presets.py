@@ -12,7 +12,7 @@ base type; then:
 - ``ffn_down``, by layer: Q3_K_M q5_K in the first sixteenth, else q4_K; Q4_K_M and Q5_K_M q6_K where
   :func:`use_more_bits`; Q4_K_S q5_K in the first eighth; Q4_0 / Q5_0 with an imatrix q4_1 / q5_1 in the first eighth;
 - ``attn_output``: Q3_K_M q4_K;
-- finally a row that does not hold whole blocks of the chosen type falls back (its ``fallback`` in :mod:`.types`, then f16).
+- finally a row that does not hold whole blocks of the chosen type falls back (its ``fallback`` in :mod:`.ggml_types`, then f16).
 
 Tensors are visited in llama.cpp's order (layer number, then name), which the counters depend on. A test checks the
 result against the types ``llama_model_quantize`` itself writes.
@@ -25,7 +25,7 @@ import re
 from quantsense.errors import QuantsenseError
 from quantsense.mixed_precision.presets import PresetFamily, preset_name, register_presets
 from quantsense.quantization.formats import parse_format
-from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.backends.llama_cpp.ggml_types import TYPES
 
 PRESETS = {
     "Q3_K_M": "q3_K",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from quantsense.errors import QuantsenseError
 
-from quantsense.backends.llama_cpp.types import ALLOCATION_CANDIDATES as CANDIDATES
+from quantsense.backends.llama_cpp.ggml_types import ALLOCATION_CANDIDATES as CANDIDATES
 
 ALIGNMENT_SLACK = 32  # bytes per tensor a GGUF file may pad between tensors
 

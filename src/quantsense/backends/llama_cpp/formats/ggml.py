@@ -3,7 +3,7 @@ own quantizer and dequantizer in ggml's shared library (:mod:`quantsense.backend
 ``llama-cpp-python``); exported as GGUF.
 
 A K type (and ``iq4_xs``) packs super-blocks of 256 weights along a row: a row of 576 (SmolLM2's hidden size) cannot
-hold it. llama.cpp then falls back to a 32-weight type (``fallback`` in :mod:`..types`); quantsense refuses the format for that
+hold it. llama.cpp then falls back to a 32-weight type (``fallback`` in :mod:`..ggml_types`); quantsense refuses the format for that
 weight instead, naming the fallback, so an allocation never counts a type the file would not contain (the fallback
 is a candidate of its own).
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from quantsense.errors import QuantsenseError
 from quantsense.quantization.formats.base import WeightFormat, register_format
 from quantsense.backends.llama_cpp.formats.weighted import ImatrixWeighted
-from quantsense.backends.llama_cpp.types import TYPES, names
+from quantsense.backends.llama_cpp.ggml_types import TYPES, names
 
 if TYPE_CHECKING:
     import torch

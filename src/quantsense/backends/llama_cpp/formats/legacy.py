@@ -55,7 +55,7 @@ class GGUFFormat(ImatrixWeighted, WeightFormat):
 
     @property
     def code_bits(self) -> int:
-        from quantsense.backends.llama_cpp.types import TYPES
+        from quantsense.backends.llama_cpp.ggml_types import TYPES
 
         return TYPES[self.format].code_bits
 

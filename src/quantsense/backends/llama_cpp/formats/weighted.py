@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from quantsense.backends.llama_cpp.types import TYPES
+from quantsense.backends.llama_cpp.ggml_types import TYPES
 from quantsense.errors import QuantsenseError
 
 if TYPE_CHECKING:
