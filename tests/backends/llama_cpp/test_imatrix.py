@@ -98,7 +98,7 @@ def test_bad_imatrix_files_are_refused_with_the_fix(tmp_path):
 @pytest.fixture(scope="module")
 def down_proj() -> dict[str, torch.Tensor]:
     """blk.0.ffn_down [576, 1536] of the Q4_1 file, and off its grid as the float stand-in's tool dithers it."""
-    from tests.quantization.test_ggml_formats import _dither
+    from tests.backends.llama_cpp.test_ggml_formats import _dither
 
     weight = _smollm2_weights(("blk.0.ffn_down.weight",))["blk.0.ffn_down.weight"]
     dithered = _dither()("model.layers.0.mlp.down_proj.weight", weight, "q4_1").to(torch.bfloat16).float()
