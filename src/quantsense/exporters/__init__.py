@@ -17,20 +17,24 @@ EMBEDDING_REFUSAL = (
 )
 
 
-def export_target(name: str):
-    """The registered exporter for target ``name`` (refused, naming the targets, when there is none)."""
-    from quantsense.exporters.base import EXPORTERS, refuse_unknown_target
-    from quantsense.quantization.formats.base import load_backends
-
-    load_backends()
-    refuse_unknown_target(name, EXPORTERS)
-    return EXPORTERS[name]()
-
-
-def export_targets() -> tuple[str, ...]:
-    """The names of every registered export target, in registration order."""
+def _registered() -> dict:
+    """Every registered exporter class by target name, every backend loaded first."""
     from quantsense.exporters.base import EXPORTERS
     from quantsense.quantization.formats.base import load_backends
 
     load_backends()
-    return tuple(EXPORTERS)
+    return EXPORTERS
+
+
+def export_target(name: str):
+    """The registered exporter for target ``name`` (refused, naming the targets, when there is none)."""
+    from quantsense.exporters.base import refuse_unknown_target
+
+    exporters = _registered()
+    refuse_unknown_target(name, exporters)
+    return exporters[name]()
+
+
+def export_targets() -> tuple[str, ...]:
+    """The names of every registered export target, in registration order."""
+    return tuple(_registered())

@@ -28,7 +28,6 @@ from quantsense.errors import QuantsenseError
 from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh
 from quantsense.quantization.plan import Plan
 
-SINGLE_FILE = True  # writes one .gguf file (--out FILE.gguf)
 ARCHITECTURES = ("llama",)  # GGUF architectures whose tensor names the export maps (SmolLM2, Llama, ...)
 _OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per model dtype
 
@@ -305,7 +304,7 @@ class GGUFExporter(Exporter):
     """Export target ``gguf`` (:func:`write`, :func:`check_plan`)."""
 
     name = "gguf"
-    single_file = SINGLE_FILE
+    single_file = True  # writes one .gguf file (--out FILE.gguf)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
     check_available = staticmethod(check_llama_cpp)  # a task's check refuses a broken llama.cpp before writing

@@ -38,7 +38,6 @@ from quantsense.exporters.base import (
 )
 from quantsense.quantization.plan import Plan
 
-SINGLE_FILE = False  # writes a folder (--out DIR)
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "quantsense_plan.json"
 OPSET = 17
@@ -238,7 +237,7 @@ class OnnxExporter(Exporter):
     """Export target ``onnx`` (:func:`write`, :func:`check_plan`)."""
 
     name = "onnx"
-    single_file = SINGLE_FILE
+    single_file = False  # writes a folder (--out DIR)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
     run_check = staticmethod(run_check)  # onnx_check.py in a fresh process

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from quantsense.models.units import UnitMap
 
 PLAN_FILE = "quantsense_plan.json"
-SINGLE_FILE = False  # writes a folder (--out DIR)
 
 
 def torchao_config(config: QuantConfig, unit: str = "a unit"):
@@ -212,7 +211,7 @@ class TorchaoExporter(Exporter):
     """Export target ``torchao`` (:func:`write`, :func:`check_plan`)."""
 
     name = "torchao"
-    single_file = SINGLE_FILE
+    single_file = False  # writes a folder (--out DIR)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
     run_check = staticmethod(run_check)  # torchao_check.py in a fresh process

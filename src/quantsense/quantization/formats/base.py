@@ -17,6 +17,7 @@ asks which kind of format it holds:
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, ClassVar
 
 from quantsense.errors import QuantsenseError
@@ -180,9 +181,11 @@ FORMAT_FAMILIES: dict[str, type[WeightFormat]] = {}
 BACKENDS = "quantsense.backends"  # the folder of runtime packages, each registering its formats and export target
 
 
+@functools.cache
 def load_backends() -> None:
     """Import every runtime package under :data:`BACKENDS` once, in name order (each registers its formats and export
-    target): the one way the core reaches a runtime, by discovery as a plugin system would, never by name."""
+    target): the one way the core reaches a runtime, by discovery as a plugin system would, never by name. Later
+    calls return at once (the folder is scanned once per process)."""
     import importlib
     import pkgutil
 
