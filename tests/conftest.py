@@ -219,9 +219,8 @@ def smollm2_hf(smollm2, tmp_path_factory) -> Path:
     )
     tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name)
     path = tmp_path_factory.mktemp("smollm2-hf")
-    model.hf_quantizer = (
-        None  # its weights are plain float32 tensors now; transformers refuses to save "gguf-quantized" models
-    )
+    # its weights are plain float32 tensors now; transformers refuses to save "gguf-quantized" models
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(path)

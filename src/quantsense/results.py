@@ -70,9 +70,8 @@ class FrontierResult:
         default_factory=dict
     )  # how the single-unit losses were obtained (quantsense.mixed_precision.reduced)
     skipped: dict[str, str] = field(default_factory=dict)  # uniform or hand plans not measured -> why
-    preferred: dict[str, str] = field(
-        default_factory=dict
-    )  # allocated plan -> a given plan that measured better, returned
+    # allocated plan -> a given plan that measured better, returned
+    preferred: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

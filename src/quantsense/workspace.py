@@ -65,15 +65,12 @@ class StudyOptions:
     workers: int = 2  # Ray actors
     ray_address: str | None = None  # None: start a private Ray on this machine; "auto" or HOST:PORT: connect
     settings: dict = field(default_factory=dict)  # the task's own settings (its settings_spec), e.g. {"limit": 100}
-    imatrix: str | None = (
-        None  # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
-    )
-    embedding: str | None = (
-        None  # a format for the token embedding in every measured plan (e.g. ort-int8), not in sweeps
-    )
-    runtime_activations: bool = (
-        False  # also round each quantized linear's input as the format's runtime does (llama.cpp)
-    )
+    # a GGUF importance matrix file: llama.cpp formats that take one weight their rounding by it
+    imatrix: str | None = None
+    # a format for the token embedding in every measured plan (e.g. ort-int8), not in sweeps
+    embedding: str | None = None
+    # also round each quantized linear's input as the format's runtime does (llama.cpp)
+    runtime_activations: bool = False
 
     def __post_init__(self):
         """The same checks, and the same one-line messages, as the command line's flags."""
@@ -124,9 +121,8 @@ class Workspace:
     model_fp: str
     data_fp: str
     formats_used: dict = field(default_factory=dict)  # name -> format, every format a phase resolved or measured
-    imatrix: object = (
-        None  # the importance matrix from options.imatrix (quantization/calibration.py), bound to every format named
-    )
+    # the importance matrix from options.imatrix (quantization/calibration.py), bound to every format named
+    imatrix: object = None
     _segments: object = field(default=None, repr=False)  # the data's segments, built on first use
     _embedding: object = field(default=None, repr=False)  # the --embedding plan, built on first use
     _input_power: object = field(
