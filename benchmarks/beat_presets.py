@@ -114,6 +114,7 @@ def main() -> None:
     budgets, named, outside = with_presets(choose, [], presets)
     presets_plans = {preset: named[f"preset {preset}"] for preset in presets}
     plans, record = sweep_and_allocate(choose, budgets, args.candidates, "linear", reduced=not args.exhaustive)
+    record = record.to_dict()
     share = 100 * record["token_evaluations"] / record["full_token_evaluations"]
     print(
         f"allocation sweep ({record['mode']}): {record.get('measured', record['pairs'])} of {record['pairs']} (linear, format) "

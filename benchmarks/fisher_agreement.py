@@ -31,7 +31,8 @@ import quantsense as qs
 from quantsense.backends.llama_cpp.ggml_types import ALLOCATION_CANDIDATES
 from quantsense.quantization.plan import Plan
 from quantsense.mixed_precision.reduced import _anchor, activation_errors, fisher_errors
-from quantsense.sweeps.sweep import fits, sweep_units, weight_error
+from quantsense.sweeps.candidates import Candidates
+from quantsense.sweeps.sweep import sweep_units, weight_error
 
 
 def main() -> None:
@@ -61,7 +62,8 @@ def main() -> None:
     fmts = ws.formats(list(ALLOCATION_CANDIDATES))
     formats = {f.name: f for f in fmts}
     units = {u.display: u for u in sweep_units(ws.units, "linear", ws.outside_units())}
-    anchor = {u: _anchor([f for f in fmts if fits(ws.units, units[u].names, f)]).name for u in units}
+    fit = Candidates.resolve(ws.units, fmts)
+    anchor = {u: _anchor([f for f in fmts if fit.fits(units[u].names, f)]).name for u in units}
     pairs = [(u, anchor[u]) for u in units]
     started = time.perf_counter()
     fisher = fisher_errors(ws, units, pairs, formats)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import quantsense as qs
-from quantsense.inputs import check_allocation
+from quantsense.inputs import allocation_request
 from quantsense.mixed_precision.allocation import Budget, allocate as solve_allocation
 from quantsense.mixed_precision.reduced import reduced_sweep
 from quantsense.search import sweep_and_allocate, unit_losses
@@ -77,6 +77,7 @@ def main() -> None:
     full_ws = _workspace(args, args.full_store or scratch / "full.sqlite")
     started = time.perf_counter()
     full_plans, full_record = sweep_and_allocate(full_ws, args.budgets, args.candidates, args.unit, reduced=False)
+    full_record = full_record.to_dict()
     full_seconds = time.perf_counter() - started
     stats = full_ws.engine.stats
     full_losses = unit_losses(full_ws, full_ws.formats(args.candidates), args.unit, "kl")
@@ -84,12 +85,14 @@ def main() -> None:
     red_ws = _workspace(args, args.reduced_store or scratch / "reduced.sqlite")
     started = time.perf_counter()
     budgets = [Budget.of(b) for b in args.budgets]
-    red_fmts = red_ws.formats(args.candidates)
-    groups = check_allocation(red_ws, budgets, red_fmts, args.unit)
-    sweep = reduced_sweep(red_ws, red_fmts, args.unit, groups, budgets, "kl_mean")
-    record = sweep.record
+    request = allocation_request(red_ws, budgets, red_ws.formats(args.candidates), args.unit)
+    sweep = reduced_sweep(red_ws, request)
+    record = sweep.record.to_dict()
     red_plans = [
-        (f"allocated@{b.label()}", solve_allocation(red_ws.units, red_ws.model, groups, sweep.losses, red_fmts, b))
+        (
+            f"allocated@{b.label()}",
+            solve_allocation(red_ws.units, red_ws.model, list(request.groups), sweep.losses, request.candidates, b),
+        )
         for b in budgets
     ]
     red_seconds = time.perf_counter() - started

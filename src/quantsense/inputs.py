@@ -10,10 +10,11 @@ from pathlib import Path
 
 from quantsense.config import LOSS_METRICS, UNIT_KINDS, VIEWS
 from quantsense.errors import QuantsenseError
-from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, compile_tie, make_groups
-from quantsense.quantization.formats import Format
+from quantsense.mixed_precision.allocation import compile_tie, make_groups
+from quantsense.mixed_precision.request import AllocationRequest
 from quantsense.quantization.plan import BlockPlan, Plan
-from quantsense.sweeps.sweep import build_entries, fits, skipped_pairs
+from quantsense.sweeps.candidates import Candidates
+from quantsense.sweeps.sweep import build_entries, skipped_pairs
 from quantsense.workspace import Workspace
 
 
@@ -37,18 +38,21 @@ def sweep_inputs(
     rank_by: str = "kl",
     blocks: list[int] | None = None,
 ):
-    """A sweep's formats, views, ranking key and entries, every argument checked (no evaluation)."""
+    """A sweep's formats (resolved against the model's weights), views, ranking key and entries, every argument checked
+    (no evaluation)."""
     check_choice(unit, UNIT_KINDS, "unit")
     for view in views:
         check_choice(view, VIEWS, "view")
     for index in blocks or ():
         ws.units.block_units(index)  # a block index out of range is refused now
-    fmts = ws.formats(formats or ws.task.default_formats)
+    candidates = Candidates.resolve(
+        ws.units, formats if isinstance(formats, Candidates) else ws.formats(formats or ws.task.default_formats)
+    )
     views = tuple(dict.fromkeys(views))
     key = metric_key(ws, rank_by)
-    skipped_pairs(ws.units, fmts, unit, include_extra, blocks)  # a format that fits no unit is refused here
+    skipped_pairs(ws.units, candidates, unit, include_extra, blocks)  # a format that fits no unit is refused here
     ws.check_intervals()
-    return fmts, views, key, build_entries(ws.units, fmts, unit, views, include_extra, blocks)
+    return candidates, views, key, build_entries(ws.units, candidates, unit, views, include_extra, blocks)
 
 
 def calibration(ws: Workspace, calibration_data: str, size: int = 128):
@@ -107,31 +111,30 @@ def check_ranking(ws: Workspace, ranking) -> list[int]:
     return [int(b) for b in items]
 
 
-def check_allocation(
+def allocation_request(
     ws: Workspace,
-    budgets: list[Budget],
-    candidates: list[Format],
+    budgets,
+    candidates,
     unit: str = "block",
     tie: str | None = None,
+    objective: str = "kl",
     outside: tuple[str, ...] = (),
-) -> list[Group]:
-    """The allocation groups, after checking from sizes alone (no evaluation) that every budget is feasible."""
+) -> AllocationRequest:
+    """Every allocation input checked from sizes alone (no evaluation) and resolved once: the candidate formats against
+    every weight, the groups, the objective, and that every budget is feasible."""
     check_choice(unit, UNIT_KINDS, "unit")
-    for budget in budgets:
-        budget.check_model(ws.model_fp)
+    key = metric_key(ws, objective)
     compile_tie(tie)  # a bad regex is refused even where --unit block leaves it unused
-    groups = make_groups(ws.units, unit, tie, outside)
-    for fmt in candidates:  # a candidate no unit can take would only make every budget look impossible
-        if not any(fits(ws.units, (name,), fmt) for name in ws.units.linear_units()):
-            try:
-                fmt.check_unit(ws.units.get(ws.units.linear_units()[0]))
-            except QuantsenseError as exc:  # the format's own reason, for the first unit
-                raise QuantsenseError(
-                    f"candidate {fmt.name} fits no linear unit of this model: {exc}; drop it from --candidates"
-                ) from None
-    zero = {(name, f.name): 0.0 for group in groups for name in group.units for f in candidates}
-    problem = build_problem(ws.units, ws.model, groups, zero, candidates, outside=ws.embedding_plan())
-    for budget in budgets:
-        budget_limit(problem, budget, candidates)
+    groups = tuple(make_groups(ws.units, unit, tie, outside))
+    resolved = Candidates.resolve(ws.units, candidates)
+    linears = ws.units.linear_units()
+    for fmt in resolved:  # a candidate no unit can take would only make every budget look impossible
+        if not any(resolved.fits((name,), fmt) for name in linears):
+            raise QuantsenseError(
+                f"candidate {fmt.name} fits no linear unit of this model: {resolved.why(linears[0], fmt)}; "
+                "drop it from --candidates"
+            )
+    request = AllocationRequest(resolved, unit, tie, objective, key, tuple(outside), groups)
+    request = request.with_budgets(ws, budgets)
     ws.check_intervals()
-    return groups
+    return request

@@ -10,8 +10,11 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from quantsense.sweeps.record import SweepRecord
 
 SCHEMA_VERSION = 1  # the layout of results.json; visualization.schema.migrate reads every older one
 
@@ -24,7 +27,7 @@ class SensitivityResult:
     rank_by: str  # the row key rankings sort by, e.g. "kl_mean"
     rows: list[dict]
     rankings: dict[str, list[dict]]  # "only@int4" -> ranked rows
-    sweep: dict = field(default_factory=dict)  # how the rows were measured: exhaustive, or sequential and its cost
+    sweep: SweepRecord | None = None  # how the rows were measured: exhaustive, or sequential and its cost
 
     def ranking(self, fmt: str | None = None, view: str = "only") -> list[dict]:
         """Ranked rows of one format (default: the one with the fewest bits per weight) and view."""
@@ -42,7 +45,7 @@ class SensitivityResult:
         return [r["block"] for r in ranked]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _with_sweep(self)
 
 
 @dataclass
@@ -66,15 +69,13 @@ class FrontierResult:
     plans: dict[str, dict]  # allocated plan name -> plan JSON
     choices: dict[str, dict]  # allocated plan name -> group -> format name (None = FP32)
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> {"block", "layer_kind"}
-    sweep: dict = field(
-        default_factory=dict
-    )  # how the single-unit losses were obtained (quantsense.mixed_precision.reduced)
+    sweep: SweepRecord | None = None  # how the single-unit losses were obtained (quantsense.mixed_precision.reduced)
     skipped: dict[str, str] = field(default_factory=dict)  # uniform or hand plans not measured -> why
     # allocated plan -> a given plan that measured better, returned
     preferred: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _with_sweep(self)
 
 
 @dataclass
@@ -105,6 +106,16 @@ class StudyResult:
         if self.formats:
             out["formats"] = self.formats
         return out
+
+
+def _with_sweep(result) -> dict:
+    """A result as results.json holds it: its typed sweep record as a dict with its mode ({} when there is none)."""
+    return {
+        f.name: (result.sweep.to_dict() if result.sweep else {})
+        if f.name == "sweep"
+        else deepcopy(getattr(result, f.name))
+        for f in fields(result)
+    }
 
 
 def _git_hash() -> str | None:

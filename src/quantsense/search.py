@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import time
 
-from quantsense.inputs import check_allocation, metric_key
+from quantsense.inputs import allocation_request, metric_key
 from quantsense.mixed_precision.allocation import Allocation, Budget, allocate as solve_allocation
+from quantsense.mixed_precision.request import AllocationRequest
 from quantsense.mixed_precision.presets import preset_name, preset_plan
-from quantsense.mixed_precision.strategies import frontier_levels, misfit, strategy_plans, uniform_plan
+from quantsense.mixed_precision.strategies import frontier_levels, strategy_plans, uniform_plan
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import average_bits, model_bytes
 from quantsense.mixed_precision.reduced import estimated_pairs, reduced_sweep, screened_block_ranking
 from quantsense.results import FrontierResult, StudyResult
 from quantsense.study import _begin, block_ranking, evaluate_plans, sensitivity
+from quantsense.sweeps.candidates import Candidates
+from quantsense.sweeps.record import ExhaustiveRecord, SweepRecord
 from quantsense.sweeps.sweep import sweep_units
 from quantsense.workspace import Workspace
 
@@ -74,7 +77,7 @@ def sweep_and_allocate(
     objective: str = "kl",
     reduced: bool | str = False,
     outside: str = "fp32",
-) -> tuple[list[tuple[str, Allocation]], dict]:
+) -> tuple[list[tuple[str, Allocation]], SweepRecord]:
     """The optimal plan under each budget (exact MILP over single-unit losses) and what the sweep did.
 
     By default every (unit, format) is measured on all the data. ``reduced``: a reduced sweep
@@ -83,41 +86,54 @@ def sweep_and_allocate(
     ``True`` means, or ``"fisher"``: :func:`quantsense.mixed_precision.reduced.reduced_sweep`). ``outside``: ``"allocate"`` adds the
     token embedding and an untied output head to the allocation (see :meth:`Workspace.allocated_outside`)."""
     budgets = [Budget.of(b) for b in budgets]
-    estimate = reduced if isinstance(reduced, str) else "weight-error"
-    fmts = ws.formats(candidates or ws.task.default_candidates)
     extra = ws.allocated_outside(outside, [b.preset for b in budgets if b.preset])
-    groups = check_allocation(ws, budgets, fmts, unit, tie, extra)
-    key = metric_key(ws, objective)
+    request = allocation_request(ws, budgets, _candidates(ws, candidates), unit, tie, objective, extra)
+    return allocate_request(ws, request, reduced)
+
+
+def allocate_request(
+    ws: Workspace, request: AllocationRequest, reduced: bool | str = False
+) -> tuple[list[tuple[str, Allocation]], SweepRecord]:
+    """:func:`sweep_and_allocate` on a request resolved once (:func:`quantsense.inputs.allocation_request`)."""
     if not reduced:
         started, tokens = time.perf_counter(), ws.batches.num_tokens
-        losses = unit_losses(ws, fmts, unit, objective, extra)
-        pairs = len(sweep_units(ws.units, unit, extra)) * len(fmts)
+        losses = unit_losses(ws, request.candidates, request.unit, request.objective, request.outside)
+        pairs = len(sweep_units(ws.units, request.unit, request.outside)) * len(request.candidates)
         full = (pairs + 1) * tokens  # every pair and the FP32 reference on all the data
-        record = {
-            "mode": "exhaustive",
-            "pairs": pairs,
-            "measured": pairs,
-            "estimated": 0,
-            "token_evaluations": full,
-            "full_token_evaluations": full,
-            "seconds": time.perf_counter() - started,
-        }
-    else:
-        sweep = reduced_sweep(
-            ws, fmts, unit, groups, budgets, key, seed=ws.options.seed, outside=extra, estimate=estimate
+        record = ExhaustiveRecord(
+            pairs=pairs,
+            measured=pairs,
+            estimated=0,
+            token_evaluations=full,
+            full_token_evaluations=full,
+            seconds=time.perf_counter() - started,
         )
+    else:
+        estimate = reduced if isinstance(reduced, str) else "weight-error"
+        sweep = reduced_sweep(ws, request, seed=ws.options.seed, estimate=estimate)
         losses, record = sweep.losses, sweep.record
     outside = ws.embedding_plan()  # a size budget counts the embedding as it will be stored
+    groups = list(request.groups)
     plans = [
-        (f"allocated@{b.label()}", solve_allocation(ws.units, ws.model, groups, losses, fmts, b, outside=outside))
-        for b in budgets
+        (
+            f"allocated@{b.label()}",
+            solve_allocation(ws.units, ws.model, groups, losses, request.candidates, b, outside=outside),
+        )
+        for b in request.budgets
     ]
     return plans, record
 
 
+def _candidates(ws: Workspace, candidates) -> Candidates:
+    """The candidate formats (the task's default ones when none are given) resolved against the model's weights."""
+    if isinstance(candidates, Candidates):
+        return candidates
+    return Candidates.resolve(ws.units, ws.formats(candidates or ws.task.default_candidates))
+
+
 def default_budgets(ws: Workspace, candidates=None) -> list[Budget]:
     """The average bits of each uniform candidate below 16 bits, and the midpoints between them."""
-    fmts = ws.formats(candidates or ws.task.default_candidates)
+    fmts = _candidates(ws, candidates)
     sizes = sorted({round(average_bits(ws.units, uniform_plan(ws.units, f)), 3) for f in fmts if f.nominal_bits < 16})
     mids = [round((a + b) / 2, 3) for a, b in zip(sizes, sizes[1:])]
     return [Budget(avg_bits=v) for v in sorted(set(sizes + mids))]
@@ -143,11 +159,40 @@ def frontier(
     types, or leave them ``"fp32"`` (or at ``--embedding``'s format). ``given``: other plans (e.g. read from GGUF files
     with :func:`quantsense.backends.llama_cpp.plans.plan_from_gguf`) measured beside; an allocation never returns a plan that measures
     worse than a given or preset plan within its budget (that plan is returned for the budget instead, and said)."""
-    fmts = ws.formats(candidates or ws.task.default_candidates)
+    request, preset_plans, kept = frontier_request(ws, budgets, candidates, unit, tie, objective, presets, outside)
+    return _frontier(ws, request, reduced, preset_plans, kept, given)
+
+
+def frontier_request(
+    ws: Workspace,
+    budgets: list[Budget] | None = None,
+    candidates=None,
+    unit: str = "block",
+    tie: str | None = None,
+    objective: str = "kl",
+    presets=(),
+    outside: str = "fp32",
+) -> tuple[AllocationRequest, dict[str, Plan], dict[str, Plan]]:
+    """A frontier's inputs, every one checked from sizes (no evaluation): the allocation request under the budgets given
+    (else one per uniform candidate's size and the midpoints) and each preset's own; the preset plans measured beside;
+    per preset the types it keeps outside the blocks (see :func:`with_presets`)."""
+    fmts = _candidates(ws, candidates)
     budgets = [Budget.of(b) for b in budgets] if budgets else [] if presets else default_budgets(ws, fmts)
-    ws.allocated_outside(outside, [*presets, *(b.preset for b in budgets if b.preset)])  # the mode, checked first
+    extra = ws.allocated_outside(outside, [*presets, *(b.preset for b in budgets if b.preset)])  # the mode, first
     budgets, preset_plans, kept = with_presets(ws, budgets, presets, outside)
-    allocated, sweep = sweep_and_allocate(ws, budgets, fmts, unit, tie, objective, reduced, outside)
+    return allocation_request(ws, budgets, fmts, unit, tie, objective, extra), preset_plans, kept
+
+
+def _frontier(
+    ws: Workspace,
+    request: AllocationRequest,
+    reduced: bool | str,
+    preset_plans: dict[str, Plan],
+    kept: dict[str, Plan],
+    given: dict[str, Plan] | None,
+) -> FrontierResult:
+    allocated, sweep = allocate_request(ws, request, reduced)
+    budgets, fmts, unit, key = list(request.budgets), request.formats, request.unit, request.key
     named: dict[str, Plan] = {name: with_outside(a.plan, b, kept) for (name, a), b in zip(allocated, budgets)}
     identity = {name: {"kind": "allocated", "budget": b.to_dict()} for (name, _), b in zip(allocated, budgets)}
     named.update(preset_plans)
@@ -156,7 +201,7 @@ def frontier(
     identity.update({name: {"kind": "given"} for name in given or {}})
     skipped = {}
     for fmt in sorted(fmts, key=lambda f: -f.nominal_bits):
-        why = misfit(ws.units, fmt)
+        why = request.candidates.first_misfit(ws.units.linear_units(), fmt)
         if why:  # e.g. q4_K on a model with 576-wide rows: no uniform plan exists (a preset is llama.cpp's answer)
             skipped[f"uniform {fmt.name}"] = why
             continue
@@ -171,9 +216,10 @@ def frontier(
             named[name], identity[name] = plan, {"kind": "hand"}
     named = {name: ws.finish(plan) for name, plan in named.items()}  # saved as measured, with --embedding's format
     rows = evaluate_plans(ws, named, desc="frontier")
-    key = metric_key(ws, objective)
-    sweep = {**sweep, **ws.embedding_loss(key)}  # --embedding's table alone, measured: in every allocation's prediction
-    predicted = {name: a.predicted_loss + sweep.get("embedding", {}).get("loss", 0.0) for name, a in allocated}
+    sweep.embedding = ws.embedding_loss(key).get(
+        "embedding"
+    )  # --embedding's table alone, measured: in every prediction
+    predicted = {name: a.predicted_loss + (sweep.embedding or {}).get("loss", 0.0) for name, a in allocated}
     estimated = {name: estimated_pairs(ws, a.plan, unit, sweep) for name, a in allocated} if reduced else {}
     for row in rows:
         row.update(identity[row["plan"]])
@@ -183,7 +229,7 @@ def frontier(
     groups = {name: info for _, a in allocated for name, info in a.groups.items()}
     preferred = better_measured(rows, [name for name, _ in allocated], budgets, key)
     return FrontierResult(
-        objective,
+        request.objective,
         unit,
         [f.name for f in fmts],
         rows,
@@ -235,15 +281,10 @@ def run_frontier(
     given: dict[str, Plan] | None = None,
 ) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
-    budgets = [Budget.of(b) for b in budgets] if budgets else None
-    fmts = ws.formats(candidates or ws.task.default_candidates)
-    extra = ws.allocated_outside(outside, [*presets, *(b.preset for b in budgets or [] if b.preset)])
-    check_allocation(ws, budgets or [], fmts, unit, tie, extra)
-    metric_key(ws, objective)
-    check_allocation(ws, with_presets(ws, [], presets, outside)[0], fmts, unit, tie, extra)  # each preset's, from sizes
+    request, preset_plans, kept = frontier_request(ws, budgets, candidates, unit, tie, objective, presets, outside)
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
-    result.frontier = frontier(ws, budgets, fmts, unit, tie, objective, reduced, presets, outside, given)
+    result.frontier = _frontier(ws, request, reduced, preset_plans, kept, given)
     notify("frontier", result)
     result.formats = ws.format_table()
     return result

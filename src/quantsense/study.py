@@ -20,7 +20,6 @@ from quantsense.errors import QuantsenseError
 from quantsense.inputs import (  # noqa: F401  (as_plan, load_plan, calibration... are part of the API here too)
     as_plan,
     calibration,
-    check_allocation,
     check_choice,
     check_ranking,
     load_plan,
@@ -34,6 +33,7 @@ from quantsense.quantization.size import average_bits, model_bytes
 from quantsense.mixed_precision.reduced import sequential_sweep
 from quantsense.results import PlanRows, SensitivityResult, StudyResult, provenance
 from quantsense.sweeps.ranking import rank_rows
+from quantsense.sweeps.record import ExhaustiveRecord
 from quantsense.sweeps.sweep import build_entries, run_sweep, skipped_pairs
 from quantsense.workspace import Workspace
 
@@ -72,17 +72,12 @@ def sensitivity(
         desc=f"{unit} sweep",
     )
     full = (len(entries) + 1) * ws.batches.num_tokens  # every row and the FP32 reference on all the data
-    record = {
-        "mode": "exhaustive",
-        "evaluations": len(entries),
-        "token_evaluations": full,
-        "full_token_evaluations": full,
-    }
+    record = ExhaustiveRecord(evaluations=len(entries), token_evaluations=full, full_token_evaluations=full)
     if sequential:
         seq_rows, record = sequential_sweep(ws, sequential, key, len(entries))
         rows = seq_rows + rows
-    record["seconds"] = time.perf_counter() - started
-    record["skipped"] = skipped_pairs(ws.units, fmts, unit, include_extra, blocks)
+    record.seconds = time.perf_counter() - started
+    record.skipped = skipped_pairs(ws.units, fmts, unit, include_extra, blocks)
     rankings = {
         f"{view}@{f.name}": rank_rows([r for r in rows if r["format"] == f.name and r["view"] == view], key, view)
         for f in fmts

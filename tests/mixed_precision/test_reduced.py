@@ -71,7 +71,7 @@ def test_reduced_frontier_records_what_it_measured_and_estimated(offline_assets,
         **({"max_tokens": 4096, "context": 128, "stride": 128} if lm else {"batch_tokens": 96}),
     )
     again = qs.frontier(ws, [5, 6], candidates, unit="linear", reduced=True)
-    assert again.plans == front["plans"] and again.sweep["estimated_pairs"] == sweep["estimated_pairs"]  # deterministic
+    assert again.plans == front["plans"] and again.sweep.estimated_pairs == sweep["estimated_pairs"]  # deterministic
 
 
 def test_allocate_with_fisher_estimates_measures_a_few_units_and_keeps_the_budget(offline_assets, tmp_path, capsys):

@@ -38,3 +38,11 @@ def export_target(name: str):
 def export_targets() -> tuple[str, ...]:
     """The names of every registered export target, in registration order."""
     return tuple(_registered())
+
+
+def task_check(target: str, task: str):
+    """The registered check of a ``target`` export on task ``task``'s data, or None (see ``register_task_check``)."""
+    from quantsense.exporters.base import TASK_CHECKS
+
+    _registered()
+    return TASK_CHECKS.get((target, task))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from quantsense.errors import QuantsenseError
 
@@ -62,6 +62,24 @@ def register_exporter(cls: type[Exporter]) -> type[Exporter]:
     """Add an export target to the registry (a decorator), under ``cls.name``."""
     EXPORTERS[cls.name] = cls
     return cls
+
+
+TASK_CHECKS: dict[tuple[str, str], Callable] = {}
+
+
+def register_task_check(target: str, task: str):
+    """A decorator: how an export to ``target`` is checked on task ``task``'s data, registered by the target's backend.
+
+    The function takes ``(task, source, data, simulate, batches)`` (the task object, the model as the user named it, the
+    task's evaluation data, a callable that evaluates the plan in simulation, and the evaluation batches), refuses
+    what it cannot check before anything is written, and returns the callable the target's ``write`` calls with the
+    written path (and, for a single-file target, the source file), which returns figures and ``lines``."""
+
+    def add(fn: Callable) -> Callable:
+        TASK_CHECKS[(target, task)] = fn
+        return fn
+
+    return add
 
 
 def check_plan_formats(plan, target: str) -> None:

@@ -33,7 +33,7 @@ from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.quantization.size import model_bytes, storage_bits
-from quantsense.sweeps.sweep import fits
+from quantsense.sweeps.candidates import Candidates
 
 _SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -189,19 +189,20 @@ def build_problem(
     model,
     groups: list[Group],
     losses: dict[tuple[str, str], float],
-    candidates: list[Format],
+    candidates: list[Format] | Candidates,
     allow_fp32: bool = True,
     outside: Plan = Plan(),
 ) -> Problem:
     """``losses[(unit name, format name)]`` is the measured loss of that unit alone in that format; ``outside``: the
     formats of units outside the allocation (a quantized embedding), which a size budget counts as stored."""
-    options: list[Format | None] = sorted(dict.fromkeys(candidates), key=lambda f: (f.nominal_bits, f.name))
+    candidates = Candidates.resolve(unit_map, candidates)
+    options: list[Format | None] = sorted(candidates, key=lambda f: (f.nominal_bits, f.name))
     options += [None] if allow_fp32 else []
     shape = (len(groups), len(options))
     cost, allowed = np.zeros(shape), np.ones(shape, dtype=bool)
     for g, group in enumerate(groups):
         for o, fmt in enumerate(options):
-            allowed[g, o] = fmt is None or fits(unit_map, group.units, fmt)
+            allowed[g, o] = fmt is None or candidates.fits(group.units, fmt)
             if allowed[g, o]:
                 cost[g, o] = sum(
                     storage_bits(unit_map.get(n).shape, fmt, unit_map.get(n).transposed) for n in group.units

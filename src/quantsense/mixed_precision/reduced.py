@@ -14,13 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from quantsense.mixed_precision.allocation import Budget, Group, budget_limit, build_problem, loss_matrix, solve
+from quantsense.mixed_precision.allocation import budget_limit, build_problem, loss_matrix, solve
+from quantsense.mixed_precision.request import AllocationRequest
 from quantsense.mixed_precision.refine import Pair, Refinement, refine
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
 from quantsense.sweeps.ranking import interval_keys
+from quantsense.sweeps.record import ReducedRecord, SequentialRecord, SweepRecord
 from quantsense.sweeps.sequential import sequential_rows
-from quantsense.sweeps.sweep import build_entries, fits, sweep_row, sweep_units, weight_error
+from quantsense.sweeps.sweep import build_entries, sweep_row, sweep_units, weight_error
 from quantsense.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -36,31 +38,28 @@ FISHER_ROUND_SHARE = 15  # per 1000 pairs: measured per refinement round with Fi
 class ReducedSweep:
     losses: dict[tuple[str, str], float]  # (linear module, format) -> loss, as the allocator takes it
     refinement: Refinement
-    record: dict  # what was done, for results.json and the printed summary
+    record: ReducedRecord  # what was done, for results.json and the printed summary
 
 
 def reduced_sweep(
     ws: Workspace,
-    fmts: list[Format],
-    unit: str,
-    groups: list[Group],
-    budgets: list[Budget],
-    key: str,
+    request: AllocationRequest,
     seed: int = 0,
-    outside: tuple[str, ...] = (),
     estimate: str = "weight-error",
     calibration_units: int = CALIBRATION_UNITS,
     per_round: int | None = None,
 ) -> ReducedSweep:
-    """Single-unit losses for every (unit, format): measured where the plans under ``budgets`` hinge, else estimated
-    (``outside``: units outside the blocks that the allocation chooses for too). ``estimate``: ``"weight-error"``
-    measures every unit once and scales its weight errors by that measurement; ``"fisher"`` predicts every pair's
-    mean KL from one forward and backward pass (:mod:`quantsense.sweeps.fisher`) and measures only
-    ``calibration_units`` units (spread over the predicted losses) before the refinement's own measurements."""
+    """Single-unit losses for every (unit, candidate) of ``request`` (an :class:`~quantsense.inputs.AllocationRequest`:
+    the candidates, the units and their groups, the units outside the blocks chosen too, the budgets and the metric):
+    measured where the plans under its budgets hinge, else estimated. ``estimate``: ``"weight-error"`` measures every
+    unit once and scales its weight errors by that measurement; ``"fisher"`` predicts every pair's mean KL from one
+    forward and backward pass (:mod:`quantsense.sweeps.fisher`) and measures only ``calibration_units`` units (spread
+    over the predicted losses) before the refinement's own measurements."""
+    fmts, groups, budgets, key = request.formats, list(request.groups), request.budgets, request.key
     started = time.perf_counter()
-    units = sweep_units(ws.units, unit, outside)
+    units = sweep_units(ws.units, request.unit, request.outside)
     by_name = {u.display: u for u in units}
-    pairs = [(u.display, f.name) for f in fmts for u in units if fits(ws.units, u.names, f)]  # storable pairs only
+    pairs = [(u.display, f.name) for f in fmts for u in units if request.candidates.fits(u.names, f)]  # storable
     formats = {f.name: f for f in fmts}
     storable = set(pairs)
     units = [u for u in units if any((u.display, f.name) in storable for f in fmts)]  # the others can only stay FP32
@@ -99,7 +98,7 @@ def reduced_sweep(
         ws.model,
         groups,
         {(n, f.name): 0.0 for g in groups for n in g.units for f in fmts},
-        fmts,
+        request.candidates,
         outside=ws.embedding_plan(),
     )
     limits = [budget_limit(problem, b, fmts) for b in budgets]
@@ -151,29 +150,28 @@ def reduced_sweep(
     losses = _module_losses(result.values, by_name)
     swept = sum(segments.tokens_upto(d) for d in result.depth.values())
     reference = segments.tokens_upto(max(result.depth.values(), default=1))  # FP32 on the segments anything used
-    record = {
-        "mode": "reduced",
-        "estimate": estimate,
-        "pairs": len(pairs),
-        "measured": len(result.measured),
-        "estimated": len(result.estimated),
-        "token_evaluations": swept + reference,
-        "reference_tokens": reference,
-        "full_token_evaluations": (len(pairs) + 1) * segments.total_tokens,
-        "segments": segments.count,
-        "screen_tokens": segments.tokens_upto(1),
-        "deeper": sum(d > 1 for d in result.depth.values()),
-        "plan_checks": len(checked),
-        "plan_check_tokens": len(checked) * segments.tokens_upto(1),
-        "anchor": _anchor(fmts).name,
-        "second": _second(fmts, always),
-        "alpha": result.model.alpha,
-        "always_measured": len(always),
-        "agreement": result.agreement(),
-        "rounds": result.rounds,
-        "estimated_pairs": sorted(f"{u}@{f}" for u, f in result.estimated),
-        "seconds": time.perf_counter() - started,
-    }
+    record = ReducedRecord(
+        estimate=estimate,
+        pairs=len(pairs),
+        measured=len(result.measured),
+        estimated=len(result.estimated),
+        token_evaluations=swept + reference,
+        reference_tokens=reference,
+        full_token_evaluations=(len(pairs) + 1) * segments.total_tokens,
+        segments=segments.count,
+        screen_tokens=segments.tokens_upto(1),
+        deeper=sum(d > 1 for d in result.depth.values()),
+        plan_checks=len(checked),
+        plan_check_tokens=len(checked) * segments.tokens_upto(1),
+        anchor=_anchor(fmts).name,
+        second=_second(fmts, always),
+        alpha=result.model.alpha,
+        always_measured=len(always),
+        agreement=result.agreement(),
+        rounds=result.rounds,
+        estimated_pairs=sorted(f"{u}@{f}" for u, f in result.estimated),
+        seconds=time.perf_counter() - started,
+    )
     return ReducedSweep(losses, result, record)
 
 
@@ -229,7 +227,7 @@ def _calibration(anchors: dict[str, str], errors: dict[Pair, float], count: int)
     return {ranked[i]: anchors[ranked[i]] for i in picks}
 
 
-def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list[dict], dict]:
+def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list[dict], SequentialRecord]:
     """Rows of the ``only`` entries, each format's units measured on growing data prefixes until their tiers are
     decided, and the record of what that cost against measuring every entry on all the data."""
     segments = ws.segments()
@@ -259,16 +257,15 @@ def sequential_sweep(ws: Workspace, entries, key: str, total: int) -> tuple[list
     spent = sum(segments.tokens_upto(d) for d in depths.values())
     others = total - len(entries)  # rows of other views, measured on all the data
     reference = segments.total_tokens if others else segments.tokens_upto(max(depths.values(), default=1))
-    record = {
-        "mode": "sequential",
-        "evaluations": total,
-        "sequential_rows": len(entries),
-        "segments": segments.count,
-        "stopped_early": sum(d < segments.count for d in depths.values()),
-        "token_evaluations": spent + others * segments.total_tokens + reference,
-        "reference_tokens": reference,
-        "full_token_evaluations": (total + 1) * segments.total_tokens,
-    }
+    record = SequentialRecord(
+        evaluations=total,
+        sequential_rows=len(entries),
+        segments=segments.count,
+        stopped_early=sum(d < segments.count for d in depths.values()),
+        token_evaluations=spent + others * segments.total_tokens + reference,
+        reference_tokens=reference,
+        full_token_evaluations=(total + 1) * segments.total_tokens,
+    )
     return rows, record
 
 
@@ -280,9 +277,9 @@ def screened_block_ranking(ws: Workspace, fmt: Format) -> list[int]:
     return [e.unit.block for e in sorted(entries, key=lambda e: (-metrics[e.label]["kl_mean"], e.unit.block))]
 
 
-def estimated_pairs(ws: Workspace, plan: Plan, unit: str, sweep: dict) -> int:
+def estimated_pairs(ws: Workspace, plan: Plan, unit: str, sweep: SweepRecord) -> int:
     """How many of the (unit, format) losses summed into ``plan``'s prediction were estimated, not measured."""
-    estimated = set(sweep.get("estimated_pairs", ()))
+    estimated = set(getattr(sweep, "estimated_pairs", ()))
     display = {n: u.display for u in sweep_units(ws.units, unit) for n in u.names}
     return len({f"{display.get(name, name)}@{fmt.name}" for name, fmt in plan.assignments} & estimated)
 

@@ -20,6 +20,7 @@ from quantsense.errors import QuantsenseError
 from quantsense.models.units import UnitMap
 from quantsense.quantization.formats import Format
 from quantsense.quantization.plan import Plan
+from quantsense.sweeps.candidates import Candidates
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def sweep_units(
 
 def build_entries(
     unit_map: UnitMap,
-    formats: list[Format],
+    formats: list[Format] | Candidates,
     unit_kind: str = "block",
     views: tuple[str, ...] = ("only",),
     include_extra: bool | tuple[str, ...] = False,
@@ -77,11 +78,12 @@ def build_entries(
 ) -> list[SweepEntry]:
     units = sweep_units(unit_map, unit_kind, include_extra, blocks)
     every = tuple(n for unit in units for n in unit.names)
+    candidates = Candidates.resolve(unit_map, formats)
     entries = []
-    for fmt in dict.fromkeys(formats):
+    for fmt in candidates:
         for view in dict.fromkeys(views):
             for unit in units:
-                if view == "only" and not fits(unit_map, unit.names, fmt):
+                if view == "only" and not candidates.fits(unit.names, fmt):
                     continue  # e.g. q4_K on a 576-wide row: not storable, so not measured (see skipped_pairs)
                 chosen = unit.names if view == "only" else tuple(n for n in every if n not in unit.names)
                 key = unit.display.replace(" ", "")
@@ -96,19 +98,9 @@ def build_entries(
     return entries
 
 
-def fits(unit_map: UnitMap, names: tuple[str, ...], fmt: Format) -> bool:
-    """Whether ``fmt`` can store every weight of ``names`` (its shape rules)."""
-    try:
-        for name in names:
-            fmt.check_unit(unit_map.get(name))
-    except QuantsenseError:
-        return False
-    return True
-
-
 def skipped_pairs(
     unit_map: UnitMap,
-    formats: list[Format],
+    formats: list[Format] | Candidates,
     unit_kind: str,
     include_extra: bool | tuple[str, ...] = False,
     blocks: list[int] | None = None,
@@ -116,12 +108,12 @@ def skipped_pairs(
     """'unit@format' for every unit a format cannot store, which a sweep leaves out; a format that fits no unit is
     refused (there is nothing to measure)."""
     units = sweep_units(unit_map, unit_kind, include_extra, blocks)
+    candidates = Candidates.resolve(unit_map, formats)
     skipped = []
-    for fmt in dict.fromkeys(formats):
-        misfits = [u for u in units if not fits(unit_map, u.names, fmt)]
-        if misfits and len(misfits) == len(units):
-            for name in misfits[0].names:  # raises the format's own message for the first weight that does not fit
-                fmt.check_unit(unit_map.get(name))
+    for fmt in candidates:
+        misfits = [u for u in units if not candidates.fits(u.names, fmt)]
+        if misfits and len(misfits) == len(units):  # the format's own message for the first weight that does not fit
+            raise QuantsenseError(candidates.first_misfit(misfits[0].names, fmt))
         skipped += [f"{u.display}@{fmt.name}" for u in misfits]
     return skipped
 

@@ -231,11 +231,17 @@ class Task:
     def export_check(self, target: str, source: str, data, simulate, batches):
         """The fresh-process check of an export to ``target`` on this task's data: a callable the target's
         ``write`` calls with the written path (and, for GGUF, the source file), returning figures and ``lines``.
-        ``simulate()`` evaluates the plan in simulation (called only when the check runs). Refuses, when asked,
-        a target this task cannot check."""
-        raise QuantsenseError(
-            f"task {self.name!r} has no check for a {target} export; pass --no-verify to write it unchecked"
-        )
+        ``simulate()`` evaluates the plan in simulation (called only when the check runs). The checks live with their
+        runtime (each backend registers its own per task, ``register_task_check``); a target this task has none for
+        is refused."""
+        from quantsense.exporters import task_check
+
+        make = task_check(target, self.name)
+        if make is None:
+            raise QuantsenseError(
+                f"task {self.name!r} has no check for a {target} export; pass --no-verify to write it unchecked"
+            )
+        return make(self, source, data, simulate, batches)
 
 
 TASKS: dict[str, type[Task]] = {}

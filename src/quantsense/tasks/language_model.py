@@ -14,7 +14,6 @@ Neighbouring tokens' losses are strongly correlated, so intervals resample conse
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -308,61 +307,3 @@ class LanguageModelPerplexity(Task):
             f"perplexity {row['perplexity']:.3f} (x{row['ppl_ratio']:.4f}), dNLL {row['delta_nll']:.4f} "
             f"[95% CI {row['delta_nll_ci_low']:.4f}, {row['delta_nll_ci_high']:.4f}], KL {row['kl_mean']:.2e}"
         )
-
-    def export_check(self, target, source, data: TextData, simulate, batches):
-        if target == "gguf":
-            from quantsense.exporters import export_target
-
-            gguf = export_target("gguf")
-            gguf.check_available()  # a broken install is refused now, not after the file is written
-
-            def check(path, source_file):
-                arrays = simulate().arrays
-                return gguf.verify(
-                    path,
-                    source_file,
-                    token_ids(batches),
-                    self.context,
-                    self.stride,
-                    arrays["token_logprob"],
-                    simulated_kl=arrays.get("kl"),
-                )
-
-            return check
-        if target != "torchao":
-            return super().export_check(target, source, data, simulate, batches)
-        if not Path(data.source).is_file():
-            raise QuantsenseError("verifying a language-model export needs a local --data text file")
-        return lambda export_dir: self._check_torchao(export_dir, data, simulate())
-
-    def _check_torchao(self, export_dir, data: TextData, simulated) -> dict:
-        """Reload in a fresh process and compare per-token log-probs with the simulated plan's."""
-        from quantsense.exporters import export_target
-
-        torchao = export_target("torchao")
-        check = torchao.run_check(
-            [
-                "--causal",
-                str(Path(export_dir).resolve()),
-                str(Path(data.source).resolve()),
-                str(self.max_tokens),
-                str(self.context),
-                str(self.stride),
-                str(self.first_token),
-            ]
-        )
-        exported = np.asarray(check["token_logprob"], dtype=np.float64)
-        sim = simulated.arrays["token_logprob"].astype(np.float64)
-        rep = {
-            "exported_perplexity": perplexity(exported),
-            "simulated_perplexity": perplexity(sim),
-            "max_token_logprob_difference": float(np.abs(exported - sim).max()),
-            "reloaded_weight_class": check["weight_class"],
-            "quantsense_imported_by_reload": check["quantsense_imported"],
-        }
-        rep["lines"] = [
-            torchao.reload_line(check),
-            f"perplexity: exported {rep['exported_perplexity']:.4f}, simulated {rep['simulated_perplexity']:.4f}; "
-            f"largest per-token log-prob difference {rep['max_token_logprob_difference']:.2e}",
-        ]
-        return rep

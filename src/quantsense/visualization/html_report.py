@@ -20,6 +20,7 @@ from quantsense.visualization.report_glossary import glossary, glossary_html
 from quantsense.visualization.report_tables import kv_table, plan_table, sensitivity_table
 from quantsense.visualization.report_text import VIEW_TEXT, esc, headline, ship_advice
 from quantsense.visualization.schema import TaskInfo, migrate, plan_rows
+from quantsense.sweeps.record import SequentialRecord, sweep_record
 from quantsense.visualization.summary import sequential_text, sweep_text
 from quantsense.visualization.sensitivity_data import sensitivity_grid, view_of
 
@@ -66,8 +67,8 @@ def _sensitivity_section(results: dict, task: TaskInfo, figures: dict) -> str:
         )
     )
     parts.append(sensitivity_table(results, task))
-    sweep = results["sensitivity"].get("sweep") or {}
-    parts.append(f"<p class=note>{esc(sequential_text(sweep))}</p>" if sweep.get("mode") == "sequential" else "")
+    sweep = sweep_record(results["sensitivity"].get("sweep"))
+    parts.append(f"<p class=note>{esc(sequential_text(sweep))}</p>" if isinstance(sweep, SequentialRecord) else "")
     return _section("sensitivity", "Sensitivity", "".join(parts))
 
 
@@ -100,8 +101,8 @@ def _plans_section(results: dict, task: TaskInfo, figures: dict) -> str:
     frontier, mixed = (results.get("frontier") or {}).get("rows"), (results.get("mixed") or {}).get("rows")
     if frontier:
         body += plan_table(task, plan_rows(results, ("frontier",)), "frontier-table", "Frontier plans")
-        sweep = results["frontier"].get("sweep")
-        body += f"<p class=note>{esc(sweep_text(sweep))}</p>" if sweep else ""
+        sweep = sweep_record(results["frontier"].get("sweep"))
+        body += f"<p class=note>{esc(sweep_text(sweep))}</p>" if sweep is not None else ""
     if mixed:
         body += plan_table(task, plan_rows(results, ("mixed",)), "mixed-table", "Mixed-precision plans")
     return _section("plans", "Plans: size against loss", body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+from quantsense.sweeps.record import SequentialRecord, sweep_record
 from quantsense.visualization.labels import KL_LABEL, ci_text, fmt_num, num
 from quantsense.visualization.report_text import esc
 from quantsense.visualization.schema import TaskInfo, format_counts
@@ -84,7 +85,7 @@ def sensitivity_table(results: dict, task: TaskInfo) -> str:
         ("differs from FP32", task.differs_test, _differs),
         ("weight SQNR dB", "signal-to-quantization-noise ratio of the weights", "weight_sqnr_db"),
     ]
-    if (sens.get("sweep") or {}).get("mode") == "sequential":
+    if isinstance(sweep_record(sens.get("sweep")), SequentialRecord):
         columns.append(
             (
                 "data %",

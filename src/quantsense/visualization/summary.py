@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 
+from quantsense.sweeps.record import ExhaustiveRecord, ReducedRecord, SequentialRecord, sweep_record
 from quantsense.visualization.schema import (
     FP32,
     TaskInfo,
@@ -98,18 +99,19 @@ def ranking_verdict(ranked: list[dict], results: dict) -> str:
 
 def sensitivity_text(results: dict) -> str:
     sens, task = results["sensitivity"], TaskInfo.from_results(results)
-    sweep = sens.get("sweep") or {}
-    share = [DATA_COLUMN] if sweep.get("mode") == "sequential" else []
+    sweep = sweep_record(sens.get("sweep"))
+    sequential = isinstance(sweep, SequentialRecord)
+    share = [DATA_COLUMN] if sequential else []
     columns = [*task.sensitivity_columns, *share, *(RECOVERY_COLUMNS if "all_but" in sens["views"] else [])]
     parts = [markdown_table(sens["rows"], columns, digits=3)]
     for key, ranked in sens["rankings"].items():
         parts.append(f"\nRanking {key} by {sens['rank_by']} (most sensitive first; same tier = not ranked apart):")
         parts.append(markdown_table(ranked, [*task.ranking_columns, *share], digits=4))
         parts.append(ranking_verdict(ranked, results))
-    if sweep.get("mode") == "sequential":
+    if sequential:
         parts.append(sequential_text(sweep))
-    if sweep.get("skipped"):
-        parts.append(skipped_text(sweep["skipped"]))
+    if sweep is not None and sweep.skipped:
+        parts.append(skipped_text(sweep.skipped))
     return "\n".join(parts)
 
 
@@ -129,17 +131,16 @@ def skipped_text(skipped: list[str]) -> str:
     )
 
 
-def sequential_text(sweep: dict) -> str:
+def sequential_text(sweep: SequentialRecord) -> str:
     """What a sequential sweep measured, against measuring every row on all the data."""
-    share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
-    rows = sweep.get("sequential_rows", sweep["evaluations"])
-    others = sweep["evaluations"] - rows
+    rows = sweep.sequential_rows if sweep.sequential_rows is not None else sweep.evaluations
+    others = sweep.evaluations - rows
     return (
         f"Sequential sweep: {rows} (unit, format) rows measured on growing data prefixes"
         + (f" (the {others} rows of other views on all the data)" if others else "")
-        + f", {sweep['stopped_early']} stopped before all {sweep['segments']} data segments once their interval "
-        f"overlapped no other unit's (their tier decided; column 'data %'); {sweep['token_evaluations']:,} of "
-        f"{sweep['full_token_evaluations']:,} token evaluations, FP32 reference included ({share:.1f} %); "
+        + f", {sweep.stopped_early} stopped before all {sweep.segments} data segments once their interval "
+        f"overlapped no other unit's (their tier decided; column 'data %'); {sweep.token_evaluations:,} of "
+        f"{sweep.full_token_evaluations:,} token evaluations, FP32 reference included ({sweep.share:.1f} %); "
         "--exhaustive measures every row on all the data."
     )
 
@@ -188,10 +189,11 @@ def frontier_text(results: dict) -> str:
         *skipped_plans_lines(fr.get("skipped")),
         *_preferred_lines(fr),
     ]
-    if fr.get("sweep"):
-        lines.append(sweep_text(fr["sweep"]))
-    if fr.get("sweep", {}).get("embedding"):
-        emb = fr["sweep"]["embedding"]
+    sweep = sweep_record(fr.get("sweep"))
+    if sweep is not None:
+        lines.append(sweep_text(sweep))
+    if sweep is not None and sweep.embedding:
+        emb = sweep.embedding
         lines.append(
             "Every measured plan also quantizes "
             + ", ".join(f"{n} at {f}" for n, f in emb["plan"].items())
@@ -229,15 +231,14 @@ def _frontier_extra(fr: dict) -> list[tuple[str, str]]:
     return [c for c in FRONTIER_EXTRA if c[0] != "estimated_pairs" or estimated]
 
 
-def sweep_text(sweep: dict) -> str:
+def sweep_text(sweep: ExhaustiveRecord | ReducedRecord) -> str:
     """How the single-unit losses behind the allocation were obtained, with the cost against a full sweep."""
-    share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
-    if sweep["mode"] == "exhaustive":
+    if isinstance(sweep, ExhaustiveRecord):
         return (
-            f"Single-unit losses: all {sweep['pairs']} (unit, format) pairs measured on all the data "
-            f"({sweep['token_evaluations']:,} token evaluations, {sweep['seconds']:.1f} s)."
+            f"Single-unit losses: all {sweep.pairs} (unit, format) pairs measured on all the data "
+            f"({sweep.token_evaluations:,} token evaluations, {sweep.seconds:.1f} s)."
         )
-    agree = sweep["agreement"]
+    agree = sweep.agreement
     model = (
         f"loss model on the {agree['pairs']} pairs it predicted before they were measured: Spearman "
         f"{agree['spearman']:.3f}, median measured/predicted {agree['median_ratio']:.3f}"
@@ -246,27 +247,27 @@ def sweep_text(sweep: dict) -> str:
         and math.isfinite(agree["spearman"])
         else f"{agree['pairs']} estimate(s) were checked by a measurement"
     )
-    if sweep.get("estimate") == "fisher":  # the predictions are KLs already, on the calibration units' common scale
-        how = f"loss ~ S * Fisher-predicted KL^{sweep['alpha']:.3f}, S from the measured units"
+    if sweep.estimate == "fisher":  # the predictions are KLs already, on the calibration units' common scale
+        how = f"loss ~ S * Fisher-predicted KL^{sweep.alpha:.3f}, S from the measured units"
     else:
-        how = f"loss ~ S_unit * weight error^{sweep['alpha']:.3f}, anchor {sweep['anchor']}"
-    estimated = f"{sweep['estimated']} estimated ({how})" if sweep["estimated"] else "none estimated"
-    checked = f"{model[0].upper()}{model[1:]}. " if sweep["estimated"] else ""
+        how = f"loss ~ S_unit * weight error^{sweep.alpha:.3f}, anchor {sweep.anchor}"
+    estimated = f"{sweep.estimated} estimated ({how})" if sweep.estimated else "none estimated"
+    checked = f"{model[0].upper()}{model[1:]}. " if sweep.estimated else ""
     return (
-        f"Single-unit losses (reduced sweep): {sweep['measured']} of {sweep['pairs']} (unit, format) pairs measured "
-        f"({sweep['deeper']} on more than one of {sweep['segments']} data segments"
+        f"Single-unit losses (reduced sweep): {sweep.measured} of {sweep.pairs} (unit, format) pairs measured "
+        f"({sweep.deeper} on more than one of {sweep.segments} data segments"
         + (
-            f"; the {sweep['always_measured']} in formats that quantize activations, which no weight error predicts, all "
+            f"; the {sweep.always_measured} in formats that quantize activations, which no weight error predicts, all "
             "measured"
-            if sweep.get("always_measured")
+            if sweep.always_measured
             else ""
         )
         + f"), {estimated}; "
-        f"{sweep['token_evaluations']:,} of a full sweep's {sweep['full_token_evaluations']:,} token evaluations, "
-        f"FP32 reference included ({share:.1f} %), plus {sweep['plan_checks']} plan check(s) on "
-        f"{sweep['screen_tokens']:,} tokens each; {len(sweep['rounds'])} round(s), {sweep['seconds']:.1f} s. "
-        f"{checked}{_last_check_text(sweep['rounds'])}"
-        + ("Predicted losses include the estimated pairs (column 'estimated pairs'); " if sweep["estimated"] else "")
+        f"{sweep.token_evaluations:,} of a full sweep's {sweep.full_token_evaluations:,} token evaluations, "
+        f"FP32 reference included ({sweep.share:.1f} %), plus {sweep.plan_checks} plan check(s) on "
+        f"{sweep.screen_tokens:,} tokens each; {len(sweep.rounds)} round(s), {sweep.seconds:.1f} s. "
+        f"{checked}{_last_check_text(sweep.rounds)}"
+        + ("Predicted losses include the estimated pairs (column 'estimated pairs'); " if sweep.estimated else "")
         + "--exhaustive measures every pair on all the data."
     )
 

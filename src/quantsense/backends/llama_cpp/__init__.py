@@ -11,3 +11,4 @@
 """
 
 from quantsense.backends.llama_cpp import formats, imatrix_file, presets, writer  # noqa: F401  (registers each of them)
+from quantsense.backends.llama_cpp import checks  # noqa: F401  (its export checks, per task)

@@ -252,10 +252,9 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
     budget = Budget(max_bytes=target - overhead - ALIGNMENT_SLACK * tensors)
     plans, sweep = sweep_and_allocate(ws, [budget], candidates, "linear", reduced=estimate, outside="allocate")
     allocation = plans[0][1]
-    share = 100 * sweep["token_evaluations"] / sweep["full_token_evaluations"]
     say(
-        f"reduced sweep: {sweep.get('measured', sweep['pairs'])} of {sweep['pairs']} (tensor, type) pairs measured, "
-        f"{share:.1f} % of a full sweep's token evaluations"
+        f"reduced sweep: {sweep.measured} of {sweep.pairs} (tensor, type) pairs measured, "
+        f"{sweep.share:.1f} % of a full sweep's token evaluations"
     )
     named = {"allocated": allocation.plan, **named}
     fits = {n: _file_bytes(ws, p, reference) for n, p in named.items()}
@@ -266,8 +265,11 @@ def _choose(ws, reference: Path, target: int | None, preset: str | None, candida
         )
     within = {n: p for n, p in named.items() if fits[n] <= target}
     sweep_record = {
-        k: sweep.get(k)
-        for k in ("estimate", "pairs", "measured", "token_evaluations", "full_token_evaluations", "seconds")
+        "estimate": getattr(sweep, "estimate", None),  # None: every pair measured (an exhaustive sweep)
+        **{
+            k: getattr(sweep, k)
+            for k in ("pairs", "measured", "token_evaluations", "full_token_evaluations", "seconds")
+        },
     }
     if len(within) == 1:  # nothing to choose between: the held-out score in llama.cpp (unless --no-score) measures it
         say(

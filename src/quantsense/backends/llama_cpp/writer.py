@@ -307,6 +307,4 @@ class GGUFExporter(Exporter):
     single_file = True  # writes one .gguf file (--out FILE.gguf)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
-    check_available = staticmethod(check_llama_cpp)  # a task's check refuses a broken llama.cpp before writing
-    verify = staticmethod(verify)  # the file in llama.cpp against the simulation's per-token log-probs
     llama_quantize_command = staticmethod(llama_quantize_command)  # the plan as llama-quantize's own command line

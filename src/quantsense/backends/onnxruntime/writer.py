@@ -240,11 +240,3 @@ class OnnxExporter(Exporter):
     single_file = False  # writes a folder (--out DIR)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
-    run_check = staticmethod(run_check)  # onnx_check.py in a fresh process
-
-    @staticmethod
-    def saturation_note() -> str | None:
-        """What to say when this CPU's int8 kernel saturates (None where it does not)."""
-        from quantsense.backends.onnxruntime.ort_lib import SATURATION_NOTE, int8_kernel_saturates
-
-        return SATURATION_NOTE if int8_kernel_saturates() else None

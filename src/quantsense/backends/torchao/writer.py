@@ -214,5 +214,3 @@ class TorchaoExporter(Exporter):
     single_file = False  # writes a folder (--out DIR)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
-    run_check = staticmethod(run_check)  # torchao_check.py in a fresh process
-    reload_line = staticmethod(reload_line)
