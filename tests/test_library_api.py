@@ -208,3 +208,17 @@ def test_study_api_offline_on_tiny_models_both_tasks(offline_assets, task, tmp_p
         candidates[1]: len(ws.units.block_units(2)),
     }
     assert len(rows) == 4  # the three strategies and the plan file
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["quantsense.quantization.plan", "quantsense.config", "quantsense.quantization.formats", "quantsense.search"],
+)
+def test_a_public_module_imports_first_in_a_fresh_interpreter(module):
+    """Each module a user imports from works as a program's first import (a backend imported while the formats package
+    initialised once made 'from quantsense.quantization.plan import Plan' a circular ImportError)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

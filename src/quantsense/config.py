@@ -47,7 +47,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "GGUFFormat":  # llama.cpp's legacy types, registered by its backend: the registry's entry
-        from quantsense.quantization.formats import FORMAT_FAMILIES
+        from quantsense.quantization.formats import format_families
 
-        return FORMAT_FAMILIES["gguf"]
+        return format_families()["gguf"]
     raise AttributeError(f"module 'quantsense.config' has no attribute {name!r}")

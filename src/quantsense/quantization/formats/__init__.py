@@ -7,13 +7,15 @@
 
 A new family is one module with a ``@register_format`` class, in a backend folder (or imported by the user before use).
 :func:`parse_format` turns what a user types (``4``, ``int4``, ``q4_0``) into a format;
-:func:`format_from_dict` reads a plan file entry.
+:func:`format_from_dict` reads a plan file entry. The runtimes' families register when the registry is first asked
+(:func:`format_families`), so importing a plan or a format never imports a runtime.
 """
 
 from quantsense.quantization.formats.base import (
     FORMAT_FAMILIES,
     Format,
     WeightFormat,
+    format_families,
     format_from_dict,
     format_levels,
     format_vocabulary,
@@ -23,8 +25,6 @@ from quantsense.quantization.formats.base import (
 )
 from quantsense.quantization.formats.integer import GRANULARITIES, MAX_BITS, MIN_BITS, QuantConfig
 
-load_backends()  # every runtime's formats, registered after the integer grid, in backend name order
-
 __all__ = [
     "FORMAT_FAMILIES",
     "Format",
@@ -33,6 +33,7 @@ __all__ = [
     "MIN_BITS",
     "QuantConfig",
     "WeightFormat",
+    "format_families",
     "format_from_dict",
     "format_levels",
     "format_vocabulary",

@@ -196,14 +196,24 @@ def load_backends() -> None:
 
 
 def register_format(cls: type[WeightFormat]) -> type[WeightFormat]:
-    """Add a family to the registry (a decorator); later families are asked after earlier ones."""
+    """Add a family to the registry (a decorator); later families are asked after earlier ones (a family from outside
+    quantsense comes after every runtime's: those are registered first)."""
+    if not cls.__module__.startswith("quantsense."):
+        load_backends()
     FORMAT_FAMILIES[cls.family] = cls
     return cls
 
 
+def format_families() -> dict[str, type[WeightFormat]]:
+    """Every registered family by name, the runtimes' included: they register when first asked for, not when this
+    module is imported (a runtime's modules import the plan and format modules themselves)."""
+    load_backends()
+    return FORMAT_FAMILIES
+
+
 def format_vocabulary() -> str:
     """What a user may type, every registered family's words: for messages and --help."""
-    words = [cls.vocabulary for cls in FORMAT_FAMILIES.values()]
+    words = [cls.vocabulary for cls in format_families().values()]
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
 
 
@@ -216,7 +226,7 @@ def parse_format(text, scheme=None) -> WeightFormat:
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise QuantsenseError(f"a format is a name or a number of bits (e.g. 'int4', 4, 'q4_0'), got {text!r}")
     value = str(text).strip().lower()
-    for cls in FORMAT_FAMILIES.values():
+    for cls in format_families().values():
         fmt = cls.parse(value, scheme)
         if fmt is not None:
             return fmt
@@ -236,7 +246,7 @@ def format_from_dict(data, where: str = "config") -> WeightFormat:
             raise QuantsenseError(f"{where}: {exc}") from None
         return fmt.with_named_imatrix(data["imatrix"], where) if "imatrix" in data else fmt
     if isinstance(data, dict):
-        for cls in FORMAT_FAMILIES.values():
+        for cls in format_families().values():
             if cls.claims(data):
                 return cls.from_dict(data, where)
     raise QuantsenseError(f"{where}: expected an object with 'bits' or 'format', got {data!r}")
