@@ -34,9 +34,10 @@ Weights (realistic scale, with some of the structure that makes quantization sen
 
 Every tensor is drawn from its own generator seeded from (``--seed``, tensor name), in row chunks, cast to bf16 with
 round-to-nearest-even: the same seed writes byte-identical files (with the same NumPy: its ``Generator`` streams are
-not promised across versions), and generation can stream. Each tensor is generated once, written to its safetensors shard and to the GGUF
-(both files' headers are written first, from the shapes alone), then released: peak memory is about one tensor (the
-1 GB embedding at full width) plus the libraries. It prints the seconds and the peak RSS at the end.
+not promised across versions), and generation can stream. Each tensor is generated once, written to its safetensors
+shard and to the GGUF (both files' headers are written first, from the shapes alone), then released: peak memory is
+about one tensor (the 1 GB embedding at full width) plus the libraries. It prints the seconds and the peak RSS at the
+end; at full width with 2 layers (2.97 GB of safetensors, a 2.98 GB GGUF) that was 53 s and 1.56 GiB on 2 CPU cores.
 
     python benchmarks/make_llama_shaped.py --layers 2 --out /tmp/llama-8b-shaped-2l
 """
