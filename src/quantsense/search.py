@@ -18,6 +18,7 @@ from quantsense.mixed_precision.reduced import estimated_pairs, reduced_sweep, s
 from quantsense.results import FrontierResult, StudyResult
 from quantsense.study import _begin, block_ranking, evaluate_plans, sensitivity
 from quantsense.sweeps.candidates import Candidates
+from quantsense.sweeps.fisher import check_not_streamed
 from quantsense.sweeps.record import ExhaustiveRecord, SweepRecord
 from quantsense.sweeps.sweep import sweep_units
 from quantsense.workspace import Workspace
@@ -282,6 +283,8 @@ def run_frontier(
 ) -> StudyResult:
     """Baseline and frontier (``quantsense allocate`` is one budget), every budget checked from sizes first."""
     request, preset_plans, kept = frontier_request(ws, budgets, candidates, unit, tie, objective, presets, outside)
+    if reduced == "fisher":
+        check_not_streamed(ws.units)
     result, notify = _begin(ws, argv, on_phase)
     notify("baseline", result)
     result.frontier = _frontier(ws, request, reduced, preset_plans, kept, given)

@@ -212,6 +212,11 @@ def check_export(ws: Workspace, plan, out: str | Path | None, target: str = "tor
     writer = export_target(target)
     if ws.options.embedding:
         raise QuantsenseError(EMBEDDING_REFUSAL)
+    if ws.units.stream is not None and not writer.streams:
+        raise QuantsenseError(
+            f"a {target} export builds the whole quantized model in memory, and this model's blocks are streamed from "
+            "its files (--stream-blocks): pass --stream-blocks off on a machine with the memory, or export to gguf"
+        )
     if out is not None:
         check_output(out, single_file=writer.single_file, empty_folder=True)
     plan = as_plan(ws, plan)

@@ -29,7 +29,11 @@ from quantsense.tasks import Task, make_task
 
 POSITIVE_OPTIONS = ("workers",)
 OUTSIDE_MODES = ("fp32", "preset", "allocate")  # what an allocation does with the token embedding and output head
-CHOICE_OPTIONS = {"dtype": ("auto", "float32", "bfloat16", "float16"), "executor": ("local", "ray")}
+CHOICE_OPTIONS = {
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "executor": ("local", "ray"),
+    "stream_blocks": ("auto", "on", "off"),
+}
 
 
 def _flag(name: str) -> str:
@@ -54,6 +58,8 @@ class StudyOptions:
     task: str = DEFAULT_TASK
     device: str = "auto"
     dtype: str = "auto"
+    # keep each block's weights in the model's files until it runs (models larger than memory; auto: when needed)
+    stream_blocks: str = "auto"
     blocks_regex: str | None = None
     store: str | None = None  # None: keep nothing between runs
     fresh: bool = False
@@ -350,7 +356,7 @@ def open_workspace(
         device = resolve_device(opts.device)
         net, dtype = model.to(device).eval(), str(next(model.parameters()).dtype).replace("torch.", "")
     else:
-        loaded = task.load_model(opts.model, opts.device, dtype=opts.dtype, quiet=opts.quiet)
+        loaded = task.load_model(opts.model, opts.device, dtype=opts.dtype, quiet=opts.quiet, stream=opts.stream_blocks)
         net, tokenizer, device, dtype = loaded.model, loaded.tokenizer, loaded.device, loaded.dtype
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -56,6 +56,7 @@ def _options(args):
         task=args.task,
         device=args.device,
         dtype=args.dtype,
+        stream_blocks=args.stream_blocks,
         blocks_regex=args.blocks_regex,
         store=_store(args),
         fresh=args.fresh,
@@ -234,7 +235,8 @@ def _list_units(args) -> None:
 
     task = make_task(args.task, **task_settings(args))
     units = discover_units(
-        task.load_model(args.model, args.device, dtype=args.dtype, quiet=args.quiet).model, args.blocks_regex
+        task.load_model(args.model, args.device, dtype=args.dtype, quiet=args.quiet, stream=args.stream_blocks).model,
+        args.blocks_regex,
     )
     total = sum(u.numel for u in units.units.values())
     _say(f"{units.num_blocks} blocks under {units.block_prefix}; {len(units.units)} units, {total:,} weights")

@@ -149,6 +149,14 @@ def _common() -> argparse.ArgumentParser:
         help="dtype of the unquantized reference model (auto: float32 on CPU, the model's own on CUDA)",
     )
     g.add_argument(
+        "--stream-blocks",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="keep each block's weights in the model's files (memory-mapped) until the block runs, so a model larger "
+        "than memory opens: on, off, or auto (on when the weights would take over half of this machine's memory); "
+        "the numbers are the same either way",
+    )
+    g.add_argument(
         "--blocks-regex", help="regex over module names matching the transformer blocks, for unknown architectures"
     )
     g.add_argument(

@@ -42,6 +42,7 @@ class Exporter:
 
     name: ClassVar[str]
     single_file: ClassVar[bool] = False
+    streams: ClassVar[bool] = False  # writes a model whose blocks stay in their files, a tensor at a time
 
     def check_plan(self, source: ExportSource, plan) -> None:
         raise NotImplementedError

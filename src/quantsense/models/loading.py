@@ -147,6 +147,38 @@ def _load_weights(load_from: str, head: ModelHead, dtype: torch.dtype, kwargs: d
     return head.auto().from_pretrained(load_from, dtype=dtype, use_safetensors=True, output_loading_info=True, **kwargs)
 
 
+def _streamed(stream: str, load_from: str, head: ModelHead, dtype, device, kwargs: dict, source: str, hint: str):
+    """(model, loading report) with its blocks streamed from its files (:mod:`quantsense.models.streaming`) when
+    ``stream`` asks for it (``auto``: when the weights would not fit comfortably in memory), else None."""
+    import transformers
+
+    from quantsense.models import streaming
+
+    if stream == "off":
+        return None
+    config = transformers.AutoConfig.from_pretrained(load_from, **kwargs)
+    if not streaming.should_stream(stream, config, dtype):
+        return None
+    folder = Path(load_from)
+    if "gguf_file" in kwargs:
+
+        def source_of(model):
+            return streaming.GGUFSource(folder / kwargs["gguf_file"], model)
+    elif folder.is_dir():
+
+        def source_of(model):
+            return streaming.SafetensorsSource(folder)
+    else:
+        raise QuantsenseError(
+            f"--stream-blocks on reads a model's files where they lie: download {source} and pass its local folder"
+        )
+
+    def on_missing(model, missing):
+        _head_check(model, missing, source, head, hint)
+
+    return streaming.build_streamed(head, config, dtype, device, source_of, on_missing), {"missing_keys": []}
+
+
 def _check_gguf_head(source: str, head: ModelHead, hint: str) -> None:
     """GGUF files hold language models: transformers maps no other head from them."""
     if not head.from_gguf:
@@ -309,36 +341,50 @@ def load_model(
     dtype: str = "auto",
     quiet: bool = False,
     hint: str = "use a model trained for this task",
+    stream: str = "off",
 ) -> LoadedModel:
     """Load ``source`` (hub id, local directory, or ``.gguf`` file) ending in ``head`` (a task's), in eval mode.
 
     ``dtype`` is float32, bfloat16, float16 or auto (float32 on CPU; on CUDA the dtype the model's
     config declares, float32 if none). A model without trained weights for the task's head is refused.
     ``quiet`` hides transformers' loading bars; ``hint`` says what to do when the model lacks the head.
+    ``stream``: ``on`` keeps the blocks' weights in their files until each block runs (:mod:`.streaming`: a model
+    larger than memory), ``auto`` does so when the weights would take over half of memory, ``off`` loads them all.
     """
     if not isinstance(head, ModelHead):
         raise QuantsenseError(f"load_model needs a task's ModelHead (e.g. make_task('sst2').model_head), got {head!r}")
     with _progress_bars(not quiet):
-        return _load_model(source, head, device, dtype, hint)
+        return _load_model(source, head, device, dtype, hint, stream)
 
 
-def _load_model(source: str, head: ModelHead, device: str | torch.device, dtype: str, hint: str) -> LoadedModel:
+def _load_model(
+    source: str, head: ModelHead, device: str | torch.device, dtype: str, hint: str, stream: str = "off"
+) -> LoadedModel:
     if dtype not in (*DTYPES, "auto"):
         raise QuantsenseError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     load_from, kwargs, local = _locate(source, head, hint)
     with _gguf_read_once("gguf_file" in kwargs):
-        return _load_located(source, head, device, dtype, hint, load_from, kwargs, local)
+        return _load_located(source, head, device, dtype, hint, load_from, kwargs, local, stream)
 
 
 def _load_located(
-    source: str, head: ModelHead, device: torch.device, dtype: str, hint: str, load_from: str, kwargs: dict, local: bool
+    source: str,
+    head: ModelHead,
+    device: torch.device,
+    dtype: str,
+    hint: str,
+    load_from: str,
+    kwargs: dict,
+    local: bool,
+    stream: str = "off",
 ) -> LoadedModel:
     import transformers
 
     try:
         torch_dtype = _choose_dtype(dtype, device, load_from, kwargs)
-        model, info = _load_weights(load_from, head, torch_dtype, kwargs)
+        streamed = _streamed(stream, load_from, head, torch_dtype, device, kwargs, source, hint)
+        model, info = streamed or _load_weights(load_from, head, torch_dtype, kwargs)
     except LOAD_ERRORS as exc:
         if "trust_remote_code" in str(exc):
             raise _custom_code_error(source) from None
@@ -361,7 +407,9 @@ def _load_located(
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(device).eval()
+    if streamed is None:
+        model.to(device)  # a streamed model's resident part is on the device already, its blocks go there as they run
+    model.eval()
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -412,8 +460,9 @@ def check_tokenizer(model: torch.nn.Module, tokenizer, source: str) -> None:
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes): identifies the exact weights."""
     digest = hashlib.sha256()
+    stream = getattr(model, "quantsense_stream", None)  # a streamed block's parameters: read from the file, as it runs
     for name, tensor in sorted(model.state_dict().items()):
-        data = tensor.detach().to("cpu").contiguous()
+        data = (stream.parameter(name) if tensor.is_meta else tensor).detach().to("cpu").contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")  # the buffer itself: no copy
     return digest.hexdigest()[:16]

@@ -71,6 +71,7 @@ class UnitMap:
     block_prefix: str
     blocks: list[nn.Module]
     units: dict[str, Unit]
+    stream: object | None = None  # the model's StreamedBlocks when its blocks stay in their files (models.streaming)
 
     @property
     def num_blocks(self) -> int:
@@ -190,4 +191,4 @@ def discover_units(model: nn.Module, blocks_regex: str | None = None) -> UnitMap
         units[name] = unit
         by_weight[id(module.weight)] = unit
     assert all(block_index.get(id(blocks[u.block])) == u.block for u in units.values() if u.block is not None)
-    return UnitMap(block_prefix=prefix, blocks=blocks, units=units)
+    return UnitMap(block_prefix=prefix, blocks=blocks, units=units, stream=getattr(model, "quantsense_stream", None))

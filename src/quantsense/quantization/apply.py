@@ -35,7 +35,17 @@ class PlanApplier:
         self._active: list[str] = []
         self._hooks: list = []
 
+    @property
+    def _stream(self):
+        return getattr(self.unit_map, "stream", None)
+
+    def _streamed(self, name: str) -> bool:
+        """Whether unit ``name``'s weight stays in its file until its block runs (:mod:`quantsense.models.streaming`)."""
+        return self._stream is not None and self._stream.streams(name)
+
     def original(self, name: str) -> torch.Tensor:
+        if self._streamed(name):
+            return self._stream.weight(name)  # read again when needed: keeping every original would hold the model
         if name not in self._originals:
             self._originals[name] = self.unit_map.get(name).weight.detach().clone()
         return self._originals[name]
@@ -84,7 +94,10 @@ class PlanApplier:
             for name, config in plan.assignments:
                 q = self.quantized(name, config)
                 self._active.append(name)
-                self.unit_map.get(name).weight.copy_(q)
+                if self._streamed(name):
+                    self._stream.overrides[name] = q  # the block takes it instead of the file's when it runs
+                else:
+                    self.unit_map.get(name).weight.copy_(q)
                 self._hook_inputs(name, config)
         except BaseException:
             self.restore()
@@ -112,7 +125,10 @@ class PlanApplier:
             handle.remove()
         self._hooks = []
         for name in self._active:
-            self.unit_map.get(name).weight.copy_(self._originals[name])
+            if self._streamed(name):
+                self._stream.overrides.pop(name, None)
+            else:
+                self.unit_map.get(name).weight.copy_(self._originals[name])
         self._active = []
 
     @contextmanager

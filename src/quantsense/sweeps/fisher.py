@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from quantsense.errors import QuantsenseError
+
 
 EXACT_ROW_SHARE = 8  # the 1/8 of a tensor's rows with the most Fisher mass enter a sampled prediction exactly
 ROW_STRIDE = 4  # and every 4th of its other rows with any mass, standing for the rows between them
@@ -114,6 +116,16 @@ class FisherPass:
         return row_sample(fisher.sum(dim=1), transposed=transposed)
 
 
+def check_not_streamed(units) -> None:
+    """The Fisher estimate back-propagates through every block at once: refused for a streamed model (its blocks are
+    read from their files one at a time, :mod:`quantsense.models.streaming`)."""
+    if units.stream is not None:
+        raise QuantsenseError(
+            "the Fisher estimate back-propagates through every block at once, which a model streamed from its files "
+            "(--stream-blocks) cannot hold in memory: use --estimate weight-error, or --stream-blocks off"
+        )
+
+
 def fisher_pass(
     model,
     units,
@@ -128,6 +140,7 @@ def fisher_pass(
     """One forward pass per batch and ``draws`` backward passes (labels drawn from the model's own distribution,
     seeded), accumulating each module's diagonal Fisher (``names``: module names of ``units``, a
     :class:`~quantsense.models.units.UnitMap`)."""
+    check_not_streamed(units)
     fisher: dict[str, torch.Tensor] = {}
     rounding: dict[tuple[str, object], float] = {}
     inputs: dict[str, torch.Tensor] = {}  # the embedding's output of the batch running

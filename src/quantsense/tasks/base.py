@@ -87,11 +87,13 @@ class Task:
     glossary_terms: ClassVar[list[tuple[str, str]]]
 
     # -- model --------------------------------------------------------------------------------
-    def load_model(self, source: str, device="auto", dtype: str = "auto", quiet: bool = False):
+    def load_model(self, source: str, device="auto", dtype: str = "auto", quiet: bool = False, stream: str = "off"):
         """The model ``source`` with this task's head (refused in one line when it has none)."""
         from quantsense.models.loading import load_model
 
-        return load_model(source, self.model_head, device, dtype=dtype, quiet=quiet, hint=self.head_hint())
+        return load_model(
+            source, self.model_head, device, dtype=dtype, quiet=quiet, hint=self.head_hint(), stream=stream
+        )
 
     @classmethod
     def head_hint(cls) -> str:

@@ -158,23 +158,39 @@ def _rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     )
 
 
-def gguf_tensors(model) -> list[tuple[str, torch.Tensor]]:
-    """(GGUF name, weight in GGUF row layout) for every parameter, in the model's order; a tied lm_head is left out."""
+def gguf_tensors(model):
+    """(GGUF name, a callable that reads the weight in GGUF row layout) for every parameter, in the model's order; a
+    tied lm_head is left out. A streamed block's weight (:mod:`quantsense.models.streaming`) is read from the model's
+    files only when called, so a conversion holds one tensor at a time."""
     config = model.config
     heads, kv_heads = (
         config.num_attention_heads,
         getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
     )
+    stream = getattr(model, "quantsense_stream", None)
     out = []
     for name, weight in model.state_dict().items():
         if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
             continue  # llama.cpp reads the output matrix from token_embd when output.weight is absent
-        if name.endswith("self_attn.q_proj.weight"):
-            weight = _rotary_rows(weight, heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            weight = _rotary_rows(weight, kv_heads)
-        out.append((hf_to_gguf_name(name, config.num_hidden_layers), weight))
+        rows = heads if name.endswith("self_attn.q_proj.weight") else None
+        rows = kv_heads if name.endswith("self_attn.k_proj.weight") else rows
+
+        def read(name=name, weight=weight, rows=rows):
+            value = stream.parameter(name) if weight.is_meta else weight
+            return _rotary_rows(value, rows) if rows is not None else value
+
+        out.append((hf_to_gguf_name(name, config.num_hidden_layers), weight, read))
     return out
+
+
+def _layout(weight: torch.Tensor) -> tuple[str, tuple[int, ...], np.dtype, int]:
+    """(GGUF type name, numpy shape, numpy dtype, bytes) that :func:`_numpy` gives ``weight`` (from its shape alone)."""
+    if weight.dim() < 2:
+        return "F32", tuple(weight.shape), np.dtype(np.float32), 4 * weight.numel()
+    if weight.dtype == torch.bfloat16:
+        return "BF16", tuple(weight.shape), np.dtype(np.uint16), 2 * weight.numel()
+    gguf_type, np_type = _GGUF_DTYPES[weight.dtype]
+    return gguf_type, tuple(weight.shape), np.dtype(np_type), np.dtype(np_type).itemsize * weight.numel()
 
 
 def _numpy(weight: torch.Tensor):
@@ -196,13 +212,16 @@ def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
         writer = gguf.GGUFWriter(tmp, "llama")
         add_hparams(writer, model.config, name)
         add_vocab(writer, tokenizer, model.config.vocab_size)
-        for gguf_name, weight in gguf_tensors(model):
-            gguf_type, array = _numpy(weight)
-            writer.add_tensor(gguf_name, array, raw_dtype=gguf.GGMLQuantizationType[gguf_type])
+        tensors = gguf_tensors(model)
+        for gguf_name, weight, _ in tensors:  # the table of contents first, from shapes alone
+            gguf_type, shape, dtype, nbytes = _layout(weight)
+            writer.add_tensor_info(gguf_name, shape, dtype, nbytes, raw_dtype=gguf.GGMLQuantizationType[gguf_type])
         writer.add_file_type(_FILE_TYPES[model.get_input_embeddings().weight.dtype])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for _, _, read in tensors:  # then each tensor's data, read (a streamed block's: from its file) one at a time
+            writer.write_tensor_data(_numpy(read())[1])
         writer.close()
     return Path(out)

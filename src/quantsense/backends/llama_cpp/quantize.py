@@ -25,6 +25,7 @@ from pathlib import Path
 from quantsense.errors import QuantsenseError
 
 from quantsense.backends.llama_cpp.ggml_types import ALLOCATION_CANDIDATES as CANDIDATES
+from quantsense.sweeps.fisher import check_not_streamed
 
 ALIGNMENT_SLACK = 32  # bytes per tensor a GGUF file may pad between tensors
 
@@ -150,6 +151,8 @@ def quantize(
         runtime_activations=runtime_activations,
         **common,
     )
+    if estimate == "fisher":
+        check_not_streamed(ws.units)  # before any evaluation
     scorer = (
         qs.open_workspace(
             model,

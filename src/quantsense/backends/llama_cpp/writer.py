@@ -27,6 +27,7 @@ import numpy as np
 from quantsense.errors import QuantsenseError
 from quantsense.exporters.base import Exporter, ExportSource, check_plan_formats, register_exporter, run_fresh
 from quantsense.quantization.plan import Plan
+from quantsense.models.streaming import AUTO_SHARE, memory_bytes
 
 ARCHITECTURES = ("llama",)  # GGUF architectures whose tensor names the export maps (SmolLM2, Llama, ...)
 _OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per model dtype
@@ -233,10 +234,17 @@ def _verify(
         ids = Path(tmp) / "ids.json"
         ids.write_text(json.dumps(token_ids))
         window = [str(ids), str(context), str(stride)]
-        hf = _verifier("--runtime", "transformers", str(path.resolve()), *window)
-        out["transformers_perplexity"] = hf["perplexity"]
-        out["max_token_logprob_difference"] = float(np.abs(np.asarray(hf["token_logprob"]) - sim_lp).max())
-        out["quantsense_imported_by_check"] = hf["quantsense_imported"]
+        float_bytes = _float32_bytes(path)
+        if float_bytes > AUTO_SHARE * memory_bytes():  # transformers de-quantizes the whole file to float32
+            out["transformers"] = (
+                f"not reloaded: de-quantized to float32 the model takes {float_bytes / 1e9:.1f} GB, over half of this "
+                f"machine's {memory_bytes() / 1e9:.1f} GB (transformers' GGUF loader holds it whole)"
+            )
+        else:
+            hf = _verifier("--runtime", "transformers", str(path.resolve()), *window)
+            out["transformers_perplexity"] = hf["perplexity"]
+            out["max_token_logprob_difference"] = float(np.abs(np.asarray(hf["token_logprob"]) - sim_lp).max())
+            out["quantsense_imported_by_check"] = hf["quantsense_imported"]
         if not llama_cpp_available():
             out["llama_cpp"] = "not installed: pip install -c constraints.txt -e '.[llama]' to run the llama.cpp check"
             return out
@@ -249,6 +257,13 @@ def _verify(
         out.update({f"llama_cpp_{k}": v for k, v in scored.items() if k.startswith(("kl_", "top1"))})
         out.update(_speed_against_f16(f16, path, speed_repeats))
     return out
+
+
+def _float32_bytes(path: Path) -> int:
+    """What the GGUF file's tensors take de-quantized to float32."""
+    from quantsense.backends.llama_cpp.gguf_file import _read
+
+    return 4 * sum(int(t.n_elements) for t in _read(path).tensors)
 
 
 def _speed_against_f16(f16: Path, path: Path, repeats: int) -> dict:
@@ -276,6 +291,8 @@ def _verify_lines(rep: dict) -> list[str]:
         f"transformers' GGUF loader in a fresh process (quantsense imported: {rep['quantsense_imported_by_check']}): "
         f"perplexity {rep['transformers_perplexity']:.4f} vs simulated {rep['simulated_perplexity']:.4f}, largest "
         f"per-token log-prob difference {rep['max_token_logprob_difference']:.2e}"
+        if "transformers_perplexity" in rep
+        else f"transformers' GGUF loader: {rep['transformers']}"
     ]
     if "llama_cpp_perplexity" not in rep:
         return lines + [f"llama.cpp: {rep['llama_cpp']}"]
@@ -305,6 +322,7 @@ class GGUFExporter(Exporter):
 
     name = "gguf"
     single_file = True  # writes one .gguf file (--out FILE.gguf)
+    streams = True  # converts and quantizes one tensor at a time (a streamed model's blocks read from their files)
     check_plan = staticmethod(check_plan)
     write = staticmethod(write)
     llama_quantize_command = staticmethod(llama_quantize_command)  # the plan as llama-quantize's own command line

@@ -1,0 +1,154 @@
+"""Blocks streamed from their files (--stream-blocks on): the same numbers, fingerprints and store keys as a model
+loaded whole, with no block's weights left in memory between forwards."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import quantsense as qs
+from quantsense.errors import QuantsenseError
+from quantsense.quantization.plan import Plan
+from tests.conftest import save_tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def sharded_lm(tmp_path_factory):
+    """A 3-block tiny Llama (tied and untied) saved in several safetensors shards with an index, as large models are."""
+    root = tmp_path_factory.mktemp("stream")
+    out = {}
+    for tied in (False, True):
+        path = root / ("tied" if tied else "untied")
+        model = save_tiny_llama(path, tiny_tokenizer(), layers=3, intermediate=128, tied=tied)
+        (path / "model.safetensors").unlink()
+        model.save_pretrained(path, max_shard_size="40KB")
+        assert (path / "model.safetensors.index.json").is_file() and len(list(path.glob("*.safetensors"))) > 2
+        out[tied] = path
+    return out
+
+
+def _workspace(path, text, mode, **options):
+    return qs.open_workspace(
+        str(path),
+        task="wikitext",
+        data=str(text),
+        max_tokens=1024,
+        context=64,
+        stride=32,
+        quiet=True,
+        stream_blocks=mode,
+        **options,
+    )
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_streamed_blocks_give_the_same_numbers_and_keys(sharded_lm, offline_assets, tied):
+    whole = _workspace(sharded_lm[tied], offline_assets["text"], "off")
+    streamed = _workspace(sharded_lm[tied], offline_assets["text"], "on")
+    assert whole.units.stream is None and streamed.units.stream is not None
+    assert streamed.model_fp == whole.model_fp  # the store keys: same weights, same fingerprint
+    blocks = streamed.units.blocks
+    assert all(p.is_meta for b in blocks for p in b.parameters())  # nothing of a block is resident before it runs
+    ref_whole, ref_streamed = whole.engine.reference(), streamed.engine.reference()
+    for key in ref_whole.arrays:
+        assert np.array_equal(ref_whole.arrays[key], ref_streamed.arrays[key]), key
+    reads = streamed.units.stream.reads
+    plans = {
+        "block 2 int4": Plan.of({n: whole.format("int4") for n in whole.units.block_units(2)}),
+        "mixed": Plan.of(
+            {whole.units.block_units(0)[1]: whole.format("int3"), whole.units.extra_units()[-1]: whole.format("int8")}
+        ),
+    }
+    for label, plan in plans.items():
+        a = whole.engine.evaluate_many([(label, plan)])[label]
+        b = streamed.engine.evaluate_many([(label, plan)])[label]
+        for key in a.arrays:
+            assert np.array_equal(a.arrays[key], b.arrays[key]), (label, key)
+    batches = len(streamed.batches)
+    # prefix reuse: "block 2 int4" replays blocks 0 and 1 (never read) and reads block 2 once per batch
+    assert streamed.units.stream.reads - reads == batches * (1 + 3)
+    assert all(p.is_meta for b in blocks for p in b.parameters())  # and released after each forward
+    assert not streamed.units.stream.overrides  # the plan's weights are gone with the plan
+    assert float(np.mean(b.arrays["kl"])) > 1e-4  # the plans changed the outputs (the comparison is not vacuous)
+
+
+def test_a_file_missing_a_block_weight_is_refused_as_the_eager_load_refuses_it(sharded_lm, offline_assets, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded_lm[False], broken)
+    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    key = "model.layers.1.mlp.down_proj.weight"
+    shard = broken / index["weight_map"].pop(key)
+    tensors = load_file(shard)
+    del tensors[key]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    for mode in ("off", "on"):
+        with pytest.raises(QuantsenseError, match="incomplete.*model.layers.1.mlp.down_proj.weight"):
+            _workspace(broken, offline_assets["text"], mode)
+
+
+def test_a_streamed_model_refuses_what_needs_it_whole(sharded_lm, offline_assets, tmp_path):
+    ws = _workspace(sharded_lm[False], offline_assets["text"], "on")
+    plan = Plan.of({ws.units.block_units(0)[0]: ws.format("int8")})
+    with pytest.raises(QuantsenseError, match="torchao export builds the whole quantized model in memory"):
+        qs.export(ws, plan, tmp_path / "out", target="torchao")
+    with pytest.raises(QuantsenseError, match="Fisher estimate back-propagates"):
+        qs.run_frontier(ws, budgets=[6.0], candidates=["int4", "int8"], unit="linear", reduced="fisher")
+    with pytest.raises(QuantsenseError, match=r"stream_blocks \(--stream-blocks\) must be one of auto, on, off"):
+        _workspace(sharded_lm[False], offline_assets["text"], "always")
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_streams_only_a_model_too_large_for_memory(sharded_lm, offline_assets, monkeypatch):
+    from quantsense.models import streaming
+
+    assert _workspace(sharded_lm[False], offline_assets["text"], "auto").units.stream is None
+    monkeypatch.setattr(streaming, "memory_bytes", lambda: 1000)  # a machine smaller than this tiny model
+    assert _workspace(sharded_lm[False], offline_assets["text"], "auto").units.stream is not None
+
+
+def test_a_streamed_model_converts_to_the_same_gguf(sharded_lm, tmp_path):
+    """The GGUF conversion of a streamed model reads each block tensor from its file: the file is byte-identical."""
+    pytest.importorskip("gguf")
+    from quantsense.backends.llama_cpp.gguf_convert import gguf_tensors
+    from quantsense.models.loading import load_model
+    from quantsense.tasks import make_task
+
+    head = make_task("wikitext").model_head
+    whole = load_model(str(sharded_lm[False]), head, "cpu", stream="off", quiet=True).model
+    streamed = load_model(str(sharded_lm[False]), head, "cpu", stream="on", quiet=True).model
+    a, b = gguf_tensors(whole), gguf_tensors(streamed)
+    assert [n for n, _, _ in a] == [n for n, _, _ in b]
+    for (name, _, read_a), (_, _, read_b) in zip(a, b):
+        assert torch.equal(read_a(), read_b()), name
+
+
+def test_a_gguf_model_streams_its_blocks_from_the_file(smollm2):
+    """SmolLM2's Q4_1 GGUF: each block de-quantized from the file as it runs gives what transformers' whole load gives."""
+    from quantsense.models.streaming import GGUFSource  # noqa: F401  (the source under test)
+
+    from tests.conftest import WIKI
+
+    def ws(mode):
+        return qs.open_workspace(
+            str(smollm2),
+            task="wikitext",
+            data=str(WIKI),
+            max_tokens=96,
+            context=48,
+            stride=48,
+            quiet=True,
+            stream_blocks=mode,
+        )
+
+    whole, streamed = ws("off"), ws("on")
+    assert streamed.model_fp == whole.model_fp and streamed.units.stream is not None
+    plan = Plan.of({n: whole.format("q4_0") for n in whole.units.block_units(29)})
+    a = whole.engine.evaluate_many([("p", plan)])["p"]
+    b = streamed.engine.evaluate_many([("p", plan)])["p"]
+    for key in a.arrays:
+        assert np.array_equal(a.arrays[key], b.arrays[key]), key
+    assert float(np.mean(a.arrays["kl"])) > 1e-5
