@@ -38,11 +38,12 @@ from quantsense.sweeps.sweep import build_entries, run_sweep, skipped_pairs
 from quantsense.workspace import Workspace
 
 PHASES = ("baseline", "sensitivity", "proxies", "mixed", "ablation")
+REFERENCE_NAMES = {"float32": "FP32", "bfloat16": "BF16", "float16": "FP16"}  # the unquantized model, by its dtype
 
 
 def baseline(ws: Workspace) -> dict:
     """Phase 1: the unquantized model's figures (accuracy, or perplexity), with ``summary``, the task's sentence."""
-    base = ws.task.baseline(ws.reference(), ws.data)
+    base = {**ws.task.baseline(ws.reference(), ws.data), "reference": REFERENCE_NAMES.get(ws.dtype, ws.dtype)}
     return {**base, "summary": ws.task.baseline_text(base)}
 
 

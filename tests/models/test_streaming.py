@@ -152,3 +152,26 @@ def test_a_gguf_model_streams_its_blocks_from_the_file(smollm2):
     for key in a.arrays:
         assert np.array_equal(a.arrays[key], b.arrays[key]), key
     assert float(np.mean(a.arrays["kl"])) > 1e-5
+
+
+def test_bfloat16_runs_the_reference_and_the_plans_in_bfloat16(sharded_lm, offline_assets):
+    """--dtype bfloat16 on CPU: blocks computed in bfloat16 (streamed or not), the KL measured against the bfloat16
+    reference, the baseline named for its dtype; the figures stay close to float32's."""
+    from quantsense.study import baseline
+
+    runs = {}
+    for dtype, mode in (("float32", "off"), ("bfloat16", "on"), ("bfloat16", "off")):
+        ws = _workspace(sharded_lm[False], offline_assets["text"], mode, dtype=dtype)
+        seen = []
+        hook = ws.units.blocks[0].mlp.down_proj.register_forward_hook(lambda m, a, o: seen.append(m.weight.dtype))
+        plan = Plan.of({n: ws.format("int4") for n in ws.units.block_units(1)})
+        runs[(dtype, mode)] = (baseline(ws), ws.engine.evaluate_many([("p", plan)])["p"], ws.model_fp)
+        hook.remove()
+        assert seen and set(seen) == {getattr(torch, dtype)}
+    fp32, bf16, bf16_whole = runs[("float32", "off")], runs[("bfloat16", "on")], runs[("bfloat16", "off")]
+    assert fp32[0]["summary"].startswith("FP32 perplexity") and bf16[0]["summary"].startswith("BF16 perplexity")
+    assert bf16[2] == bf16_whole[2] != fp32[2]  # the bfloat16 weights have their own store key, streamed or not
+    assert np.array_equal(bf16[1].arrays["kl"], bf16_whole[1].arrays["kl"])
+    assert abs(bf16[0]["perplexity"] / fp32[0]["perplexity"] - 1) < 0.02
+    kl_fp32, kl_bf16 = float(np.mean(fp32[1].arrays["kl"])), float(np.mean(bf16[1].arrays["kl"]))
+    assert 0.5 < kl_bf16 / kl_fp32 < 2.0  # against its own dtype's reference, the plan's effect is the same size

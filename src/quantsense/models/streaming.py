@@ -35,6 +35,10 @@ class WeightSource:
     def read(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def stored_dtype(self, name: str) -> torch.dtype:
+        """The dtype the file holds tensor ``name`` in (float32 where it is quantized, as in a GGUF)."""
+        return torch.float32
+
 
 class SafetensorsSource(WeightSource):
     """A Hugging Face model folder's ``*.safetensors`` (one file, or shards with ``model.safetensors.index.json``)."""
@@ -62,6 +66,13 @@ class SafetensorsSource(WeightSource):
         with safe_open(str(self.files[name]), framework="pt") as f:
             tensor = f.get_tensor(name)
         return tensor.to(dtype) if tensor.is_floating_point() else tensor.clone()
+
+    def stored_dtype(self, name: str) -> torch.dtype:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            code = f.get_slice(name).get_dtype()
+        return {"BF16": torch.bfloat16, "F16": torch.float16}.get(code, torch.float32)
 
 
 class GGUFSource(WeightSource):

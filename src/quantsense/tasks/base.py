@@ -187,6 +187,7 @@ class Task:
     # -- words --------------------------------------------------------------------------------
     @classmethod
     def baseline_text(cls, base: dict) -> str:
+        """The unquantized model's headline figures; ``base["reference"]`` names it by its dtype (FP32, BF16, FP16)."""
         raise NotImplementedError
 
     @classmethod

@@ -150,7 +150,7 @@ class SentenceClassification(Task):
 
     @classmethod
     def baseline_text(cls, base: dict) -> str:
-        return f"FP32 accuracy: {base['accuracy']:.2f} % ({base['correct']}/{base['n']})"
+        return f"{base.get('reference', 'FP32')} accuracy: {base['accuracy']:.2f} % ({base['correct']}/{base['n']})"
 
     @classmethod
     def effect_text(cls, row: dict) -> str:

@@ -297,7 +297,7 @@ class LanguageModelPerplexity(Task):
         first = base.get("first_token", 0)
         where = f"first {base['max_tokens']} tokens" if not first else f"{base['max_tokens']} tokens from token {first}"
         return (
-            f"FP32 perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
+            f"{base.get('reference', 'FP32')} perplexity: {base['perplexity']:.3f} on {base['scored_tokens']} scored tokens "
             f"({where}, context {base['context']}, stride {base['stride']})"
         )
 

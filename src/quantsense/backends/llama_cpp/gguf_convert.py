@@ -5,7 +5,8 @@ style byte-level BPE tokenizer need (SmolLM2, Llama 3, ...): the hyper-parameter
 keys, the vocabulary, merges and special tokens as ``tokenizer.*`` keys, and every weight under its
 GGUF name, with attn_q/attn_k rows permuted into llama.cpp's rotary layout (the inverse of what
 transformers' GGUF loader undoes). Weights are written in the model's own dtype (float32 -> F32,
-bfloat16 -> BF16, float16 -> F16), so the file holds exactly the weights the simulation measured;
+bfloat16 -> BF16, float16 -> F16; a model streamed from bf16 files: BF16, the same values), so the file holds exactly
+the weights the simulation measured, read and written one tensor at a time;
 :func:`quantsense.backends.llama_cpp.gguf_file.write_gguf` then quantizes the planned tensors from it.
 
 What this converter does not map is refused in one line naming the llama.cpp converter as the fix:
@@ -174,13 +175,25 @@ def gguf_tensors(model):
             continue  # llama.cpp reads the output matrix from token_embd when output.weight is absent
         rows = heads if name.endswith("self_attn.q_proj.weight") else None
         rows = kv_heads if name.endswith("self_attn.k_proj.weight") else rows
+        stored = _stored_dtype(stream, name, weight)
 
-        def read(name=name, weight=weight, rows=rows):
-            value = stream.parameter(name) if weight.is_meta else weight
+        def read(name=name, weight=weight, rows=rows, stored=stored):
+            value = (stream.parameter(name) if weight.is_meta else weight).to(stored)
             return _rotary_rows(value, rows) if rows is not None else value
 
-        out.append((hf_to_gguf_name(name, config.num_hidden_layers), weight, read))
+        layout = torch.empty(weight.shape, dtype=stored, device="meta")
+        out.append((hf_to_gguf_name(name, config.num_hidden_layers), layout, read))
     return out
+
+
+def _stored_dtype(stream, name: str, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a weight is written in: the model's own, or, for a model streamed from its files, the files' narrower
+    float dtype (the compute dtype's values are that dtype's, cast exactly: a bf16 checkpoint computed in float32
+    converts to a BF16 GGUF, half the size, with the same values)."""
+    if stream is None or not weight.is_floating_point():
+        return weight.dtype
+    stored = stream.source.stored_dtype(name)
+    return stored if torch.finfo(stored).bits < torch.finfo(weight.dtype).bits else weight.dtype
 
 
 def _layout(weight: torch.Tensor) -> tuple[str, tuple[int, ...], np.dtype, int]:
@@ -216,7 +229,7 @@ def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
         for gguf_name, weight, _ in tensors:  # the table of contents first, from shapes alone
             gguf_type, shape, dtype, nbytes = _layout(weight)
             writer.add_tensor_info(gguf_name, shape, dtype, nbytes, raw_dtype=gguf.GGMLQuantizationType[gguf_type])
-        writer.add_file_type(_FILE_TYPES[model.get_input_embeddings().weight.dtype])
+        writer.add_file_type(_FILE_TYPES[next(w.dtype for _, w, _ in tensors if w.dim() == 2)])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

