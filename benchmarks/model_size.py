@@ -4,18 +4,19 @@ the cost model that predicts a whole allocation's time for 8B and 70B (issue #32
 Each command runs as a user runs it, in a fresh process (``python -m quantsense ...``, the model streamed from its
 files where --stream-blocks auto decides so), on few tokens (one window of ``--tokens``: the smallest that gives
 the sweep its 8 bootstrap blocks of 128 tokens). Per model: ``baseline`` (one full forward, the FP32 reference),
-``sensitivity --unit block --blocks 0 LAST --formats q4_0 q8_0`` (4 evaluations: block 0's run every block, the last
-block's only that block, the prefix being replayed) and ``export --format gguf`` of a plan (block 0 at q4_0) with its
-llama.cpp check. Peak RSS is the process's own (``ru_maxrss``); the seconds are the engine's own per evaluation.
+``sensitivity --unit linear --blocks 0 LAST --formats q4_K iq4_xs`` (the linears of the first and the last block:
+block 0's evaluations run every block, the last block's only that block, the prefix being replayed; on a model whose
+rows are not multiples of 256 the formats' 256-weight blocks fit few linears, and the sweep says which it skipped)
+and ``export --format gguf`` of a plan (every block at q4_0) with its llama.cpp check. Peak RSS is the process's own (``ru_maxrss``); the seconds are the engine's own per evaluation.
 
 The cost model: a forward costs ``c`` seconds per token per billion parameters (from the baseline's one full
 forward: the FP32 reference), so an allocation's sweep costs about ``c * tokens * params * (forwards)``, where a
 reduced sweep of ``U`` linear units measures each once on a quarter of its tokens (its first data segment) and a
 unit at depth d costs the blocks from d on (half a forward on average, the prefix replayed), plus its plan checks.
-The GPU line is a prediction from an assumed effective throughput (no GPU was measured unless ``--gpu-seconds``
-gives a measured ``c``), and says so.
+The GPU line is a prediction from an assumed effective throughput (no GPU was lent to measure one), and says so.
 
     python benchmarks/model_size.py --model smollm2=PATH.gguf l2=DIR l32=DIR --data wiki.test.raw --out results/size
+    python benchmarks/model_size.py --run sensitivity --model DIR ...   # one command, then its peak RSS and seconds
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ print(json.dumps({"code": code, "peak": resource.getrusage(resource.RUSAGE_SELF)
 """
 COMPUTED = re.compile(r"(\d+) evaluation\(s\) computed in ([\d.]+) s")
 GPU_TFLOPS = 200.0  # an assumed effective H100 bf16 throughput for these matrix products (not measured)
+GPU_MEMORY = 80e9  # one H100's memory: a model's bf16 weights beyond it are streamed over PCIe each forward
+PCIE_BYTES_PER_S = 25e9  # an assumed effective host-to-GPU copy rate (not measured)
 
 
 def params_of(model: str) -> tuple[int, int]:
@@ -58,6 +61,8 @@ def run(argv: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:1])} failed:\n{proc.stderr[-3000:]}")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
+    if found["code"] != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {found['code']}:\n{proc.stderr[-3000:]}")
     computed = COMPUTED.search(proc.stdout)
     evaluations, seconds = (int(computed.group(1)), float(computed.group(2))) if computed else (0, 0.0)
     return {
@@ -98,21 +103,21 @@ def measure(name: str, model: str, data: str, tokens: int, out: Path) -> dict:
             "sensitivity",
             *common,
             "--unit",
-            "block",
+            "linear",
             "--blocks",
             "0",
             str(blocks - 1),
             "--formats",
-            "q4_0",
-            "q8_0",
+            "q4_K",
+            "iq4_xs",
             "--out",
             str(out / f"{name}-sensitivity"),
         ]
     )
     row["sensitivity"] = sens
     plan = out / f"{name}-plan.json"
-    plan.write_text(json.dumps({"blocks": {"0": {"format": "q4_0"}}}))
-    export = run(["export", *common, "--plan", str(plan), "--format", "gguf", "--out", str(out / f"{name}.gguf")])
+    plan.write_text(json.dumps({"blocks": {str(b): {"format": "q4_0"} for b in range(blocks)}}))
+    export = run(["export", str(plan), *common, "--format", "gguf", "--out", str(out / f"{name}.gguf")])
     row["export"] = export
     for key in ("baseline", "sensitivity", "export"):
         row[key].pop("stdout")
@@ -128,7 +133,18 @@ def allocation_seconds(c: float, params: float, blocks: int, tokens: int = 4096,
     return c * tokens * (params / 1e9) * forwards
 
 
+def run_one(argv: list[str]) -> None:
+    """``--run QUANTSENSE ARGS...``: one command, as a user runs it, then its peak RSS and seconds."""
+    found = run(argv)
+    print(found["stdout"].rstrip())
+    print(f"[{argv[0]}: peak RSS {found['peak_gb']:.2f} GB, {found['wall_s']:.0f} s in all]")
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["--run"]:
+        return run_one(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", nargs="+", required=True, help="NAME=PATH, smallest first")
     p.add_argument("--data", required=True)
@@ -158,9 +174,19 @@ def main() -> None:
     for label, params, blocks in (("8B", 8.03e9, 32), ("70B", 70.6e9, 80)):
         cpu = allocation_seconds(c, params, blocks)
         gpu = allocation_seconds(gpu_c, params, blocks)
+        streamed = max(0.0, 2 * params - GPU_MEMORY)  # bf16 bytes that do not fit the GPU, copied each forward
+        per_forward = streamed / PCIE_BYTES_PER_S
+        gpu += per_forward * allocation_seconds(1.0, 1e9, blocks, tokens=1)  # the same number of forwards
         print(
-            f"{label}: predicted reduced-sweep allocation at 4,096 selection tokens: CPU (this machine) {cpu / 3600:.1f} h; "
-            f"one GPU {gpu / 60:.1f} min (predicted from an assumed {GPU_TFLOPS:.0f} TFLOP/s, not measured)"
+            f"{label}: predicted reduced-sweep allocation at 4,096 selection tokens: CPU (this machine, as measured on "
+            f"{rows[-1]['model']}: its file reads included) {cpu / 3600:.1f} h; one GPU {gpu / 60:.1f} min (predicted "
+            f"from an assumed {GPU_TFLOPS:.0f} TFLOP/s"
+            + (
+                f" and {streamed / 1e9:.0f} GB streamed per forward at {PCIE_BYTES_PER_S / 1e9:.0f} GB/s"
+                if streamed
+                else ""
+            )
+            + "; no GPU was lent to measure it)"
         )
 
 

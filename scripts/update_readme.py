@@ -46,6 +46,12 @@ CLS = f"--model {MODEL} --data {DATA} --store results/store.sqlite --quiet"
 LM_WINDOWS = "--max-tokens 4096 --context 1024 --stride 1024"
 LM = f"--task wikitext --model {SMOL} --data {WIKI} --store results/smollm2.sqlite --quiet"
 
+# the 32-layer Llama-3-8B-shaped model: python benchmarks/make_llama_shaped.py --layers 32 --out results/llama-8b-shaped
+LLAMA_8B_GGUF = (
+    f"--model results/llama-8b-shaped/gguf/model-bf16.gguf --task wikitext --data {WIKI} --max-tokens 1040 "
+    "--context 1040 --stride 1040 --store results/llama-8b-gguf.sqlite"
+)
+
 # name: (command, [(produced file, copied to)])
 SECTIONS = {
     "study": (
@@ -125,6 +131,20 @@ SECTIONS = {
     ),
     "beat-target-size": (
         f"python benchmarks/beat_target_size.py --model results/smollm2-float --data {WIKI} --out results/target-size",
+        [],
+    ),
+    "model-size": (
+        f"python benchmarks/model_size.py --model smollm2={SMOL} llama-8b-2l=results/llama-8b-shaped-2l "
+        f"llama-8b-32l=results/llama-8b-shaped --data {WIKI} --out results/model-size",
+        [],
+    ),
+    "llama-8b-gguf-baseline": (
+        f"python benchmarks/model_size.py --run baseline {LLAMA_8B_GGUF} --fresh --out results/llama-8b-gguf-baseline",
+        [],
+    ),
+    "llama-8b-gguf-export": (
+        f"python benchmarks/model_size.py --run export results/model-size/llama-8b-32l-plan.json {LLAMA_8B_GGUF} "
+        "--format gguf --out results/llama-8b-gguf-q4_0.gguf",
         [],
     ),
     "fisher-agreement": (

@@ -175,3 +175,15 @@ def test_bfloat16_runs_the_reference_and_the_plans_in_bfloat16(sharded_lm, offli
     assert abs(bf16[0]["perplexity"] / fp32[0]["perplexity"] - 1) < 0.02
     kl_fp32, kl_bf16 = float(np.mean(fp32[1].arrays["kl"])), float(np.mean(bf16[1].arrays["kl"]))
     assert 0.5 < kl_bf16 / kl_fp32 < 2.0  # against its own dtype's reference, the plan's effect is the same size
+
+
+def test_the_command_line_says_when_it_streams(sharded_lm, offline_assets, capsys):
+    from quantsense.cli import main
+
+    argv = ["baseline", "--model", str(sharded_lm[False]), "--task", "wikitext", "--data", str(offline_assets["text"])]
+    argv += ["--max-tokens", "256", "--context", "64", "--stride", "64", "--no-store"]
+    assert main([*argv, "--stream-blocks", "on"]) == 0
+    said = capsys.readouterr().out
+    assert "Blocks streamed from the model's files (--stream-blocks): 3 blocks of" in said and "FP32 perplexity" in said
+    assert main([*argv, "--stream-blocks", "off"]) == 0
+    assert "Blocks streamed" not in capsys.readouterr().out

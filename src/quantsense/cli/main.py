@@ -111,6 +111,26 @@ def _quiet_third_party(quiet: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+def _stream_note(ws) -> None:
+    """Say so when the blocks are read from the model's files as they run (--stream-blocks), with what stays."""
+    stream = ws.units.stream
+    if stream is None:
+        return
+    resident = sum(p.numel() * p.element_size() for p in ws.model.parameters() if not p.is_meta)
+    block = sum(p.numel() for p in ws.units.blocks[0].parameters()) * _element_size(stream.dtype)
+    dtype = str(stream.dtype).removeprefix("torch.")
+    _say(
+        f"Blocks streamed from the model's files (--stream-blocks): {ws.units.num_blocks} blocks of "
+        f"{block / 1e9:.2f} GB ({dtype}) read as each runs; {resident / 1e9:.2f} GB stays in memory."
+    )
+
+
+def _element_size(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
 def _store_note(ws) -> None:
     stats = ws.engine.stats
     if stats.from_store and not stats.computed:
@@ -301,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         options = _options(args)
         store = options.store
         ws = open_workspace(options)
+        _stream_note(ws)
         result = _run(args, ws)
         _store_note(ws)
         if result is not None:
