@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow  # writes a 3 GB model; its tokenizer comes from S
 
 PEAK = """
 import json, resource, sys
-import torch, transformers, quantsense.cli
+import torch, transformers, tokenizers, safetensors, quantsense.cli, quantsense.workspace
+import transformers.models.llama.modeling_llama, quantsense.tasks.language_model  # the code a run loads, before "base"
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 code = quantsense.cli.main(sys.argv[1:])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -15,6 +15,7 @@ weights replace the file's while it is applied (:attr:`StreamedBlocks.overrides`
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from torch import nn
 from quantsense.errors import QuantsenseError
 
 STREAM_MODES = ("auto", "on", "off")
+CAST_CHUNK = 1 << 24  # elements cast at a time when a tensor's file dtype differs from the compute dtype
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 AUTO_SHARE = 0.5  # ``--stream-blocks auto`` streams a model whose weights would take more than this share of memory
 
 
@@ -64,15 +67,24 @@ class SafetensorsSource(WeightSource):
 
         # opened for each read and closed after: a mapping kept open would keep every page read so far in the process
         with safe_open(str(self.files[name]), framework="pt") as f:
-            tensor = f.get_tensor(name)
-        return tensor.to(dtype) if tensor.is_floating_point() else tensor.clone()
+            part = f.get_slice(name)
+            shape = part.get_shape()
+            stored = _SAFETENSORS_FLOATS.get(part.get_dtype())
+            if stored is None or stored == dtype or len(shape) < 2 or math.prod(shape) < CAST_CHUNK:
+                tensor = f.get_tensor(name)
+                return tensor.to(dtype) if tensor.is_floating_point() else tensor.clone()
+            out = torch.empty(shape, dtype=dtype)  # cast a few rows at a time: no whole copy in the file's dtype
+            step = max(1, CAST_CHUNK // math.prod(shape[1:]))
+            for start in range(0, shape[0], step):
+                out[start : start + step] = part[start : start + step].to(dtype)
+            return out
 
     def stored_dtype(self, name: str) -> torch.dtype:
         from safetensors import safe_open
 
         with safe_open(str(self.files[name]), framework="pt") as f:
             code = f.get_slice(name).get_dtype()
-        return {"BF16": torch.bfloat16, "F16": torch.float16}.get(code, torch.float32)
+        return _SAFETENSORS_FLOATS.get(code, torch.float32)
 
 
 class GGUFSource(WeightSource):
