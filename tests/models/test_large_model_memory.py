@@ -2,9 +2,11 @@
 benchmarks/make_llama_shaped.py), run as a user runs it, in a fresh process.
 
 Streamed (--stream-blocks on), the process holds what stays resident (the token embedding and the output head, in the
-float32 the evaluation computes in) and about one block; loaded whole it holds both blocks too. What the process
-takes beyond its libraries (its peak RSS less the RSS after importing quantsense, torch and transformers) is asserted
-against the model's own sizes, computed from its config."""
+float32 the evaluation computes in) and about one block, never both. What the process takes beyond its libraries (its
+peak RSS less the RSS after importing the code a run loads) is asserted against the model's own sizes, computed from
+its config. (A whole load is not compared: transformers memory-maps the files, and how much of a mapping counts in a
+process's RSS depends on the machine's memory pressure; the streamed numbers equal a whole load's in
+tests/models/test_streaming.py.)"""
 
 from __future__ import annotations
 
@@ -91,10 +93,9 @@ def _run(folder, out, stream: str) -> dict:
 def test_a_streamed_8b_wide_model_holds_its_resident_weights_and_one_block(llama_8b_wide, tmp_path):
     sizes = _sizes(llama_8b_wide)
     assert sizes["resident"] > 4e9 and sizes["block"] > 8e8  # the widths are Llama-3-8B's (vocab 128256, 14336)
+    bound = sizes["resident"] + 1.5 * sizes["block"]  # what stays, one block, and slack for the activations
+    assert bound < sizes["total"]  # below holding both blocks: the bound is not vacuous
     streamed = _run(llama_8b_wide, tmp_path / "streamed", "on")
-    whole = _run(llama_8b_wide, tmp_path / "whole", "off")
-    # one block at a time, plus the one-time reading of the head (bf16 and float32 side by side for a moment)
-    assert streamed["grew"] < sizes["resident"] + 1.5 * sizes["block"], (streamed["grew"], sizes)
-    assert whole["grew"] > sizes["total"]  # loaded whole, both blocks are in memory: the bound above is not vacuous
-    ppl = [line for line in streamed["text"].splitlines() if "perplexity" in line]
-    assert ppl and ppl == [line for line in whole["text"].splitlines() if "perplexity" in line]  # the same numbers
+    assert "Blocks streamed from the model's files (--stream-blocks): 2 blocks of 0.87 GB (float32)" in streamed["text"]
+    assert streamed["grew"] < bound, (streamed["grew"], sizes)
+    assert any(line.startswith("FP32 perplexity: ") for line in streamed["text"].splitlines())
