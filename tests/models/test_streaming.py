@@ -187,3 +187,20 @@ def test_the_command_line_says_when_it_streams(sharded_lm, offline_assets, capsy
     assert "Blocks streamed from the model's files (--stream-blocks): 3 blocks of" in said and "FP32 perplexity" in said
     assert main([*argv, "--stream-blocks", "off"]) == 0
     assert "Blocks streamed" not in capsys.readouterr().out
+
+
+def test_a_plan_over_every_block_quantizes_each_weight_when_its_block_runs(sharded_lm, offline_assets):
+    """Applying a plan to a streamed model holds no quantized weight: each is made when its block runs (a whole-model
+    plan on an 8B model would otherwise hold every quantized weight at once), with the same outputs as a whole load."""
+    whole = _workspace(sharded_lm[False], offline_assets["text"], "off")
+    streamed = _workspace(sharded_lm[False], offline_assets["text"], "on")
+    plan = Plan.of({n: whole.format("int4") for b in range(3) for n in whole.units.block_units(b)})
+    streamed.applier.cache_bytes = 0  # nothing kept between blocks either
+    with streamed.applier.applied(plan):
+        assert set(streamed.units.stream.overrides) == {n for n, _ in plan.assignments}
+        assert all(callable(v) for v in streamed.units.stream.overrides.values())
+        assert not streamed.applier._cache
+    a = whole.engine.evaluate_many([("all", plan)])["all"]
+    b = streamed.engine.evaluate_many([("all", plan)])["all"]
+    for key in a.arrays:
+        assert np.array_equal(a.arrays[key], b.arrays[key]), key

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -141,12 +142,13 @@ class GGUFSource(WeightSource):
 class StreamedBlocks:
     """Reads each block's parameters from ``source`` when its forward starts and drops them when it returns.
 
-    ``overrides`` (module name -> weight) replaces a module's weight from the file while a plan is applied. ``reads``
-    counts the block loads (for benchmarks)."""
+    ``overrides`` (module name -> a callable giving the weight) replaces a module's weight from the file while a plan
+    is applied: called when the block runs, so a plan over every block never holds every quantized weight at once.
+    ``reads`` counts the block loads (for benchmarks)."""
 
     def __init__(self, prefix: str, blocks: list[nn.Module], source: WeightSource, dtype, device):
         self.prefix, self.blocks, self.source, self.dtype, self.device = prefix, blocks, source, dtype, device
-        self.overrides: dict[str, torch.Tensor] = {}
+        self.overrides: dict[str, Callable[[], torch.Tensor]] = {}
         self.reads = 0
         self._params: list[list[tuple[nn.Module, str, str, str]]] = []  # per block: (module, attribute, key, owner)
         for j, block in enumerate(blocks):
@@ -177,7 +179,7 @@ class StreamedBlocks:
         self.reads += 1
         for module, attribute, key, owner in self._params[j]:
             override = self.overrides.get(owner) if attribute == "weight" else None
-            value = override if override is not None else self.source.read(key, self.dtype).to(self.device)
+            value = override() if override is not None else self.source.read(key, self.dtype).to(self.device)
             module._parameters[attribute] = nn.Parameter(value, requires_grad=False)
 
     def release(self, j: int) -> None:

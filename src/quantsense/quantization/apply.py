@@ -8,6 +8,7 @@ prefix reuse of :mod:`quantsense.engine.prefix` stays valid because a hook only 
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -92,12 +93,13 @@ class PlanApplier:
         self.check(plan)  # every name and shape before touching weights
         try:
             for name, config in plan.assignments:
+                if self._streamed(name):  # quantized when its block runs (the LRU cache bounds what is kept)
+                    self._active.append(name)
+                    self._stream.overrides[name] = functools.partial(self.quantized, name, config)
+                    continue
                 q = self.quantized(name, config)
                 self._active.append(name)
-                if self._streamed(name):
-                    self._stream.overrides[name] = q  # the block takes it instead of the file's when it runs
-                else:
-                    self.unit_map.get(name).weight.copy_(q)
+                self.unit_map.get(name).weight.copy_(q)
                 self._hook_inputs(name, config)
         except BaseException:
             self.restore()
