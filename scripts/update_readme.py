@@ -47,6 +47,10 @@ LM_WINDOWS = "--max-tokens 4096 --context 1024 --stride 1024"
 LM = f"--task wikitext --model {SMOL} --data {WIKI} --store results/smollm2.sqlite --quiet"
 
 # the 32-layer Llama-3-8B-shaped model: python benchmarks/make_llama_shaped.py --layers 32 --out results/llama-8b-shaped
+LLAMA_8B = (
+    f"--model results/llama-8b-shaped --task wikitext --data {WIKI} --max-tokens 1040 --context 1040 --stride 1040 "
+    "--store results/llama-8b.sqlite"
+)
 LLAMA_8B_GGUF = (
     f"--model results/llama-8b-shaped/gguf/model-bf16.gguf --task wikitext --data {WIKI} --max-tokens 1040 "
     "--context 1040 --stride 1040 --store results/llama-8b-gguf.sqlite"
@@ -138,12 +142,18 @@ SECTIONS = {
         f"llama-8b-32l=results/llama-8b-shaped --data {WIKI} --out results/model-size",
         [],
     ),
-    "llama-8b-gguf-baseline": (
-        f"python benchmarks/model_size.py --run baseline {LLAMA_8B_GGUF} --fresh --out results/llama-8b-gguf-baseline",
+    "llama-8b-export": (
+        f"python benchmarks/model_size.py --run export benchmarks/plans/llama-8b-q4_0.json {LLAMA_8B} --format gguf "
+        "--out results/llama-8b-q4_0.gguf",
+        [],
+    ),
+    "llama-8b-sensitivity": (
+        f"python benchmarks/model_size.py --run sensitivity {LLAMA_8B} --unit linear --blocks 0 31 "
+        "--formats q4_K iq4_xs --out results/llama-8b-sensitivity",
         [],
     ),
     "llama-8b-gguf-export": (
-        f"python benchmarks/model_size.py --run export results/model-size/llama-8b-32l-plan.json {LLAMA_8B_GGUF} "
+        f"python benchmarks/model_size.py --run export benchmarks/plans/llama-8b-q4_0.json {LLAMA_8B_GGUF} "
         "--format gguf --out results/llama-8b-gguf-q4_0.gguf",
         [],
     ),
