@@ -25,7 +25,7 @@ from torch import nn
 from quantsense.errors import QuantsenseError
 
 STREAM_MODES = ("auto", "on", "off")
-CAST_CHUNK = 1 << 24  # elements cast at a time when a tensor's file dtype differs from the compute dtype
+CAST_CHUNK = 1 << 24  # elements read and cast at a time: no whole copy of a large tensor in its file's dtype
 _SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 AUTO_SHARE = 0.5  # ``--stream-blocks auto`` streams a model whose weights would take more than this share of memory
 
@@ -118,13 +118,43 @@ class GGUFSource(WeightSource):
         from gguf import dequantize
 
         tensor = self.tensors[name]
+        if self._by_rows(tensor):
+            return self._rows(tensor, dtype)
         result = self.processor.process(
             weights=dequantize(self._bytes(tensor), tensor.tensor_type),
             name=tensor.name,
             tensor_key_mapping=self.mapping,
             parsed_parameters=self.parsed,
         )
-        return torch.from_numpy(np.copy(result.weights)).to(torch.float32).to(dtype)
+        return torch.from_numpy(np.ascontiguousarray(result.weights)).to(torch.float32).to(dtype)
+
+    def _by_rows(self, tensor) -> bool:
+        """A large tensor the processor leaves as it is (not a Llama attn_q/attn_k): de-quantized a few rows at a time."""
+        from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor, TensorProcessor
+
+        plain = type(self.processor) in (TensorProcessor, LlamaTensorProcessor)
+        rotary = ".attn_q." in tensor.name or ".attn_k." in tensor.name
+        return plain and not rotary and tensor.data.ndim == 2 and int(tensor.n_elements) >= CAST_CHUNK
+
+    def _rows(self, tensor, dtype: torch.dtype) -> torch.Tensor:
+        import os
+
+        import numpy as np
+        from gguf import dequantize
+
+        like = tensor.data
+        rows, row_bytes = like.shape[0], int(tensor.n_bytes) // like.shape[0]
+        step = max(1, CAST_CHUNK * rows // int(tensor.n_elements))
+        out = None
+        with open(self.path, "rb") as f:
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                raw = os.pread(f.fileno(), n * row_bytes, int(tensor.data_offset) + start * row_bytes)
+                part = dequantize(np.frombuffer(raw, dtype=like.dtype).reshape(n, *like.shape[1:]), tensor.tensor_type)
+                if out is None:
+                    out = torch.empty((rows, *part.shape[1:]), dtype=dtype)
+                out[start : start + n] = torch.from_numpy(part).to(torch.float32).to(dtype)
+        return out
 
     def _bytes(self, tensor):
         """The tensor's data as the reader's memory map shapes it, read with a plain file read: pages touched through
