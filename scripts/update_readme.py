@@ -152,6 +152,10 @@ SECTIONS = {
         "--formats q4_K iq4_xs --out results/llama-8b-sensitivity",
         [],
     ),
+    "llama-8b-gguf-baseline": (
+        f"python benchmarks/model_size.py --run baseline {LLAMA_8B_GGUF} --fresh --out results/llama-8b-gguf-baseline",
+        [],
+    ),
     "llama-8b-gguf-export": (
         f"python benchmarks/model_size.py --run export benchmarks/plans/llama-8b-q4_0.json {LLAMA_8B_GGUF} "
         "--format gguf --out results/llama-8b-gguf-q4_0.gguf",
