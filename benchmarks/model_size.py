@@ -7,7 +7,10 @@ the sweep its 8 bootstrap blocks of 128 tokens). Per model: ``baseline`` (one fu
 ``sensitivity --unit linear --blocks 0 LAST --formats q4_K iq4_xs`` (the linears of the first and the last block:
 block 0's evaluations run every block, the last block's only that block, the prefix being replayed; on a model whose
 rows are not multiples of 256 the formats' 256-weight blocks fit few linears, and the sweep says which it skipped)
-and ``export --format gguf`` of a plan (every block at q4_0) with its llama.cpp check. Peak RSS is the process's own (``ru_maxrss``); the seconds are the engine's own per evaluation.
+and ``export --format gguf`` of a plan (every block at q4_0) with its llama.cpp check. Peak RSS is quantsense's own
+process's (``ru_maxrss``); the checks it runs in fresh processes are reported apart, their RSS sampled every 0.2 s
+(a child's own ``ru_maxrss`` would start from its parent's, copied at the fork); the seconds are the engine's own per
+evaluation.
 
 The cost model: a forward costs ``c`` seconds per token per billion parameters (from the baseline's one full
 forward: the FP32 reference), so an allocation's sweep costs about ``c * tokens * params * (forwards)``, where a
@@ -30,10 +33,38 @@ import time
 from pathlib import Path
 
 PEAK = """
-import json, resource, sys
+import json, os, resource, sys, threading, time
 import quantsense.cli
+
+
+def children_rss():
+    \"\"\"RSS of each live child process (the checks quantsense runs in fresh processes), from /proc.\"\"\"
+    me, found = str(os.getpid()), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[1] != me:
+                    continue
+            with open(f"/proc/{pid}/status") as f:
+                found[pid] = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration, IndexError):
+            pass
+    return found
+
+
+checks = [0]
+
+
+def sample():
+    while True:
+        checks[0] = max(checks[0], sum(children_rss().values()))
+        time.sleep(0.2)
+
+
+threading.Thread(target=sample, daemon=True).start()
 code = quantsense.cli.main(sys.argv[1:])
-print(json.dumps({"code": code, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"code": code, "peak": own, "checks_peak": checks[0]}))
 """
 COMPUTED = re.compile(r"(\d+) evaluation\(s\) computed in ([\d.]+) s")
 GPU_TFLOPS = 200.0  # an assumed effective H100 bf16 throughput for these matrix products (not measured)
@@ -60,67 +91,53 @@ def run(argv: list[str]) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:1])} failed:\n{proc.stderr[-3000:]}")
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    *printed, last = proc.stdout.strip().splitlines()
+    found = json.loads(last)
     if found["code"] != 0:
         raise SystemExit(f"{' '.join(argv)} exited {found['code']}:\n{proc.stderr[-3000:]}")
     computed = COMPUTED.search(proc.stdout)
     evaluations, seconds = (int(computed.group(1)), float(computed.group(2))) if computed else (0, 0.0)
     return {
+        "argv": argv,
         "wall_s": wall,
         "peak_gb": found["peak"] / 1e9,
+        "checks_peak_gb": found["checks_peak"] / 1e9,
         "evaluations": evaluations,
         "eval_s": seconds,
-        "stdout": proc.stdout,
+        "stdout": "\n".join(printed),
     }
 
 
-def measure(name: str, model: str, data: str, tokens: int, out: Path) -> dict:
-    params, blocks = params_of(model)
-    common = [
-        "--model",
-        model,
-        "--task",
-        "wikitext",
-        "--data",
-        data,
-        "--max-tokens",
-        str(tokens),
-        "--context",
-        str(tokens),
-        "--stride",
-        str(tokens),
-        "--device",
-        "cpu",
-        "--store",
-        str(out / f"{name}.sqlite"),
-    ]
-    row = {"model": name, "params": params, "blocks": blocks, "tokens": tokens}
-    base = run(["baseline", *common, "--fresh", "--out", str(out / f"{name}-baseline")])
-    row["baseline"] = base
-    row["s_per_token_per_b"] = base["eval_s"] / tokens / (params / 1e9)
-    sens = run(
-        [
-            "sensitivity",
-            *common,
-            "--unit",
-            "linear",
-            "--blocks",
-            "0",
-            str(blocks - 1),
-            "--formats",
-            "q4_K",
-            "iq4_xs",
-            "--out",
-            str(out / f"{name}-sensitivity"),
-        ]
-    )
-    row["sensitivity"] = sens
+def commands(name: str, model: str, blocks: int, data: str, tokens: int, out: Path) -> dict[str, list[str]]:
+    """The three commands measured per model, as a user types them."""
+    common = ["--model", model, "--task", "wikitext", "--data", data, "--max-tokens", str(tokens), "--context"]
+    common += [str(tokens), "--stride", str(tokens), "--device", "cpu", "--store", str(out / f"{name}.sqlite")]
     plan = out / f"{name}-plan.json"
     plan.write_text(json.dumps({"blocks": {str(b): {"format": "q4_0"} for b in range(blocks)}}))
-    export = run(["export", str(plan), *common, "--format", "gguf", "--out", str(out / f"{name}.gguf")])
-    row["export"] = export
-    for key in ("baseline", "sensitivity", "export"):
-        row[key].pop("stdout")
+    sweep = ["--unit", "linear", "--blocks", "0", str(blocks - 1), "--formats", "q4_K", "iq4_xs"]
+    return {
+        "baseline": ["baseline", *common, "--fresh", "--out", str(out / f"{name}-baseline")],
+        "sensitivity": ["sensitivity", *common, *sweep, "--out", str(out / f"{name}-sensitivity")],
+        "export": ["export", str(plan), *common, "--format", "gguf", "--out", str(out / f"{name}.gguf")],
+    }
+
+
+def measure(name: str, model: str, data: str, tokens: int, out: Path, done: dict, save) -> dict:
+    """One model's row. ``done`` is the row an interrupted run left (model_size.json): a command it measured with the
+    same arguments is not run again; ``save(row)`` runs after each command. Each command's own output is saved as
+    NAME-COMMAND.txt."""
+    params, blocks = params_of(model)
+    row = {"model": name, "params": params, "blocks": blocks, "tokens": tokens}
+    for key, argv in commands(name, model, blocks, data, tokens, out).items():
+        if done.get(key, {}).get("argv") == argv:
+            row[key] = done[key]
+            continue
+        row[key] = run(argv)
+        printed = f"$ quantsense {' '.join(argv)}\n{row[key].pop('stdout')}\n{peak_line(row[key])}\n"
+        (out / f"{name}-{key}.txt").write_text(printed)
+        save(row)
+    row["s_per_token_per_b"] = row["baseline"]["eval_s"] / tokens / (params / 1e9)
+    save(row)
     return row
 
 
@@ -133,11 +150,23 @@ def allocation_seconds(c: float, params: float, blocks: int, tokens: int = 4096,
     return c * tokens * (params / 1e9) * forwards
 
 
+def peak_line(found: dict) -> str:
+    checks = (
+        f"; the checks it ran in fresh processes (llama.cpp, transformers) peaked at {found['checks_peak_gb']:.2f} GB, "
+        "llama.cpp's RSS counting the pages of the model files it memory-maps"
+        if found["checks_peak_gb"] > 0.1
+        else ""
+    )
+    return (
+        f"[{found['argv'][0]}: quantsense's peak RSS {found['peak_gb']:.2f} GB{checks}; {found['wall_s']:.0f} s in all]"
+    )
+
+
 def run_one(argv: list[str]) -> None:
     """``--run QUANTSENSE ARGS...``: one command, as a user runs it, then its peak RSS and seconds."""
     found = run(argv)
     print(found["stdout"].rstrip())
-    print(f"[{argv[0]}: peak RSS {found['peak_gb']:.2f} GB, {found['wall_s']:.0f} s in all]")
+    print(peak_line(found))
 
 
 def main() -> None:
@@ -153,21 +182,36 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    record = out / "model_size.json"
+    earlier = {r["model"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
+    rows: list[dict] = []
+
+    def save(row: dict) -> None:
+        kept = [r for r in rows if r["model"] != row["model"]] + [row]
+        kept += [r for name, r in earlier.items() if name not in {k["model"] for k in kept}]
+        record.write_text(json.dumps(kept, indent=1))
+
     for spec in args.model:
         name, _, path = spec.partition("=")
-        rows.append(measure(name, path, args.data, args.tokens, out))
-        (out / "model_size.json").write_text(json.dumps(rows, indent=1))
-        r = rows[-1]
+        rows.append(measure(name, path, args.data, args.tokens, out, earlier.get(name, {}), save))
+        print(f"measured {name} (outputs: {out}/{name}-*.txt)", file=sys.stderr, flush=True)
+    print(
+        f"| model | parameters | blocks | peak RSS baseline | sensitivity | export (its checks) | full forward, "
+        f"{args.tokens} tokens | ms per token per B params | sensitivity evaluations | export, in all |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b, sens, exp = r["baseline"], r["sensitivity"], r["export"]
         print(
-            f"{r['model']}: {r['params'] / 1e9:.2f} B params, {r['blocks']} blocks; peak RSS baseline "
-            f"{r['baseline']['peak_gb']:.2f} GB, sensitivity {r['sensitivity']['peak_gb']:.2f} GB, export "
-            f"{r['export']['peak_gb']:.2f} GB; full forward {r['baseline']['eval_s']:.1f} s on {r['tokens']} tokens "
-            f"({r['s_per_token_per_b'] * 1e3:.2f} ms per token per B params); sensitivity "
-            f"{r['sensitivity']['evaluations']} evaluations in {r['sensitivity']['eval_s']:.1f} s, export "
-            f"{r['export']['wall_s']:.0f} s",
-            flush=True,
+            f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['blocks']} | {b['peak_gb']:.2f} GB | "
+            f"{sens['peak_gb']:.2f} GB | {exp['peak_gb']:.2f} GB ({exp['checks_peak_gb']:.2f} GB) | {b['eval_s']:.1f} s "
+            f"| {r['s_per_token_per_b'] * 1e3:.2f} | {sens['evaluations']} in {sens['eval_s']:.0f} s "
+            f"({sens['eval_s'] / max(1, sens['evaluations']):.1f} s each) | {exp['wall_s']:.0f} s |"
         )
+    print(
+        "Peak RSS is quantsense's own process; in brackets, the export's checks in fresh processes (llama.cpp's RSS "
+        "counts the pages of the model files it memory-maps)."
+    )
     c = rows[-1]["s_per_token_per_b"]  # the largest model's: streaming's file reads included
     print(f"\ncost model: c = {c * 1e3:.2f} ms per token per billion parameters (CPU, measured on {rows[-1]['model']})")
     gpu_c = 2 / (GPU_TFLOPS * 1e12) * 1e9  # 2 FLOP per parameter per token

@@ -137,23 +137,21 @@ SECTIONS = {
         f"python benchmarks/beat_target_size.py --model results/smollm2-float --data {WIKI} --out results/target-size",
         [],
     ),
-    "model-size": (
+    "model-size": (  # the 32-layer rows are the commands: their own outputs are kept beside the table
         f"python benchmarks/model_size.py --model smollm2={SMOL} llama-8b-2l=results/llama-8b-shaped-2l "
         f"llama-8b-32l=results/llama-8b-shaped --data {WIKI} --out results/model-size",
-        [],
-    ),
-    "llama-8b-export": (
-        f"python benchmarks/model_size.py --run export benchmarks/plans/llama-8b-q4_0.json {LLAMA_8B} --format gguf "
-        "--out results/llama-8b-q4_0.gguf",
-        [],
-    ),
-    "llama-8b-sensitivity": (
-        f"python benchmarks/model_size.py --run sensitivity {LLAMA_8B} --unit linear --blocks 0 31 "
-        "--formats q4_K iq4_xs --out results/llama-8b-sensitivity",
-        [],
+        [
+            (f"results/model-size/llama-8b-32l-{command}.txt", f"docs/outputs/llama-8b-{command}.txt")
+            for command in ("baseline", "sensitivity", "export")
+        ],
     ),
     "llama-8b-gguf-baseline": (
         f"python benchmarks/model_size.py --run baseline {LLAMA_8B_GGUF} --fresh --out results/llama-8b-gguf-baseline",
+        [],
+    ),
+    "llama-8b-gguf-sensitivity": (
+        f"python benchmarks/model_size.py --run sensitivity {LLAMA_8B_GGUF} --unit linear --blocks 0 31 "
+        "--formats q4_K iq4_xs --out results/llama-8b-gguf-sensitivity",
         [],
     ),
     "llama-8b-gguf-export": (

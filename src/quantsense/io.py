@@ -16,6 +16,20 @@ from quantsense.errors import QuantsenseError
 FILE_MODE = 0o644
 
 
+def read_mapped_tensor(path: str | Path, tensor):
+    """A GGUF tensor's data (``tensor`` from ``gguf.GGUFReader``) in the shape and dtype of the reader's memory map,
+    read with a plain file read: pages touched through the map stay in the process, and in its peak memory, for as
+    long as the reader lives, so a pass over a 16 GB file through the map ends holding 16 GB."""
+    import numpy as np
+
+    like = tensor.data  # a view of the map: its shape and dtype, no page touched
+    with open(path, "rb") as f:
+        raw = os.pread(f.fileno(), int(tensor.n_bytes), int(tensor.data_offset))
+    if len(raw) != int(tensor.n_bytes):
+        raise QuantsenseError(f"{path} ends inside tensor {tensor.name}: the file is truncated; download it again")
+    return np.frombuffer(raw, dtype=like.dtype).reshape(like.shape)
+
+
 def json_safe(value):
     """NaN -> null and infinities -> "inf"/"-inf", recursively (JSON has neither)."""
     if isinstance(value, float) and not math.isfinite(value):

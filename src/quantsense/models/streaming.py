@@ -157,16 +157,9 @@ class GGUFSource(WeightSource):
         return out
 
     def _bytes(self, tensor):
-        """The tensor's data as the reader's memory map shapes it, read with a plain file read: pages touched through
-        the map would stay in the process (and in its peak memory) for as long as the file is open."""
-        import os
+        from quantsense.io import read_mapped_tensor
 
-        import numpy as np
-
-        like = tensor.data
-        with open(self.path, "rb") as f:
-            raw = os.pread(f.fileno(), int(tensor.n_bytes), int(tensor.data_offset))
-        return np.frombuffer(raw, dtype=like.dtype).reshape(like.shape)
+        return read_mapped_tensor(self.path, tensor)
 
 
 class StreamedBlocks:

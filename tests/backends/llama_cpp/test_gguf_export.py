@@ -227,3 +227,36 @@ def test_default_none_keeps_source_bytes(smollm2, tmp_path):
         if before.name not in plan:
             assert after.tensor_type == before.tensor_type and np.array_equal(after.data, before.data), before.name
     assert out.get_field("general.file_type").contents() == gguf.LlamaFileType.MOSTLY_Q4_1
+
+
+def test_the_writer_reads_tensors_without_the_reader_map(smollm2, written, tmp_path):
+    """write_gguf reads each tensor with a plain read (pages touched through the reader's map would stay resident: an
+    8B model's 16 GB source ended in the process's peak memory); the bytes are the map's, and a truncated file is
+    refused naming the tensor."""
+    from quantsense.io import read_mapped_tensor
+
+    reader = gguf.GGUFReader(str(written["path"]))
+    for tensor in reader.tensors[:5] + reader.tensors[-5:]:
+        read = read_mapped_tensor(written["path"], tensor)
+        assert read.dtype == tensor.data.dtype and read.shape == tensor.data.shape
+        assert np.array_equal(read, tensor.data)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(Path(written["path"]).read_bytes()[:-1000])
+    last = reader.tensors[-1]
+    with pytest.raises(QuantsenseError, match=f"ends inside tensor {last.name}: the file is truncated"):
+        read_mapped_tensor(cut, last)
+
+
+def test_a_16_bit_source_is_its_own_kl_reference(smollm2, tmp_path):
+    """llama.cpp scores an export against the model's own file when it is BF16 or F16 (no copy: an 8B model's F16 copy
+    is 16 GB), and against an F16 copy otherwise (SmolLM2's Q4_1 file)."""
+    from quantsense.backends.llama_cpp.writer import _reference
+
+    bf16 = tmp_path / "model-bf16.gguf"
+    write_gguf(smollm2, {}, bf16, default_type="bf16")
+    assert _reference(bf16, tmp_path) == (bf16, "BF16")
+    assert not (tmp_path / "f16.gguf").exists()
+    copy, kind = _reference(smollm2, tmp_path)
+    assert (copy, kind) == (tmp_path / "f16.gguf", "F16")
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(copy)).tensors if len(t.shape) >= 2}
+    assert types == {"F16"}

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from quantsense.errors import QuantsenseError
-from quantsense.io import atomic_output
+from quantsense.io import atomic_output, read_mapped_tensor
 
 
 def gguf_types() -> tuple[str, ...]:
@@ -282,11 +282,11 @@ def _file_type(reader, types: Mapping[str, str]) -> int:
     return int(field.contents()) if field is not None else int(gguf.LlamaFileType.GUESSED)
 
 
-def _tensor_data(tensor, qtype_name: str, importance: np.ndarray | None = None) -> np.ndarray:
-    """The tensor's bytes in ``qtype_name``: dequantized to float32, then quantized with gguf.quants, or by ggml's own
+def _tensor_data(tensor, raw: np.ndarray, qtype_name: str, importance: np.ndarray | None = None) -> np.ndarray:
+    """The tensor's bytes (``raw``, its data as stored) in ``qtype_name``: dequantized to float32, then quantized with gguf.quants, or by ggml's own
     quantizer for the types gguf.quants cannot write (K, IQ4) and for an imatrix-weighted tensor (``importance``)."""
     gguf = _gguf()
-    weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+    weights = gguf.quants.dequantize(raw, tensor.tensor_type).astype(np.float32, copy=False)
     if importance is None and qtype_name.lower() in (*_gguf_py_types(), "f32"):
         return gguf.quants.quantize(weights, _qtype(qtype_name))
     from quantsense.backends.llama_cpp import ggml_lib
@@ -351,11 +351,12 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         tensor_bytes = 0
-        for tensor in reader.tensors:
+        for tensor in reader.tensors:  # read with plain reads, not through the reader's map: see read_mapped_tensor
+            raw = read_mapped_tensor(source, tensor)
             data = (
-                tensor.data
+                raw
                 if tensor.name in keep
-                else _tensor_data(tensor, types[tensor.name], importance.get(tensor.name))
+                else _tensor_data(tensor, raw, types[tensor.name], importance.get(tensor.name))
             )
             writer.write_tensor_data(data, tensor_endianess=reader.endianess)
             tensor_bytes += data.nbytes

@@ -11,7 +11,8 @@ task with its token ids and windows):
     ids and windows: the largest difference from the simulation is reported (expected <= 1e-4);
 (b) llama.cpp (``llama-cpp-python``) computes the perplexity on the same token ids (expected within
     2 % of the simulation: llama.cpp quantizes activations to 8 bits in its dot products) and its
-    prompt-processing and generation speed are measured side by side with an F16 GGUF of the same model.
+    prompt-processing and generation speed are measured side by side with an F16 GGUF of the same model (the
+    source itself when it is already F16 or BF16).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from quantsense.quantization.plan import Plan
 from quantsense.models.streaming import AUTO_SHARE, memory_bytes
 
 ARCHITECTURES = ("llama",)  # GGUF architectures whose tensor names the export maps (SmolLM2, Llama, ...)
-_OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per model dtype
+_OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # convert_hf_to_gguf.py --outtype per dtype
 
 
 def _architecture(source: ExportSource) -> str:
@@ -91,6 +92,14 @@ def check_plan(source: ExportSource, plan: Plan) -> None:
     gguf_tensor_types(source, plan)
 
 
+def _converted_type(source: ExportSource) -> str:
+    """The GGUF type a Hugging Face model's matrices are converted to (``--outtype``): its dtype's, or for a model
+    streamed from bf16 files, bf16 (the same values, half the bytes of float32)."""
+    from quantsense.backends.llama_cpp.gguf_convert import converted_dtype
+
+    return _OUTTYPES[str(converted_dtype(source.model)).removeprefix("torch.")]
+
+
 def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
     """The command line that reproduces ``plan`` with llama-quantize (base type: the plan's commonest; ``--pure`` so
     that llama.cpp's preset rules leave every planned tensor at its planned type; ``--imatrix`` with the plan's).
@@ -105,7 +114,7 @@ def llama_quantize_command(source: ExportSource, plan: Plan) -> str:
     file = source.gguf_file
     convert = []
     if file is None:
-        outtype = _OUTTYPES[source.dtype]
+        outtype = _converted_type(source)
         file = Path(f"{Path(source.name).name}-{outtype}.gguf")
         convert = ["python", "convert_hf_to_gguf.py", source.name, "--outtype", outtype, "--outfile", str(file), "&&"]
     _, provenance = gguf_tensor_importance(source, plan)
@@ -191,7 +200,7 @@ def _write(src: ExportSource, plan: Plan, types: dict[str, str], source: Path, o
         "llama_quantize": llama_quantize_command(src, plan),
     }
     report["size_error"] = report["file_bytes"] / report["predicted_file_bytes"] - 1
-    what = f"converted to a {src.dtype} GGUF" if converted else "GGUF"
+    what = f"converted to a {_converted_type(src).upper()} GGUF" if converted else "GGUF"
     report["lines"] = [
         f"file {report['file_bytes'] / 1e6:.2f} MB, predicted {report['predicted_file_bytes'] / 1e6:.2f} MB "
         f"({100 * report['size_error']:+.3f} %); source ({what}) {report['source_file_bytes'] / 1e6:.2f} MB; "
@@ -211,8 +220,9 @@ def verify(
     simulated_kl=None,
 ) -> dict:
     """The written file against the simulation (per-token log-probs of ``token_ids`` in windows of ``context`` every
-    ``stride`` tokens) in transformers and llama.cpp; in llama.cpp also its KL against an F16 file of ``source`` on
-    those tokens (beside the simulation's KL against FP32) and its speed against that F16 file."""
+    ``stride`` tokens) in transformers and llama.cpp; in llama.cpp also its KL against an F16 file of ``source`` (or
+    ``source`` itself when it is F16 or BF16: :func:`_reference`) on those tokens (beside the simulation's KL against
+    FP32) and its speed against that file."""
     report = _verify(
         path, source, token_ids, context, stride, np.asarray(simulated_logprob, dtype=np.float64), speed_repeats
     )
@@ -226,7 +236,6 @@ def _verify(
     path: Path, source: Path, token_ids: list[int], context: int, stride: int, sim_lp, speed_repeats: int
 ) -> dict:
     from quantsense.evaluation.metrics import perplexity
-    from quantsense.backends.llama_cpp.gguf_file import write_gguf
     from quantsense.backends.llama_cpp.llama_score import score_in_llama_cpp
 
     out = {"simulated_perplexity": perplexity(sim_lp)}
@@ -251,18 +260,30 @@ def _verify(
         cpp = _verifier("--runtime", "llama.cpp", str(path.resolve()), *window)
         out["llama_cpp_perplexity"] = cpp["perplexity"]
         out["llama_cpp_over_simulated"] = cpp["perplexity"] / out["simulated_perplexity"]
-        f16 = Path(tmp) / "f16.gguf"
-        write_gguf(source, {}, f16, default_type="f16")
+        f16, out["reference_type"] = _reference(source, Path(tmp))
         scored = score_in_llama_cpp(path, f16, token_ids, context, stride)
         out.update({f"llama_cpp_{k}": v for k, v in scored.items() if k.startswith(("kl_", "top1"))})
         if f16.stat().st_size > AUTO_SHARE * memory_bytes():
             out["speed"] = (
-                f"not measured: the F16 file ({f16.stat().st_size / 1e9:.1f} GB) would not stay in this machine's "
-                f"{memory_bytes() / 1e9:.1f} GB of memory, so its speed would be the disk's"
+                f"not measured: the {out['reference_type']} file ({f16.stat().st_size / 1e9:.1f} GB) would not stay in "
+                f"this machine's {memory_bytes() / 1e9:.1f} GB of memory, so its speed would be the disk's"
             )
         else:
             out.update(_speed_against_f16(f16, path, speed_repeats))
     return out
+
+
+def _reference(source: Path, tmp: Path) -> tuple[Path, str]:
+    """(the unquantized file llama.cpp scores the export against, its type): a source whose matrices are all F16 or
+    BF16 itself (a BF16 model's own values; no 16 GB copy for an 8B model), else an F16 copy of it written in ``tmp``."""
+    from quantsense.backends.llama_cpp.gguf_file import _read, _tensor_list, write_gguf
+
+    types = {kind for _, shape, kind in _tensor_list(_read(source)) if len(shape) >= 2}
+    if len(types) == 1 and types <= {"f16", "bf16"}:
+        return source, types.pop().upper()
+    f16 = tmp / "f16.gguf"
+    write_gguf(source, {}, f16, default_type="f16")
+    return f16, "F16"
 
 
 def _float32_bytes(path: Path) -> int:
@@ -292,7 +313,13 @@ def _speed_against_f16(f16: Path, path: Path, repeats: int) -> dict:
     }
 
 
+def _reference_words(rep: dict) -> str:
+    kind = rep["reference_type"]
+    return "an F16 file of the same model" if kind == "F16" else f"the model's own {kind} file"
+
+
 def _verify_lines(rep: dict) -> list[str]:
+    ref = rep.get("reference_type")
     lines = [
         f"transformers' GGUF loader in a fresh process (quantsense imported: {rep['quantsense_imported_by_check']}): "
         f"perplexity {rep['transformers_perplexity']:.4f} vs simulated {rep['simulated_perplexity']:.4f}, largest "
@@ -308,17 +335,17 @@ def _verify_lines(rep: dict) -> list[str]:
     )
     beside = f" (simulation against FP32: {rep['simulated_kl_mean']:.4f})" if "simulated_kl_mean" in rep else ""
     lines.append(
-        f"llama.cpp mean KL against an F16 file of the same model on those tokens: {rep['llama_cpp_kl_mean']:.4f} "
+        f"llama.cpp mean KL against {_reference_words(rep)} on those tokens: {rep['llama_cpp_kl_mean']:.4f} "
         f"[95% CI {rep['llama_cpp_kl_ci_low']:.4f}, {rep['llama_cpp_kl_ci_high']:.4f}]{beside}, top-1 agreement "
         f"{rep['llama_cpp_top1_agreement']:.1f} %"
     )
     if "speed" in rep:
-        return lines + [f"llama.cpp speed against F16: {rep['speed']}"]
+        return lines + [f"llama.cpp speed against {rep['reference_type']}: {rep['speed']}"]
     lines.append(
         f"llama.cpp speed ({rep['threads']} threads, best of alternating runs): prompt {rep['prompt_tokens_per_s']:.1f} tok/s "
-        f"vs F16 {rep['f16_prompt_tokens_per_s']:.1f} ({rep['prompt_tokens_per_s'] / rep['f16_prompt_tokens_per_s']:.2f}x), "
-        f"generation {rep['gen_tokens_per_s']:.1f} tok/s vs F16 {rep['f16_gen_tokens_per_s']:.1f} "
-        f"({rep['gen_tokens_per_s'] / rep['f16_gen_tokens_per_s']:.2f}x); file {rep['file_bytes'] / 1e6:.1f} MB vs F16 "
+        f"vs {ref} {rep['f16_prompt_tokens_per_s']:.1f} ({rep['prompt_tokens_per_s'] / rep['f16_prompt_tokens_per_s']:.2f}x), "
+        f"generation {rep['gen_tokens_per_s']:.1f} tok/s vs {ref} {rep['f16_gen_tokens_per_s']:.1f} "
+        f"({rep['gen_tokens_per_s'] / rep['f16_gen_tokens_per_s']:.2f}x); file {rep['file_bytes'] / 1e6:.1f} MB vs {ref} "
         f"{rep['f16_file_bytes'] / 1e6:.1f} MB"
     )
     return lines
