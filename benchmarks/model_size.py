@@ -162,6 +162,13 @@ def peak_line(found: dict) -> str:
     )
 
 
+def sweep_seconds(row: dict) -> float:
+    """The cost model's prediction of the row's sensitivity sweep (``--blocks 0 LAST``: half its evaluations quantize a
+    unit of block 0 and run every block, half one of the last block and run that block alone, the prefix replayed)."""
+    forwards = row["sensitivity"]["evaluations"] / 2 * (1 + 1 / row["blocks"])
+    return row["s_per_token_per_b"] * row["tokens"] * row["params"] / 1e9 * forwards
+
+
 def run_one(argv: list[str]) -> None:
     """``--run QUANTSENSE ARGS...``: one command, as a user runs it, then its peak RSS and seconds."""
     found = run(argv)
@@ -197,20 +204,24 @@ def main() -> None:
         print(f"measured {name} (outputs: {out}/{name}-*.txt)", file=sys.stderr, flush=True)
     print(
         f"| model | parameters | blocks | peak RSS baseline | sensitivity | export (its checks) | full forward, "
-        f"{args.tokens} tokens | ms per token per B params | sensitivity evaluations | export, in all |"
+        f"{args.tokens} tokens | ms per token per B params | sensitivity evaluations | the cost model's prediction "
+        "of them | export, in all |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, sens, exp = r["baseline"], r["sensitivity"], r["export"]
         print(
             f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['blocks']} | {b['peak_gb']:.2f} GB | "
             f"{sens['peak_gb']:.2f} GB | {exp['peak_gb']:.2f} GB ({exp['checks_peak_gb']:.2f} GB) | {b['eval_s']:.1f} s "
             f"| {r['s_per_token_per_b'] * 1e3:.2f} | {sens['evaluations']} in {sens['eval_s']:.0f} s "
-            f"({sens['eval_s'] / max(1, sens['evaluations']):.1f} s each) | {exp['wall_s']:.0f} s |"
+            f"({sens['eval_s'] / max(1, sens['evaluations']):.1f} s each) | {sweep_seconds(r):.0f} s | "
+            f"{exp['wall_s']:.0f} s |"
         )
     print(
         "Peak RSS is quantsense's own process; in brackets, the export's checks in fresh processes (llama.cpp's RSS "
-        "counts the pages of the model files it memory-maps)."
+        "counts the pages of the model files it memory-maps). The cost model's prediction of a sweep: c (the row's own "
+        "ms per token per B params) x tokens x parameters x the forwards it runs (half its evaluations on the first "
+        "block run every block, half on the last run one block), weight quantization left out."
     )
     c = rows[-1]["s_per_token_per_b"]  # the largest model's: streaming's file reads included
     print(f"\ncost model: c = {c * 1e3:.2f} ms per token per billion parameters (CPU, measured on {rows[-1]['model']})")

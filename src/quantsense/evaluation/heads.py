@@ -57,7 +57,7 @@ class CausalLMHead:
     needs_reference = True
 
     def __init__(self):
-        self._ref: np.memmap | None = None
+        self._ref: _RowFile | None = None
         self._row_of: dict[int, int] = {}
         self._keeps_logits: dict[type, bool] = {}  # model class -> forward accepts logits_to_keep
 
@@ -73,11 +73,8 @@ class CausalLMHead:
 
     def _open_reference(self, batches: TokenBatches, vocab: int) -> None:
         rows = sum(len(b.index) for b in batches)
-        handle, path = tempfile.mkstemp(prefix="quantsense-ref-", suffix=".f32")
-        os.close(handle)
-        self._ref = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, vocab))
+        self._ref = _RowFile(vocab)
         self._ref_top = np.empty(rows, dtype=np.int64)  # each row's most likely token under FP32
-        os.unlink(path)  # the mapping stays valid; the file vanishes with the process
         offset = 0
         for b, batch in enumerate(batches):
             self._row_of[b] = offset
@@ -112,10 +109,10 @@ class CausalLMHead:
             logp = torch.log_softmax(logits[0, rows[lo:hi]].float(), dim=-1)
             logprob[lo:hi] = logp.gather(1, targets[lo:hi, None])[:, 0].cpu().numpy()
             if self.reference:
-                self._ref[start + lo : start + hi] = logp.cpu().numpy()
+                self._ref.write(start + lo, logp.cpu().numpy())
                 self._ref_top[start + lo : start + hi] = logp.argmax(dim=1).cpu().numpy()
                 continue
-            ref = torch.from_numpy(np.asarray(self._ref[start + lo : start + hi])).to(logp.device)
+            ref = torch.from_numpy(self._ref.read(start + lo, hi - lo)).to(logp.device)
             kl[lo:hi] = (ref.exp() * (ref - logp)).sum(dim=1).clamp_min(0).cpu().numpy()
             top1[lo:hi] = self._ref_top[start + lo : start + hi] == logp.argmax(dim=1).cpu().numpy()
         self.token_logprob[positions] = logprob
@@ -138,3 +135,30 @@ class CausalLMHead:
             out["kl"] = self.kl[scored]
             out["top1"] = self.top1[scored]
         return out
+
+
+class _RowFile:
+    """The FP32 reference's log-probs, rows of ``width`` float32, in an unlinked temporary file read and written with
+    plain reads and writes: an 8B model's 128,256-word vocabulary makes them 2 GB at 4,096 tokens, which a memory map
+    would keep in the process (pages touched through a map stay resident) while the page cache can let them go."""
+
+    def __init__(self, width: int):
+        handle, path = tempfile.mkstemp(prefix="quantsense-ref-", suffix=".f32")
+        os.unlink(path)  # the open file stays valid; it vanishes with the process
+        self.fd, self.row_bytes = handle, 4 * width
+        self.width = width
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, dtype=np.float32).tobytes()
+        if os.pwrite(self.fd, data, row * self.row_bytes) != len(data):
+            raise OSError("the reference log-probs' temporary file was not written whole (is the disk full?)")
+
+    def read(self, row: int, count: int) -> np.ndarray:
+        data = os.pread(self.fd, count * self.row_bytes, row * self.row_bytes)
+        return np.frombuffer(bytearray(data), dtype=np.float32).reshape(count, self.width)
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass

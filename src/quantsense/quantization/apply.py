@@ -23,12 +23,20 @@ class PlanApplier:
     """Applies plans to one model, quantizing each (unit, config) weight at most once.
 
     Quantized weights are kept in an LRU cache bounded by ``cache_bytes`` so that a sweep that
-    visits the same (unit, config) again (e.g. in the "all but one" view) pays for it once.
+    visits the same (unit, config) again (e.g. in the "all but one" view) pays for it once. On a model whose blocks are
+    streamed from its files the cache holds one weight (the largest streamed one, in float32): an evaluation asks for
+    its unit's weight up to three times (whether it changes anything, the plan, the weight SQNR), and a sweep's later
+    data segments quantize it again, a cost small beside a forward that reads every block from disk, while a 1 GB cache
+    would be an eighth of an 8B model's memory bound.
     """
 
     def __init__(self, unit_map: UnitMap, cache_bytes: int = 1 << 30, runtime_activations: bool = False):
         self.unit_map = unit_map
         self.runtime_activations = runtime_activations  # also round inputs as the format's runtime does (llama.cpp)
+        stream = getattr(unit_map, "stream", None)
+        if stream is not None:
+            streamed = [u.numel for u in unit_map.units.values() if stream.streams(u.name)]
+            cache_bytes = min(cache_bytes, 4 * max(streamed, default=0))
         self.cache_bytes = cache_bytes
         self._originals: dict[str, torch.Tensor] = {}
         self._cache: OrderedDict[tuple[str, Format], torch.Tensor] = OrderedDict()
