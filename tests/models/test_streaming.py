@@ -204,3 +204,19 @@ def test_a_plan_over_every_block_quantizes_each_weight_when_its_block_runs(shard
     b = streamed.engine.evaluate_many([("all", plan)])["all"]
     for key in a.arrays:
         assert np.array_equal(a.arrays[key], b.arrays[key]), key
+
+
+def test_a_streamed_model_bounds_its_caches(sharded_lm, offline_assets):
+    """On a streamed model the quantized-weight cache holds one weight (the largest streamed one, in float32), where a
+    whole load keeps 1 GB; and the FP32 reference's log-probs, kept in a file, read back exactly as written."""
+    from quantsense.evaluation.heads import _RowFile
+
+    whole = _workspace(sharded_lm[False], offline_assets["text"], "off")
+    streamed = _workspace(sharded_lm[False], offline_assets["text"], "on")
+    largest = max(u.numel for u in streamed.units.units.values() if streamed.units.stream.streams(u.name))
+    assert streamed.applier.cache_bytes == 4 * largest < whole.applier.cache_bytes == 1 << 30
+    rows = _RowFile(7)
+    values = np.arange(5 * 7, dtype=np.float32).reshape(5, 7) / 3
+    rows.write(0, values[:2])
+    rows.write(2, values[2:])
+    assert np.array_equal(rows.read(1, 3), values[1:4])
