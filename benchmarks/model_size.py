@@ -162,6 +162,11 @@ def peak_line(found: dict) -> str:
     )
 
 
+def streamed_label(out: Path, name: str) -> str:
+    """Whether the model's baseline said it streamed its blocks (its saved output)."""
+    return "yes" if "Blocks streamed from" in (out / f"{name}-baseline.txt").read_text() else "no (whole)"
+
+
 def sweep_seconds(row: dict) -> float:
     """The cost model's prediction of the row's sensitivity sweep (``--blocks 0 LAST``: half its evaluations quantize a
     unit of block 0 and run every block, half one of the last block and run that block alone, the prefix replayed)."""
@@ -203,15 +208,16 @@ def main() -> None:
         rows.append(measure(name, path, args.data, args.tokens, out, earlier.get(name, {}), save))
         print(f"measured {name} (outputs: {out}/{name}-*.txt)", file=sys.stderr, flush=True)
     print(
-        f"| model | parameters | blocks | peak RSS baseline | sensitivity | export (its checks) | full forward, "
+        f"| model | parameters | blocks | blocks streamed | peak RSS baseline | sensitivity | export (its checks) | full forward, "
         f"{args.tokens} tokens | ms per token per B params | sensitivity evaluations | the cost model's prediction "
         "of them | export, in all |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, sens, exp = r["baseline"], r["sensitivity"], r["export"]
         print(
-            f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['blocks']} | {b['peak_gb']:.2f} GB | "
+            f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['blocks']} | {streamed_label(out, r['model'])} | "
+            f"{b['peak_gb']:.2f} GB | "
             f"{sens['peak_gb']:.2f} GB | {exp['peak_gb']:.2f} GB ({exp['checks_peak_gb']:.2f} GB) | {b['eval_s']:.1f} s "
             f"| {r['s_per_token_per_b'] * 1e3:.2f} | {sens['evaluations']} in {sens['eval_s']:.0f} s "
             f"({sens['eval_s'] / max(1, sens['evaluations']):.1f} s each) | {sweep_seconds(r):.0f} s | "
@@ -219,7 +225,8 @@ def main() -> None:
         )
     print(
         "Peak RSS is quantsense's own process; in brackets, the export's checks in fresh processes (llama.cpp's RSS "
-        "counts the pages of the model files it memory-maps). The cost model's prediction of a sweep: c (the row's own "
+        "counts the pages of the model files it memory-maps); --stream-blocks auto streams a model whose weights in "
+        "float32 take over half of memory, and loads a smaller one whole. The cost model's prediction of a sweep: c (the row's own "
         "ms per token per B params) x tokens x parameters x the forwards it runs (half its evaluations on the first "
         "block run every block, half on the last run one block), weight quantization left out."
     )
@@ -234,14 +241,14 @@ def main() -> None:
         gpu += per_forward * allocation_seconds(1.0, 1e9, blocks, tokens=1)  # the same number of forwards
         print(
             f"{label}: predicted reduced-sweep allocation at 4,096 selection tokens: CPU (this machine, as measured on "
-            f"{rows[-1]['model']}: its file reads included) {cpu / 3600:.1f} h; one GPU {gpu / 60:.1f} min (predicted "
-            f"from an assumed {GPU_TFLOPS:.0f} TFLOP/s"
+            f"{rows[-1]['model']}: its file reads included) {cpu / 3600:.1f} h; one GPU {gpu / 60:.1f} min of matrix products and "
+            f"weight copies (predicted from an assumed {GPU_TFLOPS:.0f} TFLOP/s"
             + (
                 f" and {streamed / 1e9:.0f} GB streamed per forward at {PCIE_BYTES_PER_S / 1e9:.0f} GB/s"
                 if streamed
                 else ""
             )
-            + "; no GPU was lent to measure it)"
+            + "; weight quantization and file reads left out; no GPU was lent to measure it)"
         )
 
 
