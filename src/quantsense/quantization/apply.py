@@ -33,9 +33,8 @@ class PlanApplier:
     def __init__(self, unit_map: UnitMap, cache_bytes: int = 1 << 30, runtime_activations: bool = False):
         self.unit_map = unit_map
         self.runtime_activations = runtime_activations  # also round inputs as the format's runtime does (llama.cpp)
-        stream = getattr(unit_map, "stream", None)
-        if stream is not None:
-            streamed = [u.numel for u in unit_map.units.values() if stream.streams(u.name)]
+        if self._stream is not None:
+            streamed = [u.numel for u in unit_map.units.values() if self._streamed(u.name)]
             cache_bytes = min(cache_bytes, 4 * max(streamed, default=0))
         self.cache_bytes = cache_bytes
         self._originals: dict[str, torch.Tensor] = {}

@@ -186,9 +186,10 @@ def gguf_tensors(model):
     return out
 
 
-def converted_dtype(model) -> torch.dtype:
-    """The dtype :func:`convert_hf_to_gguf` writes ``model``'s matrices in, and names the file's type by."""
-    return next(w.dtype for _, w, _ in gguf_tensors(model) if w.dim() == 2)
+def converted_dtype(model, tensors=None) -> torch.dtype:
+    """The dtype :func:`convert_hf_to_gguf` writes ``model``'s matrices in, and names the file's type by (``tensors``:
+    :func:`gguf_tensors` of the model, when the caller has them)."""
+    return next(w.dtype for _, w, _ in (tensors or gguf_tensors(model)) if w.dim() == 2)
 
 
 def _stored_dtype(stream, name: str, weight: torch.Tensor) -> torch.dtype:
@@ -234,7 +235,7 @@ def convert_hf_to_gguf(model, tokenizer, out: Path, name: str) -> Path:
         for gguf_name, weight, _ in tensors:  # the table of contents first, from shapes alone
             gguf_type, shape, dtype, nbytes = _layout(weight)
             writer.add_tensor_info(gguf_name, shape, dtype, nbytes, raw_dtype=gguf.GGMLQuantizationType[gguf_type])
-        writer.add_file_type(_FILE_TYPES[converted_dtype(model)])
+        writer.add_file_type(_FILE_TYPES[converted_dtype(model, tensors)])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

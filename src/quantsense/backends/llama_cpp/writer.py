@@ -276,9 +276,9 @@ def _verify(
 def _reference(source: Path, tmp: Path) -> tuple[Path, str]:
     """(the unquantized file llama.cpp scores the export against, its type): a source whose matrices are all F16 or
     BF16 itself (a BF16 model's own values; no 16 GB copy for an 8B model), else an F16 copy of it written in ``tmp``."""
-    from quantsense.backends.llama_cpp.gguf_file import _read, _tensor_list, write_gguf
+    from quantsense.backends.llama_cpp.gguf_file import _layout, write_gguf
 
-    types = {kind for _, shape, kind in _tensor_list(_read(source)) if len(shape) >= 2}
+    types = {kind for _, shape, kind in _layout(source).tensors if len(shape) >= 2}
     if len(types) == 1 and types <= {"f16", "bf16"}:
         return source, types.pop().upper()
     f16 = tmp / "f16.gguf"
